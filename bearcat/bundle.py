@@ -1,0 +1,73 @@
+"""A model bundle: the Keras model plus everything needed to use it the way it was
+trained (vocabulary, preprocessing settings, mode and decoding settings).
+
+Training logs a bundle as the run's `model/` artifact; evaluate, export and serve load it,
+so preprocessing at serving time cannot drift from training.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bearcat.data.labels import Vocabulary
+from bearcat.data.preprocess import PreprocessConfig, preprocess
+from bearcat.modes import build_mode
+
+BUNDLE_FILE = "bundle.json"
+MODEL_FILE = "model.keras"
+FORMAT = "bearcat-bundle/1"
+
+
+def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (MODEL_FILE + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(folder / MODEL_FILE)
+    meta = {"format": FORMAT, "mode": mode.config(), "vocabulary": mode.vocab.chars,
+            "preprocess": pre.to_dict(), **(extra or {})}
+    (folder / BUNDLE_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    return folder
+
+
+def read_meta(folder) -> dict:
+    path = Path(folder) / BUNDLE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a Bearcat model bundle (no {BUNDLE_FILE})")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported bundle format {meta.get('format')!r}")
+    return meta
+
+
+class Predictor:
+    """Images in, {"result", "confidence", "time_ms"} out, through the shared preprocess."""
+
+    def __init__(self, folder, model=None):
+        import keras
+
+        meta = read_meta(folder)
+        self.folder = Path(folder)
+        self.meta = meta
+        self.pre = PreprocessConfig.from_dict(meta["preprocess"])
+        mode_cfg = dict(meta["mode"])
+        self.mode = build_mode(mode_cfg.pop("name"), Vocabulary(meta["vocabulary"]), **mode_cfg)
+        self.model = model or keras.models.load_model(self.folder / MODEL_FILE, compile=False)
+
+    def predict_arrays(self, arrays: np.ndarray, batch_size: int = 64) -> list[dict]:
+        out = []
+        for i in range(0, len(arrays), batch_size):
+            probs = self.model.predict_on_batch(arrays[i:i + batch_size].astype(np.float32))
+            out += self.mode.decode(np.asarray(probs))
+        return out
+
+    def predict(self, images, batch_size: int = 64) -> list[dict]:
+        """images: paths, bytes or PIL images."""
+        start = time.perf_counter()
+        arrays = np.stack([preprocess(img, self.pre) for img in images])
+        results = self.predict_arrays(arrays, batch_size)
+        ms = (time.perf_counter() - start) * 1000.0 / max(1, len(results))
+        return [{**r, "time_ms": ms} for r in results]

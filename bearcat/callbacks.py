@@ -1,0 +1,116 @@
+"""Training callbacks: validation metrics, atomic checkpoints with resume state, and a
+wall-clock budget."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bearcat.metrics import text_metrics
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Decode the val split every epoch and add val_accuracy (exact match) and, for text
+    modes, val_char_accuracy and val_cer to the epoch logs. Listed first so that
+    checkpointing, early stopping and MLflow see these values."""
+
+    def __init__(self, evaluate_fn):
+        super().__init__()
+        self.evaluate_fn = evaluate_fn  # () -> dict of val metrics
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in self.evaluate_fn().items()})
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """`best.keras` (highest monitored value) and the last epoch's weights + optimizer
+    state for resuming. Every write goes to a temporary name first and is renamed into
+    place, so a kill at any moment leaves a usable checkpoint."""
+
+    def __init__(self, folder, monitor: str = "val_accuracy", run_id: str | None = None,
+                 state: dict | None = None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.monitor = monitor
+        self.state = dict(state or {})
+        self.state.setdefault("best", None)
+        self.state["mlflow_run_id"] = run_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            self.state["best"] = float(value)
+            self.state["best_epoch"] = epoch
+            tmp = self.folder / "best.tmp.keras"
+            self.model.save(tmp)
+            tmp.replace(self.folder / "best.keras")
+        name = f"epoch-{epoch + 1:04d}"
+        tmp_dir = self.folder / f"{name}.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir()
+        self.model.save_weights(tmp_dir / "model.weights.h5")
+        opt = self.model.optimizer
+        np.savez(tmp_dir / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in opt.variables])
+        tmp_dir.rename(self.folder / name)
+        previous = self.state.get("last")
+        self.state.update(epoch=epoch + 1, last=name)
+        write_json_atomic(self.folder / STATE_FILE, self.state)
+        if previous and previous != name:
+            shutil.rmtree(self.folder / previous, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_state(folder) -> dict | None:
+    path = Path(folder) / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def restore_last(model, folder, state: dict) -> None:
+    """Load the last epoch's weights and optimizer state saved by `Checkpointer`."""
+    ckpt = Path(folder) / state["last"]
+    model.load_weights(ckpt / "model.weights.h5")
+    opt = model.optimizer
+    opt.build(model.trainable_variables)
+    with np.load(ckpt / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(opt.variables):
+        raise ValueError(f"{ckpt}: optimizer state does not match this model/optimizer")
+    for var, value in zip(opt.variables, values):
+        var.assign(value)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop when the next epoch would end past `max_minutes` of training time."""
+
+    def __init__(self, max_minutes: float):
+        super().__init__()
+        self.budget = max_minutes * 60.0
+        self.start = self.epoch_start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if now + (now - self.epoch_start) > self.start + self.budget:
+            log.info("time budget of %.1f min reached after epoch %d; stopping", self.budget / 60, epoch + 1)
+            self.model.stop_training = True

@@ -1,0 +1,109 @@
+"""Evaluate entry point: `python -m bearcat.evaluate run_id=ID` (or checkpoint=PATH).
+
+Scores a trained bundle on its own test split or any dataset, prints the metrics and logs
+them to an MLflow run nested under the training run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("bearcat.evaluate")
+
+
+def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str | None]:
+    """-> (bundle folder, the training config file if known, source MLflow run id)."""
+    from bearcat import tracking
+    from bearcat.bundle import BUNDLE_FILE
+
+    if cfg.run_id:
+        bundle = tracking.download_artifacts(cfg.run_id, "model", workdir)
+        config = tracking.download_artifacts(cfg.run_id, "config.yaml", workdir)
+        return bundle, config, cfg.run_id
+    if not cfg.checkpoint:
+        raise ValueError("pass run_id=<MLflow run id> or checkpoint=<run output folder or bundle folder>")
+    path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint={path}: not found")
+    if (path / BUNDLE_FILE).is_file():
+        config = path.parent / "config.yaml"
+        return path, config if config.is_file() else None, None
+    if (path / "model" / BUNDLE_FILE).is_file():
+        return path / "model", path / "config.yaml", None
+    raise FileNotFoundError(f"checkpoint={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+
+
+def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict) -> DictConfig:
+    """Dataset from the command line, else from the training run; preprocessing always
+    from the bundle (the model's own)."""
+    with open_dict(cfg):
+        if cfg.get("dataset") is None:
+            if train_config is None:
+                raise ValueError("no dataset: pass dataset=... (the training config is not available)")
+            cfg.dataset = OmegaConf.load(train_config).dataset
+        cfg.preprocess = meta["preprocess"]
+    return cfg
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    from bearcat import tracking
+    from bearcat.bundle import Predictor
+    from bearcat.data.pipeline import load_split
+    from bearcat.data.sources import SPLITS, Splits
+    from bearcat.experiment import filter_labels, load_sources, predict, score
+    from bearcat.gallery import prediction_gallery
+
+    experiment_id = tracking.setup(cfg.mlflow)
+    with tempfile.TemporaryDirectory() as workdir:
+        bundle, train_config, source_run = locate_bundle(cfg, workdir)
+        predictor = Predictor(bundle)
+        cfg = evaluation_config(cfg, train_config, predictor.meta)
+        mode, pre = predictor.mode, predictor.pre
+        splits = load_sources(cfg)
+        if cfg.split not in (*SPLITS, "all"):
+            raise ValueError(f"split={cfg.split}: choose train, val, test or all")
+        chosen = [s for s in SPLITS if cfg.split in (s, "all")]
+        samples = [x for s in chosen for x in getattr(splits, s)]
+        if cfg.split == "all":
+            samples = list(dict.fromkeys(samples))
+        skipped = dict(splits.skipped)
+        samples = filter_labels(Splits(samples, [], [], splits.charset), mode, skipped).train
+        data = load_split(samples, pre, cfg.paths.cache_dir, desc=f"decoding {cfg.split}")
+        if not len(data):
+            raise ValueError(f"no usable images in the {cfg.split} split of the dataset")
+        results, ms = predict(predictor.model, mode, data.images, cfg.batch_size)
+    metrics = {f"test_{k}": v for k, v in score(mode, data.labels, results).items()}
+    metrics["test_ms_per_image"] = ms
+    metrics["test_images"] = len(data)
+    metrics["test_low_confidence_fraction"] = sum(r["confidence"] < cfg.low_confidence for r in results) / len(data)
+    skipped["unreadable image"] = len(data.errors)
+    out_dir = Path(cfg.paths.output_dir)
+    gallery = prediction_gallery(data.images, data.labels, results, out_dir / "evaluation_gallery.png",
+                                 max_items=cfg.gallery_size)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split)}
+    if source_run:
+        tags["bearcat.source_run_id"] = source_run
+    with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=source_run) as run:
+        tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+                             "split": cfg.split, "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run)})
+        tracking.log_metrics(metrics | {f"skipped_{k.replace(' ', '_')}": v for k, v in skipped.items()})
+        tracking.log_artifact(gallery, "predictions")
+        tracking.log_artifact(out_dir / "metrics.json")
+    print(json.dumps(metrics, indent=1))
+    metrics["mlflow_run_id"] = run.info.run_id
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg)["test_accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The pieces a run is composed of: data, mode, model, evaluation. Used by train,
+evaluate (and later export/serve) so each entry point stays a few lines."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bearcat.data.labels import Vocabulary
+from bearcat.data.pipeline import LoadedSplit, load_split
+from bearcat.data.preprocess import PreprocessConfig
+from bearcat.data.sources import SPLITS, Splits
+from bearcat.metrics import text_metrics
+from bearcat.modes import Mode, build_mode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    splits: Splits
+    loaded: dict[str, LoadedSplit]
+    skipped: dict[str, int]
+
+
+def preprocess_config(cfg: DictConfig) -> PreprocessConfig:
+    return PreprocessConfig.from_dict(OmegaConf.to_container(cfg.preprocess, resolve=True))
+
+
+def mode_options(cfg: DictConfig) -> dict:
+    opts = OmegaConf.to_container(cfg.mode, resolve=True)
+    opts.pop("name")
+    opts.pop("max_length", None)
+    return opts
+
+
+def load_sources(cfg: DictConfig) -> Splits:
+    return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all")
+
+
+def build_vocab_and_mode(cfg: DictConfig, splits: Splits) -> Mode:
+    labels = splits.labels()
+    vocab = Vocabulary.from_labels(labels, splits.charset or cfg.mode.get("charset"))
+    max_length = cfg.mode.get("max_length") or max((len(x) for x in labels), default=1)
+    return build_mode(cfg.mode.name, vocab, max_length, **mode_options(cfg))
+
+
+def filter_labels(splits: Splits, mode: Mode, skipped: dict[str, int]) -> Splits:
+    """Drop (with a warning naming the file) labels the mode cannot learn."""
+    kept = {}
+    for split, samples in splits.items():
+        kept[split] = []
+        for path, label in samples:
+            problem = mode.check_label(label)
+            if problem:
+                reason, detail = problem
+                log.warning("%s: label %r skipped: %s (%s)", path, label, reason, detail)
+                skipped[reason] = skipped.get(reason, 0) + 1
+            else:
+                kept[split].append((path, label))
+    return Splits(kept["train"], kept["val"], kept["test"], splits.charset, splits.skipped)
+
+
+def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...] = SPLITS) -> Data:
+    skipped = dict(splits.skipped)
+    splits = filter_labels(splits, mode, skipped)
+    pre = preprocess_config(cfg)
+    loaded = {}
+    for split in only:
+        samples = getattr(splits, split)
+        loaded[split] = load_split(samples, pre, cfg.paths.cache_dir, desc=f"decoding {split}")
+        if loaded[split].errors:
+            skipped["unreadable image"] = skipped.get("unreadable image", 0) + len(loaded[split].errors)
+        if not len(loaded[split]):
+            raise ValueError(f"the {split} split has no usable images (dataset: {cfg.dataset.get('_target_')})")
+    if skipped:
+        log.warning("skipped files: %s", skipped)
+    return Data(splits, loaded, skipped)
+
+
+def build_model(cfg: DictConfig, mode: Mode):
+    """Input (uint8 pixels as float) -> backbone -> mode head."""
+    import keras
+
+    pre = preprocess_config(cfg)
+    inputs = keras.Input((pre.height, pre.width, pre.channels), name="image")
+    node = OmegaConf.to_container(cfg.backbone, resolve=True)
+    node.pop("name", None)  # the registry name is for logs and tags, not the builder
+    features = instantiate(node, _partial_=True)(inputs)
+    outputs = mode.build_head(features)
+    return keras.Model(inputs, outputs, name=f"bearcat_{mode.name}")
+
+
+def predict(model, mode: Mode, images: np.ndarray, batch_size: int = 256) -> tuple[list[dict], float]:
+    """Decoded predictions and the model's time per image in ms (batched)."""
+    results = []
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        probs = model.predict_on_batch(images[i:i + batch_size].astype(np.float32))
+        results += mode.decode(np.asarray(probs))
+    ms = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
+    return results, ms
+
+
+def score(mode: Mode, truths: list[str], results: list[dict]) -> dict[str, float]:
+    preds = [r["result"] for r in results]
+    metrics = text_metrics(truths, preds)
+    if not mode.text:
+        metrics = {"accuracy": metrics["accuracy"]}
+    return metrics

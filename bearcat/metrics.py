@@ -1,0 +1,41 @@
+"""Text metrics: exact match, character accuracy and character error rate (CER)."""
+from __future__ import annotations
+
+
+def edit_ops(truth: str, pred: str) -> tuple[int, int, int, int]:
+    """Levenshtein alignment -> (matches, substitutions, deletions, insertions)."""
+    n, m = len(truth), len(pred)
+    # dp[i][j] = (cost, matches) for truth[:i] vs pred[:j]; ties prefer more matches.
+    prev = [(j, 0, 0, 0, j) for j in range(m + 1)]  # cost, match, sub, del, ins
+    for i in range(1, n + 1):
+        cur = [(i, 0, 0, i, 0)]
+        for j in range(1, m + 1):
+            same = truth[i - 1] == pred[j - 1]
+            c, mt, s, d, ins = prev[j - 1]
+            best = (c + (0 if same else 1), mt + same, s + (not same), d, ins)
+            c, mt, s, d, ins = prev[j]
+            best = min(best, (c + 1, mt, s, d + 1, ins), key=lambda t: (t[0], -t[1]))
+            c, mt, s, d, ins = cur[j - 1]
+            best = min(best, (c + 1, mt, s, d, ins + 1), key=lambda t: (t[0], -t[1]))
+            cur.append(best)
+        prev = cur
+    _, mt, s, d, ins = prev[m]
+    return mt, s, d, ins
+
+
+def text_metrics(truths: list[str], preds: list[str]) -> dict[str, float]:
+    """accuracy: whole string right; char_accuracy: true characters read right (aligned);
+    cer: (substitutions + deletions + insertions) / true characters."""
+    if len(truths) != len(preds):
+        raise ValueError("truths and preds differ in length")
+    if not truths:
+        return {"accuracy": 0.0, "char_accuracy": 0.0, "cer": 0.0}
+    exact = sum(t == p for t, p in zip(truths, preds))
+    total = matched = errors = 0
+    for t, p in zip(truths, preds):
+        mt, s, d, ins = edit_ops(t, p)
+        total += len(t)
+        matched += mt
+        errors += s + d + ins
+    total = max(total, 1)
+    return {"accuracy": exact / len(truths), "char_accuracy": matched / total, "cer": errors / total}

@@ -1,0 +1,62 @@
+"""The small interface every mode implements."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from bearcat.data.labels import Vocabulary
+
+# mode name -> "module:Class"; a mode never reads files.
+REGISTRY = {
+    "ctc": "bearcat.modes.ctc:CTCMode",
+}
+
+
+class Mode:
+    name = "base"
+    text = True  # text modes report char accuracy / CER
+
+    def __init__(self, vocab: Vocabulary, max_length: int, **options):
+        self.vocab = vocab
+        self.max_length = int(max_length)
+        self.options = options
+
+    # --- labels
+    def check_label(self, label: str) -> tuple[str, str] | None:
+        """(reason, detail) when this mode cannot learn the label, else None."""
+        unknown = self.vocab.unknown(label)
+        if unknown:
+            return "characters outside the vocabulary", "".join(sorted(unknown))
+        if not label:
+            return "empty label", ""
+        if len(label) > self.max_length:
+            return "label longer than the model can emit", f"{len(label)} > max_length={self.max_length}"
+        return None
+
+    def encode(self, labels: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- model
+    def build_head(self, features):
+        """Backbone feature map (B, H, W, C) -> per-class probabilities."""
+        raise NotImplementedError
+
+    def loss(self):
+        raise NotImplementedError
+
+    # --- predictions
+    def decode(self, probs: np.ndarray) -> list[dict]:
+        """Model output for a batch -> [{"result": str, "confidence": float}, ...]."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Everything needed to rebuild decoding at serving time (stored in the bundle)."""
+        return {"name": self.name, "max_length": self.max_length, **self.options}
+
+
+def build_mode(name: str, vocab: Vocabulary, max_length: int, **options) -> Mode:
+    if name not in REGISTRY:
+        raise ValueError(f"mode={name}: unknown mode; choose one of {sorted(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)(vocab, max_length, **options)

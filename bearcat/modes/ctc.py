@@ -1,0 +1,105 @@
+"""CTC: read text of any length (up to the longest training label) from a sequence of
+feature columns. Class 0 is the blank.
+
+Confidence rule: the lowest, over all time steps, of the top class probability (one
+unsure column makes the whole reading unsure).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bearcat.modes.base import Mode
+
+EPS = 1e-7
+
+
+def collapse(ids: np.ndarray) -> list[int]:
+    """Greedy CTC path -> labels: merge repeats, then drop blanks ("AA-A" -> "AA")."""
+    out, prev = [], -1
+    for i in ids.tolist():
+        if i != prev and i != 0:
+            out.append(i)
+        prev = i
+    return out
+
+
+def sequence_features(features, units: int, rnn: str, rnn_layers: int, dropout: float, name: str):
+    """(B, H, W, C) feature map -> (B, W, units) sequence, one step per column."""
+    from keras import layers
+
+    _, h, w, c = features.shape
+    x = layers.Reshape((w, h * c), name=f"{name}_columns")(features)
+    x = layers.Dense(units, activation="relu", name=f"{name}_proj")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    cell = {"gru": layers.GRU, "lstm": layers.LSTM}.get(rnn)
+    if rnn not in ("gru", "lstm", "none", None):
+        raise ValueError(f"mode.rnn={rnn}: choose gru, lstm or none")
+    for i in range(rnn_layers if cell else 0):
+        x = layers.Bidirectional(cell(units // 2, return_sequences=True), name=f"{name}_rnn{i}")(x)
+    return x
+
+
+class CTCMode(Mode):
+    name = "ctc"
+
+    def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 128, rnn_layers: int = 1,
+                 dropout: float = 0.0, decoder: str = "greedy", beam_width: int = 10, **extra):
+        super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
+                         dropout=dropout, decoder=decoder, beam_width=beam_width, **extra)
+        if decoder not in ("greedy", "beam_search"):
+            raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
+
+    @property
+    def min_time_steps(self) -> int:
+        return 2 * self.max_length + 1
+
+    def encode(self, labels):
+        out = np.zeros((len(labels), self.max_length), np.int32)  # 0 pads (and is the blank)
+        for row, label in enumerate(labels):
+            ids = self.vocab.encode(label)
+            out[row, :len(ids)] = ids
+        return out
+
+    def build_head(self, features):
+        from keras import layers
+
+        steps = features.shape[2]
+        if steps < self.min_time_steps:
+            raise ValueError(
+                f"the backbone gives {steps} time steps (feature-map width) but CTC needs at least "
+                f"2 x max_length + 1 = {self.min_time_steps} for labels of up to {self.max_length} characters; "
+                f"increase preprocess.width or use a backbone.feature_layer / backbone.pools setting that keeps "
+                f"more width")
+        o = self.options
+        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc")
+        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
+
+    def loss(self):
+        import keras
+
+        def ctc_loss(y_true, y_pred):
+            y_true = keras.ops.cast(y_true, "int32")
+            label_length = keras.ops.sum(keras.ops.cast(y_true != 0, "int32"), axis=-1)
+            shape = keras.ops.shape(y_pred)
+            logit_length = keras.ops.full((shape[0],), shape[1], dtype="int32")
+            # log of softmax output is a valid logit input: its log_softmax is itself.
+            return keras.ops.ctc_loss(y_true, keras.ops.log(y_pred + EPS), label_length, logit_length,
+                                      mask_index=0)
+
+        return ctc_loss
+
+    def decode(self, probs):
+        probs = np.asarray(probs)
+        confidence = probs.max(axis=-1).min(axis=-1)
+        if self.options["decoder"] == "beam_search":
+            import keras
+
+            lengths = np.full((len(probs),), probs.shape[1], np.int32)
+            decoded, _ = keras.ops.ctc_decode(np.log(probs + EPS), lengths, strategy="beam_search",
+                                              beam_width=self.options["beam_width"], mask_index=0)
+            paths = np.asarray(decoded[0])
+            texts = [self.vocab.decode([i for i in row if i > 0]) for row in paths]
+        else:
+            texts = [self.vocab.decode(collapse(row)) for row in probs.argmax(axis=-1)]
+        return [{"result": t, "confidence": float(c)} for t, c in zip(texts, confidence)]

@@ -1,0 +1,103 @@
+"""Everything that talks to MLflow: store set-up, flattened params, per-epoch metrics,
+artifacts. Nothing else in Bearcat imports mlflow for tracking."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 500  # MLflow's limit for a param value
+
+
+def tracking_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI wins over the config; a sqlite file's folder is created."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def setup(cfg_mlflow) -> str:
+    """Point MLflow at the store and experiment; return the experiment id."""
+    uri = tracking_uri(cfg_mlflow.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    name = cfg_mlflow.experiment_name
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:") and cfg_mlflow.get("artifact_root"):
+            # Keep a local store's artifacts beside it under outputs/, not in ./mlruns.
+            location = Path(cfg_mlflow.artifact_root).resolve().as_uri()
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+            exp = mlflow.get_experiment_by_name(name)
+    return exp.experiment_id
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}; long values are cut to MLflow's limit."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, str] = {}
+    for key, value in (data or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+def log_params(cfg) -> None:
+    params = flatten(cfg)
+    items = sorted(params.items())
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(folder, artifact_path: str | None = None) -> None:
+    mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def start_run(experiment_id: str, run_id: str | None = None, run_name: str | None = None,
+              tags: dict | None = None, parent_run_id: str | None = None):
+    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                            run_name=run_name, tags=tags, parent_run_id=parent_run_id)
+
+
+def end_run(status: str = "FINISHED") -> None:
+    mlflow.end_run(status)
+
+
+def download_artifacts(run_id: str, artifact_path: str, dst: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst))
+
+
+def epoch_callback():
+    """A Keras callback logging every epoch's metrics (loss, val_loss, val_accuracy...)."""
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
+            if "learning_rate" not in metrics and self.model is not None:
+                try:
+                    metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                except Exception:  # a schedule object has no single value
+                    pass
+            log_metrics(metrics, step=epoch)
+
+    return MlflowEpochLogger()

@@ -1,0 +1,145 @@
+"""Train entry point: `python -m bearcat.train [overrides]`.
+
+config -> data source -> preprocess -> tf.data -> mode -> backbone + head -> fit ->
+evaluate on the test split -> MLflow. Returns `optimized_metric` for sweepers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("bearcat.train")
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The config an interrupted run was started with (its own output dir included)."""
+    saved = Path(cfg.resume) / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no config.yaml there; pass the run's output folder")
+    old = OmegaConf.load(saved)
+    old.resume = cfg.resume
+    return old
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    import keras
+
+    from bearcat import tracking
+    from bearcat.bundle import write_bundle
+    from bearcat.callbacks import Checkpointer, TimeBudget, ValidationMetrics, read_state, restore_last
+    from bearcat.data.pipeline import make_dataset
+    from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
+                                    preprocess_config, score)
+    from bearcat.gallery import prediction_gallery
+    from bearcat.optim.schedules import build_schedule
+
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.get("resume"):
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    keras.utils.set_random_seed(cfg.trainer.seed)
+
+    splits = load_sources(cfg)
+    mode = build_vocab_and_mode(cfg, splits)
+    data = load_data(cfg, splits, mode)
+    train_split, val_split, test_split = (data.loaded[s] for s in ("train", "val", "test"))
+    log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",
+             len(train_split), len(val_split), len(test_split), len(mode.vocab), mode.max_length)
+
+    model = build_model(cfg, mode)
+    batch_size = int(cfg.trainer.batch_size)
+    steps_per_epoch = math.ceil(len(train_split) / batch_size)
+    lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
+                                            cfg.trainer.epochs)
+    from hydra.utils import instantiate
+
+    optimizer = instantiate(cfg.optimizer, learning_rate=lr)
+    loss_fn = mode.loss()
+    model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)
+
+    train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
+                            seed=cfg.trainer.seed)
+    val_targets = mode.encode(val_split.labels)
+
+    def val_metrics() -> dict:
+        probs = model.predict(val_split.images.astype("float32"), batch_size=256, verbose=0)
+        results = mode.decode(probs)
+        loss = float(keras.ops.convert_to_numpy(keras.ops.mean(loss_fn(val_targets, probs))))
+        return {"loss": loss, **score(mode, val_split.labels, results)}
+
+    experiment_id = tracking.setup(cfg.mlflow)
+    state = read_state(ckpt_dir) if cfg.get("resume") else None
+    run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
+                             run_name=cfg.get("run_name") or f"{cfg.mode.name}-{cfg.backbone.name}",
+                             tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": cfg.backbone.name,
+                                   "bearcat.output_dir": str(out_dir.resolve())})
+    status = "FAILED"
+    try:
+        initial_epoch = 0
+        if state:
+            restore_last(model, ckpt_dir, state)
+            initial_epoch = int(state["epoch"])
+            log.info("resumed %s at epoch %d (MLflow run %s)", ckpt_dir, initial_epoch, run.info.run_id)
+        else:
+            tracking.log_params(cfg)
+            tracking.log_artifact(out_dir / "config.yaml")
+            tracking.log_metrics({f"data_{s}_images": len(data.loaded[s]) for s in data.loaded}
+                                 | {f"skipped_{k.replace(' ', '_')}": v for k, v in data.skipped.items()})
+            with tempfile.TemporaryDirectory() as tmp:
+                mode.vocab.save(Path(tmp) / "vocabulary.json")
+                tracking.log_artifact(Path(tmp) / "vocabulary.json")
+        model.summary(print_fn=log.info)
+
+        callbacks = [ValidationMetrics(val_metrics), *schedule_callbacks,
+                     Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
+        if cfg.callbacks.early_stopping.patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
+                                                           patience=cfg.callbacks.early_stopping.patience,
+                                                           min_delta=cfg.callbacks.early_stopping.min_delta))
+        if cfg.trainer.get("max_minutes"):
+            callbacks.append(TimeBudget(cfg.trainer.max_minutes))
+        callbacks.append(tracking.epoch_callback())
+        if initial_epoch < cfg.trainer.epochs:
+            model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                      verbose=cfg.trainer.verbose)
+
+        best = ckpt_dir / "best.keras"
+        if best.is_file():  # test the epoch that did best on val, not merely the last one
+            model = keras.models.load_model(best, compile=False)
+        results, ms = predict(model, mode, test_split.images)
+        metrics = {f"test_{k}": v for k, v in score(mode, test_split.labels, results).items()}
+        metrics["test_ms_per_image"] = ms
+        low = sum(r["confidence"] < cfg.low_confidence for r in results)
+        metrics["test_low_confidence_fraction"] = low / max(1, len(results))
+        tracking.log_metrics(metrics)
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+        gallery = prediction_gallery(test_split.images, test_split.labels, results,
+                                     out_dir / "predictions" / "test_gallery.png")
+        tracking.log_artifact(gallery, "predictions")
+        bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
+                              {"mlflow_run_id": run.info.run_id})
+        tracking.log_artifacts(bundle, "model")
+        status = "FINISHED"
+    finally:
+        tracking.end_run(status)
+    metrics["mlflow_run_id"] = run.info.run_id
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared test fixtures: every test gets its own output folder, cache and MLflow store,
+so tests never touch outputs/ or each other."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture
+def tmp_store(tmp_path, monkeypatch):
+    """A private sqlite MLflow store; MLFLOW_TRACKING_URI points at it."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tmp_store):
+    """compose(config_name, overrides) with the run's paths pointed into tmp_path."""
+
+    def _make(overrides=(), config_name="train", output="run"):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=[
+                f"paths.output_dir={tmp_path / output}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"mlflow.artifact_root={tmp_path / 'artifacts'}",
+                *overrides,
+            ])
+        return cfg
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def swust_copy(tmp_path_factory):
+    """A copy of 120 images of a shared real data set (never modify the original)."""
+    src = SHARED / "swust_cas_20200226"
+    if not src.is_dir():
+        pytest.fail(f"shared data set missing: {src}")
+    dst = tmp_path_factory.mktemp("swust")
+    for path in sorted(src.iterdir())[:120]:
+        shutil.copy2(path, dst / path.name)
+    return dst
