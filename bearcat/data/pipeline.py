@@ -1,0 +1,94 @@
+"""tf.data input pipeline.
+
+Images are decoded and preprocessed once, in parallel processes, into a uint8 array that
+is cached on disk (keyed by the files and the preprocessing settings) and held in memory;
+every epoch then only shuffles, augments (training split only), batches and prefetches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bearcat.data.parallel import parallel_map
+from bearcat.data.preprocess import ImageError, PreprocessConfig, preprocess
+
+log = logging.getLogger(__name__)
+
+
+def _decode_one(job):
+    path, cfg = job
+    try:
+        return preprocess(path, PreprocessConfig(**cfg)), None
+    except ImageError as err:
+        return None, str(err)
+
+
+def _cache_key(samples, cfg: PreprocessConfig) -> str:
+    h = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class LoadedSplit:
+    """Preprocessed images of one split with their labels and file paths."""
+
+    def __init__(self, images: np.ndarray, labels: list[str], paths: list[str], errors: list[str]):
+        self.images, self.labels, self.paths, self.errors = images, labels, paths, errors
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir: str | None,
+               desc: str = "decoding", workers: int | None = None) -> LoadedSplit:
+    """Decode + preprocess every (path, label); unreadable files are warned about, counted
+    and left where they are."""
+    cache = None
+    if cache_dir and samples:
+        cache = Path(cache_dir) / "arrays" / f"{_cache_key(samples, cfg)}.npz"
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return LoadedSplit(z["images"], meta["labels"], meta["paths"], meta["errors"])
+    results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
+    images, labels, paths, errors = [], [], [], []
+    for (path, label), (arr, err) in zip(samples, results):
+        if err:
+            log.warning("skipped unreadable image: %s", err)
+            errors.append(err)
+            continue
+        images.append(arr)
+        labels.append(label)
+        paths.append(path)
+    shape = (0, cfg.height, cfg.width, cfg.channels)
+    stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
+    split = LoadedSplit(stacked, labels, paths, errors)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        meta = json.dumps({"labels": labels, "paths": paths, "errors": errors}, ensure_ascii=False)
+        np.savez(tmp, images=stacked, meta=np.array(meta))
+        tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
+    return split
+
+
+def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment=None, drop_remainder: bool = False):
+    """A batched, prefetched tf.data.Dataset of (float32 images, targets)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, targets))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

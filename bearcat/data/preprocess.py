@@ -1,0 +1,100 @@
+"""The one preprocessing path: training, evaluation, export and serving all call
+`preprocess` so a served model never sees pixels prepared differently from training.
+
+Output is uint8 (height, width, channels); scaling to [0, 1] happens inside the model
+(a Rescaling layer), so exported models take the same uint8 pixels.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Refuse decompression bombs: no captcha needs more than this many pixels.
+DEFAULT_MAX_PIXELS = 20_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    height: int = 48          # model input height, pixels
+    width: int = 128          # model input width, pixels
+    channels: int = 1         # 1 = grayscale, 3 = RGB
+    threshold: int | None = None  # binarise grayscale at this level (0-255); None = off
+    pad_value: int = 128      # grey used to pad to the input size
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_dict(cls, d) -> "PreprocessConfig":
+        keys = cls.__dataclass_fields__
+        return cls(**{k: (None if v is None else v) for k, v in dict(d).items() if k in keys})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image from a path, bytes or PIL image."""
+    if isinstance(source, Image.Image):
+        return source
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError(f"{label}: empty image (0 bytes)")
+            img = Image.open(io.BytesIO(source))
+        else:
+            if Path(source).stat().st_size == 0:
+                raise ImageError(f"{label}: empty image file (0 bytes)")
+            img = Image.open(source)
+        if img.width * img.height > max_pixels:
+            raise ImageError(f"{label}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
+        img.load()  # decode everything now: a truncated file fails here, not in training
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{label}: file not found") from None
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise ImageError(f"{label}: cannot decode image ({type(err).__name__}: {err})") from None
+    return img
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8-bit, don't clip
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr * 255.0 / top).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        # Transparent pixels become white, as a browser would show them.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:
+    """Image -> uint8 array (cfg.height, cfg.width, cfg.channels).
+
+    Keep the aspect ratio, scale down only if larger than the input size, centre on a
+    grey (`pad_value`) canvas, optionally grayscale and threshold.
+    """
+    img = _to_mode(ImageOps.exif_transpose(load_image(source, cfg.max_pixels, name)), cfg.channels)
+    scale = min(cfg.width / img.width, cfg.height / img.height, 1.0)
+    if scale < 1.0:
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.BILINEAR)
+    if cfg.threshold is not None:
+        if cfg.channels != 1:
+            raise ValueError("preprocess.threshold needs preprocess.channels=1")
+        img = img.point(lambda p: 255 if p >= cfg.threshold else 0)
+    fill = cfg.pad_value if cfg.channels == 1 else (cfg.pad_value,) * 3
+    canvas = Image.new(img.mode, (cfg.width, cfg.height), fill)
+    canvas.paste(img, ((cfg.width - img.width) // 2, (cfg.height - img.height) // 2))
+    arr = np.asarray(canvas, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
