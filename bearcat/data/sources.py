@@ -1,0 +1,202 @@
+"""Data sources: where labelled images come from. A source returns file lists per split;
+it never knows about the model.
+
+- `synthetic`: captchas drawn with the `captcha` library, generated once into a cache
+  folder keyed by every setting that changes the images, then reused.
+- `folder`: the user's own folder of `LABEL_anything.png` files (read only, never
+  modified).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.parallel import parallel_map
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class Splits:
+    """(path, label) pairs per split, plus what the source knows about its labels."""
+
+    train: list[tuple[str, str]]
+    val: list[tuple[str, str]]
+    test: list[tuple[str, str]]
+    charset: str | None = None           # fixed character set, when the source has one
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def items(self):
+        return [(s, getattr(self, s)) for s in SPLITS]
+
+    def labels(self):
+        return [label for _, samples in self.items() for _, label in samples]
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+def _synthetic_key(settings: dict) -> str:
+    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _random_label(rng: random.Random, charset: str, min_length: int, max_length: int) -> str:
+    return "".join(rng.choice(charset) for _ in range(rng.randint(min_length, max_length)))
+
+
+def _generate_one(job) -> str:
+    """Draw one captcha; deterministic in (seed, split, index) whatever the worker."""
+    from captcha.image import ImageCaptcha
+
+    out_dir, split, index, s = job
+    rng = random.Random(f"{s['seed']}/{split}/{index}")
+    label = _random_label(rng, s["charset"], s["min_length"], s["max_length"])
+    # ImageCaptcha draws with the global `random`; seed it per image for reproducibility.
+    random.seed(f"{s['seed']}/{split}/{index}/draw")
+    gen = ImageCaptcha(width=s["image_width"], height=s["image_height"],
+                       fonts=s["fonts"] or None, font_sizes=s["font_sizes"] or None)
+    name = hashlib.sha1(f"{s['seed']}/{split}/{index}".encode()).hexdigest()[:10]
+    path = Path(out_dir) / split / f"{label}_{name}.png"
+    gen.generate_image(label).save(path)
+    return str(path)
+
+
+def synthetic_settings(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
+                       seed: int, fonts: list[str] | None = None, font_sizes: list[int] | None = None) -> dict:
+    """Checked generator settings: every value that changes the images."""
+    charset = "".join(dict.fromkeys(str(charset)))
+    if not charset:
+        raise ValueError("dataset.charset is empty")
+    if "_" in charset or "/" in charset or "\\" in charset:
+        raise ValueError("dataset.charset may not contain '_', '/' or '\\' (they cannot appear in file-name labels)")
+    if not 1 <= min_length <= max_length:
+        raise ValueError(f"dataset.min_length={min_length} / dataset.max_length={max_length}: need 1 <= min <= max")
+    for font in fonts or []:
+        if not Path(font).is_file():
+            raise FileNotFoundError(f"dataset.fonts: font file not found: {font}")
+    settings = dict(charset=charset, min_length=int(min_length), max_length=int(max_length),
+                    image_width=int(image_width), image_height=int(image_height),
+                    fonts=[str(Path(f).resolve()) for f in fonts or []],
+                    font_sizes=[int(x) for x in font_sizes or []], seed=int(seed))
+    return settings
+
+
+def generate_split(root, split: str, size: int, settings: dict, workers: int | None = None) -> list[str]:
+    """Draw `size` captchas into root/split/ in parallel; their paths, in index order."""
+    (Path(root) / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(str(root), split, i, settings) for i in range(size)]
+    return parallel_map(_generate_one, jobs, desc=f"generating {split} captchas", workers=workers)
+
+
+def synthetic(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
+              train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
+              fonts: list[str] | None = None, font_sizes: list[int] | None = None,
+              lowercase: bool = False, workers: int | None = None, **_ignored) -> Splits:
+    """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`."""
+    settings = synthetic_settings(charset, min_length, max_length, image_width, image_height, seed, fonts,
+                                  font_sizes)
+    charset = settings["charset"]
+    sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
+    root = Path(cache_dir) / "synthetic" / _synthetic_key(settings)
+    (root / "settings.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for split in SPLITS:
+        (root / split).mkdir(parents=True, exist_ok=True)
+        done = root / f"{split}.{sizes[split]}.done"
+        if done.exists():  # the marker is written last, so a killed generation is redone
+            paths = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            paths = generate_split(root, split, sizes[split], settings, workers)
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(done)
+        out[split] = [(p, label_from_name(p, lowercase)) for p in paths]
+    log.info("synthetic data in %s: %s", root, {k: len(v) for k, v in out.items()})
+    return Splits(out["train"], out["val"], out["test"], charset=charset.lower() if lowercase else charset)
+
+
+# -------------------------------------------------------------------------------- folder
+
+def _labelled_files(folder: Path, lowercase: bool, skipped: dict[str, int]) -> list[tuple[str, str]]:
+    samples = []
+    for path in sorted(folder.iterdir()):
+        if not is_image_file(path):
+            continue
+        label = label_from_name(path, lowercase)
+        if not label:
+            log.warning("%s: file name holds no label (expected LABEL_anything%s); skipped", path, path.suffix)
+            skipped["no label in file name"] = skipped.get("no label in file name", 0) + 1
+            continue
+        samples.append((str(path), label))
+    return samples
+
+
+def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
+    samples = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != QUARANTINE):
+        label = sub.name.lower() if lowercase else sub.name
+        samples += [(str(p), label) for p in sorted(sub.iterdir()) if is_image_file(p)]
+    return samples
+
+
+def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int):
+    """Deterministic shuffle-and-cut; the same files and seed always give the same split."""
+    order = sorted(samples)
+    random.Random(seed).shuffle(order)
+    n_test = round(len(order) * test_ratio)
+    n_val = round(len(order) * val_ratio)
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_ratio: float = 0.1,
+           test_ratio: float = 0.1, charset: str | None = None, class_folders: bool = False,
+           **_ignored) -> Splits:
+    """A user's folder: `train/ val/ test/` used as they are, or a flat folder split
+    80/10/10 (by default) with a fixed seed. With `class_folders`, one sub-folder per class."""
+    if root in (None, "", "???"):
+        raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES")
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+    skipped: dict[str, int] = {}
+    collect = (lambda d: _class_folder_files(d, lowercase)) if class_folders else \
+        (lambda d: _labelled_files(d, lowercase, skipped))
+    if (base / "train").is_dir():
+        train = collect(base / "train")
+        val = collect(base / "val") if (base / "val").is_dir() else []
+        test = collect(base / "test") if (base / "test").is_dir() else []
+        if not val:
+            train, val, _ = split_samples(train, val_ratio, 0.0, split_seed)
+        if not test:
+            log.warning("%s has no test/ folder: the test metrics use the val split", base)
+            test = val
+    else:
+        train, val, test = split_samples(collect(base), val_ratio, test_ratio, split_seed)
+    if not train:
+        raise ValueError(f"dataset.root={root}: no labelled images found "
+                         f"(expected files like LABEL_anything.png in it or in train/)")
+    if charset:
+        charset = charset.lower() if lowercase else charset
+        known = set(charset)
+        kept = {}
+        for split, samples in (("train", train), ("val", val), ("test", test)):
+            kept[split] = []
+            for path, label in samples:
+                bad = set(label) - known
+                if bad:
+                    log.warning("%s: label %r has characters outside dataset.charset: %s; skipped",
+                                path, label, "".join(sorted(bad)))
+                    skipped["characters outside charset"] = skipped.get("characters outside charset", 0) + 1
+                else:
+                    kept[split].append((path, label))
+        train, val, test = kept["train"], kept["val"], kept["test"]
+    return Splits(train, val, test, charset=charset or None, skipped=skipped)
