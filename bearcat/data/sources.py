@@ -48,6 +48,18 @@ def _synthetic_key(settings: dict) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
+def cached_paths(done: Path, make) -> list[str]:
+    """The file list recorded in the marker `done`, or `make()` it and record it. The marker
+    is written last (atomically), so a killed generation is redone, never half-used."""
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    paths = make()
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(done)
+    return paths
+
+
 def _random_label(rng: random.Random, charset: str, min_length: int, max_length: int) -> str:
     return "".join(rng.choice(charset) for _ in range(rng.randint(min_length, max_length)))
 
@@ -111,14 +123,8 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
     out: dict[str, list[tuple[str, str]]] = {}
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
-        done = root / f"{split}.{sizes[split]}.done"
-        if done.exists():  # the marker is written last, so a killed generation is redone
-            paths = json.loads(done.read_text(encoding="utf-8"))
-        else:
-            paths = generate_split(root, split, sizes[split], settings, workers)
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8")
-            tmp.replace(done)
+        paths = cached_paths(root / f"{split}.{sizes[split]}.done",
+                             lambda: generate_split(root, split, sizes[split], settings, workers))
         out[split] = [(p, label_from_name(p, lowercase)) for p in paths]
     log.info("synthetic data in %s: %s", root, {k: len(v) for k, v in out.items()})
     return Splits(out["train"], out["val"], out["test"], charset=charset.lower() if lowercase else charset)
