@@ -32,10 +32,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.bundle import write_bundle
     from bearcat.callbacks import Checkpointer, TimeBudget, ValidationMetrics, read_state, restore_last
+    from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
                                     preprocess_config, score)
-    from bearcat.gallery import prediction_gallery
+    from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
 
     if cfg.get("resume"):
@@ -65,8 +66,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loss_fn = mode.loss()
     model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)
 
+    augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only
     train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
-                            seed=cfg.trainer.seed)
+                            seed=cfg.trainer.seed, augment=augment)
     val_targets = mode.encode(val_split.labels)
 
     def val_metrics() -> dict:
@@ -91,6 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             tracking.log_params(cfg)
             tracking.log_artifact(out_dir / "config.yaml")
+            tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",
+                                                   augment, seed=cfg.trainer.seed))  # what the model sees
             tracking.log_metrics({f"data_{s}_images": len(data.loaded[s]) for s in data.loaded}
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in data.skipped.items()})
             with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tracking.log_artifact(Path(tmp) / "vocabulary.json")
         model.summary(print_fn=log.info)
 
-        callbacks = [ValidationMetrics(val_metrics), *schedule_callbacks,
+        callbacks = [ValidationMetrics(val_metrics, len(train_split)), *schedule_callbacks,
                      Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
         if cfg.callbacks.early_stopping.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.data.pack import decode_refs, is_ref, source_file
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, preprocess
 
@@ -31,7 +32,7 @@ def _decode_one(job):
 def _cache_key(samples, cfg: PreprocessConfig) -> str:
     h = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     for path, label in samples:
-        st = os.stat(path)
+        st = os.stat(source_file(path))  # a packed record: its shard file
         h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
@@ -57,7 +58,10 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
             with np.load(cache, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 return LoadedSplit(z["images"], meta["labels"], meta["paths"], meta["errors"])
-    results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
+    if samples and is_ref(samples[0][0]):  # packed TFRecords (dataset=packed)
+        results = decode_refs(samples, cfg, workers, desc)
+    else:
+        results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
     images, labels, paths, errors = [], [], [], []
     for (path, label), (arr, err) in zip(samples, results):
         if err:

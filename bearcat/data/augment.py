@@ -1,0 +1,64 @@
+"""Training-time augmentation: albumentations transforms listed as `_target_` nodes in
+conf/augmentation/*.yaml, composed into one function that tf.data runs in parallel on the
+training split only (uint8 image in, uint8 image of the same shape out)."""
+from __future__ import annotations
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class Augmenter:
+    """Applies an albumentations pipeline to one uint8 (H, W, C) image.
+
+    Call it on (image, target) tensors inside `Dataset.map`; `apply` is the NumPy version
+    (used by the preview)."""
+
+    def __init__(self, transforms: list, seed: int | None = None, name: str = "augmentation"):
+        import albumentations as A
+
+        self.name = name
+        self.compose = A.Compose(transforms, seed=seed)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        out = self.compose(image=image)["image"]
+        if out.size != image.size:
+            raise ValueError(f"{self.name}: a transform changed the image shape {image.shape} -> {out.shape}; "
+                             "augmentations must keep the model's input size")
+        return np.ascontiguousarray(out, dtype=np.uint8).reshape(image.shape)
+
+    def apply_batch(self, images: np.ndarray) -> np.ndarray:
+        return np.stack([self.apply(img) for img in images]) if len(images) else images
+
+    def __call__(self, image, target):
+        import tensorflow as tf
+
+        out = tf.numpy_function(self.apply, [image], tf.uint8, stateful=True, name="augment")
+        out.set_shape(image.shape)
+        return out, target
+
+
+def build_transforms(nodes, where: str = "augmentation.transforms") -> list:
+    """Instantiate each `_target_` node; an error names the node that failed."""
+    if isinstance(nodes, (DictConfig, ListConfig)):
+        nodes = OmegaConf.to_container(nodes, resolve=True)
+    transforms = []
+    for i, node in enumerate(nodes or []):
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ValueError(f"{where}[{i}]: expected a mapping with a _target_ (an albumentations transform), "
+                             f"got {node!r}")
+        try:
+            transforms.append(instantiate(node))
+        except Exception as err:  # Hydra wraps import and argument errors
+            cause = err.__cause__ or err
+            raise ValueError(f"{where}[{i}] ({node['_target_']}): cannot build it: {cause}") from None
+    return transforms
+
+
+def build_augment(cfg_aug, seed: int | None = None) -> Augmenter | None:
+    """The training split's augmentation from the `augmentation` config group; None when
+    it lists no transforms (then the pipeline skips the step)."""
+    transforms = build_transforms(cfg_aug.get("transforms"))
+    if not transforms:
+        return None
+    return Augmenter(transforms, seed=seed, name=f"augmentation={cfg_aug.get('name', '?')}")

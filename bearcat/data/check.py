@@ -1,0 +1,256 @@
+"""`prepare action=check`: decode every image of a folder fully and report what training
+would trip over. Unreadable files are moved (never deleted) to `quarantine/` inside the
+data folder, with `quarantine/report.json` saying why; the file counts before and after
+always add up."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.parallel import parallel_map
+from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
+from bearcat.data.sources import QUARANTINE, SPLITS
+
+log = logging.getLogger(__name__)
+
+SIZE_STEP = 16  # recommended sizes are multiples of this (pooling strides divide them)
+
+
+def _inspect(job) -> dict:
+    """Read, hash and fully decode one file (runs in a worker process)."""
+    path, pre = job
+    info = {"path": path}
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return info | {"error": f"{path}: cannot read ({err.strerror or err})"}
+    info["sha1"] = hashlib.sha1(data).hexdigest()
+    try:
+        img = load_image(path, pre["max_pixels"])  # from the path: PIL then names the file, not a buffer
+        info |= {"width": img.width, "height": img.height, "mode": img.mode}
+        notes = []
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            notes.append("16-bit image, scaled to 8-bit")
+        if img.mode == "P":
+            notes.append("palette image")
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            notes.append("has transparency, shown on white")
+        preprocess(img, PreprocessConfig(**pre), name=path)  # the exact path training takes
+        info["notes"] = notes
+    except ImageError as err:
+        info["error"] = str(err)
+    except Exception as err:  # a decoder bug on a hostile file must not stop the check
+        info["error"] = f"{path}: cannot preprocess ({type(err).__name__}: {err})"
+    return info
+
+
+def _scan(root: Path) -> tuple[list[Path], list[Path]]:
+    """Image files (by extension) and other files under root, quarantine excluded."""
+    images, others = [], []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == QUARANTINE or not path.is_file():
+            continue
+        (images if is_image_file(path) else others).append(path)
+    return images, others
+
+
+def _split_of(rel: Path) -> str:
+    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in SPLITS else "(flat)"
+
+
+def _stats(values: list[int]) -> dict:
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
+
+
+def recommend_size(widths: list[int], heights: list[int], max_length: int) -> dict:
+    """Input size for preprocess: the median image rounded up to a multiple of SIZE_STEP,
+    widened if needed so a stride-8 CTC model gets 2 x max_length + 1 time steps."""
+    if not widths:
+        return {}
+    up = lambda v: int(math.ceil(v / SIZE_STEP) * SIZE_STEP)  # noqa: E731
+    return {"height": up(np.median(heights)), "width": max(up(np.median(widths)), up(8 * (2 * max_length + 1)))}
+
+
+def _unique_target(folder: Path, rel: Path) -> Path:
+    target = folder / rel
+    n = 1
+    while target.exists():  # never overwrite an earlier quarantined file
+        target = target.with_name(f"{rel.stem}.{n}{rel.suffix}")
+        n += 1
+    return target
+
+
+def quarantine(root: Path, bad: list[dict]) -> list[dict]:
+    """Move each bad file to root/quarantine/<same relative path>; append to report.json."""
+    folder = root / QUARANTINE
+    moved = []
+    for item in bad:
+        src = Path(item["path"])
+        target = _unique_target(folder, src.relative_to(root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(target)
+        moved.append({"file": str(src), "moved_to": str(target), "reason": item["error"],
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        log.warning("quarantined %s -> %s: %s", src, target, item["error"])
+    if moved:
+        report = folder / "report.json"
+        old = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
+        tmp = report.with_suffix(".tmp")
+        tmp.write_text(json.dumps(old + moved, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(report)
+    return moved
+
+
+def _label_problems(root: Path, infos: list[dict], lowercase: bool, charset: str | None,
+                    class_folders: bool) -> tuple[dict, list]:
+    """Labels, unlabelled names, characters outside the charset, case mixes."""
+    labels, no_label, outside = {}, [], []
+    allowed = set(charset.lower() if lowercase and charset else charset or "")
+    for info in infos:
+        path = Path(info["path"])
+        label = path.parent.name if class_folders else label_from_name(path, lowercase)
+        if class_folders and lowercase:
+            label = label.lower()
+        if not label:
+            no_label.append(str(path))
+            log.warning("%s: file name holds no label (expected LABEL_anything%s)", path, path.suffix)
+            continue
+        labels[str(path)] = label
+        bad = sorted(set(label) - allowed) if charset else []
+        if bad:
+            outside.append({"file": str(path), "label": label, "characters": "".join(bad)})
+            log.warning("%s: label %r has characters outside dataset.charset: %s", path, label, "".join(bad))
+    chars = set("".join(labels.values()))
+    both_cases = sorted(c for c in chars if c.islower() and c.upper() in chars)
+    mixed = [f for f, lab in labels.items() if any(c.islower() for c in lab) and any(c.isupper() for c in lab)]
+    return labels, [no_label, outside, both_cases, mixed]
+
+
+def _duplicates(infos: list[dict], labels: dict, root: Path) -> dict:
+    groups = defaultdict(list)
+    for info in infos:
+        groups[info["sha1"]].append(info["path"])
+    dup = [sorted(g) for g in groups.values() if len(g) > 1]
+    conflicting = [g for g in dup if len({labels.get(p) for p in g}) > 1]
+    across = [g for g in dup if len({_split_of(Path(p).relative_to(root)) for p in g}) > 1]
+    for g in dup:
+        log.warning("same content in %d files: %s", len(g), ", ".join(g))
+    return {"groups": dup, "extra_copies": sum(len(g) - 1 for g in dup),
+            "conflicting_labels": conflicting, "across_splits": across}
+
+
+def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = None, lowercase: bool = False,
+                 class_folders: bool = False, move_bad: bool = True, workers: int | None = None) -> dict:
+    """Check every image under root (train/val/test or flat); return the report."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+    images, others = _scan(base)
+    files_before = len(images) + len(others) + _count_quarantined(base)
+    infos = parallel_map(_inspect, [(str(p), pre.to_dict()) for p in images], desc="checking images",
+                         workers=workers)
+    bad = [i for i in infos if "error" in i]
+    good = [i for i in infos if "error" not in i]
+    for item in bad:
+        log.warning("unreadable: %s", item["error"])
+    moved = quarantine(base, bad) if move_bad else []
+    labels, (no_label, outside, both_cases, mixed) = _label_problems(base, good, lowercase, charset, class_folders)
+    widths, heights = [i["width"] for i in good], [i["height"] for i in good]
+    lengths = Counter(len(v) for v in labels.values())
+    converted = [{"file": i["path"], "note": n} for i in good for n in i["notes"]]
+    larger = sum(w > pre.width or h > pre.height for w, h in zip(widths, heights))
+    report = {
+        "root": str(base),
+        "files_before": files_before,
+        "image_files": len(images),
+        "readable": len(good),
+        "unreadable": len(bad),
+        "unreadable_files": [{"file": i["path"], "reason": i["error"]} for i in bad],
+        "quarantined": len(moved),
+        "quarantine": moved,
+        "other_files": [str(p) for p in others],
+        "splits": dict(Counter(_split_of(Path(i["path"]).relative_to(base)) for i in good)),
+        "width": _stats(widths),
+        "height": _stats(heights),
+        "modes": dict(Counter(i["mode"] for i in good)),
+        "converted": converted,
+        "larger_than_input": larger,
+        "preprocess": {"height": pre.height, "width": pre.width},
+        "recommended_preprocess": recommend_size(widths, heights, max(lengths, default=1)),
+        "label_length": {str(k): lengths[k] for k in sorted(lengths)},
+        "charset": "".join(sorted(set("".join(labels.values())))),
+        "no_label": len(no_label),
+        "no_label_files": no_label,
+        "outside_charset": len(outside),
+        "outside_charset_files": outside,
+        "letters_in_both_cases": "".join(both_cases),
+        "mixed_case_labels": len(mixed),
+        "duplicates": _duplicates(good, labels, base),
+    }
+    report["files_after"] = len(_scan(base)[0]) + len(_scan(base)[1]) + _count_quarantined(base)
+    if report["files_after"] != files_before:  # cannot happen unless someone else changed the folder
+        raise RuntimeError(f"{base}: {files_before} files before the check, {report['files_after']} after")
+    return report
+
+
+def _count_quarantined(root: Path) -> int:
+    folder = root / QUARANTINE
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.rglob("*") if p.is_file() and p.name != "report.json" and p.suffix != ".tmp")
+
+
+def format_report(r: dict, max_listed: int = 10) -> str:
+    """The report as a readable two-column table, problems listed by file."""
+    def stats(s):
+        return "-" if s["min"] is None else f"min {s['min']}  median {s['median']:g}  max {s['max']}"
+
+    dup = r["duplicates"]
+    rec = r["recommended_preprocess"]
+    rows = [
+        ("files", f"{r['files_before']} ({r['image_files']} images, {len(r['other_files'])} other files ignored)"),
+        ("readable", f"{r['readable']}"),
+        ("unreadable", f"{r['unreadable']} ({r['quarantined']} moved to {QUARANTINE}/, see {QUARANTINE}/report.json)"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in sorted(r["splits"].items())) or "-"),
+        ("width (px)", stats(r["width"])),
+        ("height (px)", stats(r["height"])),
+        ("recommended", (f"preprocess.height={rec['height']} preprocess.width={rec['width']}" if rec else "-")
+         + f"  (now {r['preprocess']['height']}x{r['preprocess']['width']}; "
+           f"{r['larger_than_input']} images larger, scaled down)"),
+        ("label lengths", ", ".join(f"{k}: {v}" for k, v in r["label_length"].items()) or "-"),
+        (f"charset ({len(r['charset'])})", r["charset"] or "-"),
+        ("image modes", ", ".join(f"{k} {v}" for k, v in sorted(r["modes"].items())) or "-"),
+        ("converted", f"{len(r['converted'])} (16-bit, palette or transparent; converted on load)"),
+        ("duplicates", f"{len(dup['groups'])} groups, {dup['extra_copies']} extra copies, "
+                       f"{len(dup['conflicting_labels'])} with different labels, "
+                       f"{len(dup['across_splits'])} across splits"),
+        ("no label", f"{r['no_label']}"),
+        ("outside charset", f"{r['outside_charset']}"),
+        ("case", f"{r['mixed_case_labels']} labels mix cases; letters in both cases: "
+                 f"{r['letters_in_both_cases'] or '-'}"
+                 + ("  (dataset.lowercase=true if the site ignores case)" if r["letters_in_both_cases"] else "")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"check of {r['root']}"] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    problems = ([f"{i['reason']} (unreadable)" for i in r["unreadable_files"]]
+                + [f"{f}: no label in the file name" for f in r["no_label_files"]]
+                + [f"{o['file']}: characters outside the charset: {o['characters']}" for o in r["outside_charset_files"]]
+                + [f"same content: {' = '.join(g)}" for g in dup["groups"]]
+                + [f"{c['file']}: {c['note']}" for c in r["converted"]])
+    if problems:
+        lines.append("files to look at:")
+        lines += [f"  {p}" for p in problems[:max_listed]]
+        if len(problems) > max_listed:
+            lines.append(f"  ... and {len(problems) - max_listed} more (all in the JSON report)")
+    return "\n".join(lines)

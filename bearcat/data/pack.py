@@ -1,0 +1,209 @@
+"""Packed data: a data set's splits in TFRecord shards, written by `prepare action=pack`
+and read back with `dataset=packed dataset.root=FOLDER`.
+
+Lossless either way: `encoding=file` stores each image's own bytes (a PNG stays that PNG,
+a JPEG is not re-encoded) and decodes them with the same `preprocess` as a folder;
+`encoding=raw` stores the preprocessed uint8 pixels (no decoding at all when loading, but
+tied to the `preprocess` settings it was packed with).
+
+A packed sample's path is `<shard file>#<record index>`, so the rest of the pipeline (label
+checks, the decoded-array cache, error messages) treats it like a file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from bearcat.data.parallel import parallel_map
+from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
+from bearcat.data.sources import SPLITS, Splits
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "packed.json"
+ENCODINGS = ("file", "raw")
+_REF = re.compile(r"^(.*\.tfrecord)#(\d+)$")
+
+
+def is_ref(path: str) -> bool:
+    return bool(_REF.match(str(path)))
+
+
+def source_file(path: str) -> str:
+    """The file behind a sample path: the shard for a packed record, else the path."""
+    m = _REF.match(str(path))
+    return m.group(1) if m else str(path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _encode_one(job):
+    """(path, encoding, preprocess dict) -> (bytes, shape, error); a worker job."""
+    path, encoding, pre = job
+    try:
+        if encoding == "raw":
+            arr = preprocess(path, PreprocessConfig(**pre))
+            return arr.tobytes(), list(arr.shape), None
+        data = Path(path).read_bytes()
+        load_image(data, pre["max_pixels"], name=path)  # decode fully: only good images are packed
+        return data, [], None
+    except (ImageError, OSError) as err:
+        return None, None, str(err)
+
+
+def _example(image: bytes, label: str, name: str, shape: list[int]) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode("utf-8")])),
+        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8")])),
+        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=shape)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def pack(splits: Splits, output: str | Path, pre: PreprocessConfig, encoding: str = "file",
+         shard_size: int = 5000, workers: int | None = None) -> dict:
+    """Write every split into output/<split>-NNNNN-of-NNNNN.tfrecord plus packed.json (last,
+    so a half-written folder is never read). Unreadable images are left out, named and
+    counted. Refuses a folder that already holds packed data."""
+    import tensorflow as tf
+
+    if encoding not in ENCODINGS:
+        raise ValueError(f"pack.encoding={encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if int(shard_size) < 1:
+        raise ValueError(f"pack.shard_size={shard_size}: must be at least 1")
+    out = Path(output)
+    if (out / MANIFEST).exists() or any(out.glob("*.tfrecord")):
+        raise FileExistsError(f"pack.output={out} already holds packed data; choose a new folder "
+                              "(or remove it with action=clean when it is under paths.cache_dir)")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": "bearcat.packed", "version": 1, "encoding": encoding, "charset": splits.charset,
+                "preprocess": pre.to_dict() if encoding == "raw" else None, "splits": {}, "skipped": []}
+    for split, samples in splits.items():
+        n_shards = max(1, -(-len(samples) // int(shard_size)))
+        entry = {"shards": [], "labels": [], "names": []}
+        for k in range(n_shards):
+            chunk = samples[k * shard_size:(k + 1) * shard_size]
+            encoded = parallel_map(_encode_one, [(p, encoding, pre.to_dict()) for p, _ in chunk],
+                                   desc=f"packing {split} {k + 1}/{n_shards}", workers=workers)
+            name = f"{split}-{k:05d}-of-{n_shards:05d}.tfrecord"
+            count = 0
+            with tf.io.TFRecordWriter(str(out / name)) as writer:
+                for (path, label), (data, shape, err) in zip(chunk, encoded):
+                    if err:
+                        log.warning("not packed: %s", err)
+                        manifest["skipped"].append(err)
+                        continue
+                    writer.write(_example(data, label, Path(path).name, shape))
+                    entry["labels"].append(label)
+                    entry["names"].append(Path(path).name)
+                    count += 1
+            entry["shards"].append({"file": name, "count": count})
+        manifest["splits"][split] = entry
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out / MANIFEST)
+    counts = {s: len(e["labels"]) for s, e in manifest["splits"].items()}
+    log.info("packed %s (%s) into %s; %d unreadable left out", counts, encoding, out, len(manifest["skipped"]))
+    return {"output": str(out), "encoding": encoding, "counts": counts, "skipped": len(manifest["skipped"]),
+            "bytes": sum(f.stat().st_size for f in out.glob("*.tfrecord"))}
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset.root={root}: no {MANIFEST} there; "
+                                "write packed data with `python -m bearcat.prepare action=pack`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def packed(root: str | None, lowercase: bool = False, charset: str | None = None, **_ignored) -> Splits:
+    """Data source for `dataset=packed`: the splits as they were packed."""
+    if root in (None, "", "???"):
+        raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/PACKED (written by action=pack)")
+    manifest = read_manifest(root)
+    base = Path(root).resolve()
+    parts = {}
+    for split in SPLITS:
+        entry = manifest["splits"].get(split, {"shards": [], "labels": []})
+        refs = [f"{base / shard['file']}#{i}" for shard in entry["shards"] for i in range(shard["count"])]
+        labels = [lab.lower() if lowercase else lab for lab in entry["labels"]]
+        parts[split] = list(zip(refs, labels))
+    if not parts["train"]:
+        raise ValueError(f"dataset.root={root}: the packed data has no training images")
+    charset = charset or manifest.get("charset")
+    return Splits(parts["train"], parts["val"], parts["test"],
+                  charset=(charset.lower() if lowercase and charset else charset) or None)
+
+
+def _read_shard(path: str) -> dict[str, list]:
+    """A shard's image bytes and original file names, in record order."""
+    import tensorflow as tf
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "name": tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(path).batch(1024).map(lambda x: tf.io.parse_example(x, spec))
+    images, names = [], []
+    for batch in ds.as_numpy_iterator():
+        images += list(batch["image"])
+        names += [n.decode("utf-8") for n in batch["name"]]
+    return {"image": images, "name": names}
+
+
+def _decode_bytes(job):
+    data, pre, name = job
+    try:
+        return preprocess(data, PreprocessConfig(**pre), name=name), None
+    except ImageError as err:
+        return None, str(err)
+
+
+def decode_refs(samples: list[tuple[str, str]], cfg: PreprocessConfig, workers: int | None = None,
+                desc: str = "decoding") -> list[tuple[np.ndarray | None, str | None]]:
+    """(array, error) per packed sample, in order: raw records are reshaped, file records
+    go through `preprocess` in parallel like files from a folder."""
+    shards: dict[str, dict] = {}
+    manifests: dict[Path, dict] = {}
+    jobs, raw = [], []
+    for path, _ in samples:
+        shard, index = _REF.match(path).groups()
+        if shard not in shards:
+            shards[shard] = _read_shard(shard)
+        folder = Path(shard).parent
+        if folder not in manifests:
+            manifests[folder] = read_manifest(folder)
+            _check_raw_settings(manifests[folder], cfg, folder)
+        record = shards[shard]
+        i = int(index)
+        name = f"{path} ({record['name'][i]})"
+        if manifests[folder]["encoding"] == "raw":
+            raw.append((len(jobs), np.frombuffer(record["image"][i], np.uint8)))
+            jobs.append(None)
+        else:
+            jobs.append((record["image"][i], cfg.to_dict(), name))
+    todo = [j for j in jobs if j is not None]
+    decoded = iter(parallel_map(_decode_bytes, todo, desc=desc, workers=workers))
+    results = [None if j is None else next(decoded) for j in jobs]
+    shape = (cfg.height, cfg.width, cfg.channels)
+    for pos, flat in raw:
+        results[pos] = (flat.reshape(shape), None)
+    return results
+
+
+def _check_raw_settings(manifest: dict, cfg: PreprocessConfig, folder: Path) -> None:
+    if manifest["encoding"] != "raw":
+        return
+    packed_with = {k: v for k, v in manifest["preprocess"].items() if k != "max_pixels"}
+    wanted = {k: v for k, v in cfg.to_dict().items() if k != "max_pixels"}
+    if packed_with != wanted:
+        diff = ", ".join(f"preprocess.{k}: packed {packed_with.get(k)} / now {v}"
+                         for k, v in wanted.items() if packed_with.get(k) != v)
+        raise ValueError(f"{folder}: packed as preprocessed pixels with other settings ({diff}); "
+                         "use the same preprocess settings or pack again (encoding=file keeps any setting open)")

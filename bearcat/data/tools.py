@@ -1,0 +1,92 @@
+"""Folder tools behind `python -m bearcat.prepare`: generate captchas into a folder, split
+a flat folder into train/val/test, and clean the cache. None of them overwrites or
+deletes a user's file."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, split_samples, synthetic_settings
+
+log = logging.getLogger(__name__)
+
+
+def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers: int | None = None) -> dict:
+    """Captchas into output/{train,val,test}/LABEL_hash.png; refuses a folder that already
+    holds images (generation never overwrites)."""
+    out = Path(output)
+    for split in SPLITS:
+        if (out / split).is_dir() and any(is_image_file(p) for p in (out / split).iterdir()):
+            raise FileExistsError(f"output={out}: {out / split} already holds images; "
+                                  "choose an empty or new folder (generate never overwrites)")
+    settings = synthetic_settings(**settings)
+    counts = {}
+    for split in SPLITS:
+        counts[split] = len(generate_split(out, split, int(sizes[split]), settings, workers)) if sizes[split] else 0
+    log.info("generated %s into %s", counts, out)
+    return {"output": str(out), "counts": counts, "settings": settings}
+
+
+def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, test_ratio: float,
+                 seed: int, move: bool = False) -> dict:
+    """Copy (or move, when asked) the labelled images of a flat folder into
+    output/{train,val,test}/. The split is the same one training makes of the flat folder
+    with the same seed and ratios. An existing file of the same name is never overwritten:
+    it is left, and counted."""
+    src = Path(root)
+    if not src.is_dir():
+        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+    dst = Path(output) if output else src
+    files = sorted(p for p in src.iterdir() if is_image_file(p))
+    samples = [(str(p), label_from_name(p)) for p in files if label_from_name(p)]
+    unlabelled = [str(p) for p in files if not label_from_name(p)]
+    for path in unlabelled:
+        log.warning("%s: file name holds no label; left where it is", path)
+    if not samples:
+        raise ValueError(f"dataset.root={root}: no labelled images (LABEL_anything.png) directly in it to split")
+    parts = dict(zip(SPLITS, split_samples(samples, val_ratio, test_ratio, seed)))
+    done = {s: 0 for s in SPLITS}
+    exists = []
+    for split, chosen in parts.items():
+        (dst / split).mkdir(parents=True, exist_ok=True)
+        for path, _ in chosen:
+            target = dst / split / Path(path).name
+            if target.exists():
+                log.warning("%s: already exists, not overwritten (source %s left in place)", target, path)
+                exists.append(str(target))
+                continue
+            (shutil.move if move else shutil.copy2)(path, target)
+            done[split] += 1
+    verb = "moved" if move else "copied"
+    log.info("%s %s into %s; %d already there; %d without a label left in place",
+             verb, done, dst, len(exists), len(unlabelled))
+    return {"output": str(dst), verb: done, "already_there": len(exists), "already_there_files": exists,
+            "without_label": len(unlabelled), "without_label_files": unlabelled}
+
+
+def clean(cache_dir: str | Path, targets: list[str], protect: list[str | Path] = (), dry_run: bool = False) -> dict:
+    """Delete the listed sub-folders of the cache (generated data, decoded arrays, packed
+    shards). Refuses when a protected folder (the user's data) lies inside one of them."""
+    cache = Path(cache_dir).resolve()
+    removed, sizes = [], {}
+    guarded = [Path(p).resolve() for p in protect if p not in (None, "", "???")]
+    folders = []
+    for name in targets:  # every check first: a refusal removes nothing
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or name == QUARANTINE:
+            raise ValueError(f"clean.targets: {name!r} must be a plain sub-folder name of paths.cache_dir")
+        folder = cache / name
+        for user in guarded:
+            if user == folder or folder in user.parents:
+                raise ValueError(f"clean: {folder} holds {user} (dataset.root); not removing it")
+        if folder.exists():
+            folders.append(folder)
+    for folder in folders:
+        sizes[folder.name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        removed.append(str(folder))
+        if not dry_run:
+            shutil.rmtree(folder)
+    log.info("%s %s (%.1f MB)", "would remove" if dry_run else "removed", removed or "nothing",
+             sum(sizes.values()) / 1e6)
+    return {"cache_dir": str(cache), "removed": removed, "bytes": sizes, "dry_run": dry_run}

@@ -1,0 +1,123 @@
+"""Data tools: `python -m bearcat.prepare action=generate|split|check|pack|preview|clean`.
+
+Same config tree as training (conf/prepare.yaml composes conf/train.yaml), so the
+`dataset`, `preprocess`, `augmentation` and `paths` settings mean the same thing. Each
+action prints a summary and writes it as JSON into the run folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("bearcat.prepare")
+
+
+def _root(cfg: DictConfig) -> str:
+    root = cfg.dataset.get("root")
+    if root in (None, "", "???"):
+        raise ValueError(f"action={cfg.action} works on a folder: pass dataset=folder dataset.root=PATH")
+    return root
+
+
+def do_generate(cfg: DictConfig) -> dict:
+    from bearcat.data.tools import generate
+
+    d = cfg.dataset
+    if not str(d.get("_target_", "")).endswith(".synthetic"):
+        raise ValueError("action=generate draws captchas with the dataset=synthetic settings; "
+                         f"this config has dataset._target_={d.get('_target_')}")
+    settings = {k: OmegaConf.to_container(d, resolve=True)[k] for k in
+                ("charset", "min_length", "max_length", "image_width", "image_height", "seed", "fonts", "font_sizes")}
+    sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
+    return generate(cfg.generate.output, sizes, settings, cfg.workers)
+
+
+def do_split(cfg: DictConfig) -> dict:
+    from bearcat.data.tools import split_folder
+
+    d = cfg.dataset
+    return split_folder(_root(cfg), cfg.split.output, d.get("val_ratio", 0.1), d.get("test_ratio", 0.1),
+                        d.get("split_seed", 0), move=cfg.split.move)
+
+
+def do_check(cfg: DictConfig) -> dict:
+    from bearcat.data.check import check_folder, format_report
+    from bearcat.experiment import preprocess_config
+
+    d = cfg.dataset
+    report = check_folder(_root(cfg), preprocess_config(cfg), charset=d.get("charset"),
+                          lowercase=d.get("lowercase", False), class_folders=d.get("class_folders", False),
+                          move_bad=cfg.check.quarantine, workers=cfg.workers)
+    print(format_report(report, cfg.check.listed))
+    return report
+
+
+def do_pack(cfg: DictConfig) -> dict:
+    from bearcat.data.pack import pack
+    from bearcat.experiment import load_sources, preprocess_config
+
+    return pack(load_sources(cfg), cfg.pack.output, preprocess_config(cfg), cfg.pack.encoding,
+                int(cfg.pack.shard_size), cfg.workers)
+
+
+def do_preview(cfg: DictConfig) -> dict:
+    import random
+
+    from bearcat.data.augment import build_augment
+    from bearcat.data.pipeline import load_split
+    from bearcat.experiment import load_sources, preprocess_config
+    from bearcat.gallery import training_preview
+
+    split = cfg.preview.split
+    samples = getattr(load_sources(cfg), split)
+    if not samples:
+        raise ValueError(f"preview.split={split}: that split has no images")
+    samples = random.Random(cfg.trainer.seed).sample(samples, min(len(samples), 4 * int(cfg.preview.count)))
+    loaded = load_split(samples, preprocess_config(cfg), None, workers=cfg.workers)
+    path = Path(cfg.preview.output or Path(cfg.paths.output_dir) / "preview.png")
+    augment = build_augment(cfg.augmentation, cfg.trainer.seed) if split == "train" else None  # as in training
+    training_preview(loaded.images, loaded.labels, path, augment,
+                     count=cfg.preview.count, columns=cfg.preview.columns, scale=cfg.preview.scale,
+                     seed=cfg.trainer.seed)
+    log.info("preview of %s (augmentation=%s) written to %s", split, cfg.augmentation.name, path)
+    return {"output": str(path), "split": split, "augmentation": cfg.augmentation.name}
+
+
+def do_clean(cfg: DictConfig) -> dict:
+    from bearcat.data.tools import clean
+
+    return clean(cfg.paths.cache_dir, list(cfg.clean.targets), protect=[cfg.dataset.get("root")],
+                 dry_run=cfg.clean.dry_run)
+
+
+ACTIONS = {"generate": do_generate, "split": do_split, "check": do_check, "pack": do_pack,
+           "preview": do_preview, "clean": do_clean}
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Run `cfg.action`; its summary is returned and saved as <run folder>/<action>.json."""
+    if cfg.action not in ACTIONS:
+        raise ValueError(f"action={cfg.action}: expected one of {' | '.join(ACTIONS)}")
+    result = ACTIONS[cfg.action](cfg)
+    out = Path(cfg.check.report) if cfg.action == "check" and cfg.check.report else \
+        Path(cfg.paths.output_dir) / f"{cfg.action}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    if cfg.action != "check":
+        summary = {k: v for k, v in result.items() if not isinstance(v, list)}
+        print(json.dumps(summary, ensure_ascii=False, indent=1))
+    log.info("%s report: %s", cfg.action, out)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    prepare(cfg)
+
+
+if __name__ == "__main__":
+    main()

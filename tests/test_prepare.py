@@ -1,0 +1,241 @@
+"""`python -m bearcat.prepare`: generate, split, check (every kind of bad input), pack,
+preview and clean. Real images come from a copy of a shared data set; nothing a user
+owns is ever lost: files in the data + quarantine == files before."""
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from bearcat.data.pack import packed
+from bearcat.data.pipeline import load_split
+from bearcat.data.preprocess import PreprocessConfig
+from bearcat.data.sources import folder
+from bearcat.prepare import prepare
+from bearcat.train import train
+from tests.conftest import ROOT
+
+LOWER36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def copy_images(src: Path, dst: Path, n: int, start: int = 0) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(p, dst / p.name)) for p in sorted(src.iterdir())[start:start + n]]
+
+
+def all_files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "report.json"}
+
+
+def bad_folder(swust: Path, dst: Path) -> dict[str, str]:
+    """12 good images plus one file per kind of bad input; returns {case: file name}."""
+    good = copy_images(swust, dst, 12)
+    real = sorted(swust.iterdir())[20:30]  # other images, so no accidental duplicates
+    img = Image.open(real[0]).convert("RGB")
+    data = real[1].read_bytes()
+    cases = {
+        "truncated": "tr3x_truncated.jpg", "zero": "z3r0_empty.png", "text": "t3xt_notanimage.png",
+        "alpha": "a1ph_alpha.png", "palette": "pa1e_palette.png", "16bit": "b16b_deep.png",
+        "bomb": "b0mb_huge.png", "no_label": "_nolabel.jpg", "outside": "ab#d_outside.jpg",
+        "duplicate": "dupe_copy.jpg", "chinese": "验证码_cn.png", "mixed_case": "aBcD_mixed.jpg",
+    }
+    (dst / cases["truncated"]).write_bytes(data[:len(data) // 2])
+    (dst / cases["zero"]).write_bytes(b"")
+    (dst / cases["text"]).write_text("this is a text file, not a PNG\n")
+    rgba = img.convert("RGBA")
+    rgba.putalpha(128)  # half transparent
+    rgba.save(dst / cases["alpha"])
+    img.convert("P").save(dst / cases["palette"])
+    Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257).save(dst / cases["16bit"])
+    Image.new("L", (6000, 4000), 200).save(dst / cases["bomb"])  # 24 Mpx > preprocess max_pixels
+    shutil.copy2(real[2], dst / cases["no_label"])
+    shutil.copy2(real[3], dst / cases["outside"])
+    shutil.copy2(good[0], dst / cases["duplicate"])
+    Image.open(real[4]).save(dst / cases["chinese"])
+    shutil.copy2(real[5], dst / cases["mixed_case"])
+    (dst / "notes.txt").write_text("not an image: counted, ignored")
+    return cases
+
+
+def test_check_reports_and_quarantines_every_bad_input(make_cfg, swust_copy, tmp_path, caplog, capsys):
+    data = tmp_path / "data"
+    cases = bad_folder(swust_copy, data)
+    before = all_files(data)
+    cfg = make_cfg(["action=check", "dataset=folder", f"dataset.root={data}", f"dataset.charset={LOWER36}"],
+                   config_name="prepare")
+    report = prepare(cfg)
+
+    # nothing lost: every file is still in the data or in quarantine/, byte for byte
+    after = all_files(data)
+    assert len(after) == len(before) == report["files_before"] == report["files_after"] == 25
+    moved = {Path(k).name: v for k, v in after.items() if k.startswith("quarantine/")}
+    unreadable = {cases[c] for c in ("truncated", "zero", "text", "bomb")}
+    assert set(moved) == unreadable
+    assert sorted(after.values()) == sorted(before.values())
+    log = json.loads((data / "quarantine" / "report.json").read_text(encoding="utf-8"))
+    reasons = {Path(e["file"]).name: e["reason"] for e in log}
+    assert set(reasons) == unreadable
+    assert "truncated" in reasons[cases["truncated"]] and "0 bytes" in reasons[cases["zero"]]
+    assert "cannot decode" in reasons[cases["text"]] and "exceeds the limit" in reasons[cases["bomb"]]
+    for name, why in reasons.items():
+        assert name in why  # the message names the file
+
+    # counts in the report, each problem named by file
+    assert report["image_files"] == 24 and report["readable"] == 20
+    assert report["unreadable"] == report["quarantined"] == 4
+    assert [Path(f).name for f in report["no_label_files"]] == [cases["no_label"]]
+    outside = {Path(o["file"]).name: o["characters"] for o in report["outside_charset_files"]}
+    assert outside == {cases["outside"]: "#", cases["chinese"]: "码证验", cases["mixed_case"]: "BD"}
+    assert report["duplicates"]["extra_copies"] == 1
+    assert cases["duplicate"] in {Path(f).name for f in report["duplicates"]["groups"][0]}
+    notes = {Path(c["file"]).name: c["note"] for c in report["converted"]}
+    assert "16-bit" in notes[cases["16bit"]] and "palette" in notes[cases["palette"]]
+    assert "transparency" in notes[cases["alpha"]]
+    assert report["mixed_case_labels"] == 1 and set(report["letters_in_both_cases"]) == {"b", "d"}
+    assert report["other_files"] == [str(data / "notes.txt")]
+    assert report["width"] == {"min": 90, "median": 90.0, "max": 90} and report["height"]["max"] == 30
+    assert report["recommended_preprocess"] == {"height": 32, "width": 96}
+    assert report["label_length"] == {"3": 1, "4": 18} and "验" in report["charset"]
+    text = caplog.text
+    for name in cases.values():
+        if name not in (cases["alpha"], cases["palette"], cases["16bit"]):  # those are fine, only noted
+            assert name in text, name
+    table = capsys.readouterr().out
+    assert "unreadable       4 (4 moved to quarantine/" in table and "outside charset  3" in table
+    assert json.loads((tmp_path / "run" / "check.json").read_text(encoding="utf-8"))["quarantined"] == 4
+
+    # a second check moves nothing more and still adds up
+    again = prepare(cfg)
+    assert again["unreadable"] == 0 and again["files_before"] == again["files_after"] == 25
+
+    # case folding and Unicode labels without a charset: clean
+    folded = prepare(make_cfg(["action=check", "dataset=folder", f"dataset.root={data}", "dataset.lowercase=true"],
+                              config_name="prepare"))
+    assert folded["mixed_case_labels"] == 0 and folded["outside_charset"] == 0 and "b" in folded["charset"]
+    assert "B" not in folded["charset"] and "码" in folded["charset"]
+
+
+def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
+    gen = tmp_path / "gen"
+    opts = ["action=generate", f"generate.output={gen}", "dataset.train_size=20", "dataset.val_size=3",
+            "dataset.test_size=3", "dataset.image_width=100", "dataset.image_height=40", "dataset.charset=AB12"]
+    result = prepare(make_cfg(opts, config_name="prepare"))
+    assert result["counts"] == {"train": 20, "val": 3, "test": 3}
+    names = [p.name for p in (gen / "train").iterdir()]
+    assert len(names) == 20 and all(set(n.split("_")[0]) <= set("AB12") for n in names)
+    with pytest.raises(FileExistsError, match="already holds images"):
+        prepare(make_cfg(opts, config_name="prepare"))
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in (gen / "train").iterdir():
+        shutil.copy2(p, flat / p.name)
+    (flat / "_unlabelled.png").write_bytes((gen / "val").iterdir().__next__().read_bytes())
+    before = all_files(flat)
+    split_opts = ["action=split", "dataset=folder", f"dataset.root={flat}", "dataset.val_ratio=0.2",
+                  "dataset.test_ratio=0.2", f"split.output={tmp_path / 'split'}"]
+    out = prepare(make_cfg(split_opts, config_name="prepare"))
+    assert out["copied"] == {"train": 12, "val": 4, "test": 4} and out["without_label"] == 1
+    assert all_files(flat) == before  # a copy: the flat folder is untouched
+    # the same split training makes of the flat folder with that seed and ratios
+    ref = folder(str(flat), val_ratio=0.2, test_ratio=0.2)
+    for split in ("train", "val", "test"):
+        assert sorted(Path(p).name for p, _ in getattr(ref, split)) == \
+            sorted(p.name for p in (tmp_path / "split" / split).iterdir())
+    # again: nothing overwritten, every clash counted
+    target = next((tmp_path / "split" / "train").iterdir())
+    target.write_bytes(b"user edited this")
+    again = prepare(make_cfg(split_opts, config_name="prepare"))
+    assert again["copied"] == {"train": 0, "val": 0, "test": 0} and again["already_there"] == 20
+    assert target.read_bytes() == b"user edited this"
+
+    moved = prepare(make_cfg(split_opts[:-1] + ["split.move=true"], config_name="prepare"))
+    assert sum(moved["moved"].values()) == 20
+    assert sorted(p.name for p in flat.iterdir() if p.is_file()) == ["_unlabelled.png"]
+    assert len(all_files(flat)) == len(before)  # moved inside dataset.root, none lost
+
+
+def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path):
+    data = tmp_path / "data"
+    copy_images(swust_copy, data, 100)
+    (data / "broken_x.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    base = ["action=pack", "dataset=folder", f"dataset.root={data}", "dataset.lowercase=true",
+            "pack.shard_size=30"]
+    out = prepare(make_cfg(base + [f"pack.output={tmp_path / 'packed'}"], config_name="prepare"))
+    assert out["skipped"] == 1 and sum(out["counts"].values()) == 100
+    assert len(list((tmp_path / "packed").glob("train-*.tfrecord"))) == 3  # 80 train images / 30 per shard
+    raw = prepare(make_cfg(base + [f"pack.output={tmp_path / 'raw'}", "pack.encoding=raw"], config_name="prepare"))
+    assert raw["counts"] == out["counts"]
+    with pytest.raises(FileExistsError, match="already holds packed data"):
+        prepare(make_cfg(base + [f"pack.output={tmp_path / 'packed'}"], config_name="prepare"))
+
+    pre = PreprocessConfig()
+    src = folder(str(data), lowercase=True)
+    for root in ("packed", "raw"):
+        pk = packed(str(tmp_path / root))
+        for split in ("train", "val", "test"):
+            a = load_split([s for s in getattr(src, split) if "broken" not in s[0]], pre, None)
+            b = load_split(getattr(pk, split), pre, str(tmp_path / "cache"))
+            assert np.array_equal(a.images, b.images) and a.labels == b.labels, (root, split)
+    with pytest.raises(ValueError, match="preprocess.height: packed 48 / now 64"):
+        load_split(packed(str(tmp_path / "raw")).train, PreprocessConfig(height=64), None)
+
+    metrics = train(make_cfg(["dataset=packed", f"dataset.root={tmp_path / 'packed'}", "debug=fast"]))
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    assert run.data.metrics["data_train_images"] == 80 and run.data.metrics["data_test_images"] == 10
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "preview.png" in {
+        a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def test_preview_sheet_shows_augmented_training_images(make_cfg, swust_copy, tmp_path):
+    data = tmp_path / "data"
+    copy_images(swust_copy, data, 40)
+    sheets = {}
+    for aug in ("none", "heavy"):
+        path = tmp_path / f"{aug}.png"
+        prepare(make_cfg(["action=preview", "dataset=folder", f"dataset.root={data}", f"augmentation={aug}",
+                          "preview.count=8", "preview.columns=4", f"preview.output={path}"], config_name="prepare"))
+        sheets[aug] = np.asarray(Image.open(path))
+    # 4 x 2 cells of (128*2 px wide, 48*2 + 30 px high)
+    assert sheets["none"].shape == sheets["heavy"].shape == (2 * (96 + 30), 4 * 256, 3)
+    assert np.abs(sheets["none"].astype(int) - sheets["heavy"]).mean() > 1.0
+
+
+def test_clean_removes_only_cache_targets(make_cfg, tmp_path):
+    cache = tmp_path / "cache"
+    for sub in ("synthetic/abc/train", "arrays", "packed", "mine"):
+        (cache / sub).mkdir(parents=True)
+        (cache / sub / "f.bin").write_bytes(b"x" * 10)
+    user = tmp_path / "userdata"
+    user.mkdir()
+    (user / "ab12_x.png").write_bytes(b"keep")
+    dry = prepare(make_cfg(["action=clean", "clean.dry_run=true"], config_name="prepare"))
+    assert len(dry["removed"]) == 3 and (cache / "arrays").is_dir()
+    with pytest.raises(ValueError, match="holds"):  # user data inside a cache target: refuse, remove nothing
+        prepare(make_cfg(["action=clean", "dataset=folder", f"dataset.root={cache / 'packed' / 'x'}"],
+                         config_name="prepare"))
+    assert (cache / "packed" / "f.bin").is_file()
+    done = prepare(make_cfg(["action=clean", "dataset=folder", f"dataset.root={user}"], config_name="prepare"))
+    assert sorted(Path(p).name for p in done["removed"]) == ["arrays", "packed", "synthetic"]
+    assert sorted(p.name for p in cache.iterdir()) == ["mine"] and (user / "ab12_x.png").read_bytes() == b"keep"
+
+
+def test_prepare_command_line(tmp_path, swust_copy):
+    data = tmp_path / "data"
+    copy_images(swust_copy, data, 10)
+    (data / "z3r0_empty.png").write_bytes(b"")
+    cmd = [sys.executable, "-m", "bearcat.prepare", "dataset=folder", f"dataset.root={data}",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    ok = subprocess.run(cmd + ["action=check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "readable         10" in ok.stdout and "z3r0_empty.png: empty image file (0 bytes)" in ok.stdout
+    assert (data / "quarantine" / "z3r0_empty.png").is_file()
+    bad = subprocess.run(cmd + ["action=frobnicate"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "action=frobnicate: expected one of generate | split" in bad.stderr
