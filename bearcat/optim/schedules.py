@@ -1,5 +1,6 @@
 """Learning-rate schedules: `plateau` (reduce on plateau), `cosine` (linear warm-up,
-then cosine decay with optional restarts) and `constant`."""
+then cosine decay with optional restarts), `cosine_restarts` (the same with restarts on)
+and `constant`."""
 from __future__ import annotations
 
 import math
@@ -53,9 +54,9 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int):
         cb = keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=cfg.get("mode", "auto"), factor=cfg.factor,
                                                patience=cfg.patience, min_lr=cfg.min_lr, verbose=1)
         return float(base_lr), [cb]
-    if name == "cosine":
+    if name in ("cosine", "cosine_restarts"):  # the same schedule; the configs differ in `restarts`
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
         cycle = cfg.get("cycle_epochs") or max(epochs - cfg.warmup_epochs, 1)
         decay = int(round(cycle * steps_per_epoch))
         return WarmupCosine(base_lr, warmup, decay, cfg.alpha, cfg.restarts, cfg.t_mul, cfg.m_mul), []
-    raise ValueError(f"scheduler.name={name}: choose constant, plateau or cosine")
+    raise ValueError(f"scheduler.name={name}: choose constant, plateau, cosine or cosine_restarts")

@@ -1,0 +1,151 @@
+"""Optimizers and learning-rate schedules: AdaBelief against a NumPy reference of the
+published update rule, the optimizer configs, and each scheduler's curve at known steps."""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from bearcat.optim.adabelief import AdaBelief
+from bearcat.optim.schedules import WarmupCosine, build_schedule
+
+
+def adabelief_reference(theta, grads, lr, beta_1, beta_2, epsilon, weight_decay, rectify):
+    """AdaBelief (Zhuang et al. 2020, Algorithm 2) with decoupled weight decay and RAdam's
+    rectification (Liu et al. 2020, Algorithm 2), in float64, one array per step."""
+    theta = np.array(theta, np.float64)
+    m = np.zeros_like(theta)
+    s = np.zeros_like(theta)
+    rho_inf = 2.0 / (1.0 - beta_2) - 1.0
+    for t, g in enumerate(grads, start=1):
+        theta = theta - lr * weight_decay * theta
+        m = beta_1 * m + (1 - beta_1) * g
+        s = beta_2 * s + (1 - beta_2) * (g - m) ** 2 + epsilon
+        m_hat = m / (1 - beta_1 ** t)
+        s_hat = s / (1 - beta_2 ** t)
+        adaptive = m_hat / (np.sqrt(s_hat) + epsilon)
+        if not rectify:
+            theta = theta - lr * adaptive
+            continue
+        rho_t = rho_inf - 2 * t * beta_2 ** t / (1 - beta_2 ** t)
+        if rho_t > 4:
+            r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            theta = theta - lr * r_t * adaptive
+        else:
+            theta = theta - lr * m_hat
+    return theta
+
+
+@pytest.mark.parametrize("rectify,weight_decay,beta_2", [
+    (False, 0.0, 0.999), (True, 0.0, 0.999), (False, 0.05, 0.999), (True, 0.05, 0.99)])
+def test_adabelief_matches_reference(rectify, weight_decay, beta_2):
+    rng = np.random.default_rng(7)
+    start = [rng.normal(size=(3, 4)), rng.normal(size=(5,))]
+    steps = 12  # with beta_2 = 0.999 rho_t passes 4 at step 5: both rectify branches run
+    grads = [[rng.normal(size=w.shape) + 0.3 for w in start] for _ in range(steps)]
+    lr, eps = 0.01, 1e-8
+    opt = AdaBelief(learning_rate=lr, beta_1=0.9, beta_2=beta_2, epsilon=eps, rectify=rectify,
+                    weight_decay=weight_decay or None)
+    variables = [keras.Variable(w.astype("float32")) for w in start]
+    for step in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g.astype("float32")), v) for g, v in zip(step, variables)])
+    for i, w in enumerate(start):
+        expected = adabelief_reference(w, [step[i] for step in grads], lr, 0.9, beta_2, eps, weight_decay, rectify)
+        got = keras.ops.convert_to_numpy(variables[i])
+        assert np.abs(expected - w).max() > 1e-3  # the variables did move
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adabelief_rectify_changes_early_steps():
+    """The first steps differ with and without rectification (momentum SGD vs adaptive)."""
+    moved = {}
+    for rectify in (False, True):
+        v = keras.Variable(np.zeros(3, "float32"))
+        opt = AdaBelief(learning_rate=0.1, rectify=rectify)
+        opt.apply_gradients([(keras.ops.convert_to_tensor(np.array([1.0, -2.0, 0.5], "float32")), v)])
+        moved[rectify] = keras.ops.convert_to_numpy(v)
+    # step 1: m_hat = g, s_hat = (g - 0.1 g)^2, so the adaptive step is lr * sign(g) / 0.9;
+    # rectified (rho_1 = 1 <= 4): momentum SGD, lr * m_hat = lr * g
+    np.testing.assert_allclose(moved[False], np.array([-1, 1, -1]) * 0.1 / 0.9, rtol=1e-4)
+    np.testing.assert_allclose(moved[True], [-0.1, 0.2, -0.05], rtol=1e-4)
+
+
+def test_adabelief_config_round_trip(make_cfg):
+    cfg = make_cfg(["optimizer=adabelief"])
+    opt = instantiate(cfg.optimizer)
+    assert isinstance(opt, AdaBelief) and opt.rectify and opt.weight_decay == pytest.approx(1e-4)
+    again = AdaBelief.from_config(opt.get_config())
+    assert again.get_config() == opt.get_config()
+    rebuilt = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(rebuilt, AdaBelief)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lion", "adabelief"])
+def test_optimizer_configs_minimise(make_cfg, name):
+    """Each optimizer config builds and lowers a small least-squares loss."""
+    cfg = make_cfg([f"optimizer={name}"])
+    opt = instantiate(cfg.optimizer, learning_rate=0.05)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=opt, loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.5 * before
+
+
+def lr_at(schedule, step):
+    return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def test_cosine_curve(make_cfg):
+    cfg = make_cfg(["scheduler=cosine"])  # warm-up 1 epoch, one cosine over the rest, alpha 0.01
+    schedule, callbacks = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=5)
+    assert isinstance(schedule, WarmupCosine) and callbacks == []
+    assert lr_at(schedule, 0) == pytest.approx(0.01)     # warm-up: base * (step + 1) / 10
+    assert lr_at(schedule, 4) == pytest.approx(0.05)
+    assert lr_at(schedule, 10) == pytest.approx(0.1)     # peak right after warm-up
+    assert lr_at(schedule, 30) == pytest.approx(0.1 * (0.99 * 0.5 + 0.01), rel=1e-5)  # half-way down
+    assert lr_at(schedule, 50) == pytest.approx(0.001, rel=1e-4)  # the floor: alpha x base
+    assert lr_at(schedule, 80) == pytest.approx(0.001, rel=1e-4)  # and it stays there
+
+
+def test_cosine_restarts_curve(make_cfg):
+    cfg = make_cfg(["scheduler=cosine_restarts"])  # warm-up 1, cycles of 3, 6, 12 epochs, peaks x 0.8
+    schedule, _ = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=20)
+    assert schedule.restarts
+    assert lr_at(schedule, 10) == pytest.approx(0.1)                      # cycle 1 starts at the peak
+    assert lr_at(schedule, 25) == pytest.approx(0.1 * (0.99 * 0.5 + 0.01), rel=1e-4)  # its middle
+    assert lr_at(schedule, 39) < 0.003                                     # its end, near the floor
+    assert lr_at(schedule, 40) == pytest.approx(0.08, rel=1e-4)            # restart: peak x 0.8
+    assert lr_at(schedule, 70) == pytest.approx(0.08 * (0.99 * 0.5 + 0.01), rel=1e-4)  # middle of 6 epochs
+    assert lr_at(schedule, 100) == pytest.approx(0.064, rel=1e-4)          # second restart: x 0.8 again
+
+
+def test_constant_and_plateau(make_cfg):
+    lr, callbacks = build_schedule(make_cfg(["scheduler=constant"]).scheduler, 0.05, 10, 5)
+    assert lr == 0.05 and callbacks == []
+
+    cfg = make_cfg(["scheduler=plateau"])  # factor 0.5, patience 2, min_lr 1e-5
+    lr, (callback,) = build_schedule(cfg.scheduler, 0.01, 10, 5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+    callback.set_model(model)
+    callback.on_train_begin()
+    seen = []
+    for epoch, val_loss in enumerate([1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.8]):
+        callback.on_epoch_end(epoch, {"val_loss": val_loss})
+        seen.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+    # no improvement after epoch 1: halved after the 2nd epoch without (patience 2, epoch 3),
+    # and again 2 epochs later (epoch 5)
+    assert seen == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.0025])
+
+
+def test_unknown_scheduler_is_named(make_cfg):
+    cfg = make_cfg(["scheduler=constant", "scheduler.name=linear"])
+    with pytest.raises(ValueError, match="scheduler.name=linear"):
+        build_schedule(cfg.scheduler, 0.1, 10, 5)
