@@ -10,12 +10,12 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bearcat.data.labels import Vocabulary
 from bearcat.data.pipeline import LoadedSplit, load_split
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import SPLITS, Splits
 from bearcat.metrics import text_metrics
 from bearcat.modes import Mode, build_mode
+from bearcat.modes.base import mode_class
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_sources(cfg: DictConfig) -> Splits:
 
 def build_vocab_and_mode(cfg: DictConfig, splits: Splits) -> Mode:
     labels = splits.labels()
-    vocab = Vocabulary.from_labels(labels, splits.charset or cfg.mode.get("charset"))
+    vocab = mode_class(cfg.mode.name).make_vocabulary(labels, splits.charset or cfg.mode.get("charset"))
     max_length = cfg.mode.get("max_length") or max((len(x) for x in labels), default=1)
     return build_mode(cfg.mode.name, vocab, max_length, **mode_options(cfg))
 
@@ -109,6 +109,8 @@ def predict(model, mode: Mode, images: np.ndarray, batch_size: int = 256) -> tup
 def score(mode: Mode, truths: list[str], results: list[dict]) -> dict[str, float]:
     preds = [r["result"] for r in results]
     metrics = text_metrics(truths, preds)
-    if not mode.text:
-        metrics = {"accuracy": metrics["accuracy"]}
+    if not mode.text:  # classification: top-1, and top-5 from each result's "top5" candidates
+        metrics = {"accuracy": metrics["accuracy"],
+                   "top5_accuracy": sum(t in r.get("top5", (r["result"],)) for t, r in zip(truths, results))
+                   / max(1, len(truths))}
     return metrics

@@ -7,6 +7,8 @@ internally and others expect it done for them.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from keras import layers
 
@@ -35,19 +37,45 @@ def cnn_small(inputs, filters=(32, 64, 96, 128), pools=((2, 2), (2, 2), (2, 1), 
     return x
 
 
+def _gray_to_rgb(x):
+    """Tile a 1-channel image to 3 channels inside the model (ImageNet-shaped stems)."""
+    return layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+
+
 def keras_application(inputs, application: str, feature_layer: str | None = None, weights: str | None = None,
-                      scale: float = 1 / 255.0, offset: float = 0.0, **kwargs):
+                      scale: float = 1 / 255.0, offset: float = 0.0, rgb: bool = True,
+                      upsample=(1, 1), min_size: int = 32, **kwargs):
     """A `keras.applications` network, randomly initialised unless `weights` is a local
-    file; features come from `feature_layer` (a layer name) or the last layer."""
+    weights file; features come from `feature_layer` (a layer name) or the last layer.
+
+    Inside the model, in order: gray is tiled to 3 channels (`rgb`), the image is enlarged
+    by `upsample` (height, width) factors (so a stride-16 feature map keeps enough columns
+    for the sequence modes), and pixels are mapped by `scale` / `offset` (1 / 0 for networks
+    that rescale inside, e.g. EfficientNet, MobileNetV3, ConvNeXt).
+    """
     try:
         ctor = getattr(keras.applications, application)
     except AttributeError:
         raise ValueError(f"backbone.application={application}: not in keras.applications") from None
     x = inputs
+    if rgb and x.shape[-1] == 1:
+        x = _gray_to_rgb(x)
+    if tuple(upsample) != (1, 1):
+        x = layers.UpSampling2D(tuple(int(f) for f in upsample), interpolation="bilinear", name="upsample")(x)
+    height, width = x.shape[1], x.shape[2]
+    if min(height, width) < min_size:
+        raise ValueError(f"backbone={application} needs at least {min_size}x{min_size} pixels but gets "
+                         f"{height}x{width}: raise preprocess.height / preprocess.width or backbone.upsample")
     if scale != 1.0 or offset != 0.0:
         x = layers.Rescaling(scale, offset, name="rescale")(x)
-    model = ctor(include_top=False, weights=None, input_tensor=x, **kwargs)
+    try:
+        model = ctor(include_top=False, weights=None, input_tensor=x, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"backbone={application} cannot be built on a {height}x{width}x{x.shape[-1]} input: "
+                         f"{err}") from None
     if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"backbone.weights={weights}: file not found (no download: give a local file)")
         model.load_weights(weights, skip_mismatch=True)
     if not feature_layer:
         return model.output

@@ -10,6 +10,9 @@ from bearcat.data.labels import Vocabulary
 # mode name -> "module:Class"; a mode never reads files.
 REGISTRY = {
     "ctc": "bearcat.modes.ctc:CTCMode",
+    "ctc_tiny": "bearcat.modes.ctc_tiny:CTCTinyMode",
+    "ordinary": "bearcat.modes.ordinary:OrdinaryMode",
+    "num_classes": "bearcat.modes.num_classes:NumClassesMode",
 }
 
 
@@ -23,6 +26,11 @@ class Mode:
         self.options = options
 
     # --- labels
+    @classmethod
+    def make_vocabulary(cls, labels: list[str], charset: str | None = None) -> Vocabulary:
+        """The classes this mode predicts: characters for text modes."""
+        return Vocabulary.from_labels(labels, charset)
+
     def check_label(self, label: str) -> tuple[str, str] | None:
         """(reason, detail) when this mode cannot learn the label, else None."""
         unknown = self.vocab.unknown(label)
@@ -55,8 +63,12 @@ class Mode:
         return {"name": self.name, "max_length": self.max_length, **self.options}
 
 
-def build_mode(name: str, vocab: Vocabulary, max_length: int, **options) -> Mode:
+def mode_class(name: str) -> type[Mode]:
     if name not in REGISTRY:
         raise ValueError(f"mode={name}: unknown mode; choose one of {sorted(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)(vocab, max_length, **options)
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_mode(name: str, vocab: Vocabulary, max_length: int, **options) -> Mode:
+    return mode_class(name)(vocab, max_length, **options)

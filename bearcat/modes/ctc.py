@@ -23,6 +23,15 @@ def collapse(ids: np.ndarray) -> list[int]:
     return out
 
 
+def padded_ids(vocab, labels: list[str], max_length: int) -> np.ndarray:
+    """Labels -> (N, max_length) int32 character ids; id 0 pads short labels (the blank)."""
+    out = np.zeros((len(labels), max_length), np.int32)
+    for row, label in enumerate(labels):
+        ids = vocab.encode(label)
+        out[row, :len(ids)] = ids
+    return out
+
+
 def sequence_features(features, units: int, rnn: str, rnn_layers: int, dropout: float, name: str):
     """(B, H, W, C) feature map -> (B, W, units) sequence, one step per column."""
     from keras import layers
@@ -55,15 +64,10 @@ class CTCMode(Mode):
         return 2 * self.max_length + 1
 
     def encode(self, labels):
-        out = np.zeros((len(labels), self.max_length), np.int32)  # 0 pads (and is the blank)
-        for row, label in enumerate(labels):
-            ids = self.vocab.encode(label)
-            out[row, :len(ids)] = ids
-        return out
+        return padded_ids(self.vocab, labels, self.max_length)
 
-    def build_head(self, features):
-        from keras import layers
-
+    def check_time_steps(self, features) -> int:
+        """The feature map's width (time steps); a clear error when CTC cannot fit the labels."""
         steps = features.shape[2]
         if steps < self.min_time_steps:
             raise ValueError(
@@ -71,6 +75,12 @@ class CTCMode(Mode):
                 f"2 x max_length + 1 = {self.min_time_steps} for labels of up to {self.max_length} characters; "
                 f"increase preprocess.width or use a backbone.feature_layer / backbone.pools setting that keeps "
                 f"more width")
+        return steps
+
+    def build_head(self, features):
+        from keras import layers
+
+        self.check_time_steps(features)
         o = self.options
         x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc")
         return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)

@@ -1,0 +1,42 @@
+"""CTC tiny: CTC with a set maximum length and a small, fast head for small machines.
+
+The columns are projected (as in `ctc`), average-pooled to a short sequence of at least
+`time_steps` steps, then read by a few 1-D convolutions instead of a recurrent layer: no
+sequential computation, fewer parameters and less memory than `ctc`. Labels, loss and
+decoding are CTC's (class 0 is the blank).
+
+Confidence rule: as `ctc`, the lowest top-class probability over the time steps.
+"""
+from __future__ import annotations
+
+from bearcat.modes.base import Mode
+from bearcat.modes.ctc import CTCMode, sequence_features
+
+
+class CTCTinyMode(CTCMode):
+    name = "ctc_tiny"
+
+    def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 96, conv_layers: int = 2,
+                 kernel_size: int = 3, dropout: float = 0.0, decoder: str = "greedy", beam_width: int = 10,
+                 **extra):
+        Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
+                      kernel_size=kernel_size, dropout=dropout, decoder=decoder, beam_width=beam_width, **extra)
+        if decoder not in ("greedy", "beam_search"):
+            raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
+        if time_steps < self.min_time_steps:
+            raise ValueError(f"mode.time_steps={time_steps}: CTC needs at least 2 x max_length + 1 = "
+                             f"{self.min_time_steps} for labels of up to {self.max_length} characters")
+
+    def build_head(self, features):
+        from keras import layers
+
+        o = self.options
+        width = self.check_time_steps(features)
+        x = sequence_features(features, int(o["units"]), "none", 0, o["dropout"], "ctc_tiny")
+        pool = max(1, width // int(o["time_steps"]))  # width // pool >= time_steps
+        if pool > 1:
+            x = layers.AveragePooling1D(pool, name="ctc_tiny_pool")(x)
+        for i in range(int(o["conv_layers"])):
+            x = layers.Conv1D(int(o["units"]), int(o["kernel_size"]), padding="same", activation="relu",
+                              name=f"ctc_tiny_conv{i}")(x)
+        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_tiny_probs")(x)

@@ -1,0 +1,105 @@
+"""Every backbone builds for every text mode at the default input size (build only: no
+compile, no training), plus the backbone options: gray input, local weights, size errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bearcat.data.labels import Vocabulary
+from bearcat.experiment import mode_options
+from bearcat.modes import build_mode
+
+BACKBONES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "backbone").glob("*.yaml"))
+TEXT_MODES = ("ctc", "ctc_tiny", "ordinary")
+VOCAB = Vocabulary("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+MAX_LENGTH = 6  # the default generated task: labels of 4 to 6 characters
+
+
+def features_of(cfg, inputs):
+    node = OmegaConf.to_container(cfg.backbone, resolve=True)
+    node.pop("name")
+    return instantiate(node, _partial_=True)(inputs)
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    keras.backend.clear_session()
+    yield
+    keras.backend.clear_session()
+
+
+def test_the_zoo_is_complete():
+    assert set(BACKBONES) >= {"cnn_small", "densenet121", "densenet169", "densenet201", "mobilenetv2",
+                              "mobilenetv3small", "mobilenetv3large", "efficientnetb0", "efficientnetv2b0",
+                              "resnet50v2", "convnext_tiny", "resnet_se"}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_backbone_builds_for_every_text_mode(make_cfg, backbone):
+    cfg = make_cfg([f"backbone={backbone}"])
+    pre = cfg.preprocess
+    inputs = keras.Input((pre.height, pre.width, pre.channels), name="image")
+    features = features_of(cfg, inputs)
+    assert features.shape[2] >= 2 * MAX_LENGTH + 1, "too few time steps for CTC at the default input"
+    for mode_name in TEXT_MODES:
+        mode_cfg = make_cfg([f"backbone={backbone}", f"mode={mode_name}"])
+        mode = build_mode(mode_name, VOCAB, MAX_LENGTH, **mode_options(mode_cfg))
+        model = keras.Model(inputs, mode.build_head(features), name=f"{backbone}_{mode_name}")
+        steps = model.output.shape[1]
+        assert model.output.shape[2] == VOCAB.num_classes
+        assert steps == MAX_LENGTH if mode_name == "ordinary" else steps >= 2 * MAX_LENGTH + 1
+    assert model.input.shape[-1] == 1  # gray in; 3-channel networks tile it inside
+
+
+def test_backbone_runs_on_uint8_range_pixels(make_cfg):
+    """A keras.applications backbone gives finite features for 0..255 gray input."""
+    cfg = make_cfg(["backbone=mobilenetv3small"])
+    inputs = keras.Input((48, 128, 1))
+    model = keras.Model(inputs, features_of(cfg, inputs))
+    out = model.predict_on_batch(np.random.default_rng(0).integers(0, 256, (2, 48, 128, 1)).astype("float32"))
+    assert out.shape == (2, 3, 16, 48) and np.isfinite(out).all()
+
+
+def test_local_weights_file_is_loaded(make_cfg, tmp_path):
+    """Weights saved from the plain keras.applications network (as a user would bring them)
+    load into the backbone: the first convolution's kernel arrives unchanged."""
+    reference = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(48, 256, 3))
+    path = tmp_path / "mobilenetv3small.weights.h5"
+    reference.save_weights(path)
+    cfg = make_cfg(["backbone=mobilenetv3small", f"backbone.weights={path}"])
+    inputs = keras.Input((48, 128, 1))
+    model = keras.Model(inputs, features_of(cfg, inputs))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("conv").kernel),
+                                  keras.ops.convert_to_numpy(reference.get_layer("conv").kernel))
+
+    cfg = make_cfg(["backbone=mobilenetv3small", f"backbone.weights={tmp_path / 'missing.weights.h5'}"])
+    with pytest.raises(FileNotFoundError, match="backbone.weights=.*missing"):
+        features_of(cfg, keras.Input((48, 128, 1)))
+
+
+def test_too_small_input_is_a_clear_error(make_cfg):
+    cfg = make_cfg(["backbone=densenet121", "backbone.upsample=[1,1]"])
+    with pytest.raises(ValueError, match="preprocess.height"):
+        features_of(cfg, keras.Input((16, 128, 1)))
+
+
+def test_too_narrow_features_for_ctc_name_the_fix(make_cfg):
+    cfg = make_cfg(["backbone=mobilenetv3small", "backbone.upsample=[1,1]", "mode=ctc"])
+    features = features_of(cfg, keras.Input((48, 128, 1)))  # stride 16: 8 columns < 13
+    mode = build_mode("ctc", VOCAB, MAX_LENGTH, **mode_options(cfg))
+    with pytest.raises(ValueError, match="2 x max_length \\+ 1 = 13"):
+        mode.build_head(features)
+
+
+def test_resnet_se_is_small_with_se_gates(make_cfg):
+    cfg = make_cfg(["backbone=resnet_se"])
+    inputs = keras.Input((48, 128, 1))
+    model = keras.Model(inputs, features_of(cfg, inputs))
+    assert model.output.shape[1:] == (3, 32, 128)  # one time step per 4 columns, like cnn_small
+    assert any(layer.name.endswith("_se_scale") for layer in model.layers)
+    assert 200_000 < model.count_params() < 2_000_000
