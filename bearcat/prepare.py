@@ -108,7 +108,8 @@ def prepare(cfg: DictConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     if cfg.action != "check":
-        summary = {k: v for k, v in result.items() if not isinstance(v, list)}
+        summary = {k: (f"{len(v)} items (see the JSON)" if isinstance(v, list) and len(v) > 10 else v)
+                   for k, v in result.items()}
         print(json.dumps(summary, ensure_ascii=False, indent=1))
     log.info("%s report: %s", cfg.action, out)
     return result

@@ -186,6 +186,12 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
             assert np.array_equal(a.images, b.images) and a.labels == b.labels, (root, split)
     with pytest.raises(ValueError, match="preprocess.height: packed 48 / now 64"):
         load_split(packed(str(tmp_path / "raw")).train, PreprocessConfig(height=64), None)
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "raw", cut)
+    shard = sorted(cut.glob("train-*.tfrecord"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=f"{shard.name}: shard is cut off"):
+        load_split(packed(str(cut)).train, pre, None)
 
     metrics = train(make_cfg(["dataset=packed", f"dataset.root={tmp_path / 'packed'}", "debug=fast"]))
     run = mlflow.get_run(metrics["mlflow_run_id"])

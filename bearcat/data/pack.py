@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -144,16 +145,32 @@ def packed(root: str | None, lowercase: bool = False, charset: str | None = None
                   charset=(charset.lower() if lowercase and charset else charset) or None)
 
 
+def _records(path: str):
+    """The records of a TFRecord file (framing: length, length CRC, data, data CRC). Read
+    in plain Python: ~10x faster than a tf.data reader for small records. The CRCs are not
+    recomputed; a cut-off shard fails here, a damaged image fails its decoding."""
+    data = Path(path).read_bytes()
+    pos = 0
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise ValueError(f"{path}: shard is cut off at byte {pos}; pack the data again")
+        (length,) = struct.unpack_from("<Q", data, pos)
+        start, end = pos + 12, pos + 12 + length
+        if end + 4 > len(data):
+            raise ValueError(f"{path}: shard is cut off in the record at byte {pos}; pack the data again")
+        yield data[start:end]
+        pos = end + 4
+
+
 def _read_shard(path: str) -> dict[str, list]:
     """A shard's image bytes and original file names, in record order."""
     import tensorflow as tf
 
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "name": tf.io.FixedLenFeature([], tf.string)}
-    ds = tf.data.TFRecordDataset(path).batch(1024).map(lambda x: tf.io.parse_example(x, spec))
     images, names = [], []
-    for batch in ds.as_numpy_iterator():
-        images += list(batch["image"])
-        names += [n.decode("utf-8") for n in batch["name"]]
+    for record in _records(path):
+        feature = tf.train.Example.FromString(record).features.feature
+        images.append(feature["image"].bytes_list.value[0])
+        names.append(feature["name"].bytes_list.value[0].decode("utf-8"))
     return {"image": images, "name": names}
 
 
@@ -184,7 +201,7 @@ def decode_refs(samples: list[tuple[str, str]], cfg: PreprocessConfig, workers: 
         i = int(index)
         name = f"{path} ({record['name'][i]})"
         if manifests[folder]["encoding"] == "raw":
-            raw.append((len(jobs), np.frombuffer(record["image"][i], np.uint8)))
+            raw.append((len(jobs), np.frombuffer(record["image"][i], np.uint8), name))
             jobs.append(None)
         else:
             jobs.append((record["image"][i], cfg.to_dict(), name))
@@ -192,8 +209,9 @@ def decode_refs(samples: list[tuple[str, str]], cfg: PreprocessConfig, workers: 
     decoded = iter(parallel_map(_decode_bytes, todo, desc=desc, workers=workers))
     results = [None if j is None else next(decoded) for j in jobs]
     shape = (cfg.height, cfg.width, cfg.channels)
-    for pos, flat in raw:
-        results[pos] = (flat.reshape(shape), None)
+    for pos, flat, name in raw:
+        ok = flat.size == cfg.height * cfg.width * cfg.channels
+        results[pos] = (flat.reshape(shape), None) if ok else (None, f"{name}: damaged record ({flat.size} bytes)")
     return results
 
 

@@ -1,0 +1,155 @@
+"""Input pipeline speed against the training step of the default model.
+
+    python scripts/bench_data.py                      # 10000 generated captchas (default settings)
+    python scripts/bench_data.py --images 400 --steps 10   # a quick check
+    python scripts/bench_data.py --folder data/mysite # your own images instead
+
+Measures, in images per second:
+  load      decode + preprocess every image once (what a run does before its first epoch),
+            from the image folder, from packed TFRecords (encoding=file and raw) and from
+            the decoded-array cache;
+  epoch     one pass of the tf.data pipeline over the loaded arrays (shuffle, augment,
+            batch, cast), with augmentation=none and =light, no model attached;
+  train     the default model's training step (conf/train.yaml: ctc + cnn_small + adamw) on a
+            fixed in-memory batch (no input pipeline at all), and fed by the real pipeline
+            with none / light augmentation.
+The pipeline is not the bottleneck when `fit, pipeline + light` runs as fast as `train step`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from bearcat.data.labels import is_image_file, label_from_name  # noqa: E402
+from bearcat.data.pack import pack, packed  # noqa: E402
+from bearcat.data.pipeline import load_split, make_dataset  # noqa: E402
+from bearcat.data.sources import Splits  # noqa: E402
+from bearcat.data.tools import generate  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def config(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=unused", *overrides])
+
+
+def sample_images(args, cfg, work: Path) -> list[tuple[str, str]]:
+    if args.folder:
+        files = sorted(p for p in Path(args.folder).iterdir() if is_image_file(p))
+    else:
+        gen = work / f"generated_{args.images}"
+        if not (gen / "train").is_dir():
+            settings = {k: cfg.dataset[k] for k in ("charset", "min_length", "max_length", "image_width",
+                                                    "image_height", "seed", "fonts", "font_sizes")}
+            generate(gen, {"train": args.images, "val": 0, "test": 0}, settings)
+        files = sorted((gen / "train").iterdir())
+    return [(str(p), label_from_name(p)) for p in files[:args.images] if label_from_name(p)]
+
+
+def epoch_rate(images, targets, batch, augment, passes: int) -> float:
+    ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=augment)
+    for _ in ds.take(2):  # warm-up: build the graph, start the workers
+        pass
+    _, sec = timed(lambda: [None for _ in range(passes) for _ in ds])
+    return passes * len(images) / sec
+
+
+def build_default_model(cfg, samples):
+    from hydra.utils import instantiate
+
+    from bearcat.experiment import build_model, build_vocab_and_mode
+
+    mode = build_vocab_and_mode(cfg, Splits(samples, [], []))
+    model = build_model(cfg, mode)
+    model.compile(optimizer=instantiate(cfg.optimizer), loss=mode.loss(), jit_compile=cfg.trainer.jit_compile)
+    return model, mode
+
+
+def fit_rate(model, ds, steps: int, batch: int) -> float:
+    model.fit(ds.take(3), epochs=1, verbose=0)  # warm-up: trace and compile
+    _, sec = timed(lambda: model.fit(ds.take(steps), epochs=1, verbose=0))
+    return steps * batch / sec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=10000, help="images to load and iterate")
+    ap.add_argument("--steps", type=int, default=100, help="timed training steps per measurement")
+    ap.add_argument("--passes", type=int, default=3, help="timed pipeline passes (epochs) per measurement")
+    ap.add_argument("--folder", default=None, help="bench these images instead of generated captchas")
+    ap.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench_data"), help="scratch folder")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    import tensorflow as tf
+
+    from bearcat.data.augment import build_augment
+    from bearcat.experiment import preprocess_config
+
+    cfg = config([])
+    pre = preprocess_config(cfg)
+    batch = int(cfg.trainer.batch_size)
+    work = Path(args.work_dir)
+    samples = sample_images(args, cfg, work)
+    n = len(samples)
+    scratch = work / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)  # only this script's own packed shards and caches
+    rows = {}
+
+    folder_split, sec = timed(lambda: load_split(samples, pre, None, desc=""))
+    rows["load: image folder"] = n / sec
+    for enc in ("file", "raw"):
+        out = scratch / f"packed_{enc}"
+        _, pack_sec = timed(lambda: pack(Splits(samples, [], []), out, pre, enc, 5000))
+        rows[f"pack ({enc}), once"] = n / pack_sec
+        refs = packed(str(out)).train
+        loaded, sec = timed(lambda: load_split(refs, pre, None, desc=""))
+        assert (loaded.images == folder_split.images).all(), "packed data must decode to the same pixels"
+        rows[f"load: packed TFRecords ({enc})"] = n / sec
+    load_split(samples, pre, str(scratch / "cache"))  # writes the cache
+    cached, sec = timed(lambda: load_split(samples, pre, str(scratch / "cache")))
+    rows["load: decoded-array cache"] = n / sec
+
+    model, mode = build_default_model(cfg, samples)
+    images, targets = folder_split.images, mode.encode(folder_split.labels)
+    light = build_augment(config(["augmentation=light"]).augmentation, seed=0)
+    rows["epoch: pipeline, no augmentation"] = epoch_rate(images, targets, batch, None, args.passes)
+    rows["epoch: pipeline + light"] = epoch_rate(images, targets, batch, light, args.passes)
+
+    fixed = tf.data.Dataset.from_tensors((tf.cast(images[:batch], tf.float32), targets[:batch])).repeat()
+    train_step = fit_rate(model, fixed, args.steps, batch)
+    rows["train step (fixed batch, no pipeline)"] = train_step
+    for name, aug in (("no augmentation", None), ("light", light)):
+        ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=aug).repeat()
+        rows[f"fit, pipeline + {name}"] = fit_rate(model, ds, args.steps, batch)
+
+    print(f"\n{n} images ({'folder ' + args.folder if args.folder else 'generated, default synthetic settings'}), "
+          f"preprocess {pre.height}x{pre.width}x{pre.channels}, batch {batch}, {os.cpu_count()} CPU cores, "
+          f"default model {cfg.mode.name} + {cfg.backbone.name}\n")
+    print(f"| {'measurement':<40} | {'images/s':>10} | {'x train step':>12} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 14}|")
+    for name, rate in rows.items():
+        print(f"| {name:<40} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"images": n, "rows": rows}, indent=1))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
