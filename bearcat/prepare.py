@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -100,8 +101,9 @@ ACTIONS = {"generate": do_generate, "split": do_split, "check": do_check, "pack"
 
 def prepare(cfg: DictConfig) -> dict:
     """Run `cfg.action`; its summary is returned and saved as <run folder>/<action>.json."""
-    if cfg.action not in ACTIONS:
-        raise ValueError(f"action={cfg.action}: expected one of {' | '.join(ACTIONS)}")
+    if OmegaConf.is_missing(cfg, "action") or cfg.action not in ACTIONS:
+        given = "???" if OmegaConf.is_missing(cfg, "action") else cfg.action
+        raise ValueError(f"action={given}: expected one of {' | '.join(ACTIONS)}")
     result = ACTIONS[cfg.action](cfg)
     out = Path(cfg.check.report) if cfg.action == "check" and cfg.check.report else \
         Path(cfg.paths.output_dir) / f"{cfg.action}.json"
@@ -117,7 +119,11 @@ def prepare(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    prepare(cfg)
+    try:
+        prepare(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # the user's input: say it, no traceback
+        log.error("%s", err)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

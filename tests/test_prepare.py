@@ -244,4 +244,5 @@ def test_prepare_command_line(tmp_path, swust_copy):
     assert "readable         10" in ok.stdout and "z3r0_empty.png: empty image file (0 bytes)" in ok.stdout
     assert (data / "quarantine" / "z3r0_empty.png").is_file()
     bad = subprocess.run(cmd + ["action=frobnicate"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "action=frobnicate: expected one of generate | split" in bad.stderr
+    assert bad.returncode == 2 and "action=frobnicate: expected one of generate | split" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
