@@ -47,15 +47,17 @@ class Predictor:
     """Images in, {"result", "confidence", "time_ms"} out, through the shared preprocess."""
 
     def __init__(self, folder, model=None):
-        import keras
-
         meta = read_meta(folder)
         self.folder = Path(folder)
         self.meta = meta
         self.pre = PreprocessConfig.from_dict(meta["preprocess"])
         mode_cfg = dict(meta["mode"])
         self.mode = build_mode(mode_cfg.pop("name"), Vocabulary(meta["vocabulary"]), **mode_cfg)
-        self.model = model or keras.models.load_model(self.folder / MODEL_FILE, compile=False)
+        if model is None:  # Keras only when no other runtime is given (bearcat.runtime)
+            import keras
+
+            model = keras.models.load_model(self.folder / MODEL_FILE, compile=False)
+        self.model = model
 
     def predict_arrays(self, arrays: np.ndarray, batch_size: int = 64) -> list[dict]:
         out = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -101,3 +102,37 @@ def epoch_callback():
             log_metrics(metrics, step=epoch)
 
     return MlflowEpochLogger()
+
+
+def run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def log_pyfunc(bundle_dir, registered_model_name: str, meta: dict) -> str:
+    """Log an export bundle as an MLflow pyfunc model (bearcat.pyfunc) in the active run and
+    register it; returns the new registered version."""
+    import bearcat
+    import bearcat.pyfunc
+
+    requirements = ["numpy", "pandas", "pillow", "onnxruntime", "mlflow"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's advice to add type hints
+        info = mlflow.pyfunc.log_model(
+            name="pyfunc", python_model=bearcat.pyfunc.__file__, artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(Path(bearcat.__file__).parent)], pip_requirements=requirements,
+            registered_model_name=registered_model_name,
+            metadata={"bearcat_mode": meta["mode"]["name"], "bearcat_source_run_id": str(meta.get("mlflow_run_id"))})
+    return str(info.registered_model_version)
+
+
+def download_model(uri: str, dst: str) -> Path:
+    """A registered model (models:/NAME/VERSION) -> the Bearcat bundle folder inside it."""
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    found = sorted(folder.glob("artifacts/*/bundle.json"))
+    if not found:
+        raise FileNotFoundError(f"{uri}: not a Bearcat pyfunc model (no artifacts/<bundle>/bundle.json inside)")
+    return found[0].parent

@@ -51,3 +51,39 @@ def swust_copy(tmp_path_factory):
     for path in sorted(src.iterdir())[:120]:
         shutil.copy2(path, dst / path.name)
     return dst
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny training run (debug=fast) shared by the export / serve / evaluate tests:
+    {"run_id", "output_dir", "tracking_uri", "root"} with its own MLflow store."""
+    from bearcat.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[
+                "debug=fast", f"paths.output_dir={root / 'run'}", f"paths.cache_dir={root / 'cache'}",
+                f"mlflow.artifact_root={root / 'artifacts'}"])
+        metrics = train(cfg)
+    return {"run_id": metrics["mlflow_run_id"], "output_dir": root / "run", "tracking_uri": uri, "root": root}
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run):
+    """`trained_run` exported in every format (parity-checked) and registered in MLflow as
+    "bearcat-test": {"dir", "summary", "model_name"} plus trained_run's keys."""
+    from bearcat.export import export
+
+    root = trained_run["root"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="export", overrides=[
+                f"run_id={trained_run['run_id']}", "format=all", f"output_dir={root / 'export'}",
+                "registered_model_name=bearcat-test", f"paths.output_dir={root / 'export_job'}",
+                f"paths.cache_dir={root / 'cache'}", f"mlflow.artifact_root={root / 'artifacts'}"])
+        summary = export(cfg)
+    return {**trained_run, "dir": root / "export", "summary": summary, "model_name": "bearcat-test"}

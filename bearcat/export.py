@@ -1,0 +1,211 @@
+"""Export entry point: `python -m bearcat.export run_id=ID|checkpoint=PATH format=onnx`.
+
+Writes an export bundle (default `outputs/exports/<run id>/`): `bundle.json` (vocabulary,
+preprocessing and decoding settings, what was exported and its parity report), the Keras
+model, and the chosen formats (`savedmodel/`, `model.onnx`, `model.tflite`). Every
+exported model is checked against the Keras model on test images (largest output
+difference, identical decoded strings); a mismatch fails the export. Optionally the
+bundle is registered in the MLflow model registry as a pyfunc.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from bearcat.runtime import FILES, FORMATS, load_runtime
+
+log = logging.getLogger("bearcat.export")
+
+
+class ParityError(RuntimeError):
+    """An exported model answers differently from the Keras model."""
+
+
+def chosen_formats(value) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+    if "all" in names:
+        return list(FORMATS)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"format={value}: choose from {', '.join(FORMATS)} or all (comma-separate several)")
+    return list(dict.fromkeys(names))
+
+
+def unrolled_copy(model):
+    """The same model with its recurrent layers unrolled (same weights), for ONNX: an
+    unrolled GRU becomes plain matrix products instead of an ONNX Loop, which ONNX
+    Runtime runs faster. Returns the model itself when it has no recurrent layer or
+    cannot be cloned."""
+    import keras
+
+    def unrolled(layer):
+        cfg = layer.get_config()
+        if isinstance(layer, keras.layers.Bidirectional):
+            for key in ("layer", "backward_layer"):
+                if key in cfg:
+                    cfg[key]["config"]["unroll"] = True
+        elif isinstance(layer, keras.layers.RNN):
+            cfg["unroll"] = True
+        return layer.__class__.from_config(cfg)
+
+    if not any(isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)) for layer in model.layers):
+        return model
+    try:
+        copy = keras.models.clone_model(model, clone_function=unrolled)
+        copy.set_weights(model.get_weights())
+        copy.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # export needs a called model
+        return copy
+    except Exception as err:  # custom layers without a usable config: export as it is
+        log.warning("ONNX: recurrent layers left rolled (%s: %s)", type(err).__name__, err)
+        return model
+
+
+def write_format(model, folder: Path, fmt: str, cfg: DictConfig) -> Path:
+    """Write one format into the bundle folder (atomically: temporary name, then rename)."""
+    import keras
+
+    target = folder / FILES[fmt]
+    tmp = folder / (".tmp-" + FILES[fmt])
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    if fmt == "savedmodel":
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+    elif fmt == "onnx":
+        source = unrolled_copy(model) if cfg.onnx.unroll_rnn else model
+        source.export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
+    elif fmt == "tflite":
+        # A fixed batch of 1 lets the converter lower the recurrent loop to TFLite's own
+        # ops (a dynamic batch needs the Flex delegate, absent from the plain interpreter).
+        spec = keras.InputSpec(shape=(1, *model.input_shape[1:]), dtype="float32")
+        tmp = tmp.with_suffix(".tmp.tflite")
+        model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
+    else:
+        raise ValueError(f"format={fmt}: unknown")
+    if target.is_dir():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
+
+
+def parity_images(cfg: DictConfig, train_config: Path | None, meta: dict, count: int) -> np.ndarray:
+    """Up to `count` preprocessed test images of the model's data set; random images
+    (with a warning) when the data set is unknown or gone."""
+    from bearcat.data.pipeline import load_split
+    from bearcat.data.preprocess import PreprocessConfig
+    from bearcat.evaluate import evaluation_config
+    from bearcat.experiment import load_sources
+
+    pre = PreprocessConfig.from_dict(meta["preprocess"])
+    try:
+        data_cfg = evaluation_config(cfg.copy(), train_config, meta)
+        splits = load_sources(data_cfg)
+        samples = (splits.test or splits.val or splits.train)[:count]
+        images = load_split(samples, pre, cfg.paths.cache_dir, desc="parity images").images
+        if len(images):
+            return images
+        raise ValueError("no readable test images")
+    except (ValueError, FileNotFoundError) as err:
+        log.warning("parity check on random images: the model's test images are not available (%s)", err)
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (count, pre.height, pre.width, pre.channels), dtype=np.uint8)
+
+
+def parity_check(folder: Path, formats: list[str], reference, mode, images: np.ndarray, atol: float) -> dict:
+    """Run every exported format on the images; compare outputs and decoded strings with
+    the Keras model. Raises ParityError naming the format, the difference and an example."""
+    x = images.astype(np.float32)
+    expected = np.asarray(reference.predict_on_batch(x))
+    want = [r["result"] for r in mode.decode(expected)]
+    report = {}
+    for fmt in formats:
+        if fmt == "keras":
+            continue
+        got = load_runtime(folder, fmt).predict_on_batch(x)
+        diff = float(np.abs(np.asarray(got) - expected).max())
+        texts = [r["result"] for r in mode.decode(got)]
+        differ = [i for i, (a, b) in enumerate(zip(want, texts)) if a != b]
+        report[fmt] = {"images": len(x), "max_abs_diff": diff, "different_results": len(differ)}
+        log.info("parity %s: %d images, max |difference| %.2e, %d different results", fmt, len(x), diff,
+                 len(differ))
+        if not np.isfinite(diff) or diff > atol or differ:
+            example = f"; image {differ[0]}: keras {want[differ[0]]!r} vs {fmt} {texts[differ[0]]!r}" if differ else ""
+            raise ParityError(f"{fmt} export does not match the Keras model on {len(x)} images: max |difference| "
+                              f"{diff:.3g} (parity.atol={atol}), {len(differ)} different results{example}")
+    return report
+
+
+def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    name = run_id or bundle.resolve().parent.name
+    return Path(cfg.exports_root) / name
+
+
+def export(cfg: DictConfig) -> dict:
+    import keras
+
+    from bearcat import tracking
+    from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, read_meta
+    from bearcat.evaluate import locate_bundle
+
+    formats = chosen_formats(cfg.format)
+    experiment_id = tracking.setup(cfg.mlflow)
+    with tempfile.TemporaryDirectory() as workdir:
+        bundle, train_config, source_run = locate_bundle(cfg, workdir)
+        meta = read_meta(bundle)
+        source_run = source_run or meta.get("mlflow_run_id")
+        out = export_dir(cfg, source_run, bundle)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle / MODEL_FILE, out / MODEL_FILE)
+        model = keras.models.load_model(out / MODEL_FILE, compile=False)
+        seconds = {}
+        for fmt in formats:
+            if fmt != "keras":
+                start = time.perf_counter()
+                write_format(model, out, fmt, cfg)
+                seconds[fmt] = time.perf_counter() - start
+                log.info("wrote %s (%.1f s)", out / FILES[fmt], seconds[fmt])
+        mode = Predictor(bundle, model=model).mode
+        images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
+        report = parity_check(out, formats, model, mode, images, float(cfg.parity.atol))
+    meta = {**meta, "mlflow_run_id": source_run, "exports": {
+        fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}}
+    (out / BUNDLE_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    metrics = {f"parity_max_abs_diff_{f}": r["max_abs_diff"] for f, r in report.items()}
+    metrics |= {f"export_seconds_{f}": s for f, s in seconds.items()}
+    tags = {"bearcat.task": "export", "bearcat.formats": ",".join(formats)}
+    if source_run:
+        tags["bearcat.source_run_id"] = source_run
+    parent = source_run if source_run and tracking.run_exists(source_run) else None
+    with tracking.start_run(experiment_id, run_name="export", tags=tags, parent_run_id=parent) as run:
+        tracking.log_params({"format": ",".join(formats), "parity.images": len(images),
+                             "parity.atol": cfg.parity.atol, "output_dir": str(out.resolve()),
+                             "source_run_id": str(source_run)})
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts(out, "export")
+        registered = None
+        if cfg.registered_model_name:
+            registered = tracking.log_pyfunc(out, cfg.registered_model_name, meta)
+            log.info("registered %s version %s", cfg.registered_model_name, registered)
+    summary = {"output_dir": str(out), "formats": formats, "parity": report, "mlflow_run_id": run.info.run_id,
+               "registered_version": registered}
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

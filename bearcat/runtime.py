@@ -1,0 +1,125 @@
+"""Inference runtimes for a model bundle: Keras, ONNX Runtime, TFLite, SavedModel.
+
+Each runtime takes the model's input batch (uint8 pixels as float32, (B, H, W, C)) and
+returns the model's softmax output as NumPy, through `predict_on_batch`, so
+`bearcat.bundle.Predictor` (the shared preprocess + `mode.decode`) works unchanged on any
+of them. Only the Keras and SavedModel runtimes import TensorFlow.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# format name -> file or folder inside an export bundle
+FILES = {"keras": "model.keras", "savedmodel": "savedmodel", "onnx": "model.onnx", "tflite": "model.tflite"}
+FORMATS = tuple(FILES)
+
+
+class KerasRuntime:
+    name = "keras"
+
+    def __init__(self, path: Path, threads: int = 0):
+        import keras
+
+        self.model = keras.models.load_model(path, compile=False)
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(x))
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)  # 0 = ONNX Runtime's choice (all cores)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+
+
+class TFLiteRuntime:
+    """TFLite models are exported with a fixed batch of 1 (see bearcat.export): a batch
+    is run image by image."""
+
+    name = "tflite"
+
+    def __init__(self, path: Path, threads: int = 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            import tensorflow as tf
+
+            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=int(threads) or None)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for image in np.asarray(x, np.float32):
+            self.interpreter.set_tensor(self.input, image[None])
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output)[0].copy())
+        return np.stack(out)
+
+
+class SavedModelRuntime:
+    name = "savedmodel"
+
+    def __init__(self, path: Path, threads: int = 0):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.model = tf.saved_model.load(str(path))
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        out = self.model.serve(self.tf.constant(x, self.tf.float32))
+        return np.asarray(out)
+
+
+RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime, "savedmodel": SavedModelRuntime}
+
+
+def available_formats(folder) -> list[str]:
+    return [f for f, name in FILES.items() if (Path(folder) / name).exists()]
+
+
+def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
+    """The bundle's model in `runtime` (keras | onnx | tflite | savedmodel | auto: the
+    first present of onnx, tflite, savedmodel, keras)."""
+    folder = Path(folder)
+    if runtime == "auto":
+        present = available_formats(folder)
+        runtime = next((f for f in ("onnx", "tflite", "savedmodel", "keras") if f in present), "keras")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime}: choose one of {sorted(RUNTIMES)} or auto")
+    path = folder / FILES[runtime]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{folder}: the bundle has no {runtime} model ({FILES[runtime]}); it holds "
+            f"{available_formats(folder) or 'no model'}. Export one with `python -m bearcat.export "
+            f"checkpoint={folder} format={runtime}` or choose another runtime")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return RUNTIMES[runtime](path, threads)
+
+
+def load_predictor(folder, runtime: str = "onnx", threads: int = 0):
+    """A `bearcat.bundle.Predictor` whose model runs in the chosen runtime."""
+    from bearcat.bundle import Predictor
+
+    engine = load_runtime(folder, runtime, threads)
+    predictor = Predictor(folder, model=engine)
+    predictor.runtime = engine.name
+    return predictor

@@ -1,0 +1,110 @@
+"""Export: bundle layout, parity of every format with Keras, loud failure on mismatch,
+MLflow pyfunc registration, and the entry point's errors."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from bearcat.bundle import Predictor, read_meta
+from bearcat.data.preprocess import preprocess
+from bearcat.export import ParityError, chosen_formats, export, parity_check
+from bearcat.runtime import FORMATS, load_predictor, load_runtime
+from conftest import CONF
+
+
+def sample_files(run: dict, count: int = 8) -> list[Path]:
+    files = sorted((run["root"] / "cache" / "synthetic").glob("*/test/*.png"))[:count]
+    assert files, "the trained run's test images are missing"
+    return files
+
+
+def test_export_writes_every_format_with_parity_report(exported):
+    folder = exported["dir"]
+    for name in ("bundle.json", "model.keras", "model.onnx", "model.tflite", "savedmodel/saved_model.pb"):
+        assert (folder / name).exists(), name
+    meta = read_meta(folder)
+    source = read_meta(exported["output_dir"] / "model")
+    # the settings that decide preprocessing and decoding travel unchanged
+    for key in ("mode", "vocabulary", "preprocess"):
+        assert meta[key] == source[key]
+    assert meta["mlflow_run_id"] == exported["run_id"]
+    assert set(meta["exports"]) == set(FORMATS)
+    for fmt in ("savedmodel", "onnx", "tflite"):
+        parity = meta["exports"][fmt]["parity"]
+        assert parity["images"] == 16  # debug=fast has 16 test images (< parity.images=32)
+        assert parity["max_abs_diff"] <= 1e-4
+        assert parity["different_results"] == 0
+    assert exported["summary"]["parity"] == {f: meta["exports"][f]["parity"] for f in ("savedmodel", "onnx", "tflite")}
+
+
+@pytest.mark.parametrize("runtime", FORMATS)
+def test_every_runtime_reads_like_the_training_bundle(exported, runtime):
+    files = sample_files(exported)
+    want = Predictor(exported["output_dir"] / "model").predict(files)
+    got = load_predictor(exported["dir"], runtime).predict(files)
+    assert [g["result"] for g in got] == [w["result"] for w in want]
+    np.testing.assert_allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-5)
+    assert all(g["time_ms"] > 0 for g in got)
+
+
+def test_parity_check_fails_loudly_on_a_different_model(exported):
+    import keras
+
+    folder = exported["dir"]
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    rng = np.random.default_rng(1)
+    # the bundle's ONNX model checked against a reference with other weights: must fail
+    model.set_weights([w * rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) for w in model.get_weights()])
+    predictor = Predictor(folder, model=model)
+    images = np.stack([preprocess(f, predictor.pre) for f in sample_files(exported)])
+    with pytest.raises(ParityError, match=r"onnx export does not match the Keras model on 8 images"):
+        parity_check(folder, ["onnx"], model, predictor.mode, images, atol=1e-4)
+    assert parity_check(folder, ["onnx"], load_runtime(folder, "keras"), predictor.mode, images, 1e-4)["onnx"][
+        "different_results"] == 0
+
+
+def test_registered_pyfunc_answers_like_the_library(exported):
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(exported["tracking_uri"])
+    version = exported["summary"]["registered_version"]
+    model = mlflow.pyfunc.load_model(f"models:/{exported['model_name']}/{version}")
+    files = sample_files(exported, 4)
+    frame = pd.DataFrame({"image": [base64.b64encode(f.read_bytes()).decode() for f in files]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["result", "confidence", "time_ms"]
+    want = Predictor(exported["output_dir"] / "model").predict(files)
+    assert out["result"].tolist() == [w["result"] for w in want]
+    np.testing.assert_allclose(out["confidence"], [w["confidence"] for w in want], atol=1e-5)
+
+
+def test_export_from_checkpoint_to_the_default_folder(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="export", overrides=[
+            f"checkpoint={trained_run['output_dir']}", "format=keras", f"exports_root={tmp_path / 'exports'}",
+            f"paths.output_dir={tmp_path / 'job'}", f"paths.cache_dir={trained_run['root'] / 'cache'}"])
+    summary = export(cfg)
+    folder = tmp_path / "exports" / trained_run["run_id"]  # outputs/exports/<run id> by default
+    assert summary["output_dir"] == str(folder)
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert list(meta["exports"]) == ["keras"]
+    assert load_runtime(folder, "auto").name == "keras"
+    with pytest.raises(FileNotFoundError, match="has no onnx model"):
+        load_runtime(folder, "onnx")
+
+
+def test_export_errors_name_the_setting(make_cfg, tmp_path):
+    assert chosen_formats("all") == list(FORMATS)
+    assert chosen_formats("onnx, tflite") == ["onnx", "tflite"]
+    with pytest.raises(ValueError, match="format=pdf"):
+        chosen_formats("pdf")
+    cfg = make_cfg([f"checkpoint={tmp_path / 'missing'}"], config_name="export")
+    with pytest.raises(FileNotFoundError, match="missing: not found"):
+        export(cfg)
