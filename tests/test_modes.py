@@ -1,0 +1,163 @@
+"""Recognition modes: every mode x cnn_small trains one tiny epoch and logs test_accuracy to
+MLflow; each mode's labels, decoding and confidence rule; num_classes on generated tiles
+and on one sub-folder per class."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from bearcat.bundle import Predictor
+from bearcat.data.labels import Vocabulary
+from bearcat.data.tiles import tiles
+from bearcat.experiment import build_model, mode_options
+from bearcat.modes import build_mode
+from bearcat.modes.ordinary import interval_confidence
+from bearcat.train import train
+
+VOCAB = Vocabulary("ABC")
+
+
+def logged_metrics(metrics) -> dict:
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    return run.data.metrics
+
+
+@pytest.mark.parametrize("mode", ["ctc", "ctc_tiny", "ordinary"])
+def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
+    cfg = make_cfg(["debug=fast", f"mode={mode}", "backbone=cnn_small"])
+    metrics = train(cfg)
+    logged = logged_metrics(metrics)
+    for key in ("loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"):
+        assert key in logged, key
+    assert 0.0 <= logged["test_accuracy"] <= 1.0
+    assert logged["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # the bundle serves the mode it was trained with
+    predictor = Predictor(Path(cfg.paths.output_dir) / "model")
+    assert predictor.mode.name == mode
+    image = next((Path(cfg.paths.cache_dir) / "synthetic").glob("*/test/*.png"))
+    (out,) = predictor.predict([image])
+    assert set(out) == {"result", "confidence", "time_ms"} and 0.0 <= out["confidence"] <= 1.0
+    assert set(out["result"]) <= set(predictor.mode.vocab.chars)
+
+
+def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
+    metrics = train(make_cfg(["debug=fast", "mode=num_classes", "dataset=tiles", "backbone=cnn_small"]))
+    logged = logged_metrics(metrics)
+    assert {"test_accuracy", "test_top5_accuracy", "val_accuracy"} <= set(logged)
+    assert "test_char_accuracy" not in logged  # not a text mode
+    assert 0.0 <= logged["test_accuracy"] <= logged["test_top5_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_num_classes_learns_the_tiles(make_cfg):
+    """A few short epochs on four shapes: well above the 25% of guessing."""
+    metrics = train(make_cfg([
+        "mode=num_classes", "dataset=tiles", "dataset.classes=[circle,square,triangle,star]",
+        "dataset.train_size=400", "dataset.val_size=40", "dataset.test_size=80", "dataset.noise=0.2",
+        "preprocess.height=32", "preprocess.width=32", "trainer.epochs=6", "trainer.batch_size=16",
+        "trainer.verbose=0", "optimizer.learning_rate=0.003"]))
+    assert metrics["test_accuracy"] >= 0.6
+    assert metrics["test_top5_accuracy"] == 1.0  # only four classes
+
+
+def test_num_classes_from_class_folders(make_cfg, tmp_path):
+    made = tiles(30, 0, 0, seed=1, cache_dir=str(tmp_path / "gen"), classes=["ring", "cross", "arrow"])
+    root = tmp_path / "grid"
+    for path, label in made.train:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, root / label / f"tile{Path(path).stem.split('_')[1]}.png")  # no label in the name
+    before = sorted(p.name for p in root.rglob("*"))
+    cfg = make_cfg(["debug=fast", "mode=num_classes", "dataset=folder", f"dataset.root={root}",
+                    "dataset.class_folders=true", "dataset.val_ratio=0.2", "dataset.test_ratio=0.2"])
+    metrics = train(cfg)
+    assert "test_top5_accuracy" in logged_metrics(metrics)
+    bundle = json.loads((Path(cfg.paths.output_dir) / "model" / "bundle.json").read_text())
+    assert bundle["vocabulary"] == ["arrow", "cross", "ring"] and bundle["mode"]["name"] == "num_classes"
+    assert sorted(p.name for p in root.rglob("*")) == before  # the user's folder is untouched
+
+
+def test_tiles_are_cached_and_deterministic(tmp_path):
+    first = tiles(6, 2, 2, seed=3, cache_dir=str(tmp_path), classes=["circle", "star"])
+    stamp = {p: Path(p).stat().st_mtime_ns for p, _ in first.train}
+    again = tiles(6, 2, 2, seed=3, cache_dir=str(tmp_path), classes=["star", "circle"])
+    assert again.train == first.train and {p: Path(p).stat().st_mtime_ns for p, _ in again.train} == stamp
+    assert {label for _, label in first.train + first.val + first.test} <= {"circle", "star"}
+    with pytest.raises(ValueError, match="dataset.classes: unknown shapes \\['blob'\\]"):
+        tiles(2, 1, 1, seed=3, cache_dir=str(tmp_path), classes=["circle", "blob"])
+
+
+# ------------------------------------------------------------------ labels and decoding
+
+def test_ordinary_pads_with_blank_and_decoding_drops_it(make_cfg):
+    mode = build_mode("ordinary", VOCAB, 4, **mode_options(make_cfg(["mode=ordinary"])))
+    np.testing.assert_array_equal(mode.encode(["AB", "CABC"]), [[1, 2, 0, 0], [3, 1, 2, 3]])
+    probs = np.full((1, 4, 4), 0.02, np.float32)
+    for pos, cls in enumerate([1, 0, 3, 0]):  # A, blank, C, blank -> "AC"
+        probs[0, pos, cls] = 0.94
+    (out,) = mode.decode(probs)
+    assert out["result"] == "AC"
+    assert out["confidence"] == pytest.approx(0.94)  # all positions equally sure: std 0
+    assert mode.check_label("ABCAB")[0] == "label longer than the model can emit"
+
+
+def test_ordinary_confidence_rule():
+    top = np.array([[0.9, 0.9, 0.9, 0.5], [1.0, 1.0, 1.0, 1.0], [0.1, 0.9, 0.1, 0.9]])
+    expected = [0.8 - 2.58 * np.std([0.9, 0.9, 0.9, 0.5]) / 2, 1.0, 0.0]  # the last clips at 0
+    np.testing.assert_allclose(interval_confidence(top), expected, rtol=1e-6)
+
+
+def test_ordinary_label_smoothing_is_in_the_loss(make_cfg):
+    probs = np.zeros((1, 2, 4), np.float32)
+    probs[0, :, 1] = 1.0
+    target = np.array([[1, 1]])
+    losses = {}
+    for smoothing in (0.0, 0.2):
+        mode = build_mode("ordinary", VOCAB, 2, **mode_options(make_cfg(
+            ["mode=ordinary", f"mode.label_smoothing={smoothing}"])))
+        losses[smoothing] = float(keras.ops.convert_to_numpy(keras.ops.mean(mode.loss()(target, probs))))
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-5) and losses[0.2] > 1.0  # smoothed targets punish certainty
+
+
+def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
+    tiny = build_mode("ctc_tiny", VOCAB, 6, **mode_options(make_cfg(["mode=ctc_tiny"])))
+    probs = np.full((1, 16, 4), 0.01, np.float32)
+    path = [1, 1, 0, 1, 2, 2, 0, 0, 3] + [0] * 7  # "AA-ABB--C" -> "AABC"
+    for t, cls in enumerate(path):
+        probs[0, t, cls] = 0.97
+    probs[0, 5, 2] = 0.6  # one unsure step sets the confidence
+    (out,) = tiny.decode(probs)
+    assert out == {"result": "AABC", "confidence": pytest.approx(0.6)}
+
+    sizes, rnns = {}, {}
+    for name in ("ctc", "ctc_tiny"):
+        cfg = make_cfg([f"mode={name}"])
+        model = build_model(cfg, build_mode(name, Vocabulary("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 6,
+                                            **mode_options(cfg)))
+        sizes[name] = model.count_params()
+        rnns[name] = sum(isinstance(layer, keras.layers.Bidirectional) for layer in model.layers)
+        if name == "ctc_tiny":
+            assert model.output.shape[1] == 16  # 32 columns pooled to the 16 time steps asked for
+        keras.backend.clear_session()
+    assert sizes["ctc_tiny"] < sizes["ctc"] and rnns == {"ctc": 1, "ctc_tiny": 0}
+
+
+def test_ctc_tiny_rejects_too_few_time_steps(make_cfg):
+    with pytest.raises(ValueError, match="mode.time_steps=10: CTC needs at least 2 x max_length \\+ 1 = 13"):
+        build_mode("ctc_tiny", VOCAB, 6, **mode_options(make_cfg(["mode=ctc_tiny", "mode.time_steps=10"])))
+
+
+def test_num_classes_classes_and_top5():
+    mode = build_mode("num_classes", Vocabulary(["circle", "star", "ring", "arrow", "cross", "moon"]), 1)
+    assert mode.encode(["star", "circle"]).tolist() == [2, 1]
+    assert mode.check_label("hexagon") == ("class not in the model's classes", "hexagon")
+    probs = np.array([[0.0, 0.05, 0.5, 0.2, 0.12, 0.08, 0.05]], np.float32)
+    (out,) = mode.decode(probs)
+    assert out["result"] == "star" and out["confidence"] == pytest.approx(0.5)
+    assert out["top5"][:3] == ["star", "ring", "arrow"] and len(out["top5"]) == 5
