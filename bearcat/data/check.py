@@ -221,7 +221,8 @@ def format_report(r: dict, max_listed: int = 10) -> str:
     rows = [
         ("files", f"{r['files_before']} ({r['image_files']} images, {len(r['other_files'])} other files ignored)"),
         ("readable", f"{r['readable']}"),
-        ("unreadable", f"{r['unreadable']} ({r['quarantined']} moved to {QUARANTINE}/, see {QUARANTINE}/report.json)"),
+        ("unreadable", f"{r['unreadable']}" + (f" ({r['quarantined']} moved to {QUARANTINE}/, see {QUARANTINE}/report.json)"
+                                                if r["quarantined"] else "")),
         ("splits", ", ".join(f"{k} {v}" for k, v in sorted(r["splits"].items())) or "-"),
         ("width (px)", stats(r["width"])),
         ("height (px)", stats(r["height"])),
