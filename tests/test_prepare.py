@@ -246,3 +246,17 @@ def test_prepare_command_line(tmp_path, swust_copy):
     bad = subprocess.run(cmd + ["action=frobnicate"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "action=frobnicate: expected one of generate | split" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_check_split_folder_finds_leaks_between_splits(make_cfg, swust_copy, tmp_path):
+    data = tmp_path / "data"
+    train_files = copy_images(swust_copy, data / "train", 8)
+    copy_images(swust_copy, data / "val", 2, start=8)
+    test_files = copy_images(swust_copy, data / "test", 2, start=10)
+    shutil.copy2(train_files[0], data / "test" / train_files[0].name)  # the same captcha in train and test
+    (data / "val" / "tr4c_cut.jpg").write_bytes(test_files[0].read_bytes()[:300])
+    report = prepare(make_cfg(["action=check", "dataset=folder", f"dataset.root={data}"], config_name="prepare"))
+    assert report["splits"] == {"train": 8, "val": 2, "test": 3}
+    assert len(report["duplicates"]["across_splits"]) == 1 and report["duplicates"]["conflicting_labels"] == []
+    assert (data / "quarantine" / "val" / "tr4c_cut.jpg").is_file()  # keeps its place in the layout
+    assert report["files_before"] == report["files_after"] == 14
