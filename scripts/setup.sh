@@ -5,3 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -U pip
 python -m pip install -q -e ".[dev]"
+# Headless Chromium for the upload-page test (Debian's package; playwright drives it and
+# never downloads a browser of its own). Skipped when already there; needs root for apt.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "setup.sh: chromium is missing; install it (apt-get install chromium chromium-driver) for the browser test" >&2
+  fi
+fi

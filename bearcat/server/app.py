@@ -1,0 +1,182 @@
+"""The FastAPI app: `POST /v1/predict`, `POST /v1/click`, `GET /health`, `GET /v1/models`,
+OpenAPI docs at `/docs`, and the upload page at `GET /`.
+
+Every image goes through the model bundle's own `preprocess` settings and `mode.decode`,
+so the server answers exactly as evaluation does. Client mistakes (bad base64, a body that
+is not an image, too many bytes or pixels, a missing field, a wrong API key) are 4xx
+answers with a `detail` message, never 500s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from bearcat.data.preprocess import ImageError, preprocess
+from bearcat.server.batcher import Batcher
+from bearcat.server.codec import RequestError, image_bytes
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 2_000_000   # largest request body, bytes
+    max_pixels: int = 4_000_000       # largest decoded image, width x height (decompression bombs)
+    max_in_flight: int = 256          # requests handled at once; more get 503
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail: str):
+        self.status, self.detail = status, detail
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPProblem(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise HTTPProblem(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # let request.form() parse what was already read
+    return body
+
+
+async def image_from_request(request: Request, limit: int) -> bytes:
+    """JSON {"image": base64}, a multipart file (field `file` or `image`) or a raw image body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, limit)
+    if kind == "application/json":
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPProblem(400, "body is not valid JSON") from None
+        if not isinstance(payload, dict) or "image" not in payload:
+            raise HTTPProblem(422, 'JSON body needs a field "image" with the base64-encoded image')
+        return image_bytes(payload["image"])
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=10)
+        except Exception as err:  # malformed multipart bodies raise several types
+            raise HTTPProblem(400, f"malformed multipart body ({err})") from None
+        upload = form.get("file") or form.get("image")
+        if upload is None:
+            raise HTTPProblem(422, 'multipart body needs a file field named "file" (or "image")')
+        if isinstance(upload, str):
+            return image_bytes(upload)
+        return await upload.read()
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        if not body:
+            raise HTTPProblem(400, "empty image body")
+        return body
+    raise HTTPProblem(415, f"unsupported Content-Type {kind or '(none)'!r}: send application/json "
+                           '{"image": "<base64>"}, multipart/form-data with a "file", or image/* bytes')
+
+
+def model_info(predictor, name: str) -> dict:
+    meta = predictor.meta
+    pre = predictor.pre
+    return {"name": name, "mode": meta["mode"]["name"], "runtime": getattr(predictor, "runtime", "keras"),
+            "input": {"height": pre.height, "width": pre.width, "channels": pre.channels},
+            "vocabulary_size": len(meta["vocabulary"]), "max_length": meta["mode"].get("max_length"),
+            "source_run_id": meta.get("mlflow_run_id"), "formats": sorted(meta.get("exports", {"keras": {}})),
+            "parity": {f: e["parity"] for f, e in meta.get("exports", {}).items() if "parity" in e}}
+
+
+REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["image"],
+                                    "properties": {"image": {"type": "string", "description": "base64 image"}}}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
+                                                                                  "format": "binary"}}}},
+    "image/png": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, api_key: str | None = None,
+               max_batch: int = 16, max_wait_ms: float = 0.0) -> FastAPI:
+    """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime)."""
+    limits = limits or Limits()
+    pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
+    batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms)
+    info = model_info(predictor, name)
+    state = {"in_flight": 0}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.",
+                  lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(request: Request, err: HTTPProblem):
+        return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPProblem(401, "missing or wrong API key: send it in the X-API-Key header")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "runtime": info["runtime"], "api_key_required": api_key is not None,
+                "batches": batcher.batches, "images": batcher.images}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"models": [info]}
+
+    @app.post("/v1/predict", openapi_extra=REQUEST_BODY_DOC,
+              summary="Read one captcha: JSON {image: base64}, a multipart file or raw image bytes")
+    async def predict(request: Request):
+        start = time.perf_counter()
+        check_key(request)
+        if state["in_flight"] >= limits.max_in_flight:
+            raise HTTPProblem(503, f"server busy: {state['in_flight']} requests in progress "
+                                   f"(limits.max_in_flight={limits.max_in_flight}); retry later")
+        state["in_flight"] += 1
+        try:
+            data = await image_from_request(request, limits.max_body_bytes)
+            try:
+                array = await run_in_threadpool(preprocess, data, pre, "image")
+            except ImageError as err:
+                too_big = "exceeds the limit" in str(err) or "DecompressionBomb" in str(err)
+                raise HTTPProblem(413 if too_big else 400, str(err)) from None
+            result = await batcher.predict(array)
+        except RequestError as err:
+            raise HTTPProblem(400, str(err)) from None
+        finally:
+            state["in_flight"] -= 1
+        return {**result, "time_ms": (time.perf_counter() - start) * 1000.0}
+
+    @app.post("/v1/click", summary="Click captchas: image + prompt -> ordered click points")
+    async def click(request: Request):
+        check_key(request)
+        raise HTTPProblem(404, f"model {name!r} (mode={info['mode']}) does not answer click captchas; "
+                               "serve a click-mode bundle for /v1/click")
+
+    return app

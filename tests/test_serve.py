@@ -1,0 +1,285 @@
+"""The HTTP server: FastAPI's test client for the API and its errors, a real uvicorn on
+loopback for concurrency, the client example and the upload page in headless Chromium."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from bearcat.bundle import Predictor
+from bearcat.runtime import load_predictor
+from bearcat.serve import build_app
+from bearcat.server.app import Limits, create_app
+from conftest import CONF, ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def sample_files(run: dict, count: int = 6) -> list[Path]:
+    files = sorted((run["root"] / "cache" / "synthetic").glob("*/test/*.png"))[:count]
+    assert len(files) == count
+    return files
+
+
+@pytest.fixture(scope="module")
+def expected(exported):
+    """What the library (Keras, the training run's own bundle) reads on the sample files."""
+    files = sample_files(exported)
+    return files, Predictor(exported["output_dir"] / "model").predict(files)
+
+
+@pytest.fixture(scope="module")
+def client(exported):
+    app = create_app(load_predictor(exported["dir"], "onnx"), "tiny",
+                     Limits(max_body_bytes=200_000, max_pixels=1_000_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    """`python -m bearcat.serve` on a free loopback port; yields its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bearcat.serve", f"model={exported['dir']}", f"port={port}",
+                                 f"hydra.run.dir={log.parent / 'hydra'}"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_predict_answers_like_the_library(client, expected):
+    files, want = expected
+    for path, w in zip(files, want):
+        data = path.read_bytes()
+        answers = [
+            client.post("/v1/predict", json={"image": base64.b64encode(data).decode()}),
+            client.post("/v1/predict", json={"image": "data:image/png;base64," + base64.b64encode(data).decode()}),
+            client.post("/v1/predict", files={"file": (path.name, data, "image/png")}),
+            client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"}),
+        ]
+        for r in answers:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert set(body) == {"result", "confidence", "time_ms"}
+            assert body["result"] == w["result"]
+            assert body["confidence"] == pytest.approx(w["confidence"], abs=1e-5)
+            assert body["time_ms"] > 0
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buf, "PNG")
+    return buf.getvalue()
+
+
+BAD_REQUESTS = {
+    "bad base64": (dict(json={"image": "not base64 at all!"}), 400, "not valid base64"),
+    "not an image": (dict(json={"image": base64.b64encode(b"hello world").decode()}), 400, "cannot decode image"),
+    "raw non-image": (dict(content=b"GIF89a broken", headers={"Content-Type": "image/gif"}), 400, "cannot decode"),
+    "empty raw body": (dict(content=b"", headers={"Content-Type": "image/png"}), 400, "empty"),
+    "no image field": (dict(json={"picture": "x"}), 422, 'field "image"'),
+    "image not text": (dict(json={"image": 12}), 400, "expected base64 text"),
+    "broken json": (dict(content=b'{"image": ', headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
+    "no file field": (dict(files={"upload": ("a.png", b"x", "image/png")}), 422, 'named "file"'),
+    "wrong type": (dict(content=b"text", headers={"Content-Type": "text/plain"}), 415, "unsupported Content-Type"),
+    "too large": (dict(content=b"\0" * 300_000, headers={"Content-Type": "image/png"}), 413, "exceeds the limit"),
+    "bomb": (dict(content=png_bytes(4000, 4000), headers={"Content-Type": "image/png"}), 413, "pixels exceeds"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_with_a_message(client, case):
+    kwargs, status, message = BAD_REQUESTS[case]
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_health_models_docs_and_click(client, exported):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["runtime"] == "onnx" and health["api_key_required"] is False
+    info = client.get("/v1/models").json()["models"][0]
+    assert info["mode"] == "ctc" and info["runtime"] == "onnx" and info["source_run_id"] == exported["run_id"]
+    assert info["input"] == {"height": 48, "width": 128, "channels": 1}
+    assert info["parity"]["onnx"]["different_results"] == 0
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/models", "/health", "/v1/click"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="drop"' in page.text
+    r = client.post("/v1/click", json={})
+    assert r.status_code == 404 and "does not answer click captchas" in r.json()["detail"]
+
+
+def test_api_key_is_required_when_set(exported, expected):
+    files, want = expected
+    app = create_app(load_predictor(exported["dir"], "onnx"), "tiny", api_key="s3cret")
+    with TestClient(app) as c:
+        data = files[0].read_bytes()
+        r = c.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        r = c.post("/v1/predict", content=data, headers={"Content-Type": "image/png", "X-API-Key": "wrong"})
+        assert r.status_code == 401
+        r = c.post("/v1/predict", content=data, headers={"Content-Type": "image/png", "X-API-Key": "s3cret"})
+        assert r.status_code == 200 and r.json()["result"] == want[0]["result"]
+        assert c.get("/health").json()["api_key_required"] is True
+        assert c.get("/v1/models").status_code == 401
+
+
+def test_serve_a_registered_model(exported, expected, tmp_path, monkeypatch):
+    files, want = expected
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    version = exported["summary"]["registered_version"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="serve", overrides=[f"model=models:/{exported['model_name']}/{version}"])
+    with TestClient(build_app(cfg, str(tmp_path))) as c:
+        assert c.get("/v1/models").json()["models"][0]["name"] == f"{exported['model_name']}/{version}"
+        got = [c.post("/v1/predict", content=f.read_bytes(), headers={"Content-Type": "image/png"}).json()
+               for f in files]
+    assert [g["result"] for g in got] == [w["result"] for w in want]
+
+
+def test_real_server_answers_concurrent_clients(server, expected):
+    solve = load_script("client_example").solve
+    files, want = expected
+    answers: dict[tuple[int, int], dict] = {}
+
+    def client_loop(k: int):
+        for i, path in enumerate(files):
+            answers[(k, i)] = solve(server, path.read_bytes())
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 8 * len(files)
+    for (k, i), answer in answers.items():
+        assert answer["result"] == want[i]["result"]
+        assert answer["confidence"] == pytest.approx(want[i]["confidence"], abs=1e-5)
+    with urllib.request.urlopen(server + "/health") as r:
+        health = json.load(r)
+    assert health["images"] >= 8 * len(files)
+    assert 1 <= health["batches"] <= health["images"]
+
+
+def test_client_example_prints_answers_and_accuracy(server, expected, tmp_path):
+    files, want = expected
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "client_example.py"), str(folder), "--url", server],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    right = sum(w["result"] == f.name.split("_")[0] for f, w in zip(files, want))
+    assert f"accuracy: {right}/{len(files)} = {right / len(files):.4f}" in out.stdout
+    assert out.stdout.count(".png:") == len(files)
+
+
+def test_upload_page_in_headless_chromium(server, expected, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/setup.sh"
+    files, want = expected
+    bad = tmp_path / "notanimage.png"
+    bad.write_bytes(b"this is not a picture")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('runtime onnx')")
+            page.set_input_files("#file", str(files[0]))
+            page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+            shown = page.inner_text("#answer")
+            assert shown == (want[0]["result"] or "(nothing read)")
+            assert page.inner_text("#confidence") == f"confidence {want[0]['confidence']:.3f}"
+            assert "ms" in page.inner_text("#time")
+            assert page.evaluate("document.getElementById('preview').naturalWidth") == Image.open(files[0]).width
+            page.screenshot(path=str(tmp_path / "page.png"))
+            page.set_input_files("#file", str(bad))
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert page.inner_text("#error").startswith("400: image: cannot decode image")
+            assert page.inner_text("#answer") == ""
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_batcher_groups_concurrent_requests(exported, expected):
+    """Requests that arrive while the model is busy share the next model call."""
+    import asyncio
+
+    from bearcat.data.preprocess import preprocess
+    from bearcat.server.batcher import Batcher
+
+    files, want = expected
+    predictor = load_predictor(exported["dir"], "onnx")
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return predictor.model.predict_on_batch(x)
+
+    batcher = Batcher(counted, predictor.mode.decode, max_batch=4, max_wait_ms=20)
+    arrays = [preprocess(f, predictor.pre) for f in files]
+
+    async def run():
+        return await asyncio.gather(*(batcher.predict(a) for a in arrays))
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert [g["result"] for g in got] == [w["result"] for w in want]
+    assert sum(calls) == len(files) and max(calls) == 4 and len(calls) < len(files)
+    np.testing.assert_allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-5)
