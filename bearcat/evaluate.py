@@ -52,6 +52,7 @@ def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict) ->
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
+    from bearcat.analysis import deep_evaluation
     from bearcat.bundle import Predictor
     from bearcat.data.pipeline import load_split
     from bearcat.data.sources import SPLITS, Splits
@@ -83,6 +84,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics["test_low_confidence_fraction"] = sum(r["confidence"] < cfg.low_confidence for r in results) / len(data)
     skipped["unreadable image"] = len(data.errors)
     out_dir = Path(cfg.paths.output_dir)
+    deep, deep_artifacts = deep_evaluation(cfg, predictor, data, results, out_dir)  # bearcat/analysis.py
+    metrics |= {f"test_{k}": v for k, v in deep.items()}
     gallery = prediction_gallery(data.images, data.labels, results, out_dir / "evaluation_gallery.png",
                                  max_items=cfg.gallery_size)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -95,6 +98,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tracking.log_metrics(metrics | {f"skipped_{k.replace(' ', '_')}": v for k, v in skipped.items()})
         tracking.log_artifact(gallery, "predictions")
         tracking.log_artifact(out_dir / "metrics.json")
+        for path, folder in deep_artifacts:
+            tracking.log_artifact(path, folder)
     print(json.dumps(metrics, indent=1))
     metrics["mlflow_run_id"] = run.info.run_id
     return metrics

@@ -1,0 +1,81 @@
+"""Deeper evaluation: confusions, confidence histogram, accuracy above the threshold,
+latency, failures gallery and Grad-CAM, logged to MLflow."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from bearcat.analysis import alignment, confidence_report, confusions
+from bearcat.evaluate import evaluate
+from conftest import CONF
+
+
+def test_alignment_and_confusions():
+    assert alignment("ab12", "ab1Z") == [("a", "a"), ("b", "b"), ("1", "1"), ("2", "Z")]
+    assert alignment("ab12", "b12") == [("a", ""), ("b", "b"), ("1", "1"), ("2", "2")]
+    assert alignment("ab", "abc") == [("a", "a"), ("b", "b"), ("", "c")]
+    pairs = confusions(["ab12", "ab12", "o0o0", "xy"], ["ab1Z", "b12", "0000", "xy"])
+    assert pairs[0] == {"truth": "o", "read": "0", "count": 2}
+    assert {"truth": "2", "read": "Z", "count": 1} in pairs and {"truth": "a", "read": "", "count": 1} in pairs
+    assert sum(p["count"] for p in pairs) == 4
+
+
+def test_confidence_report_counts_right_and_wrong_per_bin():
+    truths = ["a", "b", "c", "d", "e"]
+    results = [{"result": r, "confidence": c} for r, c in
+               [("a", 0.95), ("b", 0.91), ("x", 0.85), ("d", 0.35), ("y", 0.05)]]
+    report = confidence_report(truths, results, threshold=0.8)
+    assert sum(report["right"]) == 3 and sum(report["wrong"]) == 2
+    assert report["right"][9] == 2 and report["wrong"][8] == 1 and report["right"][3] == 1 and report["wrong"][0] == 1
+    assert report["confident_fraction"] == pytest.approx(3 / 5)
+    assert report["confident_accuracy"] == pytest.approx(2 / 3)
+    assert report["unsure_accuracy"] == pytest.approx(1 / 2)
+
+
+def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            f"run_id={trained_run['run_id']}", "gradcam=true", "gradcam_images=4", "latency_images=5",
+            f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={trained_run['root'] / 'cache'}"])
+    metrics = evaluate(cfg)
+    for key in ("test_accuracy", "test_char_accuracy", "test_cer", "test_accuracy_confident", "test_confident_fraction",
+                "test_latency_ms_p50", "test_latency_ms_p95", "test_failures"):
+        assert key in metrics, key
+    assert metrics["test_images"] == 16
+    assert metrics["test_failures"] == round((1 - metrics["test_accuracy"]) * 16)
+    assert 0 < metrics["test_latency_ms_p50"] <= metrics["test_latency_ms_p95"]
+    out = tmp_path / "eval"
+    histogram = json.loads((out / "analysis" / "confidence_histogram.json").read_text())
+    assert sum(histogram["right"]) + sum(histogram["wrong"]) == 16
+    pairs = json.loads((out / "analysis" / "confusions.json").read_text())
+    assert all(p["truth"] != p["read"] and p["count"] >= 1 for p in pairs)
+    assert json.loads((out / "gradcam.json").read_text()) == {"layer": "block3_pool", "images": 4}
+
+    client = mlflow.tracking.MlflowClient(trained_run["tracking_uri"])
+    logged = {a.path for folder in ("analysis", "gradcam", "predictions")
+              for a in client.list_artifacts(metrics["mlflow_run_id"], folder)}
+    assert {"analysis/confusions.json", "analysis/confidence_histogram.png", "gradcam/gradcam.png"} <= logged
+    assert ("predictions/failures_gallery.png" in logged) == (metrics["test_failures"] > 0)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == trained_run["run_id"]
+    assert "test_latency_ms_p50" in run.data.metrics
+
+
+def test_gradcam_heatmaps_for_a_chosen_layer(trained_run):
+    import keras
+
+    from bearcat.gradcam import conv_layer, heatmaps
+
+    model = keras.models.load_model(trained_run["output_dir"] / "model" / "model.keras", compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 128, 1)).astype(np.uint8)
+    maps, layer = heatmaps(model, images, "block2_0_relu")
+    assert layer == "block2_0_relu" and maps.shape == (3, 48, 128)
+    assert maps.min() >= 0 and maps.max() <= 1
+    assert conv_layer(model).name == "block3_pool"
+    with pytest.raises(ValueError, match="gradcam_layer=nope: no such layer"):
+        conv_layer(model, "nope")
