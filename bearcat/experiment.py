@@ -39,7 +39,14 @@ def mode_options(cfg: DictConfig) -> dict:
 
 
 def load_sources(cfg: DictConfig) -> Splits:
-    return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all")
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all")
+    except InstantiationException as err:  # show the source's own message, not Hydra's wrapper
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+            raise err.__cause__ from None
+        raise
 
 
 def build_vocab_and_mode(cfg: DictConfig, splits: Splits) -> Mode:

@@ -31,7 +31,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from bearcat import tracking
     from bearcat.bundle import write_bundle
-    from bearcat.callbacks import Checkpointer, TimeBudget, ValidationMetrics, read_state, restore_last
+    from bearcat.callbacks import (Checkpointer, PreciseBatchNorm, TimeBudget, ValidationMetrics, read_state,
+                                   restore_last)
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
@@ -102,18 +103,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tracking.log_artifact(Path(tmp) / "vocabulary.json")
         model.summary(print_fn=log.info)
 
-        callbacks = [ValidationMetrics(val_metrics, len(train_split)), *schedule_callbacks,
-                     Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
+        callbacks = []
+        if cfg.trainer.bn_calibration_images:
+            callbacks.append(PreciseBatchNorm(train_split.images, cfg.trainer.bn_calibration_images,
+                                              cfg.trainer.seed))
+        # Order matters: metrics are computed, then logged, then the checkpoint commits the
+        # epoch, so a kill never leaves an epoch checkpointed but missing from MLflow.
+        callbacks += [ValidationMetrics(val_metrics, len(train_split)), *schedule_callbacks,
+                      tracking.epoch_callback(), Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
         if cfg.callbacks.early_stopping.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
                                                            patience=cfg.callbacks.early_stopping.patience,
                                                            min_delta=cfg.callbacks.early_stopping.min_delta))
         if cfg.trainer.get("max_minutes"):
             callbacks.append(TimeBudget(cfg.trainer.max_minutes))
-        callbacks.append(tracking.epoch_callback())
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                      verbose=cfg.trainer.verbose)
+                      verbose=cfg.trainer.verbose, shuffle=False)  # the dataset shuffles itself
 
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val, not merely the last one

@@ -1,0 +1,43 @@
+"""Every option of every config group composes, and a wrong option is a clear error."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from tests.conftest import CONF
+
+GROUPS = ["mode", "backbone", "optimizer", "scheduler", "dataset", "augmentation", "trainer", "callbacks",
+          "paths", "mlflow", "debug"]
+
+
+def options(group):
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(make_cfg, group, option):
+    cfg = make_cfg([f"{group}={option}", "dataset.root=/tmp/x"] if option == "folder" else [f"{group}={option}"])
+    assert cfg.trainer.epochs >= 1 and cfg.preprocess.height > 0
+
+
+@pytest.mark.parametrize("name", ["evaluate"])
+def test_other_entry_configs_compose(make_cfg, name):
+    cfg = make_cfg(["run_id=abc"], config_name=name)
+    assert cfg.run_id == "abc"
+
+
+def test_unknown_option_names_the_group(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="backbone"):
+        make_cfg(["backbone=no_such_net"])
+    with pytest.raises(ConfigCompositionException, match="trainer.epochz"):
+        make_cfg(["trainer.epochz=3"])
+
+
+def test_contract_keys_exist(make_cfg):
+    cfg = make_cfg()
+    for key in ["trainer.epochs", "trainer.batch_size", "trainer.seed", "dataset.train_size", "dataset.val_size",
+                "dataset.test_size", "mlflow.tracking_uri", "mlflow.experiment_name", "optimized_metric"]:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+    assert cfg.mode.name == "ctc" and cfg.backbone.name == "cnn_small"

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from bearcat.data.labels import Vocabulary
+from bearcat.modes import build_mode
+from bearcat.modes.ctc import collapse
+
+VOCAB = Vocabulary("ABC")  # ids: A=1, B=2, C=3; 0 = blank
+
+
+def one_hot(path, classes=4, p=0.9):
+    probs = np.full((len(path), classes), (1 - p) / (classes - 1), np.float32)
+    probs[np.arange(len(path)), path] = p
+    return probs
+
+
+def test_collapse_merges_repeats_then_drops_blanks():
+    assert collapse(np.array([1, 1, 0, 1, 2, 2, 0, 0, 3])) == [1, 1, 2, 3]  # "AA-ABB--C" -> A A B C
+    assert collapse(np.array([0, 0, 0])) == []
+    assert collapse(np.array([2, 2, 2])) == [2]
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam_search"])
+def test_decode_repeats_blanks_and_empty(decoder):
+    mode = build_mode("ctc", VOCAB, 4, decoder=decoder)
+    probs = np.stack([one_hot([1, 1, 0, 1, 2, 0]), one_hot([0] * 6), one_hot([3, 3, 3, 0, 3, 3])])
+    results = mode.decode(probs)
+    assert [r["result"] for r in results] == ["AAB", "", "CC"]
+    assert all(r["confidence"] == pytest.approx(0.9) for r in results)
+
+
+def test_encode_pads_with_blank_and_loss_prefers_truth():
+    import keras
+
+    mode = build_mode("ctc", VOCAB, 4)
+    y = mode.encode(["AB", "CCA"])
+    assert y.tolist() == [[1, 2, 0, 0], [3, 3, 1, 0]]
+    loss = mode.loss()
+    right = np.stack([one_hot([1, 0, 2, 0, 0, 0, 0, 0, 0]), one_hot([3, 0, 3, 1, 0, 0, 0, 0, 0])])
+    wrong = np.stack([one_hot([2, 0, 1, 0, 0, 0, 0, 0, 0]), one_hot([3, 0, 1, 1, 0, 0, 0, 0, 0])])
+    l_right = keras.ops.convert_to_numpy(loss(y, right))
+    l_wrong = keras.ops.convert_to_numpy(loss(y, wrong))
+    assert (l_right < l_wrong).all()
+
+
+def test_too_few_time_steps_fails_at_build_naming_the_setting():
+    import keras
+
+    mode = build_mode("ctc", VOCAB, 6)
+    features = keras.Input((3, 8, 16))  # 8 columns < 2 * 6 + 1
+    with pytest.raises(ValueError, match="13.*preprocess.width"):
+        mode.build_head(features)

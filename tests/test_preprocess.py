@@ -1,0 +1,78 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_larger_image_scaled_down_keeping_aspect_and_padded_grey():
+    img = Image.new("RGB", (200, 50), (0, 0, 0))  # 4:1, wider than the 128x48 input
+    out = preprocess(img, PreprocessConfig(height=48, width=128, channels=1))
+    assert out.shape == (48, 128, 1) and out.dtype == np.uint8
+    # scaled by 128/200 -> 128x32, centred: 8 grey rows above and below
+    assert (out[:8] == 128).all() and (out[-8:] == 128).all()
+    assert (out[8:40] == 0).all()
+
+
+def test_smaller_image_not_enlarged_and_centred():
+    img = Image.new("L", (20, 10), 0)
+    out = preprocess(img, PreprocessConfig(height=48, width=128, channels=1))[..., 0]
+    ys, xs = np.nonzero(out == 0)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (10, 20)
+    assert ys.min() == 19 and xs.min() == 54
+
+
+def test_rgb_and_threshold():
+    img = Image.new("RGB", (10, 10), (200, 10, 10))
+    rgb = preprocess(img, PreprocessConfig(height=10, width=10, channels=3))
+    assert rgb.shape == (10, 10, 3) and tuple(rgb[5, 5]) == (200, 10, 10)
+    gray = Image.new("L", (10, 10), 100)
+    assert (preprocess(gray, PreprocessConfig(height=10, width=10, threshold=90)) == 255).all()
+    assert (preprocess(gray, PreprocessConfig(height=10, width=10, threshold=101)) == 0).all()
+
+
+def test_alpha_palette_and_16bit_inputs():
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent -> white
+    assert (preprocess(png_bytes(rgba), PreprocessConfig(height=8, width=8)) == 255).all()
+    pal = Image.new("P", (8, 8), 0)
+    pal.putpalette([10, 20, 30] * 256)
+    assert preprocess(png_bytes(pal), PreprocessConfig(height=8, width=8, channels=3))[0, 0].tolist() == [10, 20, 30]
+    deep = Image.fromarray(np.full((8, 8), 65535, np.uint16))
+    assert (preprocess(png_bytes(deep), PreprocessConfig(height=8, width=8)) == 255).all()
+
+
+def test_same_result_from_path_bytes_and_image(tmp_path):
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (60, 160, 3), dtype=np.uint8))
+    path = tmp_path / "AB12_x.png"
+    img.save(path)
+    cfg = PreprocessConfig()
+    a, b, c = preprocess(path, cfg), preprocess(path.read_bytes(), cfg), preprocess(Image.open(path), cfg)
+    assert (a == b).all() and (a == c).all()
+
+
+def test_bad_images_name_the_file(tmp_path):
+    empty = tmp_path / "AB_empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="AB_empty.png.*0 bytes"):
+        load_image(empty)
+    text = tmp_path / "AB_text.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match="AB_text.png.*cannot decode"):
+        load_image(text)
+    good = tmp_path / "AB_trunc.jpg"
+    Image.new("RGB", (64, 64), "red").save(good)
+    good.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ImageError, match="AB_trunc.jpg"):
+        load_image(good)
+    big = Image.new("L", (100, 100))
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        load_image(png_bytes(big), max_pixels=5000)

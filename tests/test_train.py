@@ -1,0 +1,125 @@
+"""End to end: tiny trainings that log to a private MLflow store, evaluation from a run
+id, folder data with bad files, and resume after a kill."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from omegaconf.errors import MissingMandatoryValue
+from PIL import Image
+
+from bearcat.evaluate import evaluate
+from bearcat.train import train
+from tests.conftest import ROOT
+
+TINY = ["debug=fast", "dataset.train_size=96", "trainer.epochs=2"]
+
+
+def run_of(metrics):
+    return mlflow.get_run(metrics["mlflow_run_id"])
+
+
+def artifact_paths(run_id, path=""):
+    out = []
+    for item in mlflow.MlflowClient().list_artifacts(run_id, path):
+        out += artifact_paths(run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg):
+    metrics = train(make_cfg(TINY))
+    run = run_of(metrics)
+    assert run.info.status == "FINISHED"
+    for key in ["loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"]:
+        assert key in run.data.metrics, key
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0 and run.data.metrics["test_cer"] >= 0.0
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["mode.name"] == "ctc"
+    files = set(artifact_paths(run.info.run_id))
+    assert {"model/model.keras", "model/bundle.json", "vocabulary.json", "config.yaml",
+            "predictions/test_gallery.png"} <= files
+
+    # evaluate from the run id: same model, same test split -> the same figures
+    ev = evaluate(make_cfg([f"run_id={run.info.run_id}"], config_name="evaluate", output="eval"))
+    for key in ["test_accuracy", "test_char_accuracy", "test_cer"]:
+        assert ev[key] == pytest.approx(run.data.metrics[key], abs=1e-6), key
+    ev_run = mlflow.get_run(ev["mlflow_run_id"])
+    assert ev_run.data.tags["mlflow.parentRunId"] == run.info.run_id
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_folder_dataset_real_images_with_bad_files(make_cfg, swust_copy, tmp_path):
+    data = tmp_path / "mysite"
+    data.mkdir()
+    for p in sorted(swust_copy.iterdir())[:60]:
+        (data / p.name).write_bytes(p.read_bytes())
+    (data / "abcd_empty.jpg").write_bytes(b"")                  # zero-byte image
+    (data / "abcd_text.png").write_text("not an image")         # text named .png
+    Image.new("RGB", (90, 30), "white").save(data / "_nolabel.png")  # no label in the name
+    Image.new("RGB", (90, 30), "white").save(data / "abcdefghijklmnopqrstu_long.png")  # longer than emit-able
+    before = snapshot(data)
+    metrics = train(make_cfg(TINY + [
+        "dataset=folder", f"dataset.root={data}", "dataset.lowercase=true", "dataset.test_ratio=0.5",
+        "dataset.val_ratio=0.2", "mode.max_length=8", "preprocess.height=32", "preprocess.width=96"]))
+    run = run_of(metrics)
+    m = run.data.metrics
+    assert m["skipped_no_label_in_file_name"] == 1
+    assert m["skipped_unreadable_image"] == 2
+    assert m["skipped_label_longer_than_the_model_can_emit"] == 1
+    assert m["data_train_images"] + m["data_val_images"] + m["data_test_images"] == 60
+    vocab = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="vocabulary.json", dst_path=str(tmp_path / "dl"))).read_text())
+    assert set(vocab["chars"]) <= set("0123456789abcdefghijklmnopqrstuvwxyz")
+    assert snapshot(data) == before  # nothing in the user's folder changed
+
+
+def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset.root=.*nowhere"):
+        train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'nowhere'}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no labelled images"):
+        train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'empty'}"]))
+    with pytest.raises(MissingMandatoryValue, match="dataset.root"):
+        train(make_cfg(["debug=fast", "dataset=folder"]))
+
+
+def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["debug=fast", "dataset.train_size=600", "trainer.batch_size=8", "trainer.epochs=3",
+                 f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
+                 f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_file = out / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+                os.killpg(proc.pid, signal.SIGKILL)  # as abrupt as a power cut
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    state = json.loads(state_file.read_text())
+    assert 1 <= state["epoch"] < 3, f"the run was not interrupted mid-training: {state}"
+    killed_at = state["epoch"]
+
+    metrics = train(make_cfg([f"resume={out}"]))
+    assert metrics["mlflow_run_id"] == state["mlflow_run_id"]
+    run = run_of(metrics)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    steps = sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss"))
+    assert steps == [0, 1, 2]  # each epoch logged once: resumed at epoch `killed_at`, not from 0
+    assert json.loads(state_file.read_text())["epoch"] == 3 and killed_at < 3
