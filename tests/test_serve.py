@@ -276,10 +276,7 @@ def test_batcher_groups_concurrent_requests(exported, expected):
     async def run():
         return await asyncio.gather(*(batcher.predict(a) for a in arrays))
 
-    try:
-        got = asyncio.run(run())
-    finally:
-        batcher.close()
+    got = asyncio.run(run())
     assert [g["result"] for g in got] == [w["result"] for w in want]
     assert sum(calls) == len(files) and max(calls) == 4 and len(calls) < len(files)
     np.testing.assert_allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-5)

@@ -12,13 +12,11 @@ import dataclasses
 import hmac
 import json
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from bearcat.data.preprocess import ImageError, preprocess
 from bearcat.server.batcher import Batcher
@@ -115,14 +113,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
     batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms)
     info = model_info(predictor, name)
     state = {"in_flight": 0}
-
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        batcher.close()
-
-    app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.",
-                  lifespan=lifespan)
+    app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.")
     app.state.batcher = batcher
 
     @app.exception_handler(HTTPProblem)
@@ -159,16 +150,20 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
             raise HTTPProblem(503, f"server busy: {state['in_flight']} requests in progress "
                                    f"(limits.max_in_flight={limits.max_in_flight}); retry later")
         state["in_flight"] += 1
+        batcher.expect()
         try:
-            data = await image_from_request(request, limits.max_body_bytes)
             try:
-                array = await run_in_threadpool(preprocess, data, pre, "image")
-            except ImageError as err:
-                too_big = "exceeds the limit" in str(err) or "DecompressionBomb" in str(err)
-                raise HTTPProblem(413 if too_big else 400, str(err)) from None
+                data = await image_from_request(request, limits.max_body_bytes)
+                array = preprocess(data, pre, "image")  # on the loop: a thread hand-off costs more
+            except BaseException:
+                batcher.cancel()
+                raise
             result = await batcher.predict(array)
         except RequestError as err:
             raise HTTPProblem(400, str(err)) from None
+        except ImageError as err:
+            too_big = "exceeds the limit" in str(err) or "DecompressionBomb" in str(err)
+            raise HTTPProblem(413 if too_big else 400, str(err)) from None
         finally:
             state["in_flight"] -= 1
         return {**result, "time_ms": (time.perf_counter() - start) * 1000.0}

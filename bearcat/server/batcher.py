@@ -1,16 +1,19 @@
-"""Micro-batching: concurrent requests share one model call.
+"""Micro-batching inside the server's event loop: concurrent requests share one model call.
 
-One worker thread owns the model. It takes the first waiting image, then every image that
-is already queued (up to `max_batch`; optionally waiting `max_wait_ms` for more), runs
-them as one batch and hands each request its own decoded result. At low load a request
-runs alone with no added wait; under load the batch grows and the per-image cost falls.
+The server tells the batcher when a request starts (`expect`) and hands over its
+preprocessed image (`predict`), or gives up on it (`cancel`: a bad request). The pending
+images run as one batch (up to `max_batch` per model call) as soon as every request that
+has started is waiting for the model, or after `max_wait_ms` at the latest (a slow
+upload does not hold the others up for longer). At low load a request runs at once,
+alone; under load, requests that arrive while the model runs are read meanwhile and form
+the next batch, so the batch grows with the load and the per-image cost falls.
+
+The model call runs on the event loop's thread: no thread switches on the hot path
+(they cost more than a small captcha model on a busy CPU).
 """
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
-import time
 
 import numpy as np
 
@@ -21,57 +24,59 @@ class Batcher:
             raise ValueError(f"batching.max_batch={max_batch}: must be at least 1")
         self.predict_on_batch, self.decode = predict_on_batch, decode
         self.max_batch, self.max_wait = int(max_batch), float(max_wait_ms) / 1000.0
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.expected = 0  # requests started and not yet handed over or cancelled
+        self.now_scheduled = False
+        self.timer: asyncio.TimerHandle | None = None
         self.batches = self.images = 0  # counters, shown by GET /health
-        self.thread = threading.Thread(target=self._work, name="bearcat-batcher", daemon=True)
-        self.thread.start()
+
+    def expect(self) -> None:
+        self.expected += 1
+
+    def cancel(self) -> None:
+        self.expected -= 1
+        self._schedule()
 
     async def predict(self, image: np.ndarray) -> dict:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.queue.put((image, future, loop))
+        """Hand over an image of a request announced with `expect`; its decoded result."""
+        future = asyncio.get_running_loop().create_future()
+        self.expected -= 1
+        self.pending.append((image, future))
+        self._schedule()
         return await future
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=5)
+    def _schedule(self) -> None:
+        if not self.pending:
+            return
+        loop = asyncio.get_running_loop()
+        if self.expected <= 0 or len(self.pending) >= self.max_batch or self.max_wait <= 0:
+            if not self.now_scheduled:  # everyone is here: run at the end of this loop pass
+                self.now_scheduled = True
+                loop.call_soon(self._flush)
+        elif self.timer is None:
+            self.timer = loop.call_later(self.max_wait, self._flush)
 
-    def _collect(self, first) -> list:
-        batch = [first]
-        deadline = time.perf_counter() + self.max_wait
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.perf_counter()
-            try:
-                item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:  # closing: finish this batch, then stop
-                self.queue.put(None)
-                break
-            batch.append(item)
-        return batch
+    def _flush(self) -> None:
+        self.now_scheduled = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.pending = self.pending, []
+        for i in range(0, len(pending), self.max_batch):
+            self._run(pending[i:i + self.max_batch])
 
-    def _work(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = self._collect(first)
-            try:
-                probs = self.predict_on_batch(np.stack([image for image, _, _ in batch]).astype(np.float32))
-                outcomes = [(True, r) for r in self.decode(np.asarray(probs))]
-            except Exception as err:  # hand the failure to every waiting request
-                outcomes = [(False, err)] * len(batch)
-            self.batches += 1
-            self.images += len(batch)
-            for (_, future, loop), (ok, value) in zip(batch, outcomes):
-                loop.call_soon_threadsafe(_settle, future, ok, value)
-
-
-def _settle(future: asyncio.Future, ok: bool, value) -> None:
-    if future.cancelled():  # the client went away
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+    def _run(self, batch: list) -> None:
+        try:
+            probs = self.predict_on_batch(np.stack([image for image, _ in batch]).astype(np.float32))
+            outcomes = [(True, r) for r in self.decode(np.asarray(probs))]
+        except Exception as err:  # hand the failure to every waiting request
+            outcomes = [(False, err)] * len(batch)
+        self.batches += 1
+        self.images += len(batch)
+        for (_, future), (ok, value) in zip(batch, outcomes):
+            if future.cancelled():  # the client went away
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Load test of the HTTP server on loopback: throughput and latency percentiles for N
+concurrent clients, and the server's overhead over the raw model.
+
+    python scripts/bench_serve.py --bundle outputs/exports/<run id> \
+        --data /work/shared/datasets/swust_cas_20200226 [--clients 8] [--seconds 20]
+
+Starts `python -m bearcat.serve model=BUNDLE` on a free 127.0.0.1 port (or uses --url),
+then, from this process, keeps `--clients` keep-alive connections busy posting
+`{"image": base64}` to /v1/predict for `--seconds` (and at most `--max-requests`).
+The "raw" time is the same images through the same runtime in-process, one at a time,
+end to end (decode + preprocess + model + decode); the overhead compares it with one
+client's HTTP round trip. Everything stops by itself; only loopback is used.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def request_bytes(host: str, port: int, image: bytes) -> bytes:
+    body = json.dumps({"image": base64.b64encode(image).decode("ascii")}).encode()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "content-length")
+    return status, await reader.readexactly(length)
+
+
+async def client(host: str, port: int, payloads: list[bytes], stop_at: float, budget: dict, out: list, k: int):
+    reader, writer = await asyncio.open_connection(host, port)
+    i = k
+    try:
+        while time.perf_counter() < stop_at and budget["left"] > 0:
+            budget["left"] -= 1
+            start = time.perf_counter()
+            writer.write(payloads[i % len(payloads)])
+            status, body = await read_response(reader)
+            ms = (time.perf_counter() - start) * 1000.0
+            server_ms = json.loads(body).get("time_ms", 0.0) if status == 200 else 0.0
+            out.append((ms, status, server_ms))
+            i += 1
+    finally:
+        writer.close()
+
+
+async def load(host: str, port: int, payloads: list[bytes], clients: int, seconds: float, max_requests: int):
+    out: list = []
+    budget = {"left": max_requests}
+    start = time.perf_counter()
+    stop_at = start + seconds
+    await asyncio.gather(*(client(host, port, payloads, stop_at, budget, out, k) for k in range(clients)))
+    return out, time.perf_counter() - start
+
+
+def run_load(host, port, payloads, clients, seconds, max_requests) -> dict:
+    out, elapsed = asyncio.run(load(host, port, payloads, clients, seconds, max_requests))
+    ms = np.array([o[0] for o in out])
+    ok = [o for o in out if o[1] == 200]
+    return {"clients": clients, "requests": len(out), "errors": len(out) - len(ok), "seconds": elapsed,
+            "req_per_s": len(out) / elapsed, "ms_p50": float(np.percentile(ms, 50)),
+            "ms_p95": float(np.percentile(ms, 95)), "ms_p99": float(np.percentile(ms, 99)),
+            "server_ms_mean": float(np.mean([o[2] for o in ok])) if ok else 0.0}
+
+
+def health(host: str, port: int) -> dict:
+    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=10) as r:
+        return json.load(r)
+
+
+def raw_model_ms(bundle: Path, runtime: str, threads: int, images: list[bytes]) -> float:
+    from bearcat.runtime import load_predictor
+
+    predictor = load_predictor(bundle, runtime, threads)
+    for b in images[:5]:
+        predictor.predict([b])
+    times = []
+    for b in images:
+        start = time.perf_counter()
+        predictor.predict([b])
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.percentile(times, 50))
+
+
+def start_server(bundle: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bearcat.serve", f"model={bundle}", f"port={port}", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.terminate()
+                sys.exit(f"server did not start; see {log}")
+            time.sleep(0.3)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, required=True, help="export bundle folder")
+    ap.add_argument("--data", type=Path, required=True, help="folder of images to send")
+    ap.add_argument("--images", type=int, default=200, help="distinct images sent in turn")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent keep-alive connections")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of the loaded run")
+    ap.add_argument("--max-requests", type=int, default=20000, help="stop after this many requests")
+    ap.add_argument("--runtime", default="onnx", help="serve runtime (and the raw model's)")
+    ap.add_argument("--threads", type=int, default=1, help="threads per model call")
+    ap.add_argument("--url", default=None, help="use this running server (http://127.0.0.1:PORT) instead")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `bearcat.serve` override")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    files = sorted(p for p in args.data.iterdir() if p.is_file())[:args.images]
+    images = [p.read_bytes() for p in files]
+    raw = raw_model_ms(args.bundle, args.runtime, args.threads, images)
+
+    proc = None
+    if args.url:
+        host, port = args.url.removeprefix("http://").rstrip("/").split(":")
+        port = int(port)
+    else:
+        host = "127.0.0.1"
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{port}.log"
+        proc = start_server(args.bundle, port, [f"runtime={args.runtime}", f"threads={args.threads}",
+                                                f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}",
+                                                *args.serve_arg], log)
+    try:
+        payloads = [request_bytes(host, port, b) for b in images]
+        run_load(host, port, payloads, args.clients, 2.0, 400)  # warm-up
+        single = run_load(host, port, payloads, 1, min(args.seconds, 10.0), min(args.max_requests, 2000))
+        before = health(host, port)
+        loaded = run_load(host, port, payloads, args.clients, args.seconds, args.max_requests)
+        after = health(host, port)
+        loaded["mean_batch"] = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=20)
+    result = {"raw_ms_p50": raw, "one_client": single, "loaded": loaded,
+              "overhead_one_client_p50": single["ms_p50"] / raw - 1.0}
+    print(f"raw model (in-process, end to end, p50): {raw:.2f} ms")
+    for name, r in (("1 client", single), (f"{args.clients} clients", loaded)):
+        print(f"{name:>10}: {r['requests']} requests in {r['seconds']:.1f} s = {r['req_per_s']:.0f} req/s, "
+              f"p50 {r['ms_p50']:.2f} ms, p95 {r['ms_p95']:.2f} ms, p99 {r['ms_p99']:.2f} ms, errors {r['errors']}, "
+              f"server time_ms mean {r['server_ms_mean']:.2f}")
+    print(f"server overhead over the raw model (1 client, p50): {100 * result['overhead_one_client_p50']:+.1f}%")
+    print(f"mean batch under load: {loaded['mean_batch']:.2f} images per model call")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
