@@ -108,3 +108,45 @@ def test_export_errors_name_the_setting(make_cfg, tmp_path):
     cfg = make_cfg([f"checkpoint={tmp_path / 'missing'}"], config_name="export")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         export(cfg)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers(exported, tmp_path):
+    """`mlflow models serve` on the registered pyfunc (a real server on loopback)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": exported["tracking_uri"],
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    version = exported["summary"]["registered_version"]
+    proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{exported['model_name']}/{version}",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-2000:]
+                time.sleep(0.5)
+        files = sample_files(exported, 3)
+        body = json.dumps({"dataframe_records": [{"image": base64.b64encode(f.read_bytes()).decode()}
+                                                 for f in files]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            predictions = json.load(r)["predictions"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    want = Predictor(exported["output_dir"] / "model").predict(files)
+    assert [p["result"] for p in predictions] == [w["result"] for w in want]
