@@ -280,3 +280,26 @@ def test_batcher_groups_concurrent_requests(exported, expected):
     assert [g["result"] for g in got] == [w["result"] for w in want]
     assert sum(calls) == len(files) and max(calls) == 4 and len(calls) < len(files)
     np.testing.assert_allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-5)
+
+
+def test_requests_over_the_in_flight_limit_get_503(exported, expected):
+    import asyncio
+
+    import httpx
+
+    files, want = expected
+    app = create_app(load_predictor(exported["dir"], "onnx"), "tiny", Limits(max_in_flight=1))
+    data = files[0].read_bytes()
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bearcat") as c:
+            return await asyncio.gather(*(c.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+                                          for _ in range(4)))
+
+    answers = asyncio.run(burst())
+    codes = sorted(r.status_code for r in answers)
+    assert codes[0] == 200 and 503 in codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert "server busy" in busy.json()["detail"] and "max_in_flight=1" in busy.json()["detail"]
+    assert next(r for r in answers if r.status_code == 200).json()["result"] == want[0]["result"]

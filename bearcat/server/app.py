@@ -166,7 +166,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
             raise HTTPProblem(413 if too_big else 400, str(err)) from None
         finally:
             state["in_flight"] -= 1
-        return {**result, "time_ms": (time.perf_counter() - start) * 1000.0}
+        return JSONResponse({**result, "time_ms": (time.perf_counter() - start) * 1000.0})
 
     @app.post("/v1/click", summary="Click captchas: image + prompt -> ordered click points")
     async def click(request: Request):
