@@ -5,9 +5,10 @@ images in one run.
     pip install -e ".[bench]"        # ddddocr, the comparison model (optional extra)
     python scripts/bench_infer.py --bundle outputs/exports/<run id> \
         --data /work/shared/datasets/swust_cas_20200226 --lowercase [--ddddocr] [--limit 200]
+    python scripts/bench_infer.py --bundle outputs/exports/<run id> --run-dir outputs/runs/<dir> --lowercase --ddddocr
 
-Images: the test split of the folder, split exactly as training split it (same
-`dataset.split_seed` / ratios), or `--split all`. Latency = one image at a time, end to
+Images: the test split of the folder, split exactly as training split it (`--run-dir`
+reads the run's config; else pass the same `--split-seed` / ratios), or `--split all`. Latency = one image at a time, end to
 end (bytes -> decode + preprocess -> model -> decode), after a warm-up; "model" is the
 model call alone on an already preprocessed image. Accuracy is whole-string exact match
 (case-insensitive with --lowercase). Prints a table; --out writes JSON.
@@ -27,10 +28,24 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def images_of(data: Path, split: str, lowercase: bool, split_seed: int, val_ratio: float, test_ratio: float):
+def images_of(data: Path, split: str, lowercase: bool, split_seed: int, val_ratio: float, test_ratio: float,
+              run_dir: Path | None = None):
+    """(path, label) pairs of the split; with `run_dir`, split exactly as that training run
+    split its data set (its config.yaml)."""
     from bearcat.data.sources import folder
 
-    splits = folder(str(data), lowercase=lowercase, split_seed=split_seed, val_ratio=val_ratio, test_ratio=test_ratio)
+    if run_dir is not None:
+        from omegaconf import OmegaConf
+
+        from bearcat.experiment import load_sources
+
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if data is not None:
+            cfg.dataset.root = str(data)
+        splits = load_sources(cfg)
+    else:
+        splits = folder(str(data), lowercase=lowercase, split_seed=split_seed, val_ratio=val_ratio,
+                        test_ratio=test_ratio)
     if split == "all":
         return splits.train + splits.val + splits.test
     return getattr(splits, split)
@@ -82,7 +97,9 @@ def bench_ddddocr(samples, lowercase: bool) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True, help="export bundle folder (python -m bearcat.export)")
-    ap.add_argument("--data", type=Path, required=True, help="folder of labelled images (LABEL_x.jpg)")
+    ap.add_argument("--data", type=Path, default=None, help="folder of labelled images (LABEL_x.jpg)")
+    ap.add_argument("--run-dir", type=Path, default=None,
+                    help="the training run's output folder: its data set and split (overrides the split options)")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     ap.add_argument("--lowercase", action="store_true", help="case-insensitive labels and scoring")
     ap.add_argument("--split-seed", type=int, default=0, help="as dataset.split_seed in training")
@@ -95,7 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    samples = images_of(args.data, args.split, args.lowercase, args.split_seed, args.val_ratio, args.test_ratio)
+    if args.data is None and args.run_dir is None:
+        ap.error("pass --data FOLDER or --run-dir TRAINING_OUTPUT_FOLDER")
+    samples = images_of(args.data, args.split, args.lowercase, args.split_seed, args.val_ratio, args.test_ratio,
+                        args.run_dir)
     if args.limit:
         samples = samples[:args.limit]
     if not samples:
@@ -104,7 +124,8 @@ def main(argv=None) -> int:
             for r in args.runtimes.split(",") if r.strip()]
     if args.ddddocr:
         rows.append(bench_ddddocr(samples, args.lowercase))
-    print(f"{args.data.name}, split {args.split}, {len(samples)} images, {os.cpu_count()} CPUs ({platform.processor()})")
+    name = args.data.name if args.data else Path(samples[0][0]).parent.name
+    print(f"{name}, split {args.split}, {len(samples)} images, {os.cpu_count()} CPUs ({platform.machine()})")
     print(f"{'model':<18}{'accuracy':>9}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'model ms':>10}")
     for r in rows:
         model_ms = f"{r['model_ms_p50']:>10.2f}" if "model_ms_p50" in r else f"{'':>10}"
@@ -115,7 +136,7 @@ def main(argv=None) -> int:
               f"accuracy {ours['accuracy']:.4f} vs {theirs['accuracy']:.4f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"data": str(args.data), "split": args.split, "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"data": name, "split": args.split, "rows": rows}, indent=1))
     return 0
 
 
