@@ -38,7 +38,7 @@ def residual_block(x, filters: int, strides, se_ratio: float, name: str):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def resnet_se(inputs, stem_filters: int = 32, filters=(32, 64, 96, 128), blocks=(1, 2, 2, 1),
+def resnet_se(inputs, stem_filters: int = 32, filters=(32, 64, 96, 128), blocks=(1, 1, 1, 1),
               strides=((2, 2), (2, 2), (2, 1), (2, 1)), se_ratio: float = 0.25,
               scale: float = 1 / 255.0, offset: float = 0.0):
     """Image (B, H, W, C) in 0..255 -> feature map (B, H/16, W/4, filters[-1]) by default."""

@@ -44,7 +44,8 @@ class AdaBelief(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs)
         if not (0.0 <= beta_1 < 1.0 and 0.0 <= beta_2 < 1.0):
             raise ValueError(f"optimizer.beta_1={beta_1} / optimizer.beta_2={beta_2}: must be in [0, 1)")
-        self.beta_1, self.beta_2, self.epsilon, self.rectify = float(beta_1), float(beta_2), float(epsilon), bool(rectify)
+        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+        self.epsilon, self.rectify = float(epsilon), bool(rectify)
 
     def build(self, var_list):
         if self.built:

@@ -1,0 +1,149 @@
+"""Helpers shared by scripts/bench_modes.py and scripts/bench_backbones.py: compose a
+training config, time a model's training step and its inference, fit the cosine schedule
+to a wall-time budget, run one budgeted training and print a table."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The train config with these overrides, outside a Hydra app (paths.output_dir must be set)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def speed(model, loss, images: np.ndarray, targets: np.ndarray, batch_size: int, steps: int = 10) -> dict:
+    """Images/s of the compiled training step and of batched inference, and parameters,
+    after one warm-up step (graph tracing) each."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    x, y = images[:batch_size].astype(np.float32), targets[:batch_size]
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    train_ips = steps * len(x) / (time.perf_counter() - start)
+    model.predict_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.predict_on_batch(x)
+    infer_ips = steps * len(x) / (time.perf_counter() - start)
+    return {"params": int(model.count_params()), "train_images_per_s": train_ips,
+            "infer_images_per_s": infer_ips, "infer_ms_per_image": 1000.0 / infer_ips}
+
+
+def probe(cfg: DictConfig, steps: int = 10) -> dict:
+    """Build the configured model on the configured data and time it (see `speed`)."""
+    import keras
+
+    from bearcat.experiment import build_model, build_vocab_and_mode, load_data, load_sources
+
+    splits = load_sources(cfg)
+    mode = build_vocab_and_mode(cfg, splits)
+    train_split = load_data(cfg, splits, mode, only=("train",)).loaded["train"]
+    keras.backend.clear_session()
+    model = build_model(cfg, mode)
+    out = speed(model, mode.loss(), train_split.images, mode.encode(train_split.labels),
+                int(cfg.trainer.batch_size), steps)
+    keras.backend.clear_session()
+    return {**out, "train_images": len(train_split)}
+
+
+def epochs_for(minutes: float, train_images_per_s: float, train_images: int, share: float = 0.85) -> int:
+    """Epochs that fit in `minutes` at the measured speed, leaving (1 - share) for the
+    per-epoch validation; the cosine schedule then ends its decay inside the budget."""
+    return max(1, math.floor(minutes * 60.0 * share * train_images_per_s / max(1, train_images)))
+
+
+def budgeted_run(overrides: list[str], minutes: float, output_dir: Path, probe_steps: int = 10) -> dict:
+    """Probe the speed, plan the epochs (and a warm-up of a tenth of them), train under
+    `trainer.max_minutes`; the test metrics from train() plus the speeds and the wall time."""
+    import keras
+
+    from bearcat.train import train
+
+    base = [f"paths.output_dir={output_dir}", "trainer.verbose=2", *overrides]
+    cfg = compose_train(base)
+    measured = probe(cfg, probe_steps)
+    epochs = epochs_for(minutes, measured["train_images_per_s"], measured["train_images"])
+    sized = [f"trainer.epochs={epochs}", f"trainer.max_minutes={minutes}"]
+    if "warmup_epochs" in cfg.scheduler:  # warm up for a tenth of the budget, not a whole epoch
+        sized.append(f"scheduler.warmup_epochs={min(float(cfg.scheduler.warmup_epochs), 0.1 * epochs):.3f}")
+    cfg = compose_train([*base, *sized])
+    log.info("%s: %.0f train images/s measured -> %d epochs in %.1f min", overrides, measured["train_images_per_s"],
+             epochs, minutes)
+    start = time.monotonic()
+    metrics = train(cfg)
+    wall = time.monotonic() - start
+    keras.backend.clear_session()
+    return {**measured, **metrics, "planned_epochs": epochs, "budget_minutes": minutes, "wall_s": wall,
+            **epochs_run(metrics["mlflow_run_id"])}
+
+
+def epochs_run(run_id: str) -> dict:
+    """Epochs trained and the mean measured training speed, from the run's MLflow history."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run_id, "train_images_per_s")
+    speeds = [m.value for m in history]
+    return {"epochs": len(client.get_metric_history(run_id, "val_accuracy")),
+            "fit_train_images_per_s": float(np.mean(speeds)) if speeds else None}
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown table: columns are (header, key, format)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else format(value, fmt))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_report(path: Path, report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+
+
+def add_common_args(parser, out: Path) -> None:
+    parser.add_argument("--out", type=Path, default=out, help="folder for the runs and the JSON report")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for every run (key=value)")
+
+
+def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns, key: str) -> list[dict]:
+    """One budgeted run per name; the report is rewritten after each, so a stopped
+    benchmark keeps the figures it has; one failing run does not lose the others."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = out / f"{stamp}-report.json"
+    rows = []
+    for name in names:
+        minutes = minutes_for(name)
+        print(f"\n=== {name}: {minutes} min ===", flush=True)
+        try:
+            result = budgeted_run(overrides_for(name), minutes, out / f"{stamp}-{name}")
+        except Exception as err:
+            log.exception("%s failed", name)
+            result = {"error": f"{type(err).__name__}: {err}"}
+        rows.append({key: name, **result})
+        save_report(report, rows)
+        print(table(rows[-1:], columns), flush=True)
+    print("\n=== results ===")
+    print(table(rows, columns))
+    print(f"report: {report}")
+    return rows
