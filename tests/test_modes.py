@@ -15,6 +15,7 @@ import pytest
 from bearcat.bundle import Predictor
 from bearcat.data.labels import Vocabulary
 from bearcat.data.tiles import tiles
+from bearcat.evaluate import evaluate
 from bearcat.experiment import build_model, mode_options
 from bearcat.modes import build_mode
 from bearcat.modes.ordinary import interval_confidence
@@ -53,6 +54,10 @@ def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
     assert {"test_accuracy", "test_top5_accuracy", "val_accuracy"} <= set(logged)
     assert "test_char_accuracy" not in logged  # not a text mode
     assert 0.0 <= logged["test_accuracy"] <= logged["test_top5_accuracy"] <= 1.0
+    # evaluate from the run id scores the same bundle on the same test split the same way
+    ev = evaluate(make_cfg([f"run_id={metrics['mlflow_run_id']}"], config_name="evaluate", output="eval"))
+    for key in ("test_accuracy", "test_top5_accuracy"):
+        assert ev[key] == pytest.approx(logged[key], abs=1e-6), key
 
 
 @pytest.mark.slow
