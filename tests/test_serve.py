@@ -303,3 +303,18 @@ def test_requests_over_the_in_flight_limit_get_503(exported, expected):
     busy = next(r for r in answers if r.status_code == 503)
     assert "server busy" in busy.json()["detail"] and "max_in_flight=1" in busy.json()["detail"]
     assert next(r for r in answers if r.status_code == 200).json()["result"] == want[0]["result"]
+
+
+def test_base64_variants_are_accepted():
+    import base64 as b64
+
+    from bearcat.server.codec import RequestError, image_bytes
+
+    data = bytes(range(256)) * 3
+    plain = b64.b64encode(data).decode()
+    wrapped = "\n".join(plain[i:i + 76] for i in range(0, len(plain), 76))
+    assert image_bytes(plain) == image_bytes(wrapped) == image_bytes(b64.urlsafe_b64encode(data).decode()) == data
+    assert image_bytes("data:image/png;base64," + plain) == data
+    for bad, message in [("abc$", "not valid base64"), ("data:image/png,xyz", "must be base64"), ("", "empty image")]:
+        with pytest.raises(RequestError, match=message):
+            image_bytes(bad)

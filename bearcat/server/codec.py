@@ -11,7 +11,8 @@ class RequestError(ValueError):
 
 
 def image_bytes(value, field: str = "image") -> bytes:
-    """bytes -> as they are; str -> base64 (a `data:image/...;base64,` prefix is allowed)."""
+    """bytes -> as they are; str -> base64, standard or URL-safe alphabet, line breaks
+    allowed (a `data:image/...;base64,` prefix too)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     elif isinstance(value, str):
@@ -20,6 +21,9 @@ def image_bytes(value, field: str = "image") -> bytes:
             head, _, text = text.partition(",")
             if ";base64" not in head:
                 raise RequestError(f"{field}: a data: URL must be base64-encoded (data:image/png;base64,...)")
+        text = "".join(text.split())  # line-wrapped base64 (as `base64` prints it) is fine
+        if "-" in text or "_" in text:  # the URL-safe alphabet
+            text = text.replace("-", "+").replace("_", "/")
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
