@@ -106,7 +106,7 @@ REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, api_key: str | None = None,
-               max_batch: int = 16, max_wait_ms: float = 0.0) -> FastAPI:
+               max_batch: int = 16, max_wait_ms: float = 2.0) -> FastAPI:
     """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime)."""
     limits = limits or Limits()
     pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
