@@ -126,7 +126,8 @@ def add_common_args(parser, out: Path) -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for every run (key=value)")
 
 
-def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns, key: str) -> list[dict]:
+def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns, key: str,
+               probe_steps: int = 10) -> list[dict]:
     """One budgeted run per name; the report is rewritten after each, so a stopped
     benchmark keeps the figures it has; one failing run does not lose the others."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -136,7 +137,7 @@ def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns,
         minutes = minutes_for(name)
         print(f"\n=== {name}: {minutes} min ===", flush=True)
         try:
-            result = budgeted_run(overrides_for(name), minutes, out / f"{stamp}-{name}")
+            result = budgeted_run(overrides_for(name), minutes, out / f"{stamp}-{name}", probe_steps)
         except Exception as err:
             log.exception("%s failed", name)
             result = {"error": f"{type(err).__name__}: {err}"}

@@ -1,11 +1,11 @@
 """Benchmark the backbone zoo on this machine: parameters, training and inference speed,
 and test accuracy after a fixed short training budget.
 
-    python scripts/bench_backbones.py                                # every backbone, 2 min each
+    python scripts/bench_backbones.py                                # every backbone, 1 min each
     python scripts/bench_backbones.py --minutes 0.3 --backbones cnn_small resnet_se   # quick check
 
 Each backbone is trained with the same mode (default ctc), optimizer and schedule on a
-small generated set (default 2000 training images, in its own cache folder so the
+small generated set (default 1000 training images, in its own cache folder so the
 default data set is left alone); the cosine schedule is sized to the epochs that fit in
 the budget at the measured speed. The first epoch always completes, so a backbone
 slower than one epoch per budget trains longer than the budget: the table shows the
@@ -37,12 +37,13 @@ def main():
 
     backbones = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=2.0, help="training budget per backbone (minutes)")
+    parser.add_argument("--minutes", type=float, default=1.0, help="training budget per backbone (minutes)")
     parser.add_argument("--backbones", nargs="+", default=backbones, choices=backbones)
     parser.add_argument("--mode", default="ctc", help="the mode every backbone is trained with")
-    parser.add_argument("--train-size", type=int, default=2000, help="generated training images")
+    parser.add_argument("--train-size", type=int, default=1000, help="generated training images")
     parser.add_argument("--val-size", type=int, default=200)
     parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--probe-steps", type=int, default=5, help="timed batches of 64 for the speed columns")
     add_common_args(parser, ROOT / "outputs" / "bench" / "backbones")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -53,7 +54,7 @@ def main():
         return [f"backbone={backbone}", f"mode={args.mode}", "mlflow.experiment_name=bench_backbones",
                 f"run_name=bench-{backbone}", *data, *args.overrides]
 
-    run_series(args.backbones, overrides, lambda b: args.minutes, args.out, COLUMNS, "backbone")
+    run_series(args.backbones, overrides, lambda b: args.minutes, args.out, COLUMNS, "backbone", args.probe_steps)
 
 
 if __name__ == "__main__":

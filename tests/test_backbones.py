@@ -1,5 +1,6 @@
 """Every backbone builds for every text mode at the default input size (build only: no
-compile, no training), plus the backbone options: gray input, local weights, size errors."""
+compile, no training), plus the backbone options: gray input, resizing, local weights,
+size errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,12 +57,14 @@ def test_backbone_builds_for_every_text_mode(make_cfg, backbone):
     assert model.input.shape[-1] == 1  # gray in; 3-channel networks tile it inside
 
 
-def test_backbone_runs_on_uint8_range_pixels(make_cfg):
-    """A keras.applications backbone gives finite features for 0..255 gray input."""
+@pytest.mark.parametrize("size", [(32, 96), (48, 128), (64, 200)])
+def test_application_resizes_inside_the_model(make_cfg, size):
+    """Whatever the preprocessing size, a keras.applications backbone sees its own
+    input_size (48 x 256): 16 columns at stride 16, finite for 0..255 gray pixels."""
     cfg = make_cfg(["backbone=mobilenetv3small"])
-    inputs = keras.Input((48, 128, 1))
+    inputs = keras.Input((*size, 1))
     model = keras.Model(inputs, features_of(cfg, inputs))
-    out = model.predict_on_batch(np.random.default_rng(0).integers(0, 256, (2, 48, 128, 1)).astype("float32"))
+    out = model.predict_on_batch(np.random.default_rng(0).integers(0, 256, (2, *size, 1)).astype("float32"))
     assert out.shape == (2, 3, 16, 48) and np.isfinite(out).all()
 
 
@@ -72,7 +75,7 @@ def test_local_weights_file_is_loaded(make_cfg, tmp_path):
     path = tmp_path / "mobilenetv3small.weights.h5"
     reference.save_weights(path)
     cfg = make_cfg(["backbone=mobilenetv3small", f"backbone.weights={path}"])
-    inputs = keras.Input((48, 128, 1))
+    inputs = keras.Input((48, 256, 1))
     model = keras.Model(inputs, features_of(cfg, inputs))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("conv").kernel),
                                   keras.ops.convert_to_numpy(reference.get_layer("conv").kernel))
@@ -83,16 +86,16 @@ def test_local_weights_file_is_loaded(make_cfg, tmp_path):
 
 
 def test_too_small_input_is_a_clear_error(make_cfg):
-    cfg = make_cfg(["backbone=densenet121", "backbone.upsample=[1,1]"])
-    with pytest.raises(ValueError, match="preprocess.height"):
+    cfg = make_cfg(["backbone=densenet121", "backbone.input_size=null"])
+    with pytest.raises(ValueError, match="needs at least 32x32 pixels but gets 16x128: raise backbone.input_size"):
         features_of(cfg, keras.Input((16, 128, 1)))
 
 
 def test_too_narrow_features_for_ctc_name_the_fix(make_cfg):
-    cfg = make_cfg(["backbone=mobilenetv3small", "backbone.upsample=[1,1]", "mode=ctc"])
-    features = features_of(cfg, keras.Input((48, 128, 1)))  # stride 16: 8 columns < 13
-    mode = build_mode("ctc", VOCAB, MAX_LENGTH, **mode_options(cfg))
-    with pytest.raises(ValueError, match="2 x max_length \\+ 1 = 13"):
+    cfg = make_cfg(["backbone=mobilenetv3small", "backbone.input_size=null", "mode=ctc_tiny"])
+    features = features_of(cfg, keras.Input((48, 96, 1)))  # stride 16: 6 columns < 13
+    mode = build_mode("ctc_tiny", VOCAB, MAX_LENGTH, **mode_options(cfg))
+    with pytest.raises(ValueError, match="gives 6 time steps .* 2 x max_length \\+ 1 = 13 .* preprocess.width"):
         mode.build_head(features)
 
 
@@ -100,6 +103,6 @@ def test_resnet_se_is_small_with_se_gates(make_cfg):
     cfg = make_cfg(["backbone=resnet_se"])
     inputs = keras.Input((48, 128, 1))
     model = keras.Model(inputs, features_of(cfg, inputs))
-    assert model.output.shape[1:] == (3, 32, 128)  # one time step per 4 columns, like cnn_small
+    assert model.output.shape[1:] == (3, 32, 128)  # height / 16, one time step per 4 columns, like cnn_small
     assert any(layer.name.endswith("_se_scale") for layer in model.layers)
     assert 200_000 < model.count_params() < 2_000_000

@@ -147,8 +147,9 @@ def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
                                             **mode_options(cfg)))
         sizes[name] = model.count_params()
         rnns[name] = sum(isinstance(layer, keras.layers.Bidirectional) for layer in model.layers)
-        if name == "ctc_tiny":
-            assert model.output.shape[1] == 16  # 32 columns pooled to the 16 time steps asked for
+        if name == "ctc_tiny":  # columns average-pooled by a whole factor to at least 16 steps
+            columns = model.get_layer("ctc_tiny_columns").output.shape[1]
+            assert model.output.shape[1] == columns // max(1, columns // 16) >= 16
         keras.backend.clear_session()
     assert sizes["ctc_tiny"] < sizes["ctc"] and rnns == {"ctc": 1, "ctc_tiny": 0}
 

@@ -103,7 +103,8 @@ def lr_at(schedule, step):
 
 
 def test_cosine_curve(make_cfg):
-    cfg = make_cfg(["scheduler=cosine"])  # warm-up 1 epoch, one cosine over the rest, alpha 0.01
+    cfg = make_cfg(["scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.alpha=0.01",
+                    "scheduler.cycle_epochs=null", "scheduler.restarts=false"])  # one cosine after the warm-up
     schedule, callbacks = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=5)
     assert isinstance(schedule, WarmupCosine) and callbacks == []
     assert lr_at(schedule, 0) == pytest.approx(0.01)     # warm-up: base * (step + 1) / 10
@@ -115,7 +116,8 @@ def test_cosine_curve(make_cfg):
 
 
 def test_cosine_restarts_curve(make_cfg):
-    cfg = make_cfg(["scheduler=cosine_restarts"])  # warm-up 1, cycles of 3, 6, 12 epochs, peaks x 0.8
+    cfg = make_cfg(["scheduler=cosine_restarts", "scheduler.warmup_epochs=1", "scheduler.cycle_epochs=3",
+                    "scheduler.t_mul=2", "scheduler.m_mul=0.8", "scheduler.alpha=0.01"])  # cycles 3, 6, 12 epochs
     schedule, _ = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=20)
     assert schedule.restarts
     assert lr_at(schedule, 10) == pytest.approx(0.1)                      # cycle 1 starts at the peak
@@ -130,7 +132,7 @@ def test_constant_and_plateau(make_cfg):
     lr, callbacks = build_schedule(make_cfg(["scheduler=constant"]).scheduler, 0.05, 10, 5)
     assert lr == 0.05 and callbacks == []
 
-    cfg = make_cfg(["scheduler=plateau"])  # factor 0.5, patience 2, min_lr 1e-5
+    cfg = make_cfg(["scheduler=plateau", "scheduler.factor=0.5", "scheduler.patience=2", "scheduler.min_lr=1e-5"])
     lr, (callback,) = build_schedule(cfg.scheduler, 0.01, 10, 5)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")

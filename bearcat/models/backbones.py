@@ -44,14 +44,15 @@ def _gray_to_rgb(x):
 
 def keras_application(inputs, application: str, feature_layer: str | None = None, weights: str | None = None,
                       scale: float = 1 / 255.0, offset: float = 0.0, rgb: bool = True,
-                      upsample=(1, 1), min_size: int = 32, **kwargs):
+                      input_size=None, min_size: int = 32, **kwargs):
     """A `keras.applications` network, randomly initialised unless `weights` is a local
     weights file; features come from `feature_layer` (a layer name) or the last layer.
 
-    Inside the model, in order: gray is tiled to 3 channels (`rgb`), the image is enlarged
-    by `upsample` (height, width) factors (so a stride-16 feature map keeps enough columns
-    for the sequence modes), and pixels are mapped by `scale` / `offset` (1 / 0 for networks
-    that rescale inside, e.g. EfficientNet, MobileNetV3, ConvNeXt).
+    Inside the model, in order: gray is tiled to 3 channels (`rgb`), the image is resized
+    to `input_size` (height, width) when given (so the chosen stride-16 layer keeps the
+    same number of columns whatever the preprocessing size), and pixels are mapped by
+    `scale` / `offset` (1 / 0 for networks that rescale inside, e.g. EfficientNet,
+    MobileNetV3, ConvNeXt).
     """
     try:
         ctor = getattr(keras.applications, application)
@@ -60,12 +61,12 @@ def keras_application(inputs, application: str, feature_layer: str | None = None
     x = inputs
     if rgb and x.shape[-1] == 1:
         x = _gray_to_rgb(x)
-    if tuple(upsample) != (1, 1):
-        x = layers.UpSampling2D(tuple(int(f) for f in upsample), interpolation="bilinear", name="upsample")(x)
+    if input_size:
+        x = layers.Resizing(int(input_size[0]), int(input_size[1]), interpolation="bilinear", name="resize")(x)
     height, width = x.shape[1], x.shape[2]
     if min(height, width) < min_size:
         raise ValueError(f"backbone={application} needs at least {min_size}x{min_size} pixels but gets "
-                         f"{height}x{width}: raise preprocess.height / preprocess.width or backbone.upsample")
+                         f"{height}x{width}: raise backbone.input_size (or preprocess.height / preprocess.width)")
     if scale != 1.0 or offset != 0.0:
         x = layers.Rescaling(scale, offset, name="rescale")(x)
     try:
