@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
-    from bearcat.optim.schedules import build_schedule
+    from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
 
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     batch_size = int(cfg.trainer.batch_size)
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
     lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
-                                            cfg.trainer.epochs)
+                                            cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
     from hydra.utils import instantiate
 
     optimizer = instantiate(cfg.optimizer, learning_rate=lr)
@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
                                                            patience=cfg.callbacks.early_stopping.patience,
                                                            min_delta=cfg.callbacks.early_stopping.min_delta))
-        if cfg.trainer.get("max_minutes"):
+        if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
             callbacks.append(TimeBudget(cfg.trainer.max_minutes))
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,

@@ -50,3 +50,22 @@ def test_too_few_time_steps_fails_at_build_naming_the_setting():
     features = keras.Input((3, 8, 16))  # 8 columns < 2 * 6 + 1
     with pytest.raises(ValueError, match="13.*preprocess.width"):
         mode.build_head(features)
+
+
+def test_time_upsample_doubles_the_steps_and_passes_the_check():
+    import keras
+
+    mode = build_mode("ctc", VOCAB, 6, time_upsample=2)
+    features = keras.Input((3, 8, 16))  # 8 columns x 2 = 16 >= 13
+    assert mode.build_head(features).shape[1] == 16
+
+
+def test_time_budget_cosine_anneals_by_time_or_steps():
+    from bearcat.optim.schedules import TimeBudgetCosine
+
+    sched = TimeBudgetCosine(base_lr=1.0, warmup_steps=10, total_steps=110, budget_minutes=1.0, alpha=0.0)
+    assert sched.learning_rate(0, 0.0) == pytest.approx(0.1)     # warm-up ramps linearly
+    assert sched.learning_rate(9, 0.0) == pytest.approx(1.0)
+    assert sched.learning_rate(60, 0.0) == pytest.approx(0.5)    # half-way by steps, time unused
+    assert sched.learning_rate(20, 60.0 * 60 / 110) == pytest.approx(0.5)  # the same progress by time: time wins
+    assert sched.learning_rate(20, 60.0) == pytest.approx(0.0)   # budget spent: fully annealed

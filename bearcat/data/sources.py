@@ -64,20 +64,49 @@ def _random_label(rng: random.Random, charset: str, min_length: int, max_length:
     return "".join(rng.choice(charset) for _ in range(rng.randint(min_length, max_length)))
 
 
-def _generate_one(job) -> str:
-    """Draw one captcha; deterministic in (seed, split, index) whatever the worker."""
+class _SeededSecrets:
+    """The three `secrets` functions ImageCaptcha uses, drawn from a seeded generator."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def randbelow(self, n: int) -> int:
+        return self.rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self.rng.getrandbits(k)
+
+    def choice(self, seq):
+        return self.rng.choice(seq)
+
+
+_GENERATORS: dict = {}  # per worker process: building an ImageCaptcha loads its fonts (slow)
+
+
+def _captcha_generator(s: dict):
     from captcha.image import ImageCaptcha
 
+    key = (s["image_width"], s["image_height"], tuple(s["fonts"] or ()), tuple(s["font_sizes"] or ()))
+    if key not in _GENERATORS:
+        _GENERATORS[key] = ImageCaptcha(width=s["image_width"], height=s["image_height"],
+                                        fonts=s["fonts"] or None, font_sizes=s["font_sizes"] or None)
+    return _GENERATORS[key]
+
+
+def _generate_one(job) -> str:
+    """Draw one captcha; deterministic in (seed, split, index) whatever the worker."""
     out_dir, split, index, s = job
     rng = random.Random(f"{s['seed']}/{split}/{index}")
     label = _random_label(rng, s["charset"], s["min_length"], s["max_length"])
-    # ImageCaptcha draws with the global `random`; seed it per image for reproducibility.
-    random.seed(f"{s['seed']}/{split}/{index}/draw")
-    gen = ImageCaptcha(width=s["image_width"], height=s["image_height"],
-                       fonts=s["fonts"] or None, font_sizes=s["font_sizes"] or None)
+    # captcha >= 0.6 draws from `secrets`, which cannot be seeded: give its module a seeded
+    # stand-in so the same settings always give the same images.
+    import captcha.image
+
+    captcha.image.secrets = _SeededSecrets(random.Random(f"{s['seed']}/{split}/{index}/draw"))
     name = hashlib.sha1(f"{s['seed']}/{split}/{index}".encode()).hexdigest()[:10]
     path = Path(out_dir) / split / f"{label}_{name}.png"
-    gen.generate_image(label).save(path)
+    # compress_level 1: lossless like the default, several times faster to write.
+    _captcha_generator(s).generate_image(label).save(path, compress_level=1)
     return str(path)
 
 

@@ -32,13 +32,20 @@ def padded_ids(vocab, labels: list[str], max_length: int) -> np.ndarray:
     return out
 
 
-def sequence_features(features, units: int, rnn: str, rnn_layers: int, dropout: float, name: str):
-    """(B, H, W, C) feature map -> (B, W, units) sequence, one step per column."""
+def sequence_features(features, units: int, rnn: str, rnn_layers: int, dropout: float, name: str,
+                      upsample: int = 1):
+    """(B, H, W, C) feature map -> (B, W * upsample, units) sequence, `upsample` steps per column.
+
+    Upsampling the columns before the recurrent layer is a cheap way to give CTC room for
+    a blank between repeated characters ("LL") that fall in neighbouring columns.
+    """
     from keras import layers
 
     _, h, w, c = features.shape
     x = layers.Reshape((w, h * c), name=f"{name}_columns")(features)
     x = layers.Dense(units, activation="relu", name=f"{name}_proj")(x)
+    if upsample > 1:
+        x = layers.UpSampling1D(upsample, name=f"{name}_upsample")(x)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     cell = {"gru": layers.GRU, "lstm": layers.LSTM}.get(rnn)
@@ -66,12 +73,12 @@ class CTCMode(Mode):
     def encode(self, labels):
         return padded_ids(self.vocab, labels, self.max_length)
 
-    def check_time_steps(self, features) -> int:
-        """The feature map's width (time steps); a clear error when CTC cannot fit the labels."""
-        steps = features.shape[2]
+    def check_time_steps(self, features, upsample: int = 1) -> int:
+        """Time steps (feature-map width x upsample); a clear error when CTC cannot fit the labels."""
+        steps = features.shape[2] * upsample
         if steps < self.min_time_steps:
             raise ValueError(
-                f"the backbone gives {steps} time steps (feature-map width) but CTC needs at least "
+                f"the backbone gives {steps} time steps (feature-map width x mode.time_upsample) but CTC needs at least "
                 f"2 x max_length + 1 = {self.min_time_steps} for labels of up to {self.max_length} characters; "
                 f"increase preprocess.width or use a backbone.feature_layer / backbone.pools setting that keeps "
                 f"more width")
@@ -80,9 +87,10 @@ class CTCMode(Mode):
     def build_head(self, features):
         from keras import layers
 
-        self.check_time_steps(features)
         o = self.options
-        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc")
+        upsample = int(o.get("time_upsample") or 1)
+        self.check_time_steps(features, upsample)
+        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", upsample)
         return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
 
     def loss(self):

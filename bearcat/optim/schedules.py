@@ -45,8 +45,44 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                     alpha=self.alpha, restarts=self.restarts, t_mul=self.t_mul, m_mul=self.m_mul)
 
 
-def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int):
-    """-> (learning_rate for the optimizer, extra Keras callbacks)."""
+class TimeBudgetCosine(keras.callbacks.Callback):
+    """Warm-up + cosine whose progress is the larger of (steps done / steps planned) and
+    (training time used / time budget): on a slow or busy machine the schedule still
+    anneals fully and training ends on time; on a fast one it is the plain step schedule.
+    Ends training when progress reaches 1."""
+
+    def __init__(self, base_lr: float, warmup_steps: int, total_steps: int, budget_minutes: float,
+                 alpha: float = 0.0):
+        super().__init__()
+        self.base_lr, self.warmup_steps, self.total_steps = float(base_lr), int(warmup_steps), max(1, int(total_steps))
+        self.budget_s, self.alpha = float(budget_minutes) * 60.0, float(alpha)
+        self.start = 0.0
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self.clock = time.monotonic
+        self.start = self.clock()
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        progress = max(step / self.total_steps, elapsed_s / self.budget_s)
+        warm = self.warmup_steps / self.total_steps
+        q = min(max((progress - warm) / max(1.0 - warm, 1e-9), 0.0), 1.0)
+        return self.base_lr * (self.alpha + (1.0 - self.alpha) * 0.5 * (1.0 + math.cos(math.pi * q)))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        elapsed = self.clock() - self.start
+        if max(step / self.total_steps, elapsed / self.budget_s) >= 1.0:
+            self.model.stop_training = True
+        self.model.optimizer.learning_rate = self.learning_rate(step, elapsed)
+
+
+def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_minutes: float | None = None):
+    """-> (learning_rate for the optimizer, extra Keras callbacks). With `max_minutes`,
+    `cosine` (without restarts) also fits its decay into that much training time."""
     name = cfg.name
     if name == "constant":
         return float(base_lr), []
@@ -58,5 +94,7 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int):
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
         cycle = cfg.get("cycle_epochs") or max(epochs - cfg.warmup_epochs, 1)
         decay = int(round(cycle * steps_per_epoch))
+        if max_minutes and not cfg.restarts:
+            return float(base_lr), [TimeBudgetCosine(base_lr, warmup, steps_per_epoch * epochs, max_minutes, cfg.alpha)]
         return WarmupCosine(base_lr, warmup, decay, cfg.alpha, cfg.restarts, cfg.t_mul, cfg.m_mul), []
     raise ValueError(f"scheduler.name={name}: choose constant, plateau, cosine or cosine_restarts")
