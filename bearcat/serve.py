@@ -43,7 +43,8 @@ def build_app(cfg: DictConfig, workdir: str):
                         else folder.resolve().name)
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
-    return create_app(predictor, name, limits, cfg.api_key, cfg.batching.max_batch, cfg.batching.max_wait_ms)
+    return create_app(predictor, name, limits, cfg.api_key, cfg.batching.max_batch, cfg.batching.max_wait_ms,
+                      cfg.batching.model_thread)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")

@@ -8,10 +8,18 @@ import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from bearcat.analysis import alignment, confidence_report, confusions
 from bearcat.evaluate import evaluate
 from conftest import CONF
+
+
+def last_feature_map_layer(model=None) -> str:
+    """cnn_small's last block ends in a pool (its layers are named block<i>_...)."""
+    pools = OmegaConf.load(f"{CONF}/backbone/cnn_small.yaml").pools
+    last = len(pools) - 1
+    return f"block{last}_pool" if tuple(pools[last]) != (1, 1) else f"block{last}_0_relu"
 
 
 def test_alignment_and_confusions():
@@ -46,15 +54,16 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     for key in ("test_accuracy", "test_char_accuracy", "test_cer", "test_accuracy_confident", "test_confident_fraction",
                 "test_latency_ms_p50", "test_latency_ms_p95", "test_failures"):
         assert key in metrics, key
-    assert metrics["test_images"] == 16
-    assert metrics["test_failures"] == round((1 - metrics["test_accuracy"]) * 16)
+    test_size = OmegaConf.load(f"{CONF}/debug/fast.yaml").dataset.test_size
+    assert metrics["test_images"] == test_size
+    assert metrics["test_failures"] == round((1 - metrics["test_accuracy"]) * test_size)
     assert 0 < metrics["test_latency_ms_p50"] <= metrics["test_latency_ms_p95"]
     out = tmp_path / "eval"
     histogram = json.loads((out / "analysis" / "confidence_histogram.json").read_text())
-    assert sum(histogram["right"]) + sum(histogram["wrong"]) == 16
+    assert sum(histogram["right"]) + sum(histogram["wrong"]) == test_size
     pairs = json.loads((out / "analysis" / "confusions.json").read_text())
     assert all(p["truth"] != p["read"] and p["count"] >= 1 for p in pairs)
-    assert json.loads((out / "gradcam.json").read_text()) == {"layer": "block3_pool", "images": 4}
+    assert json.loads((out / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
 
     client = mlflow.tracking.MlflowClient(trained_run["tracking_uri"])
     logged = {a.path for folder in ("analysis", "gradcam", "predictions")
@@ -72,10 +81,11 @@ def test_gradcam_heatmaps_for_a_chosen_layer(trained_run):
     from bearcat.gradcam import conv_layer, heatmaps
 
     model = keras.models.load_model(trained_run["output_dir"] / "model" / "model.keras", compile=False)
-    images = np.random.default_rng(0).integers(0, 256, (3, 48, 128, 1)).astype(np.uint8)
+    h, w, c = model.input_shape[1:]
+    images = np.random.default_rng(0).integers(0, 256, (3, h, w, c)).astype(np.uint8)
     maps, layer = heatmaps(model, images, "block2_0_relu")
-    assert layer == "block2_0_relu" and maps.shape == (3, 48, 128)
+    assert layer == "block2_0_relu" and maps.shape == (3, h, w)
     assert maps.min() >= 0 and maps.max() <= 1
-    assert conv_layer(model).name == "block3_pool"
+    assert conv_layer(model).name == last_feature_map_layer(model)
     with pytest.raises(ValueError, match="gradcam_layer=nope: no such layer"):
         conv_layer(model, "nope")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from bearcat.bundle import Predictor, read_meta
 from bearcat.data.preprocess import preprocess
@@ -34,9 +35,11 @@ def test_export_writes_every_format_with_parity_report(exported):
         assert meta[key] == source[key]
     assert meta["mlflow_run_id"] == exported["run_id"]
     assert set(meta["exports"]) == set(FORMATS)
+    test_size = OmegaConf.load(f"{CONF}/debug/fast.yaml").dataset.test_size
+    parity_images = OmegaConf.load(f"{CONF}/export.yaml").parity.images
     for fmt in ("savedmodel", "onnx", "tflite"):
         parity = meta["exports"][fmt]["parity"]
-        assert parity["images"] == 16  # debug=fast has 16 test images (< parity.images=32)
+        assert parity["images"] == min(parity_images, test_size)
         assert parity["max_abs_diff"] <= 1e-4
         assert parity["different_results"] == 0
     assert exported["summary"]["parity"] == {f: meta["exports"][f]["parity"] for f in ("savedmodel", "onnx", "tflite")}

@@ -147,7 +147,8 @@ def test_health_models_docs_and_click(client, exported):
     assert health["status"] == "ok" and health["runtime"] == "onnx" and health["api_key_required"] is False
     info = client.get("/v1/models").json()["models"][0]
     assert info["mode"] == "ctc" and info["runtime"] == "onnx" and info["source_run_id"] == exported["run_id"]
-    assert info["input"] == {"height": 48, "width": 128, "channels": 1}
+    pre = json.loads((exported["dir"] / "bundle.json").read_text())["preprocess"]
+    assert info["input"] == {k: pre[k] for k in ("height", "width", "channels")}
     assert info["parity"]["onnx"]["different_results"] == 0
     spec = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/models", "/health", "/v1/click"} <= set(spec["paths"])

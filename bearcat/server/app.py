@@ -106,11 +106,11 @@ REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, api_key: str | None = None,
-               max_batch: int = 16, max_wait_ms: float = 2.0) -> FastAPI:
+               max_batch: int = 16, max_wait_ms: float = 2.0, model_thread: bool = True) -> FastAPI:
     """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime)."""
     limits = limits or Limits()
     pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
-    batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms)
+    batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms, model_thread)
     info = model_info(predictor, name)
     state = {"in_flight": 0}
     app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.")

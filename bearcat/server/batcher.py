@@ -8,18 +8,22 @@ upload does not hold the others up for longer). At low load a request runs at on
 alone; under load, requests that arrive while the model runs are read meanwhile and form
 the next batch, so the batch grows with the load and the per-image cost falls.
 
-The model call runs on the event loop's thread: no thread switches on the hot path
-(they cost more than a small captcha model on a busy CPU).
+A request that runs alone runs on the event loop's thread: no thread switch (it costs
+more than a small captcha model on a busy CPU). A batch of several runs in one model
+thread (`model_thread`), so the loop reads and preprocesses the next requests meanwhile,
+on a second core; the pending ones form the next batch as soon as the model is free.
 """
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 
 class Batcher:
-    def __init__(self, predict_on_batch, decode, max_batch: int = 16, max_wait_ms: float = 0.0):
+    def __init__(self, predict_on_batch, decode, max_batch: int = 16, max_wait_ms: float = 0.0,
+                 model_thread: bool = True):
         if max_batch < 1:
             raise ValueError(f"batching.max_batch={max_batch}: must be at least 1")
         self.predict_on_batch, self.decode = predict_on_batch, decode
@@ -28,6 +32,8 @@ class Batcher:
         self.expected = 0  # requests started and not yet handed over or cancelled
         self.now_scheduled = False
         self.timer: asyncio.TimerHandle | None = None
+        self.running = False  # a batch is in the model thread
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="bearcat-model") if model_thread else None
         self.batches = self.images = 0  # counters, shown by GET /health
 
     def expect(self) -> None:
@@ -46,7 +52,7 @@ class Batcher:
         return await future
 
     def _schedule(self) -> None:
-        if not self.pending:
+        if not self.pending or self.running:  # a running batch flushes the rest when it is done
             return
         loop = asyncio.get_running_loop()
         if self.expected <= 0 or len(self.pending) >= self.max_batch or self.max_wait <= 0:
@@ -61,16 +67,31 @@ class Batcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        pending, self.pending = self.pending, []
-        for i in range(0, len(pending), self.max_batch):
-            self._run(pending[i:i + self.max_batch])
+        while self.pending and not self.running:
+            batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+            images = np.stack([image for image, _ in batch]).astype(np.float32)
+            if self.executor is None or len(batch) == 1:  # alone: a thread hand-off costs more than it saves
+                self._deliver(batch, self._compute(images))
+                continue
+            # Several: run them in the model thread; meanwhile the loop reads the next requests,
+            # which form the next batch when this one is done.
+            self.running = True
+            job = asyncio.get_running_loop().run_in_executor(self.executor, self._compute, images)
+            job.add_done_callback(lambda done, batch=batch: self._finished(batch, done.result()))
 
-    def _run(self, batch: list) -> None:
+    def _finished(self, batch: list, outcomes: list) -> None:
+        self.running = False
+        self._deliver(batch, outcomes)
+        if self.pending:
+            self._flush()
+
+    def _compute(self, images: np.ndarray) -> list:
         try:
-            probs = self.predict_on_batch(np.stack([image for image, _ in batch]).astype(np.float32))
-            outcomes = [(True, r) for r in self.decode(np.asarray(probs))]
+            return [(True, r) for r in self.decode(np.asarray(self.predict_on_batch(images)))]
         except Exception as err:  # hand the failure to every waiting request
-            outcomes = [(False, err)] * len(batch)
+            return [(False, err)] * len(images)
+
+    def _deliver(self, batch: list, outcomes: list) -> None:
         self.batches += 1
         self.images += len(batch)
         for (_, future), (ok, value) in zip(batch, outcomes):
