@@ -6,12 +6,11 @@ and test accuracy after a fixed short training budget.
 
 Each backbone is trained with the same mode (default ctc), optimizer and schedule on a
 small generated set (default 1000 training images, in its own cache folder so the
-default data set is left alone); the cosine schedule is sized to the epochs that fit in
-the budget at the measured speed. The first epoch always completes, so a backbone
-slower than one epoch per budget trains longer than the budget: the table shows the
-epochs and the wall time. Speeds: one compiled training step and batched inference at
-the default input size (48 x 128 x 1), batch 64. Runs are logged to MLflow (experiment
-`bench_backbones`).
+default data set is left alone); `trainer.max_minutes` anneals the default cosine
+schedule over the budget and stops training when it is spent (mid-epoch for slow
+backbones; the table shows the epochs started). Speeds: one compiled training step and
+batched inference at the default preprocessing size, batch 64. Runs are logged to MLflow
+(experiment `bench_backbones`).
 """
 from __future__ import annotations
 

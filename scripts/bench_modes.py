@@ -5,10 +5,10 @@
         --overrides paths.cache_dir=/tmp/small dataset.train_size=2000        # quick check on small data
 
 Text modes train on the default generated task (conf/dataset/synthetic.yaml: 4 to 6
-characters, 30000 training images) with the default backbone, preprocessing and optimizer;
+characters) with the default backbone, preprocessing, optimizer and schedule;
 `num_classes` trains on the generated tiles set (dataset=tiles). For each mode: the
-training step's speed is measured first, the cosine schedule is sized to the epochs that
-fit in the budget, and `trainer.max_minutes` stops training inside it. Reported: test
+training step's speed is measured first, then `trainer.max_minutes` anneals the default
+cosine schedule over the budget and stops training when it is spent. Reported: test
 accuracy (exact match; top-1 for num_classes), character accuracy (text modes), top-5
 accuracy (num_classes), train images/s (mean over the epochs, from MLflow), inference
 ms/image (batched, test split), epochs and wall time (training + test evaluation). Runs
