@@ -11,9 +11,10 @@ characters) with the default backbone, preprocessing, optimizer and schedule;
 `trainer.max_minutes` anneals the default cosine schedule over the budget and stops
 training when it is spent. Reported: test
 accuracy (exact match; top-1 for num_classes), character accuracy (text modes), top-5
-accuracy (num_classes), train images/s (mean over the epochs, from MLflow), inference
-ms/image (batched, test split), epochs and wall time (training + test evaluation). Runs
-are logged to MLflow (experiment `bench_modes`).
+accuracy (num_classes), train images/s (fit: mean over the complete epochs, from MLflow;
+probe: the compiled training step alone), inference ms/image (batched, test split), epochs
+started and wall time (training + test evaluation). Runs are logged to MLflow
+(experiment `bench_modes`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 TEXT_MODES = ("ctc", "ctc_tiny", "ordinary")
 COLUMNS = [("mode", "mode", "s"), ("test accuracy", "test_accuracy", ".4f"),
            ("char accuracy", "test_char_accuracy", ".4f"), ("top-5 accuracy", "test_top5_accuracy", ".4f"),
-           ("train images/s", "fit_train_images_per_s", ".0f"), ("inference ms/image", "test_ms_per_image", ".2f"),
+           ("train images/s (fit)", "fit_train_images_per_s", ".0f"),
+           ("train images/s (probe)", "train_images_per_s", ".0f"), ("inference ms/image", "test_ms_per_image", ".2f"),
            ("params", "params", ",d"),
            ("epochs", "epochs", "d"), ("train + eval wall s", "wall_s", ".0f")]
 
