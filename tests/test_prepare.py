@@ -17,6 +17,7 @@ from bearcat.data.pack import packed
 from bearcat.data.pipeline import load_split
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import folder
+from bearcat.experiment import preprocess_config
 from bearcat.prepare import prepare
 from bearcat.train import train
 from tests.conftest import ROOT
@@ -176,7 +177,7 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
     with pytest.raises(FileExistsError, match="already holds packed data"):
         prepare(make_cfg(base + [f"pack.output={tmp_path / 'packed'}"], config_name="prepare"))
 
-    pre = PreprocessConfig()
+    pre = preprocess_config(make_cfg([]))
     src = folder(str(data), lowercase=True)
     for root in ("packed", "raw"):
         pk = packed(str(tmp_path / root))
@@ -184,8 +185,9 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
             a = load_split([s for s in getattr(src, split) if "broken" not in s[0]], pre, None)
             b = load_split(getattr(pk, split), pre, str(tmp_path / "cache"))
             assert np.array_equal(a.images, b.images) and a.labels == b.labels, (root, split)
-    with pytest.raises(ValueError, match="preprocess.height: packed 48 / now 64"):
-        load_split(packed(str(tmp_path / "raw")).train, PreprocessConfig(height=64), None)
+    other = PreprocessConfig(**(pre.to_dict() | {"height": pre.height + 16}))
+    with pytest.raises(ValueError, match=f"preprocess.height: packed {pre.height} / now {pre.height + 16}"):
+        load_split(packed(str(tmp_path / "raw")).train, other, None)
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "raw", cut)
     shard = sorted(cut.glob("train-*.tfrecord"))[0]
@@ -204,13 +206,14 @@ def test_preview_sheet_shows_augmented_training_images(make_cfg, swust_copy, tmp
     data = tmp_path / "data"
     copy_images(swust_copy, data, 40)
     sheets = {}
+    h, w = make_cfg([]).preprocess.height, make_cfg([]).preprocess.width
     for aug in ("none", "heavy"):
         path = tmp_path / f"{aug}.png"
         prepare(make_cfg(["action=preview", "dataset=folder", f"dataset.root={data}", f"augmentation={aug}",
                           "preview.count=8", "preview.columns=4", f"preview.output={path}"], config_name="prepare"))
         sheets[aug] = np.asarray(Image.open(path))
-    # 4 x 2 cells of (128*2 px wide, 48*2 + 30 px high)
-    assert sheets["none"].shape == sheets["heavy"].shape == (2 * (96 + 30), 4 * 256, 3)
+    # 4 x 2 cells of (input width x 2 (at least 160), input height x 2 + 30 for the caption)
+    assert sheets["none"].shape == sheets["heavy"].shape == (2 * (2 * h + 30), 4 * max(2 * w, 160), 3)
     assert np.abs(sheets["none"].astype(int) - sheets["heavy"]).mean() > 1.0
 
 

@@ -49,9 +49,8 @@ def _encode_one(job):
         if encoding == "raw":
             arr = preprocess(path, PreprocessConfig(**pre))
             return arr.tobytes(), list(arr.shape), None
-        data = Path(path).read_bytes()
-        load_image(data, pre["max_pixels"], name=path)  # decode fully: only good images are packed
-        return data, [], None
+        load_image(path, pre["max_pixels"])  # decode fully: only good images are packed
+        return Path(path).read_bytes(), [], None
     except (ImageError, OSError) as err:
         return None, None, str(err)
 
