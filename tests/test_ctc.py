@@ -26,7 +26,24 @@ def test_decode_repeats_blanks_and_empty(decoder):
     probs = np.stack([one_hot([1, 1, 0, 1, 2, 0]), one_hot([0] * 6), one_hot([3, 3, 3, 0, 3, 3])])
     results = mode.decode(probs)
     assert [r["result"] for r in results] == ["AAB", "", "CC"]
-    assert all(r["confidence"] == pytest.approx(0.9) for r in results)
+    assert all(0.0 < r["confidence"] <= 1.0 for r in results)
+    sharper = mode.decode(np.stack([one_hot([1, 1, 0, 1, 2, 0], p=0.99)]))[0]
+    assert sharper["result"] == "AAB" and sharper["confidence"] > results[0]["confidence"]
+
+
+def test_confidence_is_the_text_probability_over_all_alignments():
+    import itertools
+
+    from bearcat.modes.ctc import text_probability
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=5)
+    brute = {}
+    for path in itertools.product(range(3), repeat=5):  # every alignment, summed per text
+        key = tuple(collapse(np.array(path)))
+        brute[key] = brute.get(key, 0.0) + float(np.prod(probs[np.arange(5), path]))
+    for key in [(), (1,), (1, 1), (1, 2), (2, 1, 2), (1, 1, 1)]:
+        assert text_probability(probs, list(key)) == pytest.approx(brute.get(key, 0.0), rel=1e-9)
 
 
 def test_encode_pads_with_blank_and_loss_prefers_truth():

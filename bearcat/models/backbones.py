@@ -20,18 +20,20 @@ def _conv_bn(x, filters: int, kernel, strides=1, name: str = ""):
 
 
 def cnn_small(inputs, filters=(32, 64, 96, 128), pools=((2, 2), (2, 2), (2, 1), (2, 1)),
-              convs_per_block: int = 1, scale: float = 1 / 255.0, offset: float = 0.0):
+              convs_per_block: int = 1, scale: float = 1 / 255.0, offset: float = 0.0, stem_stride: int = 1):
     """Plain conv-BN-ReLU blocks with max pooling: the fast CPU default.
 
     Pools of (2, 1) late in the stack halve the height but keep the width, so the
-    sequence modes get one time step per 4 input columns.
+    sequence modes get one time step per 4 input columns. `stem_stride` 2 makes the very
+    first convolution strided: a larger input for little more compute.
     """
     if len(filters) != len(pools):
         raise ValueError("backbone.filters and backbone.pools must have the same length")
     x = layers.Rescaling(scale, offset, name="rescale")(inputs)
     for b, (f, pool) in enumerate(zip(filters, pools)):
         for c in range(convs_per_block):
-            x = _conv_bn(x, int(f), 3, name=f"block{b}_{c}")
+            stride = stem_stride if b == 0 and c == 0 else 1
+            x = _conv_bn(x, int(f), 3, strides=stride, name=f"block{b}_{c}")
         if tuple(pool) != (1, 1):
             x = layers.MaxPooling2D(tuple(pool), name=f"block{b}_pool")(x)
     return x

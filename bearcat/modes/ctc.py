@@ -1,8 +1,10 @@
 """CTC: read text of any length (up to the longest training label) from a sequence of
 feature columns. Class 0 is the blank.
 
-Confidence rule: the lowest, over all time steps, of the top class probability (one
-unsure column makes the whole reading unsure).
+Confidence rule: the model's probability of the whole decoded text, summed over every
+CTC alignment that spells it (the forward algorithm). Unlike a per-column rule it is not
+lowered by columns that only hesitate between a character and the blank next to it, which
+spell the same text either way.
 """
 from __future__ import annotations
 
@@ -11,6 +13,34 @@ import numpy as np
 from bearcat.modes.base import Mode
 
 EPS = 1e-7
+
+
+def text_probability(probs: np.ndarray, ids: list[int]) -> float:
+    """P(text | image) under CTC: the sum over all alignments of `ids` (blank = 0) in the
+    (time, classes) softmax output, by the forward algorithm with per-step rescaling."""
+    ext = np.zeros(2 * len(ids) + 1, np.int64)  # blank, c1, blank, c2, ..., blank
+    ext[1::2] = ids
+    # a skip from s-2 to s is allowed onto a character that differs from the one before it
+    skip = np.zeros(len(ext), bool)
+    skip[3::2] = ext[3::2] != ext[1:-2:2]
+    alpha = np.zeros(len(ext))
+    alpha[0] = probs[0, 0]
+    if len(ext) > 1:
+        alpha[1] = probs[0, ext[1]]
+    log_scale = 0.0
+    for t in range(1, len(probs)):
+        prev = alpha
+        alpha = prev.copy()
+        alpha[1:] += prev[:-1]
+        alpha[2:] += np.where(skip[2:], prev[:-2], 0.0)
+        alpha *= probs[t, ext]
+        total = alpha.sum()
+        if total <= 0.0:
+            return 0.0
+        alpha /= total
+        log_scale += np.log(total)
+    end = alpha[-1] + (alpha[-2] if len(ext) > 1 else 0.0)  # finish on the last blank or character
+    return float(np.exp(log_scale) * end) if end > 0.0 else 0.0
 
 
 def collapse(ids: np.ndarray) -> list[int]:
@@ -109,7 +139,6 @@ class CTCMode(Mode):
 
     def decode(self, probs):
         probs = np.asarray(probs)
-        confidence = probs.max(axis=-1).min(axis=-1)
         if self.options["decoder"] == "beam_search":
             import keras
 
@@ -117,7 +146,8 @@ class CTCMode(Mode):
             decoded, _ = keras.ops.ctc_decode(np.log(probs + EPS), lengths, strategy="beam_search",
                                               beam_width=self.options["beam_width"], mask_index=0)
             paths = np.asarray(decoded[0])
-            texts = [self.vocab.decode([i for i in row if i > 0]) for row in paths]
+            ids = [[i for i in row if i > 0] for row in paths]
         else:
-            texts = [self.vocab.decode(collapse(row)) for row in probs.argmax(axis=-1)]
-        return [{"result": t, "confidence": float(c)} for t, c in zip(texts, confidence)]
+            ids = [collapse(row) for row in probs.argmax(axis=-1)]
+        texts = [self.vocab.decode(row) for row in ids]
+        return [{"result": t, "confidence": text_probability(p, row)} for t, p, row in zip(texts, probs, ids)]

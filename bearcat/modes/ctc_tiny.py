@@ -5,7 +5,7 @@ The columns are projected (as in `ctc`), average-pooled to a short sequence of a
 sequential computation, fewer parameters and less memory than `ctc`. Labels, loss and
 decoding are CTC's (class 0 is the blank).
 
-Confidence rule: as `ctc`, the lowest top-class probability over the time steps.
+Confidence rule: as `ctc`, the probability of the decoded text over all alignments.
 """
 from __future__ import annotations
 
