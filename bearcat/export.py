@@ -36,7 +36,7 @@ def chosen_formats(value) -> list[str]:
         return list(FORMATS)
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise ValueError(f"format={value}: choose from {', '.join(FORMATS)} or all (comma-separate several)")
+        raise ValueError(f"format={value}: choose from {', '.join(FORMATS)} or all, or a list: format=[onnx,tflite]")
     return list(dict.fromkeys(names))
 
 

@@ -108,6 +108,7 @@ def test_export_errors_name_the_setting(make_cfg, tmp_path):
     assert chosen_formats("onnx, tflite") == ["onnx", "tflite"]
     with pytest.raises(ValueError, match="format=pdf"):
         chosen_formats("pdf")
+    assert chosen_formats(make_cfg(["format=[onnx,tflite]"], config_name="export").format) == ["onnx", "tflite"]
     cfg = make_cfg([f"checkpoint={tmp_path / 'missing'}"], config_name="export")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         export(cfg)
