@@ -23,19 +23,25 @@ class ValidationMetrics(keras.callbacks.Callback):
     modes, val_char_accuracy and val_cer to the epoch logs. Listed first so that
     checkpointing, early stopping and MLflow see these values."""
 
-    def __init__(self, evaluate_fn, train_images: int):
+    def __init__(self, evaluate_fn, batch_size: int):
         super().__init__()
         self.evaluate_fn = evaluate_fn  # () -> dict of val metrics
-        self.train_images = train_images
+        self.batch_size = batch_size
         self.epoch_start = 0.0
+        self.step_start = 0
+
+    def _steps(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.monotonic()
+        self.epoch_start, self.step_start = time.monotonic(), self._steps()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            # measured before validation: the training step's own throughput
-            logs["train_images_per_s"] = self.train_images / max(time.monotonic() - self.epoch_start, 1e-9)
+            # measured before validation, from the steps really taken (an epoch cut short
+            # by the time budget counts only its own steps)
+            images = (self._steps() - self.step_start) * self.batch_size
+            logs["train_images_per_s"] = images / max(time.monotonic() - self.epoch_start, 1e-9)
             logs.update({f"val_{k}": v for k, v in self.evaluate_fn().items()})
 
 

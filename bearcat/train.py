@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                               cfg.trainer.seed))
         # Order matters: metrics are computed, then logged, then the checkpoint commits the
         # epoch, so a kill never leaves an epoch checkpointed but missing from MLflow.
-        callbacks += [ValidationMetrics(val_metrics, len(train_split)), *schedule_callbacks,
+        callbacks += [ValidationMetrics(val_metrics, batch_size), *schedule_callbacks,
                       tracking.epoch_callback(), Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
         if cfg.callbacks.early_stopping.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
