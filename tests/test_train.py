@@ -138,3 +138,21 @@ def test_synthetic_generation_is_cached_and_reproducible(tmp_path):
     stamp = {p: Path(p).stat().st_mtime_ns for p, _ in a.train}
     again = synthetic(**args, cache_dir=str(tmp_path / "a"))  # reused, not redrawn
     assert {p: Path(p).stat().st_mtime_ns for p, _ in again.train} == stamp
+
+
+def test_best_checkpoint_ties_go_to_the_later_epoch(tmp_path):
+    import keras
+    import numpy as np
+
+    from bearcat.callbacks import Checkpointer
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
+    ckpt = Checkpointer(tmp_path, "val_accuracy")
+    ckpt.set_model(model)
+    for epoch, acc in enumerate([0.5, 1.0, 0.9, 1.0]):
+        ckpt.on_epoch_end(epoch, {"val_accuracy": acc})
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["best"] == 1.0 and state["best_epoch"] == 3 and state["epoch"] == 4
+    assert (tmp_path / "best.keras").is_file() and [p.name for p in tmp_path.glob("epoch-*")] == ["epoch-0004"]
