@@ -28,6 +28,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     import keras
+    from hydra.utils import instantiate
 
     from bearcat import tracking
     from bearcat.bundle import write_bundle
@@ -61,8 +62,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
     lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
-    from hydra.utils import instantiate
-
     optimizer = instantiate(cfg.optimizer, learning_rate=lr)
     loss_fn = mode.loss()
     model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)

@@ -96,14 +96,15 @@ def _captcha_generator(s: dict):
 def _generate_one(job) -> str:
     """Draw one captcha; deterministic in (seed, split, index) whatever the worker."""
     out_dir, split, index, s = job
-    rng = random.Random(f"{s['seed']}/{split}/{index}")
+    key = f"{s['seed']}/{split}/{index}"
+    rng = random.Random(key)
     label = _random_label(rng, s["charset"], s["min_length"], s["max_length"])
     # captcha >= 0.6 draws from `secrets`, which cannot be seeded: give its module a seeded
     # stand-in so the same settings always give the same images.
     import captcha.image
 
-    captcha.image.secrets = _SeededSecrets(random.Random(f"{s['seed']}/{split}/{index}/draw"))
-    name = hashlib.sha1(f"{s['seed']}/{split}/{index}".encode()).hexdigest()[:10]
+    captcha.image.secrets = _SeededSecrets(random.Random(f"{key}/draw"))
+    name = hashlib.sha1(key.encode()).hexdigest()[:10]
     path = Path(out_dir) / split / f"{label}_{name}.png"
     # compress_level 1: lossless like the default, several times faster to write.
     _captcha_generator(s).generate_image(label).save(path, compress_level=1)

@@ -4,6 +4,7 @@ and `constant`."""
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 
@@ -59,10 +60,7 @@ class TimeBudgetCosine(keras.callbacks.Callback):
         self.start = 0.0
 
     def on_train_begin(self, logs=None):
-        import time
-
-        self.clock = time.monotonic
-        self.start = self.clock()
+        self.start = time.monotonic()
 
     def learning_rate(self, step: int, elapsed_s: float) -> float:
         if step < self.warmup_steps:
@@ -74,7 +72,7 @@ class TimeBudgetCosine(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        elapsed = self.clock() - self.start
+        elapsed = time.monotonic() - self.start
         if max(step / self.total_steps, elapsed / self.budget_s) >= 1.0:
             self.model.stop_training = True
         self.model.optimizer.learning_rate = self.learning_rate(step, elapsed)
