@@ -5,16 +5,13 @@ contrast, over a noisy background with distractor lines. Generated once into
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import random
 from pathlib import Path
 
+from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import label_from_name
-from bearcat.data.parallel import parallel_map
-from bearcat.data.sources import SPLITS, Splits, cached_paths
+from bearcat.data.sources import SPLITS, Splits
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,7 @@ def _draw_tile(job) -> str:
     from PIL import Image, ImageDraw, ImageFilter
 
     out_dir, split, index, s = job
-    rng = random.Random(f"{s['seed']}/{split}/{index}")
+    rng, name = sample_rng(s["seed"], split, index)
     shape = rng.choice(s["classes"])
     size = s["tile_size"]
     bg, delta = rng.randint(0, 255), rng.randint(80, 160)  # at least 80 grey levels of contrast
@@ -86,7 +83,6 @@ def _draw_tile(job) -> str:
         img.putpixel((rng.randrange(size), rng.randrange(size)), rng.randint(0, 255))
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     rgb = Image.merge("RGB", [img.point(lambda p, t=t: max(0, min(255, p + t))) for t in tint])
-    name = hashlib.sha1(f"{s['seed']}/{split}/{index}".encode()).hexdigest()[:10]
     path = Path(out_dir) / split / f"{shape}_{name}.png"
     rgb.save(path)
     return str(path)
@@ -105,17 +101,9 @@ def tiles(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: 
     if tile_size < 16:
         raise ValueError(f"dataset.tile_size={tile_size}: need at least 16 pixels")
     settings = dict(classes=sorted(set(classes)), tile_size=int(tile_size), noise=float(noise), seed=int(seed))
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir) / "tiles" / key
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "settings.json").write_text(json.dumps(settings, indent=1))
-    sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
-    out = {}
-    for split in SPLITS:
-        (root / split).mkdir(exist_ok=True)
-        jobs = [(str(root), split, i, settings) for i in range(sizes[split])]
-        paths = cached_paths(root / f"{split}.{sizes[split]}.done",
-                             lambda: parallel_map(_draw_tile, jobs, desc=f"drawing {split} tiles", workers=workers))
-        out[split] = [(p, label_from_name(p)) for p in paths]
+    root = settings_root(cache_dir, "tiles", settings)
+    sizes = {"train": train_size, "val": val_size, "test": test_size}
+    paths = generate_splits(root, sizes, _draw_tile, settings, "tiles", workers)
+    out = {split: [(p, label_from_name(p)) for p in paths[split]] for split in SPLITS}
     log.info("tiles in %s: %s", root, {k: len(v) for k, v in out.items()})
     return Splits(out["train"], out["val"], out["test"])
