@@ -10,6 +10,7 @@ split (`train.json`, ...), and, with `crops=True`, every character cut out and r
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHARSET = (
     "山水火木金石田鸟马鱼龙虎牛羊猫狗花草树林风雨雪云竹星月春夏秋"
     "冬东南西北红黄绿蓝黑白书笔纸画车船飞门窗家国城桥路河海湖江岛"
-    "米面茶酒饭菜果桃梨瓜心手耳目口足头衣帽鞋灯钟琴歌舞笑爱福喜龟"
+    "米面茶酒饭菜果桃梨瓜心手耳目人足头衣帽鞋灯钟琴歌舞笑爱福喜鼠"
     "熊象鹿兔鸡羽蛇猪虫贝"
 )
 BACKGROUNDS = ("gradient", "noise", "shapes", "images", "mixed")
@@ -355,6 +356,9 @@ def click(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: 
     sizes = {"train": train_size, "val": val_size, "test": test_size}
     drawn = generate_splits(root, sizes, _draw_captcha, s, "click captchas", workers, finish=index_file)
     out = {split: [record_from_dict(d) for d in drawn[split]] for split in SPLITS}
+    for split in SPLITS:  # another split size drawn since into the same folder rewrote {split}.json
+        if len(json.loads((root / f"{split}.json").read_text(encoding="utf-8"))["images"]) != len(out[split]):
+            index_file(split, drawn[split])
     log.info("click captchas in %s: %s", root, {k: len(v) for k, v in out.items()})
     return ClickSplits(out["train"], out["val"], out["test"], categories=categories, root=str(root),
                        crops_root=str(root / "crops") if s["crops"] else None)
