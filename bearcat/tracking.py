@@ -65,6 +65,10 @@ def log_metrics(metrics: dict, step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def set_tags(tags: dict) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
 def log_artifact(path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path)
 

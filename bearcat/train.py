@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
+    from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
 
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
@@ -100,9 +101,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with tempfile.TemporaryDirectory() as tmp:
                 mode.vocab.save(Path(tmp) / "vocabulary.json")
                 tracking.log_artifact(Path(tmp) / "vocabulary.json")
+            if cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
+                with tempfile.TemporaryDirectory() as tmp:
+                    log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp), out_dir)
+        freeze = FreezeBackbone(model, cfg.trainer.get("freeze_backbone_epochs") or 0)
+        freeze.start(initial_epoch)  # after a resume restored the optimizer state
         model.summary(print_fn=log.info)
 
-        callbacks = []
+        callbacks = [freeze]
         if cfg.trainer.bn_calibration_images:
             callbacks.append(PreciseBatchNorm(train_split.images, cfg.trainer.bn_calibration_images,
                                               cfg.trainer.seed))

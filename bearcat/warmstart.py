@@ -1,0 +1,178 @@
+"""Starting a run from an earlier one (`init_from=RUN_ID` or a bundle path) and freezing
+the backbone for the first epochs (`trainer.freeze_backbone_epochs`).
+
+Weights are matched by layer name: a layer is loaded when every one of its weights has
+the same shape in both models, and left as initialised otherwise. The output layer (one
+unit per class) is rebuilt when the vocabulary differs: the units of the blank and of
+every character both vocabularies share are copied from the earlier model, the others
+keep their fresh initialisation. What was loaded and what was not is returned as a
+report, which train.py logs to MLflow (params, tags and `init_from.json`).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def locate_init_bundle(init_from: str, workdir: str) -> tuple[Path, str | None]:
+    """init_from (a bundle folder, a run output folder or an MLflow run id) -> (bundle
+    folder, source run id if known)."""
+    from bearcat.bundle import BUNDLE_FILE, read_meta
+
+    path = Path(str(init_from))
+    if path.exists():
+        for folder in (path, path / "model"):
+            if (folder / BUNDLE_FILE).is_file():
+                return folder, read_meta(folder).get("mlflow_run_id")
+        raise FileNotFoundError(f"init_from={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+    if not RUN_ID.match(str(init_from)):
+        raise FileNotFoundError(f"init_from={init_from}: no such folder, and not an MLflow run id")
+    from bearcat import tracking
+
+    try:
+        return tracking.download_artifacts(str(init_from), "model", workdir), str(init_from)
+    except Exception as err:  # MLflow raises several types for an unknown run or artifact
+        raise ValueError(f"init_from={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
+
+
+def output_layer(model):
+    """The layer whose output is the model's (the per-class probabilities)."""
+    return model.outputs[0]._keras_history.operation
+
+
+def _remap_output(target_layer, source_layer, target_chars: list[str], source_chars: list[str]) -> int:
+    """Copy the output units of the blank/id 0 and of shared characters; returns how many."""
+    new = [w.copy() for w in target_layer.get_weights()]
+    old = source_layer.get_weights()
+    if len(new) != len(old) or any(n.shape[:-1] != o.shape[:-1] for n, o in zip(new, old)):
+        return 0  # a different layer under the same name: nothing fits
+    source_index = {c: i + 1 for i, c in enumerate(source_chars)}
+    pairs = [(0, 0)] + [(i + 1, source_index[c]) for i, c in enumerate(target_chars) if c in source_index]
+    for n, o in zip(new, old):
+        for t, s in pairs:
+            n[..., t] = o[..., s]
+    target_layer.set_weights(new)
+    return len(pairs) - 1
+
+
+def transfer_weights(model, source, target_chars: list[str], source_chars: list[str]) -> dict:
+    """Load `source`'s weights into `model` layer by layer (by name, where shapes fit)."""
+    out_name = output_layer(model).name
+    report = {"loaded": [], "not_loaded": {}, "output_layer": out_name}
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        other = by_name.get(layer.name)
+        if other is None:
+            report["not_loaded"][layer.name] = "no layer of this name in the earlier model"
+            continue
+        theirs = other.get_weights()
+        same_shapes = len(theirs) == len(weights) and all(a.shape == b.shape for a, b in zip(weights, theirs))
+        if layer.name == out_name and not (same_shapes and list(target_chars) == list(source_chars)):
+            kept = _remap_output(layer, other, target_chars, source_chars)
+            report["output_rebuilt"] = True
+            report["output_classes_carried"] = kept
+            report["not_loaded"][layer.name] = (f"output layer rebuilt for the new vocabulary ({len(target_chars)} "
+                                                f"characters; {kept} shared with the earlier model kept their units)")
+        elif same_shapes:
+            layer.set_weights(theirs)
+            report["loaded"].append(layer.name)
+        else:
+            report["not_loaded"][layer.name] = ("shape mismatch: " + ", ".join(
+                f"{tuple(b.shape)} -> {tuple(a.shape)}" for a, b in zip(weights, theirs)) if len(theirs) == len(weights)
+                else f"{len(theirs)} weights -> {len(weights)}")
+    report.setdefault("output_rebuilt", False)
+    report["vocabulary_added"] = "".join(c for c in target_chars if c not in set(source_chars))
+    report["vocabulary_dropped"] = "".join(c for c in source_chars if c not in set(target_chars))
+    return report
+
+
+def warm_start(model, vocab_chars: list[str], init_from: str, workdir: str) -> dict:
+    """Load the earlier run's weights into `model`; the report says what was loaded."""
+    from bearcat.bundle import MODEL_FILE, read_meta
+
+    folder, run_id = locate_init_bundle(init_from, workdir)
+    meta = read_meta(folder)
+    source = keras.models.load_model(Path(folder) / MODEL_FILE, compile=False)
+    report = transfer_weights(model, source, list(vocab_chars), list(meta["vocabulary"]))
+    report.update(source=str(init_from), source_run_id=run_id, source_mode=meta["mode"]["name"])
+    if not report["loaded"]:
+        raise ValueError(f"init_from={init_from}: no layer of the earlier model fits this one "
+                         f"(different backbone or preprocess size?)")
+    log.info("init_from=%s: loaded %d layers, not loaded %d: %s", init_from, len(report["loaded"]),
+             len(report["not_loaded"]), report["not_loaded"])
+    return report
+
+
+# ------------------------------------------------------------------------------ freezing
+
+def head_layer_names(model) -> set[str]:
+    """Layers of the mode's head: the output layer and everything between it and the
+    backbone's feature map (named with the mode's prefix, e.g. ctc_*)."""
+    prefix = output_layer(model).name.rsplit("_", 1)[0] + "_"
+    return {layer.name for layer in model.layers if layer.name.startswith(prefix)}
+
+
+class FreezeBackbone(keras.callbacks.Callback):
+    """Keep every backbone layer frozen for the first `epochs` epochs, then train all.
+
+    Call `start(initial_epoch)` after compiling (and after a resume restored the optimizer)
+    and before `fit`: the optimizer is built on all the weights first, so its state keeps
+    one slot per weight whether frozen or not (checkpoints and resume stay consistent).
+    Frozen BatchNorm layers run in inference mode, so PreciseBatchNorm leaves their
+    statistics alone too. The train step is retraced when the backbone is unfrozen.
+    """
+
+    def __init__(self, model, epochs: int):
+        super().__init__()
+        self.frozen_model = model
+        self.epochs = int(epochs or 0)
+        head = head_layer_names(model)
+        self.backbone = [layer for layer in model.layers if layer.name not in head and layer.weights]
+        self.active = False
+
+    def _set(self, trainable: bool) -> None:
+        for layer in self.backbone:
+            layer.trainable = trainable
+        self.active = not trainable
+
+    def start(self, initial_epoch: int) -> None:
+        if self.epochs <= initial_epoch:
+            return
+        optimizer = self.frozen_model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.frozen_model.trainable_variables)
+        self._set(False)
+        log.info("backbone frozen (%d layers) until epoch %d", len(self.backbone), self.epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.active and epoch >= self.epochs:
+            self._set(True)
+            self.model.make_train_function(force=True)  # the traced step captured the frozen set
+            log.info("epoch %d: backbone unfrozen", epoch + 1)
+
+
+def log_warm_start(report: dict, out_dir: Path) -> None:
+    """MLflow: counts as params, the source as tags, the full report as init_from.json."""
+    import json
+
+    from bearcat import tracking
+
+    path = Path(out_dir) / "init_from.json"
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    tracking.log_artifact(path)
+    tracking.log_params({"init_from_loaded_layers": len(report["loaded"]),
+                         "init_from_not_loaded_layers": len(report["not_loaded"]),
+                         "init_from_output_rebuilt": report["output_rebuilt"]})
+    tracking.set_tags({"bearcat.init_from": report["source"],
+                       "bearcat.init_from_run_id": str(report.get("source_run_id"))})

@@ -1,0 +1,103 @@
+"""init_from (start from an earlier run's weights, vocabulary may differ) and
+trainer.freeze_backbone_epochs."""
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from bearcat.bundle import MODEL_FILE
+from bearcat.data.labels import Vocabulary
+from bearcat.modes import build_mode
+from bearcat.train import train
+from bearcat.warmstart import head_layer_names, locate_init_bundle, transfer_weights
+
+TINY = ["debug=fast", "trainer.bn_calibration_images=64"]
+OTHER_CHARSET = "0123456789abc"  # shares only the digits with the default 0-9A-Z
+
+
+def weights_by_layer(model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_transfer_keeps_shared_characters_and_rebuilds_the_output_layer(make_cfg):
+    from bearcat.experiment import build_model, mode_options
+
+    cfg = make_cfg(TINY)
+    old_vocab, new_vocab = Vocabulary("0123456789ABC"), Vocabulary("Ba9z")
+    keras.utils.set_random_seed(1)
+    old = build_model(cfg, build_mode("ctc", old_vocab, 6, **mode_options(cfg)))
+    keras.utils.set_random_seed(2)
+    new = build_model(cfg, build_mode("ctc", new_vocab, 6, **mode_options(cfg)))
+    fresh = new.get_layer("ctc_probs").get_weights()
+    report = transfer_weights(new, old, new_vocab.chars, old_vocab.chars)
+
+    assert report["output_layer"] == "ctc_probs" and report["output_rebuilt"]
+    assert "ctc_probs" in report["not_loaded"] and "ctc_probs" not in report["loaded"]
+    assert {"block0_0_conv", "block0_0_bn", "block3_0_conv", "ctc_proj", "ctc_rnn0"} <= set(report["loaded"])
+    for name in report["loaded"]:
+        assert same(weights_by_layer(new)[name], weights_by_layer(old)[name]), name
+    kernel, bias = new.get_layer("ctc_probs").get_weights()
+    old_kernel, old_bias = old.get_layer("ctc_probs").get_weights()
+    assert report["output_classes_carried"] == 2  # "B" and "9"; "a" and "z" are new
+    for new_id, old_id in [(0, 0), (1, 12), (3, 10)]:  # blank, "B", "9"
+        np.testing.assert_array_equal(kernel[:, new_id], old_kernel[:, old_id])
+        assert bias[new_id] == old_bias[old_id]
+    for new_id in (2, 4):  # "a", "z": left as freshly initialised
+        np.testing.assert_array_equal(kernel[:, new_id], fresh[0][:, new_id])
+    assert report["vocabulary_added"] == "az" and set(report["vocabulary_dropped"]) == set("012345678AC")
+
+
+def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path):
+    source = train(make_cfg(TINY, output="source"))
+    run_id = source["mlflow_run_id"]
+    metrics = train(make_cfg([*TINY, f"init_from={run_id}", f"dataset.charset={OTHER_CHARSET}"], output="tuned"))
+
+    run = mlflow.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert run.data.tags["bearcat.init_from"] == run_id and run.data.tags["bearcat.init_from_run_id"] == run_id
+    assert run.data.params["init_from"] == run_id and run.data.params["init_from_output_rebuilt"] == "True"
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="init_from.json")
+    report = json.loads(open(local, encoding="utf-8").read())
+    assert report["source_run_id"] == run_id and report["output_classes_carried"] == 10  # the digits
+    assert set(report["not_loaded"]) == {"ctc_probs"}
+    assert int(run.data.params["init_from_loaded_layers"]) == len(report["loaded"]) >= 6
+    tuned = keras.models.load_model(f"{tmp_path}/tuned/model/{MODEL_FILE}", compile=False)
+    assert tuned.get_layer("ctc_probs").get_weights()[0].shape[-1] == len(OTHER_CHARSET) + 1
+
+
+def test_init_from_errors_name_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from=.*not an MLflow run id"):
+        locate_init_bundle(str(tmp_path / "missing"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="init_from=.*holds no model bundle"):
+        locate_init_bundle(str(tmp_path), str(tmp_path))
+
+
+def test_frozen_backbone_stays_unchanged_then_trains(trained_run, make_cfg, tmp_path):
+    source_dir = trained_run["output_dir"] / "model"
+    source = weights_by_layer(keras.models.load_model(source_dir / MODEL_FILE, compile=False))
+
+    one = train(make_cfg([*TINY, f"init_from={source_dir}", "trainer.freeze_backbone_epochs=1"], output="frozen"))
+    frozen = keras.models.load_model(f"{tmp_path}/frozen/model/{MODEL_FILE}", compile=False)
+    head = head_layer_names(frozen)
+    assert {"ctc_probs", "ctc_proj", "ctc_rnn0"} <= head and "block0_0_conv" not in head
+    after = weights_by_layer(frozen)
+    backbone = [name for name in after if name not in head]
+    assert len(backbone) == 8  # 4 x (conv, batch norm)
+    for name in backbone:  # kernels and BatchNorm statistics alike
+        assert same(after[name], source[name]), f"{name} changed while frozen"
+    assert not same(after["ctc_proj"], source["ctc_proj"]) and not same(after["ctc_probs"], source["ctc_probs"])
+    assert mlflow.get_run(one["mlflow_run_id"]).data.params["trainer.freeze_backbone_epochs"] == "1"
+
+    train(make_cfg([*TINY, f"init_from={source_dir}", "trainer.freeze_backbone_epochs=1", "trainer.epochs=2",
+                    "callbacks.early_stopping.patience=0"], output="unfrozen"))
+    model = keras.models.load_model(source_dir / MODEL_FILE, compile=False)
+    model.load_weights(f"{tmp_path}/unfrozen/checkpoints/epoch-0002/model.weights.h5")
+    last = weights_by_layer(model)
+    changed = [name for name in backbone if not same(last[name], source[name])]
+    assert changed == backbone, "every backbone layer trains once unfrozen"
