@@ -189,6 +189,8 @@ BAD = {
     "empty_box": GOOD.replace("{xmin}", "25"),
     "outside_image": GOOD.replace("{xmax}", "66"),
     "missing_image": GOOD.replace("{image}", "gone.png"),
+    "wrong_size": GOOD.replace("<width>64</width>", "<width>80</width>"),
+    "unreadable_image": GOOD.replace("{image}", "unreadable_image.xml"),
 }
 
 

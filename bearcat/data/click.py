@@ -207,8 +207,8 @@ def _layout(rng, s: dict, chars: list[str]):
 
 
 def render(s: dict, split: str, index: int):
-    """Draw one captcha: (background array, image, ClickRecord without path, file tag).
-    Deterministic in (settings, split, index) whatever the worker."""
+    """Draw one captcha: (background array, image, ClickRecord without path, its random
+    generator for further draws, file tag). Deterministic in (settings, split, index)."""
     from PIL import Image
 
     rng, tag = sample_rng(s["seed"], split, index)

@@ -15,6 +15,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from PIL import Image
+
 from bearcat.data.click import ClickObject, ClickRecord, ClickSplits
 from bearcat.data.sources import split_samples
 
@@ -76,9 +78,9 @@ def read_voc(xml_path: str | Path, image_dir: str | Path | None = None) -> Click
     prompt = (root.findtext("prompt") or "").strip()
     objects = []
     for k, node in enumerate(root.findall("object")):
-        name = _text(node, "name", xml_path)
-        x1, y1, x2, y2 = (_number(node, f"bndbox/{c}", xml_path) for c in ("xmin", "ymin", "xmax", "ymax"))
+        name = _text(node, "name", f"{xml_path}: object {k + 1}")
         where = f"{xml_path}: object {k + 1} ({name})"
+        x1, y1, x2, y2 = (_number(node, f"bndbox/{c}", where) for c in ("xmin", "ymin", "xmax", "ymax"))
         if x1 >= x2 or y1 >= y2:
             raise ValueError(f"{where}: empty box, need xmin < xmax and ymin < ymax: {[x1, y1, x2, y2]}")
         if x1 < -BOX_TOLERANCE or y1 < -BOX_TOLERANCE or x2 > width + BOX_TOLERANCE or y2 > height + BOX_TOLERANCE:
@@ -88,6 +90,13 @@ def read_voc(xml_path: str | Path, image_dir: str | Path | None = None) -> Click
         objects.append(ClickObject(name, box, target))
     if not image.is_file():
         raise ValueError(f"{xml_path}: its image {image} is missing")
+    try:
+        with Image.open(image) as opened:  # reads the header only
+            real = opened.size
+    except OSError as err:
+        raise ValueError(f"{xml_path}: its image {image} cannot be read ({err})") from None
+    if real != (width, height):
+        raise ValueError(f"{xml_path}: <size> says {width:g}x{height:g} but the image {image} is {real[0]}x{real[1]}")
     return ClickRecord(str(image), int(width), int(height), prompt, objects)
 
 
