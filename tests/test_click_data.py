@@ -85,6 +85,18 @@ def test_boxes_are_tight_inked_disjoint_and_prompted_in_order(background, pictur
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
 
 
+def test_an_image_depends_only_on_its_seed_split_and_index(picture_dir):
+    """What lets any worker process draw any image: no state carries over between images."""
+    s = settings(background="mixed", background_dir=str(picture_dir))
+    alone = render(s, "test", 3)
+    for index in range(8):
+        render(s, "test", index)
+    again = render(s, "test", 3)
+    assert np.array_equal(np.asarray(alone[1]), np.asarray(again[1])) and alone[2] == again[2]
+    assert alone[4] != render(s, "val", 3)[4]  # another split, another file tag
+    assert len(s["images"]) == 3  # mixed uses the pictures too
+
+
 def test_saved_files_match_the_drawing_and_the_labels(tmp_path):
     made = click(seed=3, cache_dir=str(tmp_path), width=192, height=96, char_size=(20, 24), crop_size=32,
                  background="noise", **TINY)
