@@ -33,6 +33,7 @@ def do_generate(cfg: DictConfig) -> dict:
                          f"this config has dataset._target_={d.get('_target_')}")
     settings = {k: OmegaConf.to_container(d, resolve=True)[k] for k in
                 ("charset", "min_length", "max_length", "image_width", "image_height", "seed", "fonts", "font_sizes")}
+    settings["style"] = d.get("style")  # dataset.style (bearcat/data/styled.py), null = the library's look
     sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
     return generate(cfg.generate.output, sizes, settings, cfg.workers)
 

@@ -86,10 +86,18 @@ _GENERATORS: dict = {}  # per worker process: building an ImageCaptcha loads its
 def _captcha_generator(s: dict):
     from captcha.image import ImageCaptcha
 
-    key = (s["image_width"], s["image_height"], tuple(s["fonts"] or ()), tuple(s["font_sizes"] or ()))
+    style = s.get("style")  # bearcat/data/styled.py; absent = the library's own look
+    key = (s["image_width"], s["image_height"], tuple(s["fonts"] or ()), tuple(s["font_sizes"] or ()),
+           json.dumps(style, sort_keys=True))
     if key not in _GENERATORS:
-        _GENERATORS[key] = ImageCaptcha(width=s["image_width"], height=s["image_height"],
-                                        fonts=s["fonts"] or None, font_sizes=s["font_sizes"] or None)
+        options = dict(width=s["image_width"], height=s["image_height"], fonts=s["fonts"] or None,
+                       font_sizes=s["font_sizes"] or None)
+        if style:
+            from bearcat.data.styled import StyledCaptcha
+
+            _GENERATORS[key] = StyledCaptcha(**options, style=style)
+        else:
+            _GENERATORS[key] = ImageCaptcha(**options)
     return _GENERATORS[key]
 
 
@@ -111,9 +119,29 @@ def _generate_one(job) -> str:
     return str(path)
 
 
+def font_files(fonts: list[str] | None) -> list[str]:
+    """dataset.fonts entries -> font files; a folder stands for every .ttf/.otf/.ttc in it."""
+    files = []
+    for font in fonts or []:
+        path = Path(font)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in (".ttf", ".otf", ".ttc"))
+            if not found:
+                raise FileNotFoundError(f"dataset.fonts: no .ttf/.otf/.ttc file in folder {font}")
+            files += [str(p.resolve()) for p in found]
+        elif path.is_file():
+            files.append(str(path.resolve()))
+        else:
+            raise FileNotFoundError(f"dataset.fonts: font file not found: {font}")
+    return files
+
+
 def synthetic_settings(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
-                       seed: int, fonts: list[str] | None = None, font_sizes: list[int] | None = None) -> dict:
+                       seed: int, fonts: list[str] | None = None, font_sizes: list[int] | None = None,
+                       style: dict | None = None) -> dict:
     """Checked generator settings: every value that changes the images."""
+    from bearcat.data.styled import style_settings
+
     charset = "".join(dict.fromkeys(str(charset)))
     if not charset:
         raise ValueError("dataset.charset is empty")
@@ -121,13 +149,12 @@ def synthetic_settings(charset: str, min_length: int, max_length: int, image_wid
         raise ValueError("dataset.charset may not contain '_', '/' or '\\' (they cannot appear in file-name labels)")
     if not 1 <= min_length <= max_length:
         raise ValueError(f"dataset.min_length={min_length} / dataset.max_length={max_length}: need 1 <= min <= max")
-    for font in fonts or []:
-        if not Path(font).is_file():
-            raise FileNotFoundError(f"dataset.fonts: font file not found: {font}")
     settings = dict(charset=charset, min_length=int(min_length), max_length=int(max_length),
-                    image_width=int(image_width), image_height=int(image_height),
-                    fonts=[str(Path(f).resolve()) for f in fonts or []],
+                    image_width=int(image_width), image_height=int(image_height), fonts=font_files(fonts),
                     font_sizes=[int(x) for x in font_sizes or []], seed=int(seed))
+    style = style_settings(style)
+    if style:  # only when set, so the cache keys of unstyled sets stay as they were
+        settings["style"] = style
     return settings
 
 
@@ -141,10 +168,11 @@ def generate_split(root, split: str, size: int, settings: dict, workers: int | N
 def synthetic(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
               train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
               fonts: list[str] | None = None, font_sizes: list[int] | None = None,
-              lowercase: bool = False, workers: int | None = None, **_ignored) -> Splits:
+              lowercase: bool = False, workers: int | None = None, style: dict | None = None,
+              **_ignored) -> Splits:
     """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`."""
     settings = synthetic_settings(charset, min_length, max_length, image_width, image_height, seed, fonts,
-                                  font_sizes)
+                                  font_sizes, style)
     charset = settings["charset"]
     sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
     root = Path(cache_dir) / "synthetic" / _synthetic_key(settings)
@@ -157,7 +185,8 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
                              lambda: generate_split(root, split, sizes[split], settings, workers))
         out[split] = [(p, label_from_name(p, lowercase)) for p in paths]
     log.info("synthetic data in %s: %s", root, {k: len(v) for k, v in out.items()})
-    return Splits(out["train"], out["val"], out["test"], charset=charset.lower() if lowercase else charset)
+    folded = "".join(dict.fromkeys(charset.lower())) if lowercase else charset  # "aA" -> "a"
+    return Splits(out["train"], out["val"], out["test"], charset=folded)
 
 
 # -------------------------------------------------------------------------------- folder
