@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def locate_init_bundle(init_from: str, workdir: str) -> tuple[Path, str | None]:
+def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> tuple[Path, str | None]:
     """init_from (a bundle folder, a run output folder or an MLflow run id) -> (bundle
-    folder, source run id if known)."""
+    folder, source run id if known). `key` names the setting in error messages."""
     from bearcat.bundle import BUNDLE_FILE, read_meta
 
     path = Path(str(init_from))
@@ -32,15 +32,15 @@ def locate_init_bundle(init_from: str, workdir: str) -> tuple[Path, str | None]:
         for folder in (path, path / "model"):
             if (folder / BUNDLE_FILE).is_file():
                 return folder, read_meta(folder).get("mlflow_run_id")
-        raise FileNotFoundError(f"init_from={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+        raise FileNotFoundError(f"{key}={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
     if not RUN_ID.match(str(init_from)):
-        raise FileNotFoundError(f"init_from={init_from}: no such folder, and not an MLflow run id")
+        raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
     from bearcat import tracking
 
     try:
         return tracking.download_artifacts(str(init_from), "model", workdir), str(init_from)
     except Exception as err:  # MLflow raises several types for an unknown run or artifact
-        raise ValueError(f"init_from={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
+        raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
 
 
 def output_layer(model):

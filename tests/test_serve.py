@@ -3,6 +3,7 @@ loopback for concurrency, the client example and the upload page in headless Chr
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -66,32 +67,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
-    """`python -m bearcat.serve` on a free loopback port; yields its URL."""
+@contextlib.contextmanager
+def http_entry_point(module: str, overrides: list[str], log: Path, ready_path: str, timeout: float = 120):
+    """`python -m <module> <overrides> port=<free port>` in a subprocess, waited for until
+    `ready_path` answers; yields its URL and stops it afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bearcat.serve", f"model={exported['dir']}", f"port={port}",
+        proc = subprocess.Popen([sys.executable, "-m", module, *overrides, f"port={port}",
                                  f"hydra.run.dir={log.parent / 'hydra'}"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                with urllib.request.urlopen(url + ready_path, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+                    pytest.fail(f"{module} did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.3)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    """`python -m bearcat.serve` on a free loopback port; yields its URL."""
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with http_entry_point("bearcat.serve", [f"model={exported['dir']}"], log, "/health", timeout=90) as url:
+        yield url
 
 
 def test_predict_answers_like_the_library(client, expected):

@@ -1,0 +1,59 @@
+"""Labelling entry point: `python -m bearcat.label dir=UNLABELLED model=BUNDLE out=LABELLED`.
+
+Serves the labelling page (bearcat/server/label_app.py) with uvicorn. The model reads
+every image once at start-up through the bundle's own preprocessing (bearcat.bundle /
+bearcat.runtime), so the pre-filled answers are what the trained model would answer.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("bearcat.label")
+
+
+def required(cfg: DictConfig, key: str) -> str:
+    value = cfg.get(key)
+    if value in (None, "", "???"):
+        raise ValueError(f"{key} is not set: pass {key}=PATH")
+    return str(value)
+
+
+def build_label_app(cfg: DictConfig, workdir: str):
+    from bearcat.labelling import LabelQueue
+    from bearcat.server.label_app import create_label_app
+
+    source, out = required(cfg, "dir"), required(cfg, "out")
+    predictor, name = None, None
+    if cfg.get("model"):
+        from bearcat.runtime import load_predictor
+        from bearcat.warmstart import locate_init_bundle
+
+        if not Path(str(cfg.model)).exists():
+            from bearcat import tracking
+
+            tracking.setup(cfg.mlflow)  # model=<run id>
+        folder, _ = locate_init_bundle(str(cfg.model), workdir, key="model")
+        predictor = load_predictor(folder, cfg.runtime, cfg.threads)
+        name = str(cfg.model)
+    queue = LabelQueue(source, out, predictor)
+    return create_label_app(queue, name), queue
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="label")
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    with tempfile.TemporaryDirectory() as workdir:
+        app, queue = build_label_app(cfg, workdir)
+        print(f"Bearcat labelling {len(queue.pending)} images of {cfg.dir} into {cfg.out}: "
+              f"http://{cfg.host}:{cfg.port}/", flush=True)
+        uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The labelling queue behind `python -m bearcat.label`: unlabelled images, the model's
+reading of each, lowest confidence first; answers saved as copies named
+`ANSWER_<md5 of the file>.<ext>` in the output folder (the folder-dataset convention, so
+`dataset=folder dataset.root=OUT` trains on them at once).
+
+The source folder is only read. Images whose content is already in the output folder
+(labelled earlier, under any name) are not shown again, so a restart carries on where
+the last session stopped. Undo removes the copy this session made for the last answer
+and puts its image back at the front of the queue.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from bearcat.data.labels import is_image_file
+
+log = logging.getLogger(__name__)
+
+FORBIDDEN = set('_/\\:*?"<>|')  # "_" ends the label in a file name; the rest are not file-name safe
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Item:
+    id: str                # md5 of the file's bytes
+    path: Path
+    prediction: str = ""
+    confidence: float | None = None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.path.name, "prediction": self.prediction, "confidence": self.confidence}
+
+
+def check_answer(answer: str) -> str:
+    answer = (answer or "").strip()
+    if not answer:
+        raise ValueError("empty answer: type the characters of the image")
+    bad = sorted(set(answer) & FORBIDDEN)
+    if bad or answer.startswith("."):
+        raise ValueError(f"answer {answer!r}: cannot be part of a file name label ({''.join(bad) or 'leading .'})")
+    return answer
+
+
+class LabelQueue:
+    def __init__(self, source, out, predictor=None, batch_size: int = 64):
+        self.source, self.out = Path(source), Path(out)
+        if not self.source.is_dir():
+            raise FileNotFoundError(f"dir={source}: folder not found")
+        if self.out.resolve() == self.source.resolve():
+            raise ValueError(f"out={out}: must differ from dir= (the source folder is never changed)")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.history: list[tuple[Item, Path]] = []  # this session's answers, for undo
+        self.unreadable: list[str] = []
+        done = {file_md5(p) for p in self.out.iterdir() if is_image_file(p)}
+        items, seen = [], set(done)
+        for path in sorted(self.source.iterdir()):
+            if not is_image_file(path):
+                continue
+            digest = file_md5(path)
+            if digest not in seen:
+                seen.add(digest)
+                items.append(Item(digest, path))
+        self.done_before = len(done)
+        if predictor is not None and items:
+            items = self._read(items, predictor, batch_size)
+        else:
+            items = self._decodable(items)
+        self.pending = items
+        log.info("%d images to label in %s (%d already in %s, %d unreadable)", len(self.pending), self.source,
+                 self.done_before, self.out, len(self.unreadable))
+
+    def _read(self, items: list[Item], predictor, batch_size: int) -> list[Item]:
+        """The model's reading of every image (through the bundle's own preprocess),
+        least confident first; unreadable files are set aside, never shown."""
+        from bearcat.data.preprocess import ImageError
+
+        readable = []
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            try:
+                results = predictor.predict([it.path for it in chunk])
+            except ImageError:  # find the bad file(s) one by one
+                results = []
+                for it in chunk:
+                    try:
+                        results += predictor.predict([it.path])
+                    except ImageError as err:
+                        log.warning("%s", err)
+                        self.unreadable.append(it.path.name)
+                        results.append(None)
+            for it, r in zip(chunk, results):
+                if r is not None:
+                    it.prediction, it.confidence = r["result"], float(r["confidence"])
+                    readable.append(it)
+        return sorted(readable, key=lambda it: (it.confidence, it.path.name))
+
+    def _decodable(self, items: list[Item]) -> list[Item]:
+        """Without a model: the images that decode, in file-name order."""
+        from bearcat.data.preprocess import ImageError, load_image
+
+        kept = []
+        for it in items:
+            try:
+                load_image(it.path)
+                kept.append(it)
+            except ImageError as err:
+                log.warning("%s", err)
+                self.unreadable.append(it.path.name)
+        return kept
+
+    def find(self, item_id: str) -> Item:
+        for it in self.pending:
+            if it.id == item_id:
+                return it
+        raise KeyError(item_id)
+
+    def state(self) -> dict:
+        with self.lock:
+            current = self.pending[0].to_json() if self.pending else None
+            upcoming = self.pending[1].id if len(self.pending) > 1 else None
+            return {"item": current, "upcoming": upcoming, "remaining": len(self.pending),
+                    "saved": len(self.history), "done_before": self.done_before, "can_undo": bool(self.history),
+                    "last": self.history[-1][1].name if self.history else None, "out": str(self.out)}
+
+    def answer(self, item_id: str, answer: str) -> Path:
+        answer = check_answer(answer)
+        with self.lock:
+            item = self.find(item_id)
+            target = self.out / f"{answer}_{item.id}{item.path.suffix.lower()}"
+            if target.exists():
+                raise FileExistsError(f"{target} already exists")
+            tmp = self.out / f".{item.id}.tmp"
+            shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
+            tmp.replace(target)
+            self.pending.remove(item)
+            self.history.append((item, target))
+            return target
+
+    def undo(self) -> dict | None:
+        """Take back this session's last answer: its copy is removed, its image shown next."""
+        with self.lock:
+            if not self.history:
+                return None
+            item, target = self.history.pop()
+            target.unlink(missing_ok=True)
+            self.pending.insert(0, item)
+            return {"id": item.id, "answer": target.name.split("_", 1)[0]}

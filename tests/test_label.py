@@ -1,0 +1,197 @@
+"""The labelling tool: queue order, saved copies, correction, undo, restart, errors, and
+the page itself in headless Chromium (python -m bearcat.label in a subprocess)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hydra import compose, initialize_config_dir
+
+from bearcat.bundle import MODEL_FILE, Predictor, write_bundle
+from bearcat.labelling import LabelQueue
+from bearcat.server.label_app import create_label_app
+from conftest import CONF
+from test_serve import CHROMIUM, CHROMIUM_ARGS, http_entry_point
+
+IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def reading_bundle(trained_run, tmp_path_factory):
+    """trained_run's model with the CTC blank pushed down, so that this barely trained
+    model reads every image as some non-empty text, with confidences that differ."""
+    source = trained_run["output_dir"] / "model"
+    predictor = Predictor(source)
+    model = keras.models.load_model(source / MODEL_FILE, compile=False)
+    layer = model.get_layer("ctc_probs")
+    kernel, bias = layer.get_weights()
+    bias[0] -= 30.0
+    layer.set_weights([kernel, bias])
+    return write_bundle(tmp_path_factory.mktemp("reading") / "bundle", model, predictor.mode, predictor.pre)
+
+
+@pytest.fixture
+def unlabelled(trained_run, tmp_path):
+    """IMAGES generated captchas renamed without labels, a broken image and a text file."""
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    files = sorted((trained_run["root"] / "cache" / "synthetic").glob("*/test/*.png"))[:IMAGES]
+    for i, path in enumerate(files):
+        shutil.copy2(path, folder / f"captcha{i}.png")
+    (folder / "broken.png").write_bytes(b"not a picture")
+    (folder / "notes.txt").write_text("a file that is not an image")
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: (hashlib.md5(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns, p.stat().st_mode)
+            for p in sorted(folder.iterdir())}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def expected_order(folder: Path, bundle: Path) -> list[tuple[str, str, float]]:
+    files = sorted(folder.glob("captcha*.png"))
+    results = Predictor(bundle).predict(files)
+    rows = [(p.name, r["result"], r["confidence"]) for p, r in zip(files, results)]
+    return sorted(rows, key=lambda row: (row[2], row[0]))
+
+
+def test_queue_orders_saves_copies_undoes_and_resumes(unlabelled, reading_bundle, tmp_path):
+    before = snapshot(unlabelled)
+    out = tmp_path / "labelled"
+    queue = LabelQueue(unlabelled, out, Predictor(reading_bundle))
+    want = expected_order(unlabelled, reading_bundle)
+    assert [it.path.name for it in queue.pending] == [name for name, _, _ in want]  # least confident first
+    assert [it.prediction for it in queue.pending] == [text for _, text, _ in want]
+    assert all(text for _, text, _ in want) and len({c for _, _, c in want}) == IMAGES
+    assert queue.unreadable == ["broken.png"]
+
+    client = TestClient(create_label_app(queue, "reading"))
+    first = client.get("/api/state").json()
+    assert first["item"]["name"] == want[0][0] and first["remaining"] == IMAGES and not first["can_undo"]
+    assert client.get(f"/api/image/{first['item']['id']}").content == (unlabelled / want[0][0]).read_bytes()
+    saved = client.post("/api/answer", json={"id": first["item"]["id"], "answer": first["item"]["prediction"]})
+    assert saved.status_code == 200 and saved.json()["item"]["name"] == want[1][0]
+    name = saved.json()["saved_as"]
+    assert name == f"{want[0][1]}_{md5(unlabelled / want[0][0])}.png"
+    assert (out / name).read_bytes() == (unlabelled / want[0][0]).read_bytes()
+
+    second = saved.json()["item"]
+    assert client.post("/api/answer", json={"id": second["id"], "answer": "Q7_"}).status_code == 400  # "_"
+    assert client.post("/api/answer", json={"id": second["id"], "answer": "  "}).status_code == 400
+    fixed = client.post("/api/answer", json={"id": second["id"], "answer": "Q7W"}).json()
+    assert (out / fixed["saved_as"]).is_file() and fixed["saved_as"].startswith("Q7W_")
+    assert client.post("/api/answer", json={"id": second["id"], "answer": "X"}).status_code == 409  # done
+    undone = client.post("/api/undo").json()
+    assert undone["undone"] == {"id": second["id"], "answer": "Q7W"} and undone["item"]["id"] == second["id"]
+    assert not (out / fixed["saved_as"]).exists() and sorted(p.name for p in out.iterdir()) == [name]
+
+    again = LabelQueue(unlabelled, out, Predictor(reading_bundle))  # a restart: the labelled one is not shown
+    assert [it.path.name for it in again.pending] == [n for n, _, _ in want[1:]] and again.done_before == 1
+    client.post("/api/undo")
+    assert client.post("/api/undo").status_code == 409 and not list(out.iterdir())
+    assert snapshot(unlabelled) == before
+
+
+def test_label_errors_name_the_key(unlabelled, tmp_path):
+    from bearcat.label import build_label_app
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(config_name="label", overrides=list(overrides))
+
+    with pytest.raises(ValueError, match="dir is not set"):
+        build_label_app(cfg(f"out={tmp_path / 'o'}"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="dir=.*folder not found"):
+        build_label_app(cfg(f"dir={tmp_path / 'nope'}", f"out={tmp_path / 'o'}"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="model=.*not an MLflow run id"):
+        build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}"),
+                        str(tmp_path))
+    with pytest.raises(ValueError, match="out=.*must differ from dir"):
+        LabelQueue(unlabelled, unlabelled)
+    queue = LabelQueue(unlabelled, tmp_path / "o")  # no model: file-name order, nothing pre-filled
+    assert [it.path.name for it in queue.pending] == [f"captcha{i}.png" for i in range(IMAGES)]
+    assert queue.unreadable == ["broken.png"]
+    assert all(it.prediction == "" and it.confidence is None for it in queue.pending)
+
+
+@pytest.fixture
+def label_server(unlabelled, reading_bundle, tmp_path):
+    """`python -m bearcat.label` on a free loopback port: (URL, output folder)."""
+    out = tmp_path / "labelled"
+    overrides = [f"dir={unlabelled}", f"out={out}", f"model={reading_bundle}"]
+    with http_entry_point("bearcat.label", overrides, tmp_path / "label.log", "/api/state") as url:
+        yield url, out
+
+
+def test_label_page_keyboard_only_in_headless_chromium(label_server, unlabelled, reading_bundle, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, out = label_server
+    before = snapshot(unlabelled)
+    want = expected_order(unlabelled, reading_bundle)
+    shown = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+
+            def wait_for(name: str) -> dict:
+                """The page shows `name`, its image loaded, the answer field focused."""
+                page.wait_for_function(f"document.getElementById('image').src.endsWith({json.dumps(md5(unlabelled / name))})"
+                                       " && document.getElementById('image').complete"
+                                       " && document.activeElement.id === 'answer'")
+                state = page.evaluate("fetch('api/state').then((r) => r.json())")
+                assert state["item"]["name"] == name
+                shown.append((name, state["item"]["confidence"]))
+                return state
+
+            wait_for(want[0][0])
+            assert page.input_value("#answer") == want[0][1]  # the model's answer, pre-filled
+            assert page.evaluate("document.getElementById('image').naturalWidth") > 0
+            assert f"confidence {want[0][2]:.3f}" in page.inner_text("#guess")
+            page.keyboard.press("Enter")  # accept
+            wait_for(want[1][0])
+            assert page.inner_text("#status").startswith(f"saved {want[0][1]}_")
+            page.keyboard.type("K9P")  # typing replaces the pre-filled answer
+            page.keyboard.press("Enter")
+            wait_for(want[2][0])
+            corrected = out / f"K9P_{md5(unlabelled / want[1][0])}.png"
+            assert corrected.read_bytes() == (unlabelled / want[1][0]).read_bytes()
+            page.keyboard.press("Control+z")  # undo: the corrected image comes back, its answer pre-filled
+            wait_for(want[1][0])
+            assert page.input_value("#answer") == "K9P" and not corrected.exists()
+            page.keyboard.press("End")
+            page.keyboard.press("Backspace")
+            page.keyboard.type("Q")
+            page.keyboard.press("Enter")
+            for name, _, _ in want[2:]:
+                wait_for(name)
+                page.keyboard.press("Enter")
+            page.wait_for_function("!document.getElementById('done').hidden")
+            page.screenshot(path=str(tmp_path / "label_page.png"))
+        finally:
+            browser.close()
+
+    names = [n for n, _ in shown]
+    assert names[:2] == [want[0][0], want[1][0]] and names[3:] == [n for n, _, _ in want[1:]]
+    confidences = [c for _, c in shown[3:]]
+    assert confidences == sorted(confidences)  # least confident first
+    assert np.allclose([c for _, c in shown[3:]], [c for _, _, c in want[1:]], rtol=1e-4)
+    saved = {p.name for p in out.iterdir()}
+    assert saved == {f"{want[0][1]}_{md5(unlabelled / want[0][0])}.png", f"K9Q_{md5(unlabelled / want[1][0])}.png"} | \
+        {f"{text}_{md5(unlabelled / name)}.png" for name, text, _ in want[2:]}
+    for path in out.iterdir():  # byte-identical copies
+        assert md5(path) == path.stem.split("_", 1)[1]
+    assert snapshot(unlabelled) == before  # the source folder is untouched (names, bytes, times, modes)
+    assert (tmp_path / "label_page.png").stat().st_size > 1000
