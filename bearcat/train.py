@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
+    from bearcat.sweeps import child_run_options
     from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
 
     if cfg.get("resume"):
@@ -80,10 +81,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     experiment_id = tracking.setup(cfg.mlflow)
     state = read_state(ckpt_dir) if cfg.get("resume") else None
+    sweep = child_run_options(experiment_id)  # inside a multirun: parent run + sweep tags
     run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
                              run_name=cfg.get("run_name") or f"{cfg.mode.name}-{cfg.backbone.name}",
                              tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": cfg.backbone.name,
-                                   "bearcat.output_dir": str(out_dir.resolve())})
+                                   "bearcat.output_dir": str(out_dir.resolve()), **sweep["tags"]},
+                             parent_run_id=None if state else sweep["parent_run_id"])
     status = "FAILED"
     try:
         initial_epoch = 0
@@ -114,8 +117,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                               cfg.trainer.seed))
         # Order matters: metrics are computed, then logged, then the checkpoint commits the
         # epoch, so a kill never leaves an epoch checkpointed but missing from MLflow.
+        checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
         callbacks += [ValidationMetrics(val_metrics, batch_size), *schedule_callbacks,
-                      tracking.epoch_callback(), Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)]
+                      tracking.epoch_callback(), checkpointer]
         if cfg.callbacks.early_stopping.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
                                                            patience=cfg.callbacks.early_stopping.patience,
@@ -134,6 +138,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["test_ms_per_image"] = ms
         low = sum(r["confidence"] < cfg.low_confidence for r in results)
         metrics["test_low_confidence_fraction"] = low / max(1, len(results))
+        if checkpointer.state.get("best") is not None:  # e.g. best_val_accuracy: what sweeps should select on
+            metrics[f"best_{cfg.callbacks.monitor}"] = checkpointer.state["best"]
         tracking.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
 
@@ -153,7 +159,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get(cfg.optimized_metric)
+    if cfg.optimized_metric not in metrics:
+        raise KeyError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "
+                       f"choose one of {sorted(k for k in metrics if k != 'mlflow_run_id')}")
+    return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

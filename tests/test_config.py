@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from tests.conftest import CONF
 
 GROUPS = ["mode", "backbone", "optimizer", "scheduler", "dataset", "augmentation", "trainer", "callbacks",
-          "paths", "mlflow", "debug", "experiment"]
+          "paths", "mlflow", "debug", "experiment", "hparams_search"]
 
 
 def options(group):

@@ -1,0 +1,189 @@
+"""The MLflow side of sweeps (`python -m bearcat.train -m ...`, `hparams_search=optuna`).
+
+One parent run per sweep, one child run per job. The parent is created by a Hydra
+callback (`MlflowSweepCallback`, listed in conf/hydra/default.yaml) in the process that
+starts the sweep, and found by each job through its tag `bearcat.sweep_id` (the sweep's
+output folder), so it works whether the jobs run in the same process (basic launcher),
+in worker processes (joblib) or on other machines (submitit, with a shared tracking
+server). When the sweep ends the parent gets a summary table of every job (overrides,
+status, metrics) as `sweep_summary.csv` / `sweep_summary.md` and the best value of
+`optimized_metric`. Like tracking.py, this is the only other module that talks to MLflow.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SWEEP_ID = "bearcat.sweep_id"      # tag on the parent and every child: the sweep's output folder
+ROLE = "bearcat.sweep_role"        # "parent" on the parent run
+JOB_NUM = "bearcat.job_num"        # tag on a child: Hydra's job number in the sweep
+OVERRIDES = "bearcat.overrides"    # tag on a child: the job's own overrides, space separated
+SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map")
+
+
+def job_context() -> dict[str, str] | None:
+    """{"sweep_id", "job_num", "overrides"} when called inside a Hydra multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return {"sweep_id": sweep_id(hc.sweep.dir), "job_num": str(hc.job.num),
+            "overrides": " ".join(hc.overrides.task)}
+
+
+def sweep_id(sweep_dir: str) -> str:
+    return str(Path(str(sweep_dir)).resolve())
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def find_parent(experiment_id: str, sweep: str) -> str | None:
+    """The run id of the parent run of sweep `sweep` (None if no callback created one)."""
+    runs = _client().search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.`{SWEEP_ID}` = {_quoted(sweep)} and tags.`{ROLE}` = 'parent'"))
+    return runs[0].info.run_id if runs else None
+
+
+def child_run_options(experiment_id: str) -> dict[str, Any]:
+    """Extra `tracking.start_run` arguments of a training job: inside a sweep, the parent
+    run id and the tags sweep id, job number and overrides; outside one, nothing."""
+    ctx = job_context()
+    if ctx is None:
+        return {"tags": {}, "parent_run_id": None}
+    parent = find_parent(experiment_id, ctx["sweep_id"])
+    if parent is None:
+        log.warning("sweep %s has no MLflow parent run (hydra.callbacks.mlflow_sweep removed?): "
+                    "the job is logged as a run of its own", ctx["sweep_id"])
+    return {"tags": {SWEEP_ID: ctx["sweep_id"], JOB_NUM: ctx["job_num"], OVERRIDES: ctx["overrides"]},
+            "parent_run_id": parent}
+
+
+def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dict[str, Any]:
+    """Write the children's table into out_dir, attach it to the parent, log the best value
+    of `metric` on the parent. Returns {"rows", "best"}."""
+    client = _client()
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = {_quoted(parent_id)}",
+                                  max_results=10000)
+    rows = []
+    for run in children:
+        tags, metrics = run.data.tags, run.data.metrics
+        if tags.get(SWEEP_ID) != parent.data.tags.get(SWEEP_ID):
+            continue  # e.g. an evaluate run nested under the parent by hand
+        row = {"job": int(tags.get(JOB_NUM, -1)), "run_id": run.info.run_id, "status": run.info.status,
+               "overrides": tags.get(OVERRIDES, ""), metric: metrics.get(metric)}
+        row.update({k: metrics.get(k) for k in SUMMARY_METRICS if k != metric and k in metrics})
+        rows.append(row)
+    rows.sort(key=lambda r: r["job"])
+    scored = [r for r in rows if r[metric] is not None and r["status"] == "FINISHED"]
+    pick = max if direction == "maximize" else min
+    best = pick(scored, key=lambda r: r[metric]) if scored else None
+
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["job", "run_id", "status", "overrides", metric]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "sweep_summary.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+        if r is best:
+            cells[0] += " (best)"
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    for name in ("sweep_summary.csv", "sweep_summary.md"):
+        client.log_artifact(parent_id, str(out_dir / name))
+    client.log_metric(parent_id, "jobs", len(rows))
+    client.log_metric(parent_id, "jobs_finished", sum(r["status"] == "FINISHED" for r in rows))
+    if best is not None:
+        client.log_metric(parent_id, metric if metric.startswith("best_") else f"best_{metric}", float(best[metric]))
+        for key, value in (("best_run_id", best["run_id"]), ("best_job", best["job"]),
+                           ("best_overrides", best["overrides"])):
+            client.set_tag(parent_id, f"bearcat.{key}", str(value))
+    return {"rows": rows, "best": best}
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback: an MLflow parent run around every multirun of the listed tasks.
+
+    tasks: the `task_name`s it acts on (train; evaluate runs nest under their training run).
+    direction: maximize | minimize: how the best job's `optimized_metric` is picked.
+    """
+
+    def __init__(self, tasks=("train",), direction: str = "maximize"):
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.callbacks.mlflow_sweep.direction={direction!r}: use maximize or minimize")
+        self.tasks = tuple(tasks)
+        self.direction = direction
+        self.parent_id: str | None = None
+
+    def _wanted(self, config: DictConfig) -> bool:
+        return config.get("task_name") in self.tasks and "mlflow" in config
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self._wanted(config):
+            return
+        from bearcat import tracking
+
+        experiment_id = tracking.setup(config.mlflow)
+        sweep = sweep_id(config.hydra.sweep.dir)
+        arguments = " ".join(config.hydra.overrides.task)
+        run = _client().create_run(experiment_id, run_name=config.get("run_name") or f"sweep-{Path(sweep).name}",
+                                   tags={SWEEP_ID: sweep, ROLE: "parent", "bearcat.sweep_overrides": arguments,
+                                         "bearcat.sweeper": str(config.hydra.sweeper.get("_target_", "")),
+                                         "bearcat.launcher": str(config.hydra.launcher.get("_target_", ""))})
+        self.parent_id = run.info.run_id
+        _client().log_param(self.parent_id, "optimized_metric", config.optimized_metric)
+        log.info("sweep %s: MLflow parent run %s", sweep, self.parent_id)
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        # A failed job ends a basic or joblib sweep before on_multirun_end: record what there
+        # is now (on_multirun_end rewrites it when the sweep carries on, as Optuna's does).
+        if job_return.status != JobStatus.FAILED or not self._wanted(config):
+            return
+        ctx = job_context()
+        if ctx is None:
+            return
+        from bearcat import tracking
+
+        parent = find_parent(tracking.setup(config.mlflow), ctx["sweep_id"])
+        if parent:
+            self._finish(config, ctx["sweep_id"], parent, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_id is None:
+            return
+        self._finish(config, sweep_id(config.hydra.sweep.dir), self.parent_id, None)
+
+    def _finish(self, config: DictConfig, sweep: str, parent: str, status: str | None) -> None:
+        result = summarize(parent, config.optimized_metric, self.direction, Path(sweep))
+        if status is None:
+            status = "FINISHED" if any(r["status"] == "FINISHED" for r in result["rows"]) else "FAILED"
+        _client().set_terminated(parent, status)
+        best = result["best"]
+        log.info("sweep summary: %d jobs; best %s = %s (%s)", len(result["rows"]), config.optimized_metric,
+                 best and best[config.optimized_metric], best and best["overrides"])

@@ -1,0 +1,130 @@
+"""Sweeps through the real command line: a 2-job multirun (in-process and joblib launchers)
+gets an MLflow parent run, two child runs and a summary table; a 3-trial Optuna search
+returns a best value. Tiny data (debug=fast) keeps each sweep to a few seconds of training."""
+import csv
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+TINY = ["debug=fast", "dataset.train_size=32", "dataset.val_size=8", "dataset.test_size=8",
+        "trainer.bn_calibration_images=0", "trainer.max_minutes=null"]
+
+
+def run_sweep(tmp_path, *overrides):
+    """`python -m bearcat.train -m ...` into tmp_path, with its own MLflow store."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, *overrides, f"paths.cache_dir={tmp_path / 'cache'}",
+           f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(), sweep_dir
+
+
+def _env():
+    import os
+
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def runs_of(client):
+    exp = client.get_experiment_by_name("bearcat")
+    return client.search_runs([exp.experiment_id])
+
+
+# joblib ("parallel"): the same sweep in two worker processes (two TensorFlow start-ups)
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("parallel", marks=pytest.mark.slow)])
+def test_multirun_parent_children_and_summary(tmp_path, launcher):
+    client, sweep_dir = run_sweep(tmp_path, "optimizer=adam,sgd", f"hydra/launcher={launcher}")
+    runs = runs_of(client)
+    parents = [r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert parent.info.status == "FINISHED"
+    sweep_id = str(sweep_dir.resolve())
+    assert parent.data.tags["bearcat.sweep_id"] == sweep_id
+    by_job = {r.data.tags["bearcat.job_num"]: r for r in children}
+    assert sorted(by_job) == ["0", "1"]
+    for job, opt in (("0", "adam"), ("1", "sgd")):
+        child = by_job[job]
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["bearcat.sweep_id"] == sweep_id
+        assert f"optimizer={opt}" in child.data.tags["bearcat.overrides"].split()
+        assert child.data.params["optimizer._target_"].endswith(opt.upper() if opt == "sgd" else "Adam")
+        assert "test_accuracy" in child.data.metrics
+
+    # the summary: one row per job, with its overrides and metric, on disk and in the parent
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.md"} <= artifacts
+    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="sweep_summary.csv",
+                                                dst_path=str(tmp_path / "dl"))
+    rows = list(csv.DictReader(open(local, encoding="utf-8")))
+    assert [r["job"] for r in rows] == ["0", "1"]
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
+    for row in rows:
+        child = client.get_run(row["run_id"])
+        assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
+        assert row["overrides"] == child.data.tags["bearcat.overrides"]
+    best = max(c.data.metrics["test_accuracy"] for c in children)
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best)
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_finished"] == 2
+    assert parent.data.tags["bearcat.best_run_id"] in by_job["0"].info.run_id + by_job["1"].info.run_id
+    assert (sweep_dir / "sweep_summary.md").read_text().count("\n") == 4  # header, rule, 2 jobs
+
+
+def test_optuna_three_trials_return_a_best_value(tmp_path):
+    client, sweep_dir = run_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                                  "hydra.sweeper.sampler.n_startup_trials=2")
+    optimization = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert optimization["name"] == "optuna"
+    best = optimization["best_value"]
+    assert 0.0 <= best <= 1.0
+    assert set(optimization["best_params"]) >= {"optimizer.learning_rate", "trainer.batch_size", "backbone"}
+
+    runs = runs_of(client)
+    parent = next(r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    values = [c.data.metrics["best_val_accuracy"] for c in children]
+    assert best == pytest.approx(max(values))  # Optuna's best = the best trial logged in MLflow
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best)
+    assert parent.data.params["optimized_metric"] == "best_val_accuracy"
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "bearcat.sweeps.MlflowSweepCallback"
+    if launcher == "slurm":  # the plugin's own keys and ours merged: sbatch gets them
+        assert cfg.hydra.launcher.timeout_min == 60 and cfg.hydra.launcher.gpus_per_node == 1
+        assert "additional_parameters" in cfg.hydra.launcher
+
+
+def test_bad_sweep_settings_name_the_key(tmp_path):
+    from bearcat.sweeps import MlflowSweepCallback
+
+    with pytest.raises(ValueError, match="hydra.callbacks.mlflow_sweep.direction"):
+        MlflowSweepCallback(direction="up")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "bearcat.train", *TINY, "optimized_metric=test_acuracy",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode != 0
+    assert "optimized_metric=test_acuracy: not a metric of this run" in proc.stderr
