@@ -119,8 +119,9 @@ def warm_start(model, vocab_chars: list[str], init_from: str, workdir: str) -> d
 def head_layer_names(model) -> set[str]:
     """Layers of the mode's head: the output layer and everything between it and the
     backbone's feature map (named with the mode's prefix, e.g. ctc_*)."""
-    prefix = output_layer(model).name.rsplit("_", 1)[0] + "_"
-    return {layer.name for layer in model.layers if layer.name.startswith(prefix)}
+    out = output_layer(model).name
+    prefix = out.rsplit("_", 1)[0] + "_"
+    return {out} | {layer.name for layer in model.layers if layer.name.startswith(prefix)}
 
 
 class FreezeBackbone(keras.callbacks.Callback):

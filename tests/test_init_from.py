@@ -11,7 +11,7 @@ from bearcat.bundle import MODEL_FILE
 from bearcat.data.labels import Vocabulary
 from bearcat.modes import build_mode
 from bearcat.train import train
-from bearcat.warmstart import head_layer_names, locate_init_bundle, transfer_weights
+from bearcat.warmstart import FreezeBackbone, head_layer_names, locate_init_bundle, transfer_weights
 
 TINY = ["debug=fast", "trainer.bn_calibration_images=64"]
 OTHER_CHARSET = "0123456789abc"  # shares only the digits with the default 0-9A-Z
@@ -101,3 +101,49 @@ def test_frozen_backbone_stays_unchanged_then_trains(trained_run, make_cfg, tmp_
     last = weights_by_layer(model)
     changed = [name for name in backbone if not same(last[name], source[name])]
     assert changed == backbone, "every backbone layer trains once unfrozen"
+
+
+def test_resume_inside_the_frozen_epochs_freezes_again(make_cfg, tmp_path):
+    """Checkpoint written while frozen -> restored into a fresh model -> frozen again; the
+    optimizer state (one slot per weight, frozen or not) fits both ways."""
+    from bearcat.callbacks import Checkpointer, read_state, restore_last
+    from bearcat.experiment import build_model, mode_options
+
+    cfg = make_cfg(TINY)
+    mode = build_mode("ctc", Vocabulary("0123456789"), 4, **mode_options(cfg))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (32, cfg.preprocess.height, cfg.preprocess.width, 1)).astype("float32")
+    targets = mode.encode(["".join(rng.choice(list("0123456789"), 4)) for _ in range(32)])
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        model = build_model(cfg, mode)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=mode.loss())
+        return model
+
+    model = fresh()
+    freeze = FreezeBackbone(model, 2)
+    freeze.start(0)
+    start = weights_by_layer(model)
+    model.fit(images, targets, batch_size=16, epochs=1, verbose=0,
+              callbacks=[freeze, Checkpointer(tmp_path / "ckpt", "loss")])
+    state = read_state(tmp_path / "ckpt")
+    assert state["epoch"] == 1
+
+    resumed = fresh()
+    restore_last(resumed, tmp_path / "ckpt", state)  # the optimizer was built on every weight: counts match
+    again = FreezeBackbone(resumed, 2)
+    again.start(state["epoch"])
+    assert again.active and all(not layer.trainable for layer in again.backbone)
+    restored = weights_by_layer(resumed)
+    seen = {}
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.update({epoch: weights_by_layer(resumed)}))
+    resumed.fit(images, targets, batch_size=16, initial_epoch=1, epochs=3, verbose=0, callbacks=[again, record])
+    backbone = [name for name in restored if name not in head_layer_names(resumed)]
+    assert len(backbone) == 8 and not again.active and all(layer.trainable for layer in again.backbone)
+    for name in backbone:
+        assert same(restored[name], start[name])  # frozen in the first run's epoch too
+        assert same(seen[1][name], restored[name]), f"{name} moved in the resumed frozen epoch"
+        assert not same(seen[2][name], restored[name]), f"{name} did not train once unfrozen"
+    assert not same(seen[1]["ctc_probs"], restored["ctc_probs"])  # the head trained all along

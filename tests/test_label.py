@@ -148,7 +148,8 @@ def test_label_page_keyboard_only_in_headless_chromium(label_server, unlabelled,
 
             def wait_for(name: str) -> dict:
                 """The page shows `name`, its image loaded, the answer field focused."""
-                page.wait_for_function(f"document.getElementById('image').src.endsWith({json.dumps(md5(unlabelled / name))})"
+                image_id = json.dumps(md5(unlabelled / name))
+                page.wait_for_function(f"document.getElementById('image').src.endsWith({image_id})"
                                        " && document.getElementById('image').complete"
                                        " && document.activeElement.id === 'answer'")
                 state = page.evaluate("fetch('api/state').then((r) => r.json())")
