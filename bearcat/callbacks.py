@@ -161,3 +161,13 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         finally:
             for layer, m in zip(layers, momenta):
                 layer.momentum = m
+
+
+def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
+    """Keras' TensorBoard logging (trainer.tensorboard=true) into log_dir."""
+    try:
+        import tensorboard  # noqa: F401  (tf.summary needs it; TensorFlow no longer installs it)
+    except ImportError:
+        raise ImportError("trainer.tensorboard=true needs the tensorboard package: "
+                          "pip install tensorboard (or pip install -e '.[scale]')") from None
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir))

@@ -23,9 +23,10 @@ def tracking_uri(configured: str) -> str:
     return uri
 
 
-def setup(cfg_mlflow) -> str:
-    """Point MLflow at the store and experiment; return the experiment id."""
-    uri = tracking_uri(cfg_mlflow.tracking_uri)
+def setup(cfg_mlflow, uri: str | None = None) -> str:
+    """Point MLflow at the store and experiment; return the experiment id. `uri` wins over
+    MLFLOW_TRACKING_URI and the config (a non-chief worker's private store)."""
+    uri = uri or tracking_uri(cfg_mlflow.tracking_uri)
     mlflow.set_tracking_uri(uri)
     name = cfg_mlflow.experiment_name
     exp = mlflow.get_experiment_by_name(name)

@@ -33,9 +33,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.bundle import write_bundle
     from bearcat.callbacks import (Checkpointer, PreciseBatchNorm, TimeBudget, ValidationMetrics, read_state,
-                                   restore_last)
+                                   restore_last, tensorboard)
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
+    from bearcat.distribute import build_strategy, is_chief
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
@@ -50,6 +51,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.get("resume"):
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    strategy = build_strategy(cfg.trainer)  # first: trainer.cpu_devices must come before TensorFlow starts
+    chief = cfg.trainer.get("strategy") != "multi_worker" or is_chief()  # only the chief logs to MLflow
     keras.utils.set_random_seed(cfg.trainer.seed)
 
     splits = load_sources(cfg)
@@ -59,14 +62,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",
              len(train_split), len(val_split), len(test_split), len(mode.vocab), mode.max_length)
 
-    model = build_model(cfg, mode)
-    batch_size = int(cfg.trainer.batch_size)
+    batch_size = int(cfg.trainer.batch_size)  # global: split over the strategy's replicas
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
-    lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
-                                            cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
-    optimizer = instantiate(cfg.optimizer, learning_rate=lr)
-    loss_fn = mode.loss()
-    model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)
+    with strategy.scope():  # variables of model and optimizer on every replica
+        model = build_model(cfg, mode)
+        lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
+                                                cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
+        optimizer = instantiate(cfg.optimizer, learning_rate=lr)
+        loss_fn = mode.loss()
+        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)
 
     augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only
     train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
@@ -79,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loss = float(keras.ops.convert_to_numpy(keras.ops.mean(loss_fn(val_targets, probs))))
         return {"loss": loss, **score(mode, val_split.labels, results)}
 
-    experiment_id = tracking.setup(cfg.mlflow)
+    experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     state = read_state(ckpt_dir) if cfg.get("resume") else None
     sweep = child_run_options(experiment_id)  # inside a multirun: parent run + sweep tags
     run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
@@ -99,7 +103,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",
                                                    augment, seed=cfg.trainer.seed))  # what the model sees
-            tracking.log_metrics({f"data_{s}_images": len(data.loaded[s]) for s in data.loaded}
+            tracking.log_metrics({"replicas": strategy.num_replicas_in_sync}
+                                 | {f"data_{s}_images": len(data.loaded[s]) for s in data.loaded}
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in data.skipped.items()})
             with tempfile.TemporaryDirectory() as tmp:
                 mode.vocab.save(Path(tmp) / "vocabulary.json")
@@ -126,9 +131,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                                            min_delta=cfg.callbacks.early_stopping.min_delta))
         if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
             callbacks.append(TimeBudget(cfg.trainer.max_minutes))
+        if cfg.trainer.get("tensorboard"):
+            callbacks.append(tensorboard(out_dir / "tensorboard"))
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=cfg.trainer.verbose, shuffle=False)  # the dataset shuffles itself
+        if cfg.trainer.get("tensorboard"):
+            tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")
 
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val, not merely the last one

@@ -1,0 +1,78 @@
+"""Training on several devices or machines through tf.distribute: `trainer.strategy`.
+
+- `default`: one device (TensorFlow's default strategy).
+- `mirrored`: one machine, a model replica per device (`trainer.devices`; null = every
+  GPU, or every logical CPU device when there is no GPU), gradients all-reduced each step.
+- `multi_worker`: several machines (MultiWorkerMirroredStrategy). Every worker runs the same
+  command; the `TF_CONFIG` environment variable tells each one the cluster and its own
+  role. Only the chief logs to MLflow (see `is_chief`).
+
+`trainer.batch_size` is the global batch: each of N replicas computes batch_size / N images
+per step. `trainer.cpu_devices=N` splits the CPU into N logical devices (for trying
+`mirrored` without GPUs, as the tests do); it must be set before TensorFlow starts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def split_cpu(n: int | None) -> None:
+    """Expose the CPU as n logical devices (trainer.cpu_devices); a no-op for null/0/1."""
+    if not n or int(n) <= 1:
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == int(n):
+        return  # already split this way
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
+    except RuntimeError as err:
+        raise RuntimeError(f"trainer.cpu_devices={n}: TensorFlow was already initialised in this process, "
+                           "so its devices can no longer be split; start a new process") from err
+
+
+def build_strategy(trainer):
+    """The tf.distribute strategy named by trainer.strategy (trainer.devices for mirrored)."""
+    import tensorflow as tf
+
+    name = trainer.get("strategy") or "default"
+    if name not in STRATEGIES:
+        raise ValueError(f"trainer.strategy={name!r}: use one of {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("trainer.strategy=multi_worker needs the TF_CONFIG environment variable "
+                             '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                             '"task": {"type": "worker", "index": 0}}) on every worker')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    split_cpu(trainer.get("cpu_devices"))
+    devices = trainer.get("devices")
+    if not devices:
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=list(devices))
+
+
+def is_chief(tf_config: str | None = None) -> bool:
+    """True for the worker that logs and exports: the `chief` task if the cluster has one,
+    else worker 0; always True without TF_CONFIG (a single machine)."""
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not raw:
+        return True
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
+    task = spec.get("task") or {}
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if "chief" in (spec.get("cluster") or {}):
+        return kind == "chief"
+    return kind == "worker" and index == 0
