@@ -108,6 +108,7 @@ def parity_images(cfg: DictConfig, train_config: Path | None, meta: dict, count:
         data_cfg = evaluation_config(cfg.copy(), train_config, meta)
         splits = load_sources(data_cfg)
         samples = (splits.test or splits.val or splits.train)[:count]
+        samples = [(s.path, "") if hasattr(s, "path") else s for s in samples]  # detection records
         images = load_split(samples, pre, cfg.paths.cache_dir, desc="parity images").images
         if len(images):
             return images
@@ -118,19 +119,25 @@ def parity_images(cfg: DictConfig, train_config: Path | None, meta: dict, count:
     return rng.integers(0, 256, (count, pre.height, pre.width, pre.channels), dtype=np.uint8)
 
 
+def answer(result: dict) -> str:
+    """What must not change between formats: the text, and for detection the boxes kept."""
+    boxes = [f"{b['label']}@{round(b['x1'])},{round(b['y1'])}" for b in result.get("boxes", ())]
+    return result["result"] + (" " + " ".join(boxes) if boxes else "")
+
+
 def parity_check(folder: Path, formats: list[str], reference, mode, images: np.ndarray, atol: float) -> dict:
     """Run every exported format on the images; compare outputs and decoded strings with
     the Keras model. Raises ParityError naming the format, the difference and an example."""
     x = images.astype(np.float32)
     expected = np.asarray(reference.predict_on_batch(x))
-    want = [r["result"] for r in mode.decode(expected)]
+    want = [answer(r) for r in mode.decode(expected)]
     report = {}
     for fmt in formats:
         if fmt == "keras":
             continue
         got = load_runtime(folder, fmt).predict_on_batch(x)
         diff = float(np.abs(np.asarray(got) - expected).max())
-        texts = [r["result"] for r in mode.decode(got)]
+        texts = [answer(r) for r in mode.decode(got)]
         differ = [i for i, (a, b) in enumerate(zip(want, texts)) if a != b]
         report[fmt] = {"images": len(x), "max_abs_diff": diff, "different_results": len(differ)}
         log.info("parity %s: %d images, max |difference| %.2e, %d different results", fmt, len(x), diff,
@@ -154,6 +161,7 @@ def export(cfg: DictConfig) -> dict:
 
     from bearcat import tracking
     from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, read_meta
+    from bearcat.detection.predictor import RECOGNISER_DIR
     from bearcat.evaluate import locate_bundle
 
     formats = chosen_formats(cfg.format)
@@ -174,6 +182,8 @@ def export(cfg: DictConfig) -> dict:
                 seconds[fmt] = time.perf_counter() - start
                 log.info("wrote %s (%.1f s)", out / FILES[fmt], seconds[fmt])
         mode = Predictor(bundle, model=model).mode
+        if (bundle / RECOGNISER_DIR).is_dir():  # a detector's recogniser travels with it (Keras format)
+            shutil.copytree(bundle / RECOGNISER_DIR, out / RECOGNISER_DIR, dirs_exist_ok=True)
         images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
         report = parity_check(out, formats, model, mode, images, float(cfg.parity.atol))
     meta = {**meta, "mlflow_run_id": source_run, "exports": {

@@ -116,10 +116,20 @@ def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
 
 
 def load_predictor(folder, runtime: str = "onnx", threads: int = 0):
-    """A `bearcat.bundle.Predictor` whose model runs in the chosen runtime."""
-    from bearcat.bundle import Predictor
+    """A `bearcat.bundle.Predictor` whose model runs in the chosen runtime; for a detection
+    bundle a `bearcat.detection.predictor.Detector` (its recogniser in the same runtime)."""
+    from bearcat.bundle import Predictor, read_meta
 
     engine = load_runtime(folder, runtime, threads)
-    predictor = Predictor(folder, model=engine)
+    if read_meta(folder)["mode"]["name"] == "efficientdet":
+        from bearcat.detection.predictor import RECOGNISER_DIR, Detector
+
+        inner = Path(folder) / RECOGNISER_DIR
+        # the recogniser is exported in Keras format only: other runtimes fall back to it
+        inner_runtime = runtime if runtime in available_formats(inner) else "keras"
+        recogniser = load_predictor(inner, inner_runtime, threads) if inner.is_dir() else None
+        predictor = Detector(folder, model=engine, recogniser=recogniser)
+    else:
+        predictor = Predictor(folder, model=engine)
     predictor.runtime = engine.name
     return predictor

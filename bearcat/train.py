@@ -54,6 +54,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     strategy = build_strategy(cfg.trainer)  # first: trainer.cpu_devices must come before TensorFlow starts
     chief = cfg.trainer.get("strategy") != "multi_worker" or is_chief()  # only the chief logs to MLflow
     keras.utils.set_random_seed(cfg.trainer.seed)
+    if cfg.mode.name == "efficientdet":  # boxes, not strings: its own data and scoring
+        from bearcat.detection.train import train_detection
+
+        return train_detection(cfg)
 
     splits = load_sources(cfg)
     mode = build_vocab_and_mode(cfg, splits)

@@ -78,6 +78,14 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
+def letterbox(width: int, height: int, cfg: PreprocessConfig):
+    """Where an image of this size lands on the input canvas: ((new width, new height),
+    (left, top) offset, scale). Detection maps boxes with the same numbers."""
+    scale = min(cfg.width / width, cfg.height / height, 1.0)
+    size = (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1.0 else (width, height)
+    return size, ((cfg.width - size[0]) // 2, (cfg.height - size[1]) // 2), scale
+
+
 def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:
     """Image -> uint8 array (cfg.height, cfg.width, cfg.channels).
 
@@ -85,9 +93,8 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
     grey (`pad_value`) canvas, optionally grayscale and threshold.
     """
     img = _to_mode(ImageOps.exif_transpose(load_image(source, cfg.max_pixels, name)), cfg.channels)
-    scale = min(cfg.width / img.width, cfg.height / img.height, 1.0)
-    if scale < 1.0:
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    size, offset, _ = letterbox(img.width, img.height, cfg)
+    if size != img.size:
         img = img.resize(size, Image.BILINEAR)
     if cfg.threshold is not None:
         if cfg.channels != 1:
@@ -95,6 +102,6 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
         img = img.point(lambda p: 255 if p >= cfg.threshold else 0)
     fill = cfg.pad_value if cfg.channels == 1 else (cfg.pad_value,) * 3
     canvas = Image.new(img.mode, (cfg.width, cfg.height), fill)
-    canvas.paste(img, ((cfg.width - img.width) // 2, (cfg.height - img.height) // 2))
+    canvas.paste(img, offset)
     arr = np.asarray(canvas, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr

@@ -13,6 +13,7 @@ REGISTRY = {
     "ctc_tiny": "bearcat.modes.ctc_tiny:CTCTinyMode",
     "ordinary": "bearcat.modes.ordinary:OrdinaryMode",
     "num_classes": "bearcat.modes.num_classes:NumClassesMode",
+    "efficientdet": "bearcat.modes.efficientdet:DetectionMode",
 }
 
 

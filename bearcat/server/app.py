@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+
+from bearcat.click import order_clicks
 
 from bearcat.data.preprocess import ImageError, preprocess
 from bearcat.server.batcher import Batcher
@@ -35,6 +38,12 @@ class Limits:
 class HTTPProblem(Exception):
     def __init__(self, status: int, detail: str):
         self.status, self.detail = status, detail
+
+
+def client_error(err: Exception) -> HTTPProblem:
+    """A bad body (RequestError) or image (ImageError) as a 4xx: 413 for too many pixels."""
+    too_big = isinstance(err, ImageError) and ("exceeds the limit" in str(err) or "DecompressionBomb" in str(err))
+    return HTTPProblem(413 if too_big else 400, str(err))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -87,6 +96,19 @@ async def image_from_request(request: Request, limit: int) -> bytes:
                            '{"image": "<base64>"}, multipart/form-data with a "file", or image/* bytes')
 
 
+async def prompt_from_request(request: Request) -> str:
+    """The click prompt: JSON field "prompt", multipart field "prompt" or ?prompt=..."""
+    prompt = request.query_params.get("prompt")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        prompt = json.loads(request._body).get("prompt", prompt)  # body already read and checked
+    elif kind == "multipart/form-data":
+        prompt = (await request.form()).get("prompt", prompt)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise HTTPProblem(422, 'send the characters to click as "prompt" (JSON field, form field or ?prompt=)')
+    return prompt.strip()
+
+
 def model_info(predictor, name: str) -> dict:
     meta = predictor.meta
     pre = predictor.pre
@@ -111,6 +133,9 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
     limits = limits or Limits()
     pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
     batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms, model_thread)
+    detects = getattr(predictor, "detects", False)  # detection: boxes mapped back to the image, then named
+    if detects:
+        predictor.pre = pre  # the server's pixel limit applies to detection too
     info = model_info(predictor, name)
     state = {"in_flight": 0}
     app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.")
@@ -141,6 +166,19 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
         check_key(request)
         return {"models": [info]}
 
+    async def answer(request: Request) -> dict:
+        if detects:  # one image through the detector + recogniser, in a worker thread
+            data = await image_from_request(request, limits.max_body_bytes)
+            return (await run_in_threadpool(predictor.predict, [data]))[0]
+        batcher.expect()
+        try:
+            data = await image_from_request(request, limits.max_body_bytes)
+            array = preprocess(data, pre, "image")  # on the loop: a thread hand-off costs more
+        except BaseException:
+            batcher.cancel()
+            raise
+        return await batcher.predict(array)
+
     @app.post("/v1/predict", openapi_extra=REQUEST_BODY_DOC,
               summary="Read one captcha: JSON {image: base64}, a multipart file or raw image bytes")
     async def predict(request: Request):
@@ -150,28 +188,30 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
             raise HTTPProblem(503, f"server busy: {state['in_flight']} requests in progress "
                                    f"(limits.max_in_flight={limits.max_in_flight}); retry later")
         state["in_flight"] += 1
-        batcher.expect()
         try:
-            try:
-                data = await image_from_request(request, limits.max_body_bytes)
-                array = preprocess(data, pre, "image")  # on the loop: a thread hand-off costs more
-            except BaseException:
-                batcher.cancel()
-                raise
-            result = await batcher.predict(array)
-        except RequestError as err:
-            raise HTTPProblem(400, str(err)) from None
-        except ImageError as err:
-            too_big = "exceeds the limit" in str(err) or "DecompressionBomb" in str(err)
-            raise HTTPProblem(413 if too_big else 400, str(err)) from None
+            result = await answer(request)
+        except (RequestError, ImageError) as err:
+            raise client_error(err) from None
         finally:
             state["in_flight"] -= 1
         return JSONResponse({**result, "time_ms": (time.perf_counter() - start) * 1000.0})
 
     @app.post("/v1/click", summary="Click captchas: image + prompt -> ordered click points")
     async def click(request: Request):
+        start = time.perf_counter()
         check_key(request)
-        raise HTTPProblem(404, f"model {name!r} (mode={info['mode']}) does not answer click captchas; "
-                               "serve a click-mode bundle for /v1/click")
+        if not detects:
+            raise HTTPProblem(404, f"model {name!r} (mode={info['mode']}) does not answer click captchas; "
+                                   "serve an efficientdet bundle for /v1/click")
+        try:
+            data = await image_from_request(request, limits.max_body_bytes)
+            prompt = await prompt_from_request(request)
+            result = (await run_in_threadpool(predictor.predict, [data]))[0]
+        except (RequestError, ImageError) as err:
+            raise client_error(err) from None
+        if predictor.recogniser is None and predictor.mode.class_mode == "single":
+            raise HTTPProblem(409, f"model {name!r} finds characters but has no recogniser to name them")
+        return JSONResponse({"prompt": prompt, "clicks": order_clicks(prompt, result["boxes"]),
+                             "boxes": result["boxes"], "time_ms": (time.perf_counter() - start) * 1000.0})
 
     return app

@@ -1,0 +1,231 @@
+"""Training for mode=efficientdet (called by bearcat.train): click-captcha records ->
+letterboxed images + per-anchor targets -> EfficientDet -> COCO mAP on val every epoch
+and on test at the end -> MLflow. Uses the same callbacks, checkpoints, schedules and
+tracking as the recognition modes."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bearcat.detection.anchors import assign_targets
+from bearcat.detection.predictor import RECOGNISER_DIR, Detector, canvas_geometry, to_canvas
+
+log = logging.getLogger("bearcat.train")
+
+
+def detection_mode(cfg: DictConfig, categories: list[str]):
+    from bearcat.experiment import mode_options, preprocess_config
+    from bearcat.modes.efficientdet import DetectionMode
+
+    pre = preprocess_config(cfg)
+    return DetectionMode(DetectionMode.detector_classes(categories, cfg.mode.class_mode),
+                         input_height=pre.height, input_width=pre.width, **mode_options(cfg))
+
+
+def build_detector(cfg: DictConfig, mode):
+    from bearcat.detection.model import build_efficientdet
+    from bearcat.experiment import preprocess_config
+
+    pre = preprocess_config(cfg)
+    m = cfg.mode
+    return build_efficientdet(pre.height, pre.width, pre.channels, len(mode.vocab), mode.anchor_config, phi=m.phi,
+                              application=m.application, feature_layers=tuple(m.feature_layers),
+                              fpn_channels=m.fpn_channels, fpn_repeats=m.fpn_repeats, head_repeats=m.head_repeats,
+                              weights=m.weights)
+
+
+def load_records(cfg: DictConfig, records: list, mode, split: str):
+    """Decoded canvas images (cached on disk) and per-anchor training targets of one split;
+    records whose image cannot be read are dropped and counted by the shared loader."""
+    from bearcat.data.pipeline import load_split
+    from bearcat.experiment import preprocess_config
+
+    pre = preprocess_config(cfg)
+    loaded = load_split([(r.path, "") for r in records], pre, cfg.paths.cache_dir, desc=f"decoding {split}")
+    by_path = {r.path: r for r in records}
+    kept = [by_path[p] for p in loaded.paths]
+    targets = []
+    for r in kept:
+        geometry = canvas_geometry(r.width, r.height, pre)
+        boxes = np.array([to_canvas(o.box, geometry) for o in r.objects], np.float32).reshape(-1, 4)
+        classes = np.array([mode.class_id(o.name) for o in r.objects], np.float32)
+        targets.append(assign_targets(boxes, classes, mode.anchors))
+    return loaded.images, np.stack(targets), kept, len(loaded.errors)
+
+
+def score_detections(detector: Detector, records: list, categories: list[str],
+                     score_threshold: float = 0.05) -> tuple[dict, dict, list[dict]]:
+    """-> (metrics, pycocotools scores incl. per-class AP, predictions). mAP is per
+    character when the detector names characters (recogniser or per_char), else class
+    agnostic; click success needs names."""
+    from PIL import Image
+
+    from bearcat.click import click_success
+    from bearcat.detection.coco_eval import evaluate_detections
+
+    images = [Image.open(r.path).convert("RGB") for r in records]
+    results = detector.detect(images, score_threshold)
+    named = detector.recogniser is not None or detector.mode.class_mode == "per_char"
+    boxes = [r["boxes"] for r in results]
+    scores = evaluate_detections(records, boxes, categories, class_agnostic=not named)
+    metrics = {"map": scores["map"], "map50": scores["map50"], "map75": scores["map75"]}
+    if named:
+        agnostic = evaluate_detections(records, boxes, categories, class_agnostic=True)
+        metrics |= {"map_boxes": agnostic["map"], "map50_boxes": agnostic["map50"],
+                    "click_success": click_success(records, results, detector.mode.score_threshold)}
+    return {k: float(v) for k, v in metrics.items()}, scores, results
+
+
+def load_recogniser(cfg: DictConfig, workdir: str):
+    """The num_classes bundle named by mode.recogniser (bundle folder, run folder or MLflow
+    run id) and its folder, or (None, None)."""
+    if not cfg.mode.get("recogniser"):
+        return None, None
+    from bearcat.bundle import Predictor
+    from bearcat.warmstart import locate_init_bundle
+
+    folder, _ = locate_init_bundle(str(cfg.mode.recogniser), workdir, key="mode.recogniser")
+    predictor = Predictor(folder)
+    if predictor.mode.name != "num_classes":
+        raise ValueError(f"mode.recogniser={cfg.mode.recogniser}: a {predictor.mode.name} model; "
+                         "a recogniser is a num_classes model trained on character crops")
+    return predictor, Path(folder)
+
+
+def detection_gallery(records: list, results: list[dict], path: Path, count: int = 16) -> Path:
+    """Test images with true boxes (green) and predicted boxes + names (red)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from bearcat.data.fonts import find_cjk_font
+    from bearcat.gallery import contact_sheet
+
+    try:
+        font = ImageFont.truetype(find_cjk_font(), 14)
+    except (FileNotFoundError, OSError):  # no CJK font: names drawn as boxes, still useful
+        font = None
+    pictures, captions = [], []
+    for r, res in list(zip(records, results))[:count]:
+        img = Image.open(r.path).convert("RGB")
+        draw = ImageDraw.Draw(img)
+        for o in r.objects:
+            draw.rectangle(o.box, outline=(0, 200, 0), width=2)
+        for b in res["boxes"]:
+            draw.rectangle((b["x1"], b["y1"], b["x2"], b["y2"]), outline=(230, 0, 0), width=1)
+            draw.text((b["x1"], max(0, b["y1"] - 15)), f"{b['label']} {b['score']:.2f}", fill=(230, 0, 0), font=font)
+        pictures.append(np.asarray(img))
+        captions.append(f"prompt {r.prompt}  answer {res.get('result', '')}")
+    return contact_sheet(np.stack(pictures), captions, path, columns=2)
+
+
+def train_detection(cfg: DictConfig) -> dict:
+    import shutil
+    import tempfile
+    import time
+
+    import keras
+    from hydra.utils import instantiate
+
+    from bearcat import tracking
+    from bearcat.bundle import write_bundle
+    from bearcat.callbacks import (Checkpointer, PreciseBatchNorm, TimeBudget, ValidationMetrics, read_state,
+                                   restore_last)
+    from bearcat.data.pipeline import make_dataset
+    from bearcat.detection.model import detection_loss
+    from bearcat.experiment import load_sources, preprocess_config
+    from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
+
+    out_dir = Path(cfg.paths.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    splits = load_sources(cfg)
+    if not hasattr(splits, "categories"):
+        raise ValueError("mode=efficientdet needs a detection dataset (dataset=click or dataset=voc; "
+                         f"experiment=click sets everything), not {cfg.dataset.get('_target_')}")
+    mode = detection_mode(cfg, splits.categories)
+    workdir = tempfile.mkdtemp(prefix="bearcat-det-")
+    recogniser, recogniser_dir = load_recogniser(cfg, workdir)
+    if recogniser is None and mode.class_mode == "single":
+        log.warning("mode.class_mode=single without mode.recogniser: boxes are found but not named; "
+                    "test_map is class-agnostic and no click success is measured")
+
+    data = {s: load_records(cfg, getattr(splits, s), mode, s) for s in ("train", "val", "test")}
+    train_images, train_targets = data["train"][0], data["train"][1]
+    val_records = data["val"][2][:int(cfg.mode.val_images) or None]
+    test_records = data["test"][2]
+    log.info("click captchas: train %d, val %d (scored each epoch: %d), test %d; detector classes %d",
+             len(train_images), len(data["val"][2]), len(val_records), len(test_records), len(mode.vocab))
+
+    model = build_detector(cfg, mode)
+    batch_size = int(cfg.trainer.batch_size)
+    steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
+                                            cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
+    model.compile(optimizer=instantiate(cfg.optimizer, learning_rate=lr), loss=detection_loss(len(mode.vocab)),
+                  jit_compile=cfg.trainer.jit_compile)
+    train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed)
+    detector = Detector(model=model, mode=mode, pre=preprocess_config(cfg), recogniser=recogniser)
+
+    def val_metrics() -> dict:
+        return score_detections(detector, val_records, splits.categories)[0]
+
+    experiment_id = tracking.setup(cfg.mlflow)
+    state = read_state(ckpt_dir) if cfg.get("resume") else None
+    run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
+                             run_name=cfg.get("run_name") or f"efficientdet-d{cfg.mode.phi}",
+                             tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": cfg.mode.application,
+                                   "bearcat.output_dir": str(out_dir.resolve())})
+    status = "FAILED"
+    try:
+        initial_epoch = 0
+        if state:
+            restore_last(model, ckpt_dir, state)
+            initial_epoch = int(state["epoch"])
+        else:
+            tracking.log_params(cfg)
+            tracking.log_artifact(out_dir / "config.yaml")
+            tracking.log_metrics({f"data_{s}_images": len(d[2]) for s, d in data.items()}
+                                 | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
+        callbacks = []
+        if cfg.trainer.bn_calibration_images:
+            callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed))
+        callbacks += [ValidationMetrics(val_metrics, batch_size), *schedule_callbacks, tracking.epoch_callback(),
+                      Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)]
+        if cfg.callbacks.early_stopping.patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.mode.monitor, mode="max",
+                                                           patience=cfg.callbacks.early_stopping.patience))
+        if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
+            callbacks.append(TimeBudget(cfg.trainer.max_minutes))
+        if initial_epoch < cfg.trainer.epochs:
+            model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                      verbose=cfg.trainer.verbose, shuffle=False)
+        best = ckpt_dir / "best.keras"
+        if best.is_file():  # test the epoch that did best on val
+            detector.model = model = keras.models.load_model(best, compile=False)
+
+        start = time.perf_counter()
+        scored, scores, results = score_detections(detector, test_records, splits.categories)
+        metrics = {f"test_{k}": v for k, v in scored.items()}
+        metrics["test_ms_per_image"] = (time.perf_counter() - start) * 1000.0 / max(1, len(results))
+        tracking.log_metrics(metrics)
+        log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+        pred_dir = out_dir / "predictions"
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        per_class = pred_dir / "per_class_ap.json"
+        per_class.write_text(json.dumps(scores["per_class_ap"], ensure_ascii=False, indent=1), encoding="utf-8")
+        tracking.log_artifact(per_class, "predictions")
+        tracking.log_artifact(detection_gallery(test_records, results, pred_dir / "test_boxes.png"), "predictions")
+        bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
+                              {"mlflow_run_id": run.info.run_id, "categories": splits.categories})
+        if recogniser_dir is not None:  # self-contained: the recogniser travels with the detector
+            shutil.copytree(recogniser_dir, bundle / RECOGNISER_DIR, dirs_exist_ok=True)
+        tracking.log_artifacts(bundle, "model")
+        status = "FINISHED"
+    finally:
+        tracking.end_run(status)
+        shutil.rmtree(workdir, ignore_errors=True)
+    metrics["mlflow_run_id"] = run.info.run_id
+    return metrics

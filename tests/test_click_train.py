@@ -1,0 +1,128 @@
+"""End to end on tiny click captchas: a recogniser on the generator's crops, an EfficientDet
+detector that uses it, test mAP in MLflow, the bundle, the click solver (API and CLI), the
+HTTP API and an ONNX export with its parity check."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF
+
+TINY_DETECTOR = ["experiment=click", "dataset.train_size=24", "dataset.val_size=4", "dataset.test_size=6",
+                 "dataset.targets=[2,2]", "dataset.distractors=[0,1]", "preprocess.height=64", "preprocess.width=128",
+                 "mode.fpn_channels=16", "mode.fpn_repeats=1", "mode.head_repeats=1", "mode.val_images=2",
+                 "trainer.epochs=1", "trainer.batch_size=8", "trainer.max_minutes=null", "trainer.verbose=0",
+                 "trainer.bn_calibration_images=16"]
+
+
+@pytest.fixture(scope="module")
+def click_run(tmp_path_factory):
+    from bearcat.train import train
+
+    root = tmp_path_factory.mktemp("click")
+    uri = f"sqlite:///{root}/mlflow.db"
+    common = [f"paths.cache_dir={root / 'cache'}", f"mlflow.artifact_root={root / 'artifacts'}"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            det_cfg = compose(config_name="train", overrides=[*TINY_DETECTOR, *common,
+                                                               f"paths.output_dir={root / 'detector'}"])
+        from bearcat.experiment import load_sources
+
+        crops = load_sources(det_cfg).crops_root  # generates the captchas (and their crops) once
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            rec_cfg = compose(config_name="train", overrides=[
+                "mode=num_classes", "dataset=folder", f"dataset.root={crops}", "preprocess.height=32",
+                "preprocess.width=32", "debug=fast", *common, f"paths.output_dir={root / 'recogniser'}"])
+        recogniser = train(rec_cfg)
+        det_cfg.mode.recogniser = str(root / "recogniser" / "model")
+        metrics = train(det_cfg)
+    return {"metrics": metrics, "root": root, "uri": uri, "recogniser": recogniser, "cfg": det_cfg}
+
+
+def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
+    metrics, root = click_run["metrics"], click_run["root"]
+    for key in ("test_map", "test_map50", "test_map_boxes", "test_map50_boxes", "test_click_success"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    run = mlflow.MlflowClient(click_run["uri"]).get_run(metrics["mlflow_run_id"])
+    assert run.data.metrics["test_map"] == pytest.approx(metrics["test_map"])
+    assert "test_map50" in run.data.metrics and "val_map" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient(click_run["uri"]).list_artifacts(run.info.run_id, "predictions")}
+    assert {"predictions/per_class_ap.json", "predictions/test_boxes.png"} <= artifacts
+    bundle = root / "detector" / "model"
+    meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    assert meta["mode"]["name"] == "efficientdet" and meta["vocabulary"] == ["char"]
+    assert (bundle / "recogniser" / "bundle.json").is_file()
+
+
+def test_solver_answers_in_prompt_order(click_run):
+    from bearcat.click import main, solve
+    from bearcat.detection.predictor import Detector
+
+    root, cfg = click_run["root"], click_run["cfg"]
+    from bearcat.experiment import load_sources
+
+    record = load_sources(cfg).test[0]
+    detector = Detector(root / "detector" / "model")
+    assert detector.recogniser is not None
+    (result,) = detector.predict([record.path], score_threshold=0.0)
+    assert result["boxes"], "with no score threshold an untrained detector still returns its best boxes"
+    for b in result["boxes"]:  # boxes are in the captcha's own pixels and named by the recogniser
+        assert 0 <= b["x1"] <= b["x2"] <= record.width and 0 <= b["y1"] <= b["y2"] <= record.height
+        assert b["label"] in load_sources(cfg).categories
+    clicks = solve(record.path, record.prompt, detector)
+    assert [c["char"] for c in clicks] == list(record.prompt)
+    assert all((c["x"] is None) == (c["y"] is None) for c in clicks)
+    assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
+
+
+def test_http_click_and_predict(click_run):
+    from fastapi.testclient import TestClient
+
+    from bearcat.detection.predictor import Detector
+    from bearcat.experiment import load_sources
+    from bearcat.server.app import create_app
+
+    record = load_sources(click_run["cfg"]).test[0]
+    client = TestClient(create_app(Detector(click_run["root"] / "detector" / "model"), "click-test"))
+    image = open(record.path, "rb").read()
+    answer = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [c["char"] for c in body["clicks"]] == list(record.prompt)
+    assert body["prompt"] == record.prompt and "boxes" in body
+    multipart = client.post("/v1/click", files={"file": ("c.png", io.BytesIO(image), "image/png")},
+                            data={"prompt": record.prompt})
+    assert multipart.status_code == 200 and multipart.json()["clicks"] == body["clicks"]
+    assert client.post("/v1/click", json={"image": base64.b64encode(image).decode()}).status_code == 422
+    assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": "天"}).status_code == 400
+    predicted = client.post("/v1/predict", files={"file": ("c.png", io.BytesIO(image), "image/png")})
+    assert predicted.status_code == 200 and isinstance(predicted.json()["boxes"], list)
+    assert client.get("/v1/models").json()["models"][0]["mode"] == "efficientdet"
+
+
+def test_onnx_export_of_a_detector_passes_parity_and_serves(click_run):
+    from bearcat.export import export
+    from bearcat.runtime import load_predictor
+
+    root = click_run["root"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", click_run["uri"])
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="export", overrides=[
+                f"checkpoint={root / 'detector'}", "format=onnx", f"output_dir={root / 'export'}",
+                f"paths.output_dir={root / 'export_job'}", f"paths.cache_dir={root / 'cache'}",
+                f"mlflow.artifact_root={root / 'artifacts'}", "parity.images=4"])
+        summary = export(cfg)
+    assert summary["parity"]["onnx"]["different_results"] == 0
+    predictor = load_predictor(root / "export", "onnx")
+    assert predictor.detects and predictor.recogniser is not None
+    from bearcat.experiment import load_sources
+
+    record = load_sources(click_run["cfg"]).test[0]
+    assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
