@@ -52,6 +52,9 @@ def build_strategy(trainer):
             raise ValueError("trainer.strategy=multi_worker needs the TF_CONFIG environment variable "
                              '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                              '"task": {"type": "worker", "index": 0}}) on every worker')
+        if trainer.get("max_minutes"):
+            raise ValueError("trainer.strategy=multi_worker: set trainer.max_minutes=null (each worker's own "
+                             "clock would end training at a different step, and the others would wait forever)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     split_cpu(trainer.get("cpu_devices"))
     devices = trainer.get("devices")

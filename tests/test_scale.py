@@ -89,6 +89,10 @@ def test_bad_strategy_settings_name_the_key(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="trainer.strategy=multi_worker needs the TF_CONFIG"):
         build_strategy(OmegaConf.create({"strategy": "multi_worker"}))
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="set trainer.max_minutes=null"):
+        build_strategy(OmegaConf.create({"strategy": "multi_worker", "max_minutes": 7.5}))
 
 
 def test_tensorboard_logs_are_run_artifacts(make_cfg, tmp_path):

@@ -128,3 +128,20 @@ def test_bad_sweep_settings_name_the_key(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode != 0
     assert "optimized_metric=test_acuracy: not a metric of this run" in proc.stderr
+
+
+def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.min_length=4,0",  # 0: a bad setting
+           f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode != 0 and "dataset.min_length=0" in proc.stderr
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = runs_of(client)
+    [parent] = [r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent"]
+    assert parent.info.status == "FAILED"
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep_summary.csv", encoding="utf-8")))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "FINISHED")]  # job 1 failed before its run began
+    assert parent.data.metrics["jobs_finished"] == 1
