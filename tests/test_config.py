@@ -41,3 +41,11 @@ def test_contract_keys_exist(make_cfg):
         for part in key.split("."):
             node = node[part]
     assert cfg.mode.name == "ctc" and cfg.backbone.name == "cnn_small"
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_debug_fast_shrinks_every_preset(make_cfg, preset):
+    cfg = make_cfg([f"experiment={preset}", "debug=fast"])  # debug comes last in the defaults list
+    assert cfg.trainer.epochs == 1 and cfg.trainer.batch_size == 16
+    if "train_size" in cfg.dataset:
+        assert cfg.dataset.train_size == 64
