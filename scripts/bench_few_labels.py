@@ -1,0 +1,130 @@
+"""Benchmark: how many labels does a real captcha set need? Fine-tuning the
+`experiment=pretrain_generated` model against training from scratch, on the same 100 /
+200 / 400 labelled images of ../shared/datasets/swust_cas_20191218.
+
+    python scripts/bench_few_labels.py                       # pretrains first if needed
+    python scripts/bench_few_labels.py --pretrained outputs/bench/few_labels/pretrain/model
+    python scripts/bench_few_labels.py --sizes 100 --minutes 1   # quick check
+    python scripts/bench_few_labels.py --epochs 40 --skip-scratch  # fixed epochs, not minutes
+
+Split (fixed seed, never changes with the size): 400 test images, 50 validation images
+(used only to pick the checkpoint), and training images taken from the start of the
+rest, so the 100 images are among the 200, which are among the 400. Labels are folded
+to lower case (case-insensitive scoring). The split is copied into --out; the shared
+folder is only read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOALS = {100: 0.90, 200: 0.95, 400: 0.98}
+
+
+def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int) -> Path:
+    """out/n<size>/{train,val,test}/ holding copies of the chosen files."""
+    from bearcat.data.labels import is_image_file
+
+    files = sorted(p for p in data.iterdir() if is_image_file(p))
+    random.Random(seed).shuffle(files)
+    parts = {"test": files[:test], "val": files[test:test + val], "train": files[test + val:test + val + size]}
+    if len(parts["train"]) < size:
+        sys.exit(f"{data}: only {len(parts['train'])} images left for training, {size} asked")
+    root = out / f"n{size}"
+    for split, chosen in parts.items():
+        folder = root / split
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for path in chosen:
+            shutil.copy2(path, folder / path.name)
+    return root
+
+
+def run_train(overrides: list[str]) -> tuple[dict, float]:
+    import keras
+    from hydra import compose, initialize_config_dir
+
+    from bearcat.train import train
+
+    keras.backend.clear_session()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    start = time.monotonic()
+    metrics = train(cfg)
+    return metrics, time.monotonic() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "swust_cas_20191218"))
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "few_labels"))
+    ap.add_argument("--pretrained", default=None, help="bundle folder or MLflow run id of a pretrain_generated run "
+                                                       "(default: <out>/pretrain/model, trained first if missing)")
+    ap.add_argument("--pretrain-minutes", type=float, default=12.0, help="training budget of that pretraining")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
+    ap.add_argument("--minutes", type=float, default=3.0, help="training budget of each fine-tune / scratch run")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="train each run for this many epochs instead of --minutes (load-independent)")
+    ap.add_argument("--freeze-epochs", type=int, default=2, help="trainer.freeze_backbone_epochs of the fine-tunes")
+    ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--val", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-scratch", action="store_true")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the fine-tunes and scratch runs")
+    args = ap.parse_args()
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
+    common = [f"paths.cache_dir={out}/cache", f"mlflow.artifact_root={out}/artifacts",
+              "mlflow.experiment_name=few_labels", "trainer.verbose=0"]
+    pretrained = args.pretrained or str(out / "pretrain" / "model")
+    results = []
+    if not args.pretrained and not (Path(pretrained) / "bundle.json").is_file():
+        metrics, seconds = run_train([*common, "experiment=pretrain_generated", f"paths.output_dir={out}/pretrain",
+                                      f"trainer.max_minutes={args.pretrain_minutes}"])
+        results.append({"run": "pretrain_generated", "images": None, "test_accuracy": metrics["test_accuracy"],
+                        "seconds": seconds})
+        print(f"pretrain_generated: test accuracy (generated) {metrics['test_accuracy']:.4f} in {seconds:.0f} s",
+              flush=True)
+
+    budget = ([f"trainer.epochs={args.epochs}", "trainer.max_minutes=null"] if args.epochs else
+              ["trainer.epochs=500", f"trainer.max_minutes={args.minutes}"])
+    tune = ["experiment=swust", *budget, "trainer.batch_size=32", *args.extra]
+    for size in args.sizes:
+        root = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed)
+        kinds = [("fine-tune", [f"init_from={pretrained}", f"trainer.freeze_backbone_epochs={args.freeze_epochs}"])]
+        if not args.skip_scratch:
+            kinds.append(("scratch", []))
+        for kind, extra in kinds:
+            metrics, seconds = run_train([*common, *tune, f"dataset.root={root}", *extra,
+                                          f"run_name=few_labels-{kind}-{size}",
+                                          f"paths.output_dir={out}/runs/{kind}-{size}"])
+            epochs = json.loads((out / "runs" / f"{kind}-{size}" / "checkpoints" / "state.json").read_text())["epoch"]
+            row = {"run": kind, "images": size, "epochs": epochs, "test_accuracy": metrics["test_accuracy"],
+                   "test_char_accuracy": metrics["test_char_accuracy"], "seconds": seconds,
+                   "goal": GOALS.get(size), "mlflow_run_id": metrics["mlflow_run_id"]}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    print(f"\n{'run':<10} {'images':>6} {'epochs':>6} {'test acc':>9} {'char acc':>9} {'goal':>5} {'seconds':>8}")
+    for r in results:
+        if r["images"] is None:
+            continue
+        print(f"{r['run']:<10} {r['images']:>6} {r['epochs']:>6} {r['test_accuracy']:>9.4f} "
+              f"{r['test_char_accuracy']:>9.4f} {r['goal'] or '':>5} {r['seconds']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
