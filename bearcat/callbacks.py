@@ -142,11 +142,14 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     the re-estimated statistics.
     """
 
-    def __init__(self, images: np.ndarray, sample: int = 1024, seed: int = 0):
+    def __init__(self, images: np.ndarray, sample: int = 1024, seed: int = 0, chunk: int | None = None):
         super().__init__()
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(images), size=min(sample, len(images)), replace=False)
         self.batch = images[np.sort(pick)].astype(np.float32)
+        # Large models (detection) would hold every activation of the whole sample at once:
+        # in chunks, each layer's statistics are averaged over the chunks instead.
+        self.chunk = int(chunk) if chunk else len(self.batch)
 
     def on_epoch_end(self, epoch, logs=None):
         layers = [layer for layer in self.model._flatten_layers()
@@ -155,9 +158,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             return
         momenta = [layer.momentum for layer in layers]
         try:
-            for layer in layers:
-                layer.momentum = 0.0  # moving stats := this batch's stats
-            self.model(self.batch, training=True)
+            for k, start in enumerate(range(0, len(self.batch), self.chunk)):
+                for layer in layers:
+                    layer.momentum = k / (k + 1)  # moving stats := mean of the chunks' stats so far
+                self.model(self.batch[start:start + self.chunk], training=True)
         finally:
             for layer, m in zip(layers, momenta):
                 layer.momentum = m

@@ -53,7 +53,7 @@ def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict) ->
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
-    from bearcat.bundle import Predictor
+    from bearcat.bundle import Predictor, read_meta
     from bearcat.data.pipeline import load_split
     from bearcat.data.sources import SPLITS, Splits
     from bearcat.experiment import filter_labels, load_sources, predict, score
@@ -62,6 +62,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)
+        if read_meta(bundle)["mode"]["name"] == "efficientdet":  # boxes: scored by mAP
+            from bearcat.detection.evaluate import evaluate_detection
+
+            return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
         predictor = Predictor(bundle)
         cfg = evaluation_config(cfg, train_config, predictor.meta)
         mode, pre = predictor.mode, predictor.pre
@@ -107,7 +111,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["test_accuracy"]
+    metrics = evaluate(cfg)
+    return metrics.get("test_accuracy", metrics.get("test_map"))  # detection models report mAP
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def unrolled_copy(model):
     try:
         copy = keras.models.clone_model(model, clone_function=unrolled)
         copy.set_weights(model.get_weights())
-        copy.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # export needs a called model
+        copy.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
         return copy
     except Exception as err:  # custom layers without a usable config: export as it is
         log.warning("ONNX: recurrent layers left rolled (%s: %s)", type(err).__name__, err)
@@ -174,6 +174,7 @@ def export(cfg: DictConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(bundle / MODEL_FILE, out / MODEL_FILE)
         model = keras.models.load_model(out / MODEL_FILE, compile=False)
+        model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
         seconds = {}
         for fmt in formats:
             if fmt != "keras":

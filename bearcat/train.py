@@ -26,22 +26,62 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
+def open_run(cfg: DictConfig, experiment_id: str, state: dict | None, default_name: str, backbone: str):
+    """Start the run's MLflow run, or reopen it when resuming; inside a multirun it is a
+    child of the sweep's parent run, with the sweep's tags."""
+    from bearcat import tracking
+    from bearcat.sweeps import child_run_options
+
+    sweep = child_run_options(experiment_id)
+    return tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
+                              run_name=cfg.get("run_name") or default_name,
+                              tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": backbone,
+                                    "bearcat.output_dir": str(Path(cfg.paths.output_dir).resolve()), **sweep["tags"]},
+                              parent_run_id=None if state else sweep["parent_run_id"])
+
+
+def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbacks: list, checkpointer,
+                    monitor: str) -> list:
+    """The per-epoch callbacks every mode trains with. Order matters: BatchNorm statistics
+    are re-estimated, val metrics computed, logged, then the checkpoint commits the epoch,
+    so a kill never leaves an epoch checkpointed but missing from MLflow."""
+    import keras
+
+    from bearcat import tracking
+    from bearcat.callbacks import PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
+    from bearcat.optim.schedules import TimeBudgetCosine
+
+    callbacks = []
+    if cfg.trainer.bn_calibration_images:
+        callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed,
+                                          cfg.trainer.get("bn_calibration_chunk")))
+    callbacks += [ValidationMetrics(val_metrics, int(cfg.trainer.batch_size)), *schedule_callbacks,
+                  tracking.epoch_callback(), checkpointer]
+    if cfg.callbacks.early_stopping.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
+                                                       patience=cfg.callbacks.early_stopping.patience,
+                                                       min_delta=cfg.callbacks.early_stopping.min_delta))
+    if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
+        callbacks.append(TimeBudget(cfg.trainer.max_minutes))
+    if cfg.trainer.get("tensorboard"):
+        callbacks.append(tensorboard(Path(cfg.paths.output_dir) / "tensorboard"))
+    return callbacks
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     import keras
     from hydra.utils import instantiate
 
     from bearcat import tracking
     from bearcat.bundle import write_bundle
-    from bearcat.callbacks import (Checkpointer, PreciseBatchNorm, TimeBudget, ValidationMetrics, read_state,
-                                   restore_last, tensorboard)
+    from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
-    from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
-    from bearcat.sweeps import child_run_options
+    from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
 
     if cfg.get("resume"):
@@ -89,12 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     state = read_state(ckpt_dir) if cfg.get("resume") else None
-    sweep = child_run_options(experiment_id)  # inside a multirun: parent run + sweep tags
-    run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
-                             run_name=cfg.get("run_name") or f"{cfg.mode.name}-{cfg.backbone.name}",
-                             tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": cfg.backbone.name,
-                                   "bearcat.output_dir": str(out_dir.resolve()), **sweep["tags"]},
-                             parent_run_id=None if state else sweep["parent_run_id"])
+    run = open_run(cfg, experiment_id, state, f"{cfg.mode.name}-{cfg.backbone.name}", cfg.backbone.name)
     status = "FAILED"
     try:
         initial_epoch = 0
@@ -120,23 +155,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         freeze.start(initial_epoch)  # after a resume restored the optimizer state
         model.summary(print_fn=log.info)
 
-        callbacks = [freeze]
-        if cfg.trainer.bn_calibration_images:
-            callbacks.append(PreciseBatchNorm(train_split.images, cfg.trainer.bn_calibration_images,
-                                              cfg.trainer.seed))
-        # Order matters: metrics are computed, then logged, then the checkpoint commits the
-        # epoch, so a kill never leaves an epoch checkpointed but missing from MLflow.
         checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
-        callbacks += [ValidationMetrics(val_metrics, batch_size), *schedule_callbacks,
-                      tracking.epoch_callback(), checkpointer]
-        if cfg.callbacks.early_stopping.patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.callbacks.monitor, mode="max",
-                                                           patience=cfg.callbacks.early_stopping.patience,
-                                                           min_delta=cfg.callbacks.early_stopping.min_delta))
-        if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
-            callbacks.append(TimeBudget(cfg.trainer.max_minutes))
-        if cfg.trainer.get("tensorboard"):
-            callbacks.append(tensorboard(out_dir / "tensorboard"))
+        callbacks = [freeze, *epoch_callbacks(cfg, train_split.images, val_metrics, schedule_callbacks, checkpointer,
+                                              cfg.callbacks.monitor)]
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=cfg.trainer.verbose, shuffle=False)  # the dataset shuffles itself

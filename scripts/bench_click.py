@@ -2,6 +2,7 @@
 generator's crops, train the EfficientDet detector, score on the test split.
 
     python scripts/bench_click.py                      # defaults: recogniser 8 min, detector 40 min
+    python scripts/bench_click.py --recogniser outputs/bench/click/<stamp>-recogniser/model   # reuse one
     python scripts/bench_click.py --recogniser-minutes 1 --detector-minutes 2 \
         --overrides dataset.train_size=200             # quick check
 
@@ -40,6 +41,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recogniser-minutes", type=float, default=8.0, help="recogniser training budget (minutes)")
     parser.add_argument("--detector-minutes", type=float, default=40.0, help="detector training budget (minutes)")
+    parser.add_argument("--recogniser", default=None,
+                        help="use this recogniser bundle (e.g. from an earlier run) instead of training one")
     add_common_args(parser, ROOT / "outputs" / "bench" / "click")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -62,11 +65,13 @@ def main():
     data_cfg = compose_train(["experiment=click", "paths.output_dir=/tmp", *args.overrides])
     splits = instantiate(data_cfg.dataset, cache_dir=data_cfg.paths.cache_dir, _convert_="all")
     rows.append({"stage": "generate", "wall_s": time.monotonic() - begin})
-    stage("recogniser", ["mode=num_classes", "dataset=folder", f"dataset.root={splits.crops_root}",
-                         "preprocess.height=48", "preprocess.width=48", "preprocess.channels=1",
-                         "optimized_metric=test_accuracy", "run_name=click-recogniser",
-                         f"trainer.max_minutes={args.recogniser_minutes}"])
-    stage("detector", ["experiment=click", f"mode.recogniser={args.out / f'{stamp}-recogniser' / 'model'}",
+    recogniser = args.recogniser or args.out / f"{stamp}-recogniser" / "model"
+    if not args.recogniser:
+        stage("recogniser", ["mode=num_classes", "dataset=folder", f"dataset.root={splits.crops_root}",
+                             "preprocess.height=48", "preprocess.width=48", "preprocess.channels=1",
+                             "optimized_metric=test_accuracy", "run_name=click-recogniser",
+                             f"trainer.max_minutes={args.recogniser_minutes}"])
+    stage("detector", ["experiment=click", f"mode.recogniser={recogniser}",
                        f"trainer.max_minutes={args.detector_minutes}", *args.overrides])
     rows.append({"stage": "total", "wall_s": time.monotonic() - begin})
     save_report(report, rows)

@@ -45,6 +45,18 @@ def click_run(tmp_path_factory):
     return {"metrics": metrics, "root": root, "uri": uri, "recogniser": recogniser, "cfg": det_cfg}
 
 
+def _run_job(click_run, job, config_name: str, overrides: list[str]):
+    """Run export / evaluate on the trained detector with the test's own store and folders."""
+    root = click_run["root"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", click_run["uri"])
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=[
+                f"checkpoint={root / 'detector'}", f"paths.output_dir={root / config_name}",
+                f"paths.cache_dir={root / 'cache'}", f"mlflow.artifact_root={root / 'artifacts'}", *overrides])
+        return job(cfg)
+
+
 def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
     metrics, root = click_run["metrics"], click_run["root"]
     for key in ("test_map", "test_map50", "test_map_boxes", "test_map50_boxes", "test_click_success"):
@@ -111,18 +123,24 @@ def test_onnx_export_of_a_detector_passes_parity_and_serves(click_run):
     from bearcat.runtime import load_predictor
 
     root = click_run["root"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", click_run["uri"])
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose(config_name="export", overrides=[
-                f"checkpoint={root / 'detector'}", "format=onnx", f"output_dir={root / 'export'}",
-                f"paths.output_dir={root / 'export_job'}", f"paths.cache_dir={root / 'cache'}",
-                f"mlflow.artifact_root={root / 'artifacts'}", "parity.images=4"])
-        summary = export(cfg)
+    summary = _run_job(click_run, export, "export", ["format=onnx", f"output_dir={root / 'onnx'}",
+                                                    "parity.images=4"])
     assert summary["parity"]["onnx"]["different_results"] == 0
-    predictor = load_predictor(root / "export", "onnx")
+    predictor = load_predictor(root / "onnx", "onnx")
     assert predictor.detects and predictor.recogniser is not None
     from bearcat.experiment import load_sources
 
     record = load_sources(click_run["cfg"]).test[0]
     assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
+
+
+def test_evaluate_scores_a_detection_run(click_run):
+    from bearcat.evaluate import evaluate
+
+    root = click_run["root"]
+    metrics = _run_job(click_run, evaluate, "evaluate", [])
+    assert metrics["test_images"] == 6
+    # the same model on the same split: the training run's own test figures
+    assert metrics["test_map"] == pytest.approx(click_run["metrics"]["test_map"], abs=1e-6)
+    assert metrics["test_click_success"] == pytest.approx(click_run["metrics"]["test_click_success"])
+    assert (root / "evaluate" / "per_class_ap.json").is_file() and (root / "evaluate" / "evaluation_boxes.png").is_file()

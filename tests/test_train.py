@@ -156,3 +156,25 @@ def test_best_checkpoint_ties_go_to_the_later_epoch(tmp_path):
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["best"] == 1.0 and state["best_epoch"] == 3 and state["epoch"] == 4
     assert (tmp_path / "best.keras").is_file() and [p.name for p in tmp_path.glob("epoch-*")] == ["epoch-0004"]
+
+
+def test_precise_batchnorm_in_chunks_averages_the_chunks():
+    """Chunked re-estimation (for large models): the first BatchNorm's moving mean is the
+    mean over all sampled images, as in one pass, and its variance the mean of the
+    chunks' variances."""
+    import keras
+    import numpy as np
+
+    from bearcat.callbacks import PreciseBatchNorm
+
+    inputs = keras.Input((2, 2, 1))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(inputs))
+    images = np.random.default_rng(0).normal(3.0, 2.0, (8, 2, 2, 1)).astype(np.float32)
+    chunked = PreciseBatchNorm(images, sample=8, chunk=4)
+    chunked.set_model(model)
+    chunked.on_epoch_end(0)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), [chunked.batch.mean()], rtol=1e-5)
+    per_chunk = [chunked.batch[:4].var(), chunked.batch[4:].var()]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), [np.mean(per_chunk)], rtol=1e-4)
+    assert bn.momentum == 0.99  # restored afterwards

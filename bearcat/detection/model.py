@@ -7,6 +7,7 @@ Width and depth follow the EfficientDet compound scaling from `phi` (BiFPN width
 """
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -98,9 +99,16 @@ def build_efficientdet(height: int, width: int, channels: int, num_classes: int,
     inputs = keras.Input((height, width, channels), name="image")
     x = layers.Concatenate(name="gray_to_rgb")([inputs] * 3) if channels == 1 else inputs
     try:
-        backbone = getattr(keras.applications, application)(include_top=False, weights=None, input_tensor=x)
+        ctor = getattr(keras.applications, application)
     except AttributeError:
         raise ValueError(f"mode.application={application}: not in keras.applications") from None
+    options = {}
+    if "include_preprocessing" in inspect.signature(ctor).parameters:
+        # Our own scaling to [-1, 1]: the application's Normalization layer exports to ONNX
+        # with its constants as missing inputs.
+        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(x)
+        options["include_preprocessing"] = False
+    backbone = ctor(include_top=False, weights=None, input_tensor=x, **options)
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"mode.weights={weights}: file not found (no download: give a local file)")

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bearcat.detection.anchors import assign_targets
 from bearcat.detection.predictor import RECOGNISER_DIR, Detector, canvas_geometry, to_canvas
@@ -132,12 +132,12 @@ def train_detection(cfg: DictConfig) -> dict:
 
     from bearcat import tracking
     from bearcat.bundle import write_bundle
-    from bearcat.callbacks import (Checkpointer, PreciseBatchNorm, TimeBudget, ValidationMetrics, read_state,
-                                   restore_last)
+    from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import load_sources, preprocess_config
-    from bearcat.optim.schedules import TimeBudgetCosine, build_schedule
+    from bearcat.optim.schedules import build_schedule
+    from bearcat.train import epoch_callbacks, open_run
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -174,10 +174,7 @@ def train_detection(cfg: DictConfig) -> dict:
 
     experiment_id = tracking.setup(cfg.mlflow)
     state = read_state(ckpt_dir) if cfg.get("resume") else None
-    run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
-                             run_name=cfg.get("run_name") or f"efficientdet-d{cfg.mode.phi}",
-                             tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": cfg.mode.application,
-                                   "bearcat.output_dir": str(out_dir.resolve())})
+    run = open_run(cfg, experiment_id, state, f"efficientdet-d{cfg.mode.phi}", cfg.mode.application)
     status = "FAILED"
     try:
         initial_epoch = 0
@@ -189,16 +186,8 @@ def train_detection(cfg: DictConfig) -> dict:
             tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_metrics({f"data_{s}_images": len(d[2]) for s, d in data.items()}
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
-        callbacks = []
-        if cfg.trainer.bn_calibration_images:
-            callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed))
-        callbacks += [ValidationMetrics(val_metrics, batch_size), *schedule_callbacks, tracking.epoch_callback(),
-                      Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)]
-        if cfg.callbacks.early_stopping.patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.mode.monitor, mode="max",
-                                                           patience=cfg.callbacks.early_stopping.patience))
-        if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
-            callbacks.append(TimeBudget(cfg.trainer.max_minutes))
+        checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
+        callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=cfg.trainer.verbose, shuffle=False)
