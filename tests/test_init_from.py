@@ -78,7 +78,9 @@ def test_init_from_errors_name_the_key(tmp_path):
         locate_init_bundle(str(tmp_path), str(tmp_path))
 
 
-def test_frozen_backbone_stays_unchanged_then_trains(trained_run, make_cfg, tmp_path):
+def test_frozen_backbone_stays_unchanged(trained_run, make_cfg, tmp_path):
+    """A whole run inside the frozen epochs leaves every backbone weight as loaded (that the
+    backbone trains once unfrozen: test_resume_inside_the_frozen_epochs_freezes_again)."""
     source_dir = trained_run["output_dir"] / "model"
     source = weights_by_layer(keras.models.load_model(source_dir / MODEL_FILE, compile=False))
 
@@ -93,14 +95,6 @@ def test_frozen_backbone_stays_unchanged_then_trains(trained_run, make_cfg, tmp_
         assert same(after[name], source[name]), f"{name} changed while frozen"
     assert not same(after["ctc_proj"], source["ctc_proj"]) and not same(after["ctc_probs"], source["ctc_probs"])
     assert mlflow.get_run(one["mlflow_run_id"]).data.params["trainer.freeze_backbone_epochs"] == "1"
-
-    train(make_cfg([*TINY, f"init_from={source_dir}", "trainer.freeze_backbone_epochs=1", "trainer.epochs=2",
-                    "callbacks.early_stopping.patience=0"], output="unfrozen"))
-    model = keras.models.load_model(source_dir / MODEL_FILE, compile=False)
-    model.load_weights(f"{tmp_path}/unfrozen/checkpoints/epoch-0002/model.weights.h5")
-    last = weights_by_layer(model)
-    changed = [name for name in backbone if not same(last[name], source[name])]
-    assert changed == backbone, "every backbone layer trains once unfrozen"
 
 
 def test_resume_inside_the_frozen_epochs_freezes_again(make_cfg, tmp_path):
