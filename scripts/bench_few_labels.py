@@ -100,7 +100,9 @@ def main() -> None:
 
     budget = ([f"trainer.epochs={args.epochs}", "trainer.max_minutes=null"] if args.epochs else
               ["trainer.epochs=500", f"trainer.max_minutes={args.minutes}"])
-    tune = ["experiment=swust", *budget, "trainer.batch_size=32", *args.extra]
+    # The swust preset trains ordinary mode from scratch; the fine-tune keeps the CTC head of
+    # pretrain_generated (same 0-9a-z vocabulary), so both kinds of run use CTC + light augmentation.
+    tune = ["experiment=swust", "mode=ctc", "augmentation=light", *budget, "trainer.batch_size=32", *args.extra]
     for size in args.sizes:
         root = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed)
         kinds = [("fine-tune", [f"init_from={pretrained}", f"trainer.freeze_backbone_epochs={args.freeze_epochs}"])]
