@@ -79,3 +79,47 @@ def is_chief(tf_config: str | None = None) -> bool:
     if "chief" in (spec.get("cluster") or {}):
         return kind == "chief"
     return kind == "worker" and index == 0
+
+
+def build_before_fit(model, strategy, images, targets) -> None:
+    """Under MultiWorkerMirroredStrategy, build the model's training state from a local
+    batch and stop Keras from doing it at the start of fit().
+
+    Keras 3 (3.15 here) builds that state at the start of fit() from the first batch of the
+    distributed dataset; under MultiWorkerMirroredStrategy that batch arrives as per-worker
+    values Keras cannot turn into tensors, and fit() stops with "Attempt to convert a value
+    (PerReplica...)" (keras-team/keras#20585, tensorflow/tensorflow#72388). Building from a
+    plain batch first gives the same variables; the per-model switch-off is needed because
+    Keras fetches and converts that first batch even when nothing is left to build.
+    Other strategies keep Keras' own path.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=(tf.convert_to_tensor(images[:2], tf.float32),
+                                          tf.convert_to_tensor(targets[:2])))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    _average_scalars_across_workers()
+
+
+def _average_scalars_across_workers() -> None:
+    """Keras 3.15 averages each step's loss and metrics across workers with
+    strategy.reduce("MEAN", value, axis=0), which fails for scalars ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). Average them over replicas (axis=None) instead;
+    every other reduction goes through Keras unchanged. Installed once, only for multi_worker."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    keras_reduce = tf_trainer.reduce_per_replica
+    if getattr(keras_reduce, "bearcat_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return keras_reduce(values, strategy, reduction)
+
+    reduce_per_replica.bearcat_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica

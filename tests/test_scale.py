@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bearcat.distribute import build_strategy, is_chief
+from bearcat.experiment import build_vocab_and_mode, load_data, load_sources
 from bearcat.train import train
 from tests.conftest import ROOT
 
@@ -40,6 +41,36 @@ def test_mirrored_strategy_trains_on_two_cpu_replicas(tmp_path):
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(losses) == 2 and all(0 < v < 1e4 for v in losses)  # two synchronised epochs, finite loss
     assert (tmp_path / "run" / "model" / "model.keras").is_file()
+
+
+def test_multi_worker_trains_with_two_workers_on_loopback(make_cfg, tmp_path):
+    # Two processes, one TF_CONFIG each, as two machines would run it; only worker 0 logs to
+    # the shared store, worker 1 into its private worker_mlflow.db.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [*TINY, "trainer.strategy=multi_worker", "trainer.epochs=2", f"paths.cache_dir={tmp_path / 'cache'}",
+              f"mlflow.artifact_root={tmp_path / 'artifacts'}"]
+    cfg = make_cfg(TINY)  # generate and decode once here, so the two workers only read the cache
+    splits = load_sources(cfg)
+    load_data(cfg, splits, build_vocab_and_mode(cfg, splits))
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    procs = [subprocess.Popen([sys.executable, "-m", "bearcat.train", *common, f"hydra.run.dir={tmp_path / f'w{i}'}"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env(MLFLOW_TRACKING_URI=uri,
+                                      TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})))
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("bearcat").experiment_id])  # the chief's only
+    assert run.info.status == "FINISHED" and run.data.metrics["replicas"] == 2
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 2 and all(0 < v < 1e4 for v in losses)
+    assert "test_accuracy" in run.data.metrics
+    worker = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'w1' / 'worker_mlflow.db'}")
+    [w1] = worker.search_runs([worker.get_experiment_by_name("bearcat").experiment_id])
+    w1_losses = [m.value for m in sorted(worker.get_metric_history(w1.info.run_id, "loss"), key=lambda m: m.step)]
+    assert w1_losses == pytest.approx(losses, rel=1e-5)  # one synchronised model: the same loss on both workers
 
 
 def test_mirrored_step_equals_the_single_device_step():
