@@ -81,9 +81,10 @@ def is_chief(tf_config: str | None = None) -> bool:
     return kind == "worker" and index == 0
 
 
-def build_before_fit(model, strategy, images, targets) -> None:
-    """Under MultiWorkerMirroredStrategy, build the model's training state from a local
-    batch and stop Keras from doing it at the start of fit().
+def prepare_multi_worker_fit(model, strategy, images, targets) -> None:
+    """Under MultiWorkerMirroredStrategy, make Keras' fit() work: build the model's training
+    state from a local batch (and stop Keras from doing it at the start of fit()), and
+    average the per-step scalars across workers in a way that works for scalars.
 
     Keras 3 (3.15 here) builds that state at the start of fit() from the first batch of the
     distributed dataset; under MultiWorkerMirroredStrategy that batch arrives as per-worker

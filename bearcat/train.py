@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
-    from bearcat.distribute import build_before_fit, build_strategy, is_chief
+    from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
     from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
                                     preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
                             seed=cfg.trainer.seed, augment=augment)
     val_targets = mode.encode(val_split.labels)
-    build_before_fit(model, strategy, train_split.images, mode.encode(train_split.labels[:2]))
+    prepare_multi_worker_fit(model, strategy, train_split.images, mode.encode(train_split.labels[:2]))
 
     def val_metrics() -> dict:
         probs = model.predict(val_split.images.astype("float32"), batch_size=256, verbose=0)
