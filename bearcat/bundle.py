@@ -33,6 +33,16 @@ def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None 
     return folder
 
 
+def load_keras(path):
+    """A saved Keras model (inference only). Bearcat's own layers (EfficientDet's BiFPN
+    fusion) register on import: import them first, or a fresh process cannot load them."""
+    import keras
+
+    import bearcat.detection.model  # noqa: F401  (registers the custom layers)
+
+    return keras.models.load_model(path, compile=False)
+
+
 def read_meta(folder) -> dict:
     path = Path(folder) / BUNDLE_FILE
     if not path.is_file():
@@ -54,9 +64,7 @@ class Predictor:
         mode_cfg = dict(meta["mode"])
         self.mode = build_mode(mode_cfg.pop("name"), Vocabulary(meta["vocabulary"]), **mode_cfg)
         if model is None:  # Keras only when no other runtime is given (bearcat.runtime)
-            import keras
-
-            model = keras.models.load_model(self.folder / MODEL_FILE, compile=False)
+            model = load_keras(self.folder / MODEL_FILE)
         self.model = model
 
     def predict_arrays(self, arrays: np.ndarray, batch_size: int = 64) -> list[dict]:

@@ -157,10 +157,8 @@ def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
 
 
 def export(cfg: DictConfig) -> dict:
-    import keras
-
     from bearcat import tracking
-    from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, read_meta
+    from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, load_keras, read_meta
     from bearcat.detection.predictor import RECOGNISER_DIR
     from bearcat.evaluate import locate_bundle
 
@@ -173,7 +171,7 @@ def export(cfg: DictConfig) -> dict:
         out = export_dir(cfg, source_run, bundle)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(bundle / MODEL_FILE, out / MODEL_FILE)
-        model = keras.models.load_model(out / MODEL_FILE, compile=False)
+        model = load_keras(out / MODEL_FILE)
         model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
         seconds = {}
         for fmt in formats:

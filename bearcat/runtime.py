@@ -25,9 +25,9 @@ class KerasRuntime:
     name = "keras"
 
     def __init__(self, path: Path, threads: int = 0):
-        import keras
+        from bearcat.bundle import load_keras
 
-        self.model = keras.models.load_model(path, compile=False)
+        self.model = load_keras(path)
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(x))

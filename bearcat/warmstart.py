@@ -99,11 +99,11 @@ def transfer_weights(model, source, target_chars: list[str], source_chars: list[
 
 def warm_start(model, vocab_chars: list[str], init_from: str, workdir: str) -> dict:
     """Load the earlier run's weights into `model`; the report says what was loaded."""
-    from bearcat.bundle import MODEL_FILE, read_meta
+    from bearcat.bundle import MODEL_FILE, load_keras, read_meta
 
     folder, run_id = locate_init_bundle(init_from, workdir)
     meta = read_meta(folder)
-    source = keras.models.load_model(Path(folder) / MODEL_FILE, compile=False)
+    source = load_keras(Path(folder) / MODEL_FILE)
     report = transfer_weights(model, source, list(vocab_chars), list(meta["vocabulary"]))
     report.update(source=str(init_from), source_run_id=run_id, source_mode=meta["mode"]["name"])
     if not report["loaded"]:

@@ -93,6 +93,22 @@ def test_solver_answers_in_prompt_order(click_run):
     assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
 
 
+def test_click_cli_loads_the_bundle_in_a_fresh_process(click_run):
+    # A fresh interpreter has not imported the detector's custom layers: loading must do it.
+    import subprocess
+    import sys
+
+    from bearcat.experiment import load_sources
+
+    record = load_sources(click_run["cfg"]).test[0]
+    done = subprocess.run([sys.executable, "-m", "bearcat.click", f"model={click_run['root'] / 'detector' / 'model'}",
+                           f"image={record.path}", f"prompt={record.prompt}"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    clicks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [c["char"] for c in clicks] == list(record.prompt)
+
+
 def test_http_click_and_predict(click_run):
     from fastapi.testclient import TestClient
 

@@ -52,14 +52,12 @@ class Detector:
 
     def __init__(self, folder=None, model=None, mode=None, pre: PreprocessConfig | None = None,
                  recogniser=None, meta: dict | None = None):
-        from bearcat.bundle import MODEL_FILE, Predictor, read_meta
+        from bearcat.bundle import MODEL_FILE, Predictor, load_keras, read_meta
 
         if folder is not None:
             meta = read_meta(folder)
             if model is None:
-                import keras
-
-                model = keras.models.load_model(Path(folder) / MODEL_FILE, compile=False)
+                model = load_keras(Path(folder) / MODEL_FILE)
             if recogniser is None and (Path(folder) / RECOGNISER_DIR).is_dir():
                 recogniser = Predictor(Path(folder) / RECOGNISER_DIR)
         if mode is None:
