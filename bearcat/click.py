@@ -2,15 +2,23 @@
 
     python -m bearcat.click model=BUNDLE image=captcha.png prompt=天地人
 
-For each prompted character, the detected box named that character with the highest
-score is clicked (its centre); a box is clicked once only. A prompted character that no
-box names is reported with `"x": null`, so the caller knows the answer is incomplete.
+Boxes named by a recogniser carry its five best names with their probabilities
+(`candidates`): the prompted characters are then matched to boxes all at once, by the
+assignment that maximises the product of detector score x P(character | box) over the
+prompt, each box used once. A recogniser's second guess so still finds its box when the
+first guess belongs to another prompted character, and a character no box names is
+clicked on the likeliest box left (low score). Boxes without candidates (per-character
+detectors) are matched greedily: the best-scored box with that name. A prompted
+character with no box to click is reported with `"x": null`, so the caller knows the
+answer is incomplete.
 """
 from __future__ import annotations
 
 import json
 import sys
 from functools import lru_cache
+
+import numpy as np
 
 from bearcat.detection.predictor import Detector
 
@@ -20,20 +28,42 @@ def _detector(bundle: str) -> Detector:
     return Detector(bundle)
 
 
+FLOOR = 1e-4  # probability given to a name outside a box's candidates
+
+
+def _click(char: str, box: dict | None, score: float) -> dict:
+    if box is None:
+        return {"char": char, "x": None, "y": None, "score": 0.0}
+    return {"char": char, "x": (box["x1"] + box["x2"]) / 2, "y": (box["y1"] + box["y2"]) / 2, "score": score}
+
+
 def order_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
-    """Match prompt characters to named boxes (best score first, each box used once)."""
+    """Prompt characters -> click points in prompt order (see the module docstring)."""
+    if boxes and all("candidates" in b for b in boxes):
+        return assign_clicks(prompt, boxes)
     used: set[int] = set()
     clicks = []
     for char in prompt:
         candidates = [(b["score"], k) for k, b in enumerate(boxes) if b["label"] == char and k not in used]
         if not candidates:
-            clicks.append({"char": char, "x": None, "y": None, "score": 0.0})
+            clicks.append(_click(char, None, 0.0))
             continue
         score, k = max(candidates)
         used.add(k)
-        b = boxes[k]
-        clicks.append({"char": char, "x": (b["x1"] + b["x2"]) / 2, "y": (b["y1"] + b["y2"]) / 2, "score": score})
+        clicks.append(_click(char, boxes[k], score))
     return clicks
+
+
+def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
+    """The jointly likeliest box for each prompted character (Hungarian assignment)."""
+    from scipy.optimize import linear_sum_assignment
+
+    prob = np.array([[max(b["candidates"].get(char, 0.0), FLOOR) * max(b.get("detector_score", 1.0), FLOOR)
+                      for b in boxes] for char in prompt])
+    rows, cols = linear_sum_assignment(-np.log(prob))
+    chosen = dict(zip(rows.tolist(), cols.tolist()))
+    return [_click(char, boxes[chosen[i]], float(prob[i, chosen[i]])) if i in chosen else _click(char, None, 0.0)
+            for i, char in enumerate(prompt)]
 
 
 def solve(image, prompt: str, model=None) -> list[dict]:
@@ -52,7 +82,8 @@ def click_success(records: list, results: list[dict], score_threshold: float = 0
     in order (the end-to-end success of a click solver)."""
     solved = 0
     for record, result in zip(records, results):
-        boxes = [b for b in result["boxes"] if b["score"] >= score_threshold]
+        # the detector's threshold, as in `solve` (a recogniser's doubt is weighed, not cut)
+        boxes = [b for b in result["boxes"] if b.get("detector_score", b["score"]) >= score_threshold]
         clicks = order_clicks(record.prompt, boxes)
         targets = [o for o in record.objects if o.target]
         by_char = {o.name: o.box for o in targets}

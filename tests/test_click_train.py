@@ -87,6 +87,7 @@ def test_solver_answers_in_prompt_order(click_run):
     for b in result["boxes"]:  # boxes are in the captcha's own pixels and named by the recogniser
         assert 0 <= b["x1"] <= b["x2"] <= record.width and 0 <= b["y1"] <= b["y2"] <= record.height
         assert b["label"] in load_sources(cfg).categories
+        assert max(b["candidates"], key=b["candidates"].get) == b["label"]  # for the joint assignment
     clicks = solve(record.path, record.prompt, detector)
     assert [c["char"] for c in clicks] == list(record.prompt)
     assert all((c["x"] is None) == (c["y"] is None) for c in clicks)

@@ -82,3 +82,15 @@ def test_a_higher_scored_false_positive_halves_the_precision():
 def test_one_prediction_list_per_image():
     with pytest.raises(ValueError, match="1 prediction lists for 2 images"):
         evaluate_detections(records(), [[]], CATEGORIES)
+
+
+def test_a_recognised_box_counts_once_per_candidate_name():
+    # The recogniser's first guess is wrong (木) and its second right: scored like a
+    # per-class detector, the right name still finds its object at the lower score.
+    recs = records()
+    named = [[{**p, "label": "木", "detector_score": 0.9, "candidates": {"木": 0.6, o.name: 0.4}}
+              for p, o in zip(preds, r.objects)] for preds, r in zip(predict(recs), recs)]
+    out = evaluate_detections(recs, named, CATEGORIES)
+    assert out["map"] == pytest.approx(1.0)  # 木 has no ground truth: its hypotheses are not scored
+    first_names_only = [[{k: v for k, v in p.items() if k != "candidates"} for p in preds] for preds in named]
+    assert evaluate_detections(recs, first_names_only, CATEGORIES)["map"] == 0.0

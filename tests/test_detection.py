@@ -111,3 +111,25 @@ def test_clicks_follow_the_prompt_and_success_needs_every_character_in_its_box()
     wrong = [_box("地", 50, 0, 70, 20), _box("天", 0, 0, 20, 20)]  # 天 clicked on the distractor's spot
     assert click_success([record, record], [{"boxes": boxes}, {"boxes": wrong}]) == 0.5
     assert click_success([record], [{"boxes": boxes[:1]}]) == 0.0  # 天 not found
+
+
+def _named(x1, candidates, score=0.9):
+    """A detected box named by a recogniser: its five best names with probabilities."""
+    box = _box(max(candidates, key=candidates.get), x1, 0, x1 + 20, 20, score * max(candidates.values()))
+    return {**box, "candidates": candidates, "detector_score": score}
+
+
+def test_recognised_boxes_are_assigned_to_the_prompt_jointly():
+    # The recogniser's first guess for both boxes is 天; only the joint assignment sends
+    # 地 to its second guess. 人 is no box's candidate: it gets the likeliest box left.
+    boxes = [_named(0, {"天": 0.9, "地": 0.05}), _named(50, {"天": 0.55, "地": 0.4}),
+             _named(100, {"山": 0.8, "水": 0.1}, score=0.95), _named(150, {"山": 0.7}, score=0.6)]
+    clicks = order_clicks("地天人", boxes)
+    assert [(c["char"], c["x"]) for c in clicks] == [("地", 60), ("天", 10), ("人", 110)]
+    assert clicks[0]["score"] == pytest.approx(0.4 * 0.9) and clicks[2]["score"] < 1e-3
+    greedy = order_clicks("地天", [{k: v for k, v in b.items() if k != "candidates"} for b in boxes])
+    assert greedy[0]["x"] is None  # by first names alone no box is 地
+    assert order_clicks("地天人", boxes[:2])[2]["x"] is None  # two boxes for three characters
+    record = ClickRecord("a.png", 200, 40, "地天", [ClickObject("天", (0, 0, 20, 20), True),
+                                                   ClickObject("地", (50, 0, 70, 20), True)])
+    assert click_success([record], [{"boxes": boxes}]) == 1.0

@@ -169,3 +169,4 @@ def test_num_classes_classes_and_top5():
     (out,) = mode.decode(probs)
     assert out["result"] == "star" and out["confidence"] == pytest.approx(0.5)
     assert out["top5"][:3] == ["star", "ring", "arrow"] and len(out["top5"]) == 5
+    assert out["top5_probs"][:3] == pytest.approx([0.5, 0.2, 0.12])

@@ -2,7 +2,11 @@
 
 Ground truth is every object of a record (targets and distractors). Predictions are
 `{"label", "score", "x1", "y1", "x2", "y2"}` dicts in image pixels, one list per record; a
-label outside `categories` cannot match anything and is left out.
+label outside `categories` cannot match anything and is left out. A box named by a
+recogniser (with `candidates`: its five best names and their probabilities, and
+`detector_score`) is scored the way a per-class detector is: once per candidate name,
+with score detector score x P(name), so a right second guess still counts at its lower
+score (EfficientDet's own decoding likewise keeps several classes per box).
 """
 from __future__ import annotations
 
@@ -35,6 +39,16 @@ def _value(x: float) -> float:
     return float("nan") if x < 0 else float(x)
 
 
+def _hypotheses(p: dict, class_agnostic: bool) -> list[tuple[str, float]]:
+    """(class name, score) pairs one predicted box stands for."""
+    if class_agnostic:
+        return [(AGNOSTIC, float(p.get("detector_score", p["score"])))]
+    if "candidates" in p:
+        det = float(p.get("detector_score", 1.0))
+        return [(name, det * float(prob)) for name, prob in p["candidates"].items()]
+    return [(p["label"], float(p["score"]))]
+
+
 def evaluate_detections(records: list, predictions: list[list[dict]], categories: list[str],
                         class_agnostic: bool = False) -> dict:
     """{"map": AP@[.5:.95], "map50", "map75", "per_class_ap": {name: AP@[.5:.95] or nan when
@@ -55,10 +69,10 @@ def evaluate_detections(records: list, predictions: list[list[dict]], categories
                 raise ValueError(f"{record.path}: object {obj.name!r} is not one of the categories")
             truth.append(_annotation(len(truth) + 1, image_id, ids[name], *obj.box))
         for p in preds:
-            name = AGNOSTIC if class_agnostic else p["label"]
-            if name in ids and p["x2"] > p["x1"] and p["y2"] > p["y1"]:
-                found.append(_annotation(len(found) + 1, image_id, ids[name], p["x1"], p["y1"], p["x2"], p["y2"],
-                                         score=float(p["score"])))
+            for name, score in _hypotheses(p, class_agnostic):
+                if name in ids and p["x2"] > p["x1"] and p["y2"] > p["y1"]:
+                    found.append(_annotation(len(found) + 1, image_id, ids[name], p["x1"], p["y1"], p["x2"], p["y2"],
+                                             score=score))
     gt, dt = _coco(images, cats, truth), _coco(images, cats, found)
     evaluator = COCOeval(gt, dt, iouType="bbox")
     with contextlib.redirect_stdout(io.StringIO()):

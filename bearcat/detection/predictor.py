@@ -92,7 +92,9 @@ class Detector:
         return out
 
     def recognise(self, images: list, results: list[dict]) -> None:
-        """Name every box with the recogniser; its score becomes detector x recogniser."""
+        """Name every box with the recogniser; its score becomes detector x recogniser.
+        The recogniser's five best names and their probabilities go into `candidates`, and
+        the detector's own score into `detector_score`: the click solver weighs them."""
         crops = [(r, b, character_crop(img, (b["x1"], b["y1"], b["x2"], b["y2"])))
                  for img, r in zip(images, results) for b in r["boxes"]]
         if not crops:
@@ -100,6 +102,8 @@ class Detector:
         named = self.recogniser.predict([c for _, _, c in crops])
         for (_, box, _), answer in zip(crops, named):
             box["label"] = answer["result"]
+            box["candidates"] = dict(zip(answer["top5"], answer["top5_probs"]))
+            box["detector_score"] = box["score"]
             box["score"] = box["score"] * float(answer["confidence"])
         for r in results:
             r["result"] = "".join(b["label"] for b in r["boxes"])

@@ -3,7 +3,7 @@
 Every distinct label is a class (from the file name, or one sub-folder per class with
 `dataset.class_folders=true`). Class ids are 1..N; id 0 stays reserved. Scored by top-1
 accuracy (`accuracy`) and top-5 accuracy (`top5_accuracy`); each prediction also carries
-its five best classes in `"top5"`.
+its five best classes in `"top5"` and their probabilities in `"top5_probs"`.
 
 Confidence rule: the top class's probability.
 """
@@ -63,5 +63,6 @@ class NumClassesMode(Mode):
         out = []
         for row, ids in zip(probs, order):
             top = [names[i - 1] for i in ids if i > 0]
-            out.append({"result": top[0], "confidence": float(row[ids[0]]), "top5": top})
+            out.append({"result": top[0], "confidence": float(row[ids[0]]), "top5": top,
+                        "top5_probs": [float(row[i]) for i in ids if i > 0]})
         return out
