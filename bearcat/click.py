@@ -5,9 +5,9 @@
 Boxes named by a recogniser carry its five best names with their probabilities
 (`candidates`): the prompted characters are then matched to boxes all at once, by the
 assignment that maximises the product of detector score x P(character | box) over the
-prompt, each box used once. A recogniser's second guess so still finds its box when the
-first guess belongs to another prompted character, and a character no box names is
-clicked on the likeliest box left (low score). Boxes without candidates (per-character
+prompt, each box used once. So a box whose first guess is another prompted character
+still answers with its second guess, and a character no box names is clicked on the
+likeliest box left (with a low score). Boxes without candidates (per-character
 detectors) are matched greedily: the best-scored box with that name. A prompted
 character with no box to click is reported with `"x": null`, so the caller knows the
 answer is incomplete.
