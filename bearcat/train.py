@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from bearcat import tracking
-    from bearcat.bundle import write_bundle
+    from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
@@ -167,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val, not merely the last one
-            model = keras.models.load_model(best, compile=False)
+            model = load_keras(best)
         results, ms = predict(model, mode, test_split.images)
         metrics = {f"test_{k}": v for k, v in score(mode, test_split.labels, results).items()}
         metrics["test_ms_per_image"] = ms

@@ -69,8 +69,10 @@ def evaluate_detections(records: list, predictions: list[list[dict]], categories
                 raise ValueError(f"{record.path}: object {obj.name!r} is not one of the categories")
             truth.append(_annotation(len(truth) + 1, image_id, ids[name], *obj.box))
         for p in preds:
+            if not (p["x2"] > p["x1"] and p["y2"] > p["y1"]):
+                continue
             for name, score in _hypotheses(p, class_agnostic):
-                if name in ids and p["x2"] > p["x1"] and p["y2"] > p["y1"]:
+                if name in ids:
                     found.append(_annotation(len(found) + 1, image_id, ids[name], p["x1"], p["y1"], p["x2"], p["y2"],
                                              score=score))
     gt, dt = _coco(images, cats, truth), _coco(images, cats, found)

@@ -127,11 +127,10 @@ def train_detection(cfg: DictConfig) -> dict:
     import tempfile
     import time
 
-    import keras
     from hydra.utils import instantiate
 
     from bearcat import tracking
-    from bearcat.bundle import write_bundle
+    from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
@@ -193,7 +192,7 @@ def train_detection(cfg: DictConfig) -> dict:
                       verbose=cfg.trainer.verbose, shuffle=False)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
-            detector.model = model = keras.models.load_model(best, compile=False)
+            detector.model = model = load_keras(best)
 
         start = time.perf_counter()
         scored, scores, results = score_detections(detector, test_records, splits.categories)

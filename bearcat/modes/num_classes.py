@@ -62,7 +62,7 @@ class NumClassesMode(Mode):
         names = self.vocab.chars
         out = []
         for row, ids in zip(probs, order):
-            top = [names[i - 1] for i in ids if i > 0]
-            out.append({"result": top[0], "confidence": float(row[ids[0]]), "top5": top,
-                        "top5_probs": [float(row[i]) for i in ids if i > 0]})
+            ids = [i for i in ids if i > 0]
+            out.append({"result": names[ids[0] - 1], "confidence": float(row[ids[0]]),
+                        "top5": [names[i - 1] for i in ids], "top5_probs": [float(row[i]) for i in ids]})
         return out
