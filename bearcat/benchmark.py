@@ -115,23 +115,58 @@ def add_common_args(parser, out: Path) -> None:
 
 
 def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns, key: str,
-               probe_steps: int = 10) -> list[dict]:
+               probe_steps: int = 10, report: Path | None = None) -> list[dict]:
     """One budgeted run per name; the report is rewritten after each, so a stopped
     benchmark keeps the figures it has; one failing run does not lose the others."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report = out / f"{stamp}-report.json"
+    report = report or out / f"{stamp}-report.json"
     rows = []
     for name in names:
         minutes = minutes_for(name)
         print(f"\n=== {name}: {minutes} min ===", flush=True)
         try:
             result = budgeted_run(overrides_for(name), minutes, out / f"{stamp}-{name}", probe_steps)
+            result["peak_rss_mb"] = peak_rss_mb()
         except Exception as err:
             log.exception("%s failed", name)
             result = {"error": f"{type(err).__name__}: {err}"}
         rows.append({key: name, **result})
         save_report(report, rows)
         print(table(rows[-1:], columns), flush=True)
+    print("\n=== results ===")
+    print(table(rows, columns))
+    print(f"report: {report}")
+    return rows
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (per run only when each run has its
+    own process: see run_isolated)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_isolated(names: list[str], child_argv, out: Path, columns, key: str) -> list[dict]:
+    """Each name in its own Python process (`child_argv(name, report_path)` is its command
+    line, which must write run_series' JSON report there): a run that the kernel kills
+    (out of memory) or that crashes natively is reported with its exit code instead of
+    ending the whole benchmark silently, and each run's peak memory is its own."""
+    import subprocess
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report = out / f"{stamp}-report.json"
+    rows = []
+    for name in names:
+        child_report = out / f"{stamp}-{name}.json"
+        proc = subprocess.run(child_argv(name, child_report))
+        if child_report.exists():
+            rows.extend(json.loads(child_report.read_text(encoding="utf-8")))
+        else:
+            why = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+            rows.append({key: name, "error": f"process ended without a report ({why})"})
+            print(f"{name}: {rows[-1]['error']}", flush=True)
+        save_report(report, rows)
     print("\n=== results ===")
     print(table(rows, columns))
     print(f"report: {report}")
