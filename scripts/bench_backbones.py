@@ -11,8 +11,8 @@ default data set is left alone) or, with `--folder`, on a labelled folder throug
 `swust` preset (its split, case folding and `ordinary` mode unless `--mode` says
 otherwise). `trainer.max_minutes` anneals the default cosine schedule over the budget and
 stops training when it is spent (mid-epoch for slow backbones; the table shows the epochs
-started). Speeds: one compiled training step and batched inference at the configured
-preprocessing size, batch 64. Every backbone runs in its own process, so one that the
+started). Speeds: compiled training steps and batched inference at the configured
+preprocessing size and training batch size. Every backbone runs in its own process, so one that the
 kernel kills or that crashes natively is reported with its exit code and the others still
 run; peak memory is that process's. Runs are logged to MLflow (experiment `bench_backbones`).
 """
@@ -48,7 +48,7 @@ def main():
     parser.add_argument("--train-size", type=int, default=1000, help="generated training images")
     parser.add_argument("--val-size", type=int, default=200)
     parser.add_argument("--test-size", type=int, default=500)
-    parser.add_argument("--probe-steps", type=int, default=5, help="timed batches of 64 for the speed columns")
+    parser.add_argument("--probe-steps", type=int, default=5, help="timed batches (trainer.batch_size) for the speed columns")
     parser.add_argument("--child-report", type=Path, help=argparse.SUPPRESS)  # set for the per-backbone process
     add_common_args(parser, ROOT / "outputs" / "bench" / "backbones")
     args = parser.parse_args()
