@@ -133,10 +133,14 @@ def run_series(names: list[str], overrides_for, minutes_for, out: Path, columns,
         rows.append({key: name, **result})
         save_report(report, rows)
         print(table(rows[-1:], columns), flush=True)
+    print_results(rows, columns, report)
+    return rows
+
+
+def print_results(rows: list[dict], columns, report: Path) -> None:
     print("\n=== results ===")
     print(table(rows, columns))
     print(f"report: {report}")
-    return rows
 
 
 def peak_rss_mb() -> float:
@@ -167,7 +171,5 @@ def run_isolated(names: list[str], child_argv, out: Path, columns, key: str) -> 
             rows.append({key: name, "error": f"process ended without a report ({why})"})
             print(f"{name}: {rows[-1]['error']}", flush=True)
         save_report(report, rows)
-    print("\n=== results ===")
-    print(table(rows, columns))
-    print(f"report: {report}")
+    print_results(rows, columns, report)
     return rows

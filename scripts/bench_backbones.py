@@ -12,9 +12,9 @@ default data set is left alone) or, with `--folder`, on a labelled folder throug
 otherwise). `trainer.max_minutes` anneals the default cosine schedule over the budget and
 stops training when it is spent (mid-epoch for slow backbones; the table shows the epochs
 started). Speeds: compiled training steps and batched inference at the configured
-preprocessing size and training batch size. Every backbone runs in its own process, so one that the
-kernel kills or that crashes natively is reported with its exit code and the others still
-run; peak memory is that process's. Runs are logged to MLflow (experiment `bench_backbones`).
+preprocessing size and training batch size. Every backbone runs in its own process, so
+one that the kernel kills or that crashes natively is reported with its exit code and the
+others still run; peak memory is that process's. Runs are logged to MLflow (experiment `bench_backbones`).
 """
 from __future__ import annotations
 
@@ -69,16 +69,11 @@ def main():
                    args.probe_steps, report=args.child_report)
         return
 
-    def child_argv(backbone, report):
-        argv = [sys.executable, __file__, "--backbones", backbone, "--child-report", str(report),
-                "--minutes", str(args.minutes), "--train-size", str(args.train_size), "--val-size",
-                str(args.val_size), "--test-size", str(args.test_size), "--probe-steps", str(args.probe_steps),
-                "--out", str(args.out)]
-        argv += ["--folder", str(args.folder)] if args.folder else []
-        argv += ["--mode", args.mode] if args.mode else []
-        return argv + (["--overrides", *args.overrides] if args.overrides else [])
+    def child_argv(backbone, report):  # this command line, narrowed to one backbone (the last --backbones wins)
+        return [sys.executable, __file__, *sys.argv[1:], "--backbones", backbone, "--child-report", str(report)]
 
     run_isolated(args.backbones, child_argv, args.out, COLUMNS, "backbone")
+
 
 if __name__ == "__main__":
     main()

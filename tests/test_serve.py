@@ -163,7 +163,7 @@ def test_health_models_docs_and_click(client, exported):
     assert {"/v1/predict", "/v1/models", "/health", "/v1/click"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
-    assert client.get("/v1/predict").status_code == 405  # only POST takes the fast path; the rest is routed
+    assert client.get("/v1/predict").status_code == 405  # the endpoint answers POST only
     page = client.get("/")
     assert page.status_code == 200 and 'id="drop"' in page.text
     r = client.post("/v1/click", json={})
