@@ -10,7 +10,11 @@ then, from this process, keeps `--clients` keep-alive connections busy posting
 `{"image": base64}` to /v1/predict for `--seconds` (and at most `--max-requests`).
 The "raw" time is the same images through the same runtime in-process, one at a time,
 end to end (decode + preprocess + model + decode); the overhead compares it with one
-client's HTTP round trip. Everything stops by itself; only loopback is used.
+client's HTTP round trip. The baseline in the same run (skip it with --no-floor):
+`scripts/http_floor_server.py`, a bare FastAPI endpoint with no Bearcat code and no model
+that computes for the raw model's time, under the same single-client load: its overhead is
+what FastAPI, uvicorn and this machine cost such a request. Everything stops by itself;
+only loopback is used.
 """
 from __future__ import annotations
 
@@ -102,9 +106,15 @@ def raw_model_ms(bundle: Path, runtime: str, threads: int, images: list[bytes]) 
     return float(np.percentile(times, 50))
 
 
-def start_server(bundle: Path, port: int, extra: list[str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "bearcat.serve", f"model={bundle}", f"port={port}", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -115,6 +125,26 @@ def start_server(bundle: Path, port: int, extra: list[str], log: Path) -> subpro
                 proc.terminate()
                 sys.exit(f"server did not start; see {log}")
             time.sleep(0.3)
+
+
+def payloads_for(images: list[bytes], host: str, port: int) -> list[bytes]:
+    return [request_bytes(host, port, b) for b in images]
+
+
+def floor_one_client(images: list[bytes], busy_ms: float, args) -> dict:
+    """The baseline: the same single-client load against scripts/http_floor_server.py."""
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_floor_{port}.log"
+    proc = start_server([sys.executable, str(ROOT / "scripts" / "http_floor_server.py"), "--port", str(port),
+                         "--busy-ms", f"{busy_ms:.3f}"], port, log,
+                        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})  # one core, like threads=1
+    payloads = payloads_for(images, "127.0.0.1", port)
+    try:
+        run_load("127.0.0.1", port, payloads, 1, 2.0, 400)  # warm-up
+        return run_load("127.0.0.1", port, payloads, 1, min(args.seconds, 10.0), min(args.max_requests, 2000))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def main(argv=None) -> int:
@@ -129,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per model call")
     ap.add_argument("--url", default=None, help="use this running server (http://127.0.0.1:PORT) instead")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `bearcat.serve` override")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip the baseline run of scripts/http_floor_server.py")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -142,15 +174,14 @@ def main(argv=None) -> int:
         port = int(port)
     else:
         host = "127.0.0.1"
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+        port = free_port(host)
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{port}.log"
-        proc = start_server(args.bundle, port, [f"runtime={args.runtime}", f"threads={args.threads}",
-                                                f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}",
-                                                *args.serve_arg], log)
+        proc = start_server([sys.executable, "-m", "bearcat.serve", f"model={args.bundle}", f"port={port}",
+                             f"runtime={args.runtime}", f"threads={args.threads}",
+                             f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}", *args.serve_arg],
+                            port, log)
     try:
-        payloads = [request_bytes(host, port, b) for b in images]
+        payloads = payloads_for(images, host, port)
         run_load(host, port, payloads, args.clients, 2.0, 400)  # warm-up
         single = run_load(host, port, payloads, 1, min(args.seconds, 10.0), min(args.max_requests, 2000))
         before = health(host, port)
@@ -165,6 +196,9 @@ def main(argv=None) -> int:
     best = min(raw, raw_after)
     result = {"raw_ms_p50_before": raw, "raw_ms_p50_after": raw_after, "one_client": single, "loaded": loaded,
               "overhead_one_client_p50": single["ms_p50"] / best - 1.0}
+    if args.floor:
+        result["floor_one_client"] = floor_one_client(images, best, args)
+        result["floor_overhead_one_client_p50"] = result["floor_one_client"]["ms_p50"] / best - 1.0
     print(f"raw model (in-process, end to end, p50): {raw:.2f} ms before, {raw_after:.2f} ms after the load test")
     for name, r in (("1 client", single), (f"{args.clients} clients", loaded)):
         print(f"{name:>10}: {r['requests']} requests in {r['seconds']:.1f} s = {r['req_per_s']:.0f} req/s, "
@@ -173,6 +207,16 @@ def main(argv=None) -> int:
     print(f"server overhead over the raw model (1 client p50 vs the lower raw p50): "
           f"{100 * result['overhead_one_client_p50']:+.1f}%")
     print(f"mean batch under load: {loaded['mean_batch']:.2f} images per model call")
+    if args.floor:
+        f = result["floor_one_client"]
+        print(f"baseline, bare FastAPI endpoint computing for {best:.2f} ms (no Bearcat code, no model), 1 client: "
+              f"p50 {f['ms_p50']:.2f} ms, handler {f['server_ms_mean']:.2f} ms: "
+              f"{100 * result['floor_overhead_one_client_p50']:+.1f}% over the same raw time")
+        print(f"Bearcat's overhead / the baseline's: "
+              f"{result['overhead_one_client_p50'] / max(1e-9, result['floor_overhead_one_client_p50']):.2f}; "
+              f"outside the handler (1 client p50 - mean handler time): Bearcat "
+              f"{single['ms_p50'] - single['server_ms_mean']:.2f} ms, baseline {f['ms_p50'] - f['server_ms_mean']:.2f} ms; "
+              f"Bearcat's handler {single['server_ms_mean']:.2f} ms against the raw {best:.2f} ms")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

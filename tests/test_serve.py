@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -329,3 +330,15 @@ def test_base64_variants_are_accepted():
     for bad, message in [("abc$", "not valid base64"), ("data:image/png,xyz", "must be base64"), ("", "empty image")]:
         with pytest.raises(RequestError, match=message):
             image_bytes(bad)
+
+
+def test_bench_serve_baseline_server_answers_after_its_busy_time(swust_copy):
+    """The baseline of scripts/bench_serve.py: a bare FastAPI endpoint that computes for a
+    set time, loaded by the benchmark's own client."""
+    bench = load_script("bench_serve")
+    images = [p.read_bytes() for p in sorted(swust_copy.iterdir())[:5]]
+    args = types.SimpleNamespace(seconds=5.0, max_requests=40)  # ends at 40 requests
+    result = bench.floor_one_client(images, 3.0, args)
+    assert result["requests"] == 40 and result["errors"] == 0
+    assert result["server_ms_mean"] >= 3.0  # the handler kept the CPU busy for its 3 ms
+    assert result["ms_p50"] > result["server_ms_mean"]  # the round trip contains the handler
