@@ -28,6 +28,8 @@ def build_label_app(cfg: DictConfig, workdir: str):
     from bearcat.server.label_app import create_label_app
 
     source, out = required(cfg, "dir"), required(cfg, "out")
+    if cfg.get("accept_above") is not None and not cfg.get("model"):
+        raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
     predictor, name = None, None
     if cfg.get("model"):
         from bearcat.runtime import load_predictor
@@ -50,6 +52,11 @@ def main(cfg: DictConfig) -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         app, queue = build_label_app(cfg, workdir)
+        if cfg.get("accept_above") is not None:  # no page: save the confident readings and stop
+            saved = queue.accept_confident(float(cfg.accept_above))
+            print(f"Bearcat saved {len(saved)} readings with confidence >= {cfg.accept_above} into {cfg.out}; "
+                  f"{len(queue.pending)} images left below it", flush=True)
+            return
         print(f"Bearcat labelling {len(queue.pending)} images of {cfg.dir} into {cfg.out}: "
               f"http://{cfg.host}:{cfg.port}/", flush=True)
         uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)

@@ -145,6 +145,21 @@ class LabelQueue:
             self.history.append((item, target))
             return target
 
+    def accept_confident(self, threshold: float) -> list[Path]:
+        """Save the model's answer, unreviewed, for every image read with a confidence of at
+        least `threshold` (pseudo-labels: point `out` at a folder of their own, so they stay
+        apart from answers a person checked). The others stay in the queue."""
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"accept_above={threshold}: a confidence between 0 (excluded) and 1")
+        chosen = [it for it in self.pending if it.confidence is not None and it.confidence >= threshold]
+        saved = []
+        for it in chosen:
+            try:
+                saved.append(self.answer(it.id, it.prediction))
+            except ValueError as err:  # an empty reading, or one no file name can hold: leave it queued
+                log.warning("%s: not saved: %s", it.path.name, err)
+        return saved
+
     def undo(self) -> dict | None:
         """Take back this session's last answer: its copy is removed, its image shown next."""
         with self.lock:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -16,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from bearcat.bundle import MODEL_FILE, Predictor, write_bundle
 from bearcat.labelling import LabelQueue
 from bearcat.server.label_app import create_label_app
-from conftest import CONF
+from conftest import CONF, ROOT
 from test_serve import CHROMIUM, CHROMIUM_ARGS, http_entry_point
 
 IMAGES = 6
@@ -122,6 +125,31 @@ def test_label_errors_name_the_key(unlabelled, tmp_path):
     assert [it.path.name for it in queue.pending] == [f"captcha{i}.png" for i in range(IMAGES)]
     assert queue.unreadable == ["broken.png"]
     assert all(it.prediction == "" and it.confidence is None for it in queue.pending)
+
+
+def test_accept_above_saves_only_confident_readings_without_a_page(unlabelled, reading_bundle, tmp_path):
+    """`python -m bearcat.label ... accept_above=T` (pseudo-labelling): every reading at
+    least T confident is saved as a copy named after it; the rest, and the source, stay."""
+    before = snapshot(unlabelled)
+    want = expected_order(unlabelled, reading_bundle)
+    threshold = want[IMAGES // 2][2]  # the upper half of the confidences
+    confident = {md5(unlabelled / name): text for name, text, conf in want if conf >= threshold}
+    assert 0 < len(confident) < IMAGES
+    out = tmp_path / "pseudo"
+    done = subprocess.run([sys.executable, "-m", "bearcat.label", f"dir={unlabelled}", f"out={out}",
+                           f"model={reading_bundle}", f"accept_above={threshold}",
+                           f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = {p.name.split("_", 1)[1].split(".")[0]: p.name.split("_", 1)[0] for p in out.iterdir()}
+    assert saved == confident
+    assert f"saved {len(confident)} readings" in done.stdout
+    assert snapshot(unlabelled) == before
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        no_model = compose(config_name="label", overrides=[f"dir={unlabelled}", f"out={out}", "accept_above=0.9"])
+    from bearcat.label import build_label_app
+    with pytest.raises(ValueError, match="accept_above is set but model is not"):
+        build_label_app(no_model, str(tmp_path))
 
 
 @pytest.fixture
