@@ -3,6 +3,7 @@ id, folder data with bad files, and resume after a kill."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,28 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
         train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'empty'}"]))
     with pytest.raises(MissingMandatoryValue, match="dataset.root"):
         train(make_cfg(["debug=fast", "dataset=folder"]))
+
+
+def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
+    from bearcat.data.sources import folder
+
+    files = sorted(swust_copy.iterdir())
+    main, extra = tmp_path / "labelled", tmp_path / "pseudo"
+    for target, chosen in ((main, files[:40]), (extra, files[40:50])):
+        target.mkdir()
+        for p in chosen:
+            shutil.copy2(p, target / p.name)
+    plain = folder(str(main), lowercase=True)
+    extra_names = {p.name for p in extra.iterdir()}
+    test_image = Path(plain.test[0][0])  # a pseudo-labelled copy of a test image, under another label
+    shutil.copy2(test_image, extra / f"zzzz_{test_image.name.split('_', 1)[1]}")
+    both = folder(str(main), lowercase=True, extra_train=[str(extra)])
+    assert both.val == plain.val and both.test == plain.test  # the split of the main folder is unchanged
+    assert both.train[:len(plain.train)] == plain.train
+    assert {Path(path).name for path, _ in both.train[len(plain.train):]} == extra_names  # not the test copy
+    assert both.skipped == {"extra_train image already in dataset.root": 1}
+    with pytest.raises(FileNotFoundError, match="dataset.extra_train: .*nowhere: folder not found"):
+        folder(str(main), extra_train=[str(tmp_path / "nowhere")])
 
 
 def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_path):

@@ -213,6 +213,30 @@ def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
     return samples
 
 
+def _file_md5(path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _extra_train(folders, labelled: list, collect, skipped: dict[str, int]) -> list[tuple[str, str]]:
+    """The samples of the `extra_train` folders, less every image whose content is already
+    in dataset.root (any split): a person's label wins over a pseudo-label, and a copy of a
+    val or test image must not train the model."""
+    known = {_file_md5(path) for path, _ in labelled}
+    kept = []
+    for extra in folders:
+        if not Path(extra).is_dir():
+            raise FileNotFoundError(f"dataset.extra_train: {extra}: folder not found")
+        more = collect(Path(extra))
+        fresh = [(path, label) for path, label in more if _file_md5(path) not in known]
+        if len(fresh) < len(more):
+            key = "extra_train image already in dataset.root"
+            skipped[key] = skipped.get(key, 0) + len(more) - len(fresh)
+        log.info("%d more training images from %s (dataset.extra_train; %d already in dataset.root, left out)",
+                 len(fresh), extra, len(more) - len(fresh))
+        kept += fresh
+    return kept
+
+
 def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int):
     """Deterministic shuffle-and-cut; the same files and seed always give the same split."""
     order = sorted(samples)
@@ -224,9 +248,11 @@ def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int)
 
 def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_ratio: float = 0.1,
            test_ratio: float = 0.1, charset: str | None = None, class_folders: bool = False,
-           **_ignored) -> Splits:
+           extra_train=(), **_ignored) -> Splits:
     """A user's folder: `train/ val/ test/` used as they are, or a flat folder split
-    80/10/10 (by default) with a fixed seed. With `class_folders`, one sub-folder per class."""
+    80/10/10 (by default) with a fixed seed. With `class_folders`, one sub-folder per class.
+    The labelled images of every `extra_train` folder join the training split only (e.g.
+    pseudo-labels from `python -m bearcat.label accept_above=...`): never val or test."""
     if root in (None, "", "???"):
         raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES")
     base = Path(root)
@@ -246,6 +272,8 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
             test = val
     else:
         train, val, test = split_samples(collect(base), val_ratio, test_ratio, split_seed)
+    if extra_train:
+        train = train + _extra_train(extra_train, train + val + test, collect, skipped)
     if not train:
         raise ValueError(f"dataset.root={root}: no labelled images found "
                          f"(expected files like LABEL_anything.png in it or in train/)")
