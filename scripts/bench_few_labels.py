@@ -6,12 +6,23 @@
     python scripts/bench_few_labels.py --pretrained outputs/bench/few_labels/pretrain/model
     python scripts/bench_few_labels.py --sizes 100 --minutes 1   # quick check
     python scripts/bench_few_labels.py --epochs 40 --skip-scratch  # fixed epochs, not minutes
+    python scripts/bench_few_labels.py --pseudo 0.9 [--pseudo-rounds 2]   # + pseudo-labels (below)
 
 Split (fixed seed, never changes with the size): 400 test images, 50 validation images
 (used only to pick the checkpoint), and training images taken from the start of the
 rest, so the 100 images are among the 200, which are among the 400. Labels are folded
 to lower case (case-insensitive scoring). The split is copied into --out; the shared
 folder is only read.
+
+--pseudo T adds a run per size that also uses unlabelled images, as a user with a folder of
+unlabelled captchas of the same site would: the rest of the set (neither test, val nor
+the labelled images) is copied without its labels, the fine-tuned model reads it with
+`bearcat.labelling.LabelQueue.accept_confident(T)` (what `python -m bearcat.label
+accept_above=T` does), and a second fine-tune from that model trains on the labelled
+images plus those readings (`dataset.extra_train`, which leaves out any reading whose image
+is also in the split). With --pseudo-rounds R, round r reads the rest again with round
+r-1's model and fine-tunes from it. The readings' precision against the true labels is
+printed; those labels are never used for training.
 """
 from __future__ import annotations
 
@@ -31,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 GOALS = {100: 0.90, 200: 0.95, 400: 0.98}
 
 
-def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int) -> Path:
-    """out/n<size>/{train,val,test}/ holding copies of the chosen files."""
+def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int) -> tuple[Path, list[Path]]:
+    """out/n<size>/{train,val,test}/ holding copies of the chosen files; the files left over
+    (the unlabelled pool of --pseudo)."""
     from bearcat.data.labels import is_image_file
 
     files = sorted(p for p in data.iterdir() if is_image_file(p))
@@ -47,7 +59,30 @@ def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int)
         folder.mkdir(parents=True)
         for path in chosen:
             shutil.copy2(path, folder / path.name)
-    return root
+    return root, files[test + val + size:]
+
+
+def pseudo_label(model: Path, pool: list[Path], out: Path, threshold: float) -> tuple[Path, dict]:
+    """`pool` copied without labels and read by `model`: the folder of every reading at
+    least `threshold` confident (for `dataset.extra_train`), and figures about it."""
+    from bearcat.bundle import Predictor
+    from bearcat.labelling import LabelQueue, file_md5
+
+    unlabelled = out / "unlabelled"
+    shutil.rmtree(unlabelled, ignore_errors=True)
+    unlabelled.mkdir(parents=True)
+    truth = {}
+    for i, path in enumerate(pool):
+        shutil.copy2(path, unlabelled / f"{i:05d}{path.suffix}")  # the label is not in the copy's name
+        truth[file_md5(path)] = path.name.split("_", 1)[0].lower()
+    readings = out / "readings"
+    shutil.rmtree(readings, ignore_errors=True)
+    start = time.monotonic()
+    saved = LabelQueue(unlabelled, readings, Predictor(model)).accept_confident(threshold)
+    seconds = time.monotonic() - start
+    right = sum(p.name.split("_", 1)[0] == truth[p.stem.split("_", 1)[1]] for p in saved)
+    return readings, {"unlabelled": len(pool), "pseudo": len(saved), "pseudo_precision": right / max(1, len(saved)),
+                      "pseudo_seconds": seconds}
 
 
 def run_train(overrides: list[str]) -> tuple[dict, float]:
@@ -80,6 +115,10 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-scratch", action="store_true")
+    ap.add_argument("--pseudo", type=float, default=None, metavar="T",
+                    help="also run fine-tune + pseudo-labels of the unlabelled rest read with confidence >= T")
+    ap.add_argument("--pseudo-rounds", type=int, default=1,
+                    help="rounds of --pseudo; round r reads the rest with the model of round r-1")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the fine-tunes and scratch runs")
     args = ap.parse_args()
 
@@ -104,28 +143,41 @@ def main() -> None:
     # pretrain_generated (same 0-9a-z vocabulary), so both kinds of run use CTC + light augmentation.
     tune = ["experiment=swust", "mode=ctc", "augmentation=light", *budget, "trainer.batch_size=32", *args.extra]
     for size in args.sizes:
-        root = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed)
+        root, pool = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed)
         kinds = [("fine-tune", [f"init_from={pretrained}", f"trainer.freeze_backbone_epochs={args.freeze_epochs}"])]
         if not args.skip_scratch:
             kinds.append(("scratch", []))
+        if args.pseudo is not None:  # each round: the previous run reads the unlabelled rest
+            rounds = [f"pseudo{r}" if r > 1 else "pseudo" for r in range(1, args.pseudo_rounds + 1)]
+            kinds += [(kind, [f"init_from={out}/runs/{reader}-{size}/model"])
+                      for kind, reader in zip(rounds, ["fine-tune", *rounds])]
         for kind, extra in kinds:
+            more = {}
+            if kind.startswith("pseudo"):
+                reader = Path(extra[0].split("=", 1)[1])
+                readings, more = pseudo_label(reader, pool, out / "data" / f"n{size}-{kind}", args.pseudo)
+                extra = [*extra, f"dataset.extra_train=[{readings}]"]
+                print(json.dumps({"size": size, "round": kind, **more}), flush=True)
             metrics, seconds = run_train([*common, *tune, f"dataset.root={root}", *extra,
                                           f"run_name=few_labels-{kind}-{size}",
                                           f"paths.output_dir={out}/runs/{kind}-{size}"])
             epochs = json.loads((out / "runs" / f"{kind}-{size}" / "checkpoints" / "state.json").read_text())["epoch"]
             row = {"run": kind, "images": size, "epochs": epochs, "test_accuracy": metrics["test_accuracy"],
                    "test_char_accuracy": metrics["test_char_accuracy"], "seconds": seconds,
-                   "goal": GOALS.get(size), "mlflow_run_id": metrics["mlflow_run_id"]}
+                   "goal": GOALS.get(size), "mlflow_run_id": metrics["mlflow_run_id"], **more}
             results.append(row)
             print(json.dumps(row), flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    print(f"\n{'run':<10} {'images':>6} {'epochs':>6} {'test acc':>9} {'char acc':>9} {'goal':>5} {'seconds':>8}")
+    print(f"\n{'run':<10} {'images':>6} {'epochs':>6} {'test acc':>9} {'char acc':>9} {'goal':>5} {'seconds':>8}"
+          "  pseudo-labels")
     for r in results:
         if r["images"] is None:
             continue
+        pseudo = (f"  {r['pseudo']} of {r['unlabelled']}, precision {r['pseudo_precision']:.4f}, "
+                  f"read in {r['pseudo_seconds']:.0f} s" if "pseudo" in r else "")
         print(f"{r['run']:<10} {r['images']:>6} {r['epochs']:>6} {r['test_accuracy']:>9.4f} "
-              f"{r['test_char_accuracy']:>9.4f} {r['goal'] or '':>5} {r['seconds']:>8.0f}")
+              f"{r['test_char_accuracy']:>9.4f} {r['goal'] or '':>5} {r['seconds']:>8.0f}{pseudo}")
 
 
 if __name__ == "__main__":
