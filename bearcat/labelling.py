@@ -10,22 +10,17 @@ and puts its image back at the front of the queue.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bearcat.data.labels import is_image_file
+from bearcat.data.labels import file_md5, is_image_file
 
 log = logging.getLogger(__name__)
 
 FORBIDDEN = set('_/\\:*?"<>|')  # "_" ends the label in a file name; the rest are not file-name safe
-
-
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @dataclass

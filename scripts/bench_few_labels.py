@@ -66,7 +66,8 @@ def pseudo_label(model: Path, pool: list[Path], out: Path, threshold: float) -> 
     """`pool` copied without labels and read by `model`: the folder of every reading at
     least `threshold` confident (for `dataset.extra_train`), and figures about it."""
     from bearcat.bundle import Predictor
-    from bearcat.labelling import LabelQueue, file_md5
+    from bearcat.data.labels import file_md5
+    from bearcat.labelling import LabelQueue
 
     unlabelled = out / "unlabelled"
     shutil.rmtree(unlabelled, ignore_errors=True)

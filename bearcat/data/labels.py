@@ -5,6 +5,7 @@ Convention (shared by every folder tool): the label is the file name before the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import unicodedata
 from pathlib import Path
@@ -25,6 +26,12 @@ def label_from_name(path: str | Path, lowercase: bool = False) -> str:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def file_md5(path) -> str:
+    """The md5 of a file's bytes: the same image under any name (labelled copies are named
+    `LABEL_<md5>.<ext>`)."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 class Vocabulary:

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.labels import file_md5, is_image_file, label_from_name
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -213,21 +213,17 @@ def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
     return samples
 
 
-def _file_md5(path) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
-
-
 def _extra_train(folders, labelled: list, collect, skipped: dict[str, int]) -> list[tuple[str, str]]:
     """The samples of the `extra_train` folders, less every image whose content is already
     in dataset.root (any split): a person's label wins over a pseudo-label, and a copy of a
     val or test image must not train the model."""
-    known = {_file_md5(path) for path, _ in labelled}
+    known = {file_md5(path) for path, _ in labelled}
     kept = []
     for extra in folders:
         if not Path(extra).is_dir():
             raise FileNotFoundError(f"dataset.extra_train: {extra}: folder not found")
         more = collect(Path(extra))
-        fresh = [(path, label) for path, label in more if _file_md5(path) not in known]
+        fresh = [(path, label) for path, label in more if file_md5(path) not in known]
         if len(fresh) < len(more):
             key = "extra_train image already in dataset.root"
             skipped[key] = skipped.get(key, 0) + len(more) - len(fresh)
