@@ -102,6 +102,14 @@ def build_model(cfg: DictConfig, mode: Mode):
     return keras.Model(inputs, outputs, name=f"bearcat_{mode.name}")
 
 
+def compile_model(model, optimizer, loss, jit_compile: bool = False) -> None:
+    """Compile, then create the optimizer's slots eagerly. Left to the first `fit` call,
+    Keras creates them while it traces the train step, which costs far more for backbones
+    with hundreds of weights (README "Training": `scripts/bench_step.py ... opt:lazy`)."""
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
+    model.optimizer.build(model.trainable_variables)
+
+
 def predict(model, mode: Mode, images: np.ndarray, batch_size: int = 256) -> tuple[list[dict], float]:
     """Decoded predictions and the model's time per image in ms (batched)."""
     results = []

@@ -78,8 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
-    from bearcat.experiment import (build_model, build_vocab_and_mode, load_data, load_sources, predict,
-                                    preprocess_config, score)
+    from bearcat.experiment import (build_model, build_vocab_and_mode, compile_model, load_data, load_sources,
+                                    predict, preprocess_config, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                                 cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
         optimizer = instantiate(cfg.optimizer, learning_rate=lr)
         loss_fn = mode.loss()
-        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.trainer.jit_compile)
+        compile_model(model, optimizer, loss_fn, cfg.trainer.jit_compile)
 
     augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only
     train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,

@@ -4,13 +4,17 @@ process, interleaved, against the first variant as the baseline.
     python scripts/bench_step.py                     # oneDNN off vs on (the default), default model
     python scripts/bench_step.py --variants "base:" "stem2:backbone.stem_stride=2" --repeats 5
     python scripts/bench_step.py --variants "gru:mode.rnn=gru" "none:mode.rnn=none" --common mode=ordinary
+    python scripts/bench_step.py --variants "lazy:opt:lazy" "eager:" --common backbone=efficientnetv2b0
 
-A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value) and
-`env:VAR=VALUE` environment settings; environment settings that TensorFlow reads at import
+A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value),
+`env:VAR=VALUE` environment settings, and `opt:lazy` (leave the optimizer's slots to the
+first traced step, as plain Keras does, instead of `bearcat.experiment.compile_model`'s
+eager build); environment settings that TensorFlow reads at import
 (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its own process. The model is
 built from the composed config and fed random images of the configured input size, so no
-data set is needed. Absolute speeds on a shared machine are noisy: compare the ratios,
-which come from runs interleaved in time (A B A B ...), and the spread over repeats.
+data set is needed. `first step s` is compile + the first training step (tracing). Absolute
+speeds on a shared machine are noisy: compare the ratios, which come from runs interleaved
+in time (A B A B ...), and the spread over repeats.
 """
 from __future__ import annotations
 
@@ -31,7 +35,9 @@ def parse_variant(text: str) -> tuple[str, dict, list[str]]:
     name, _, rest = text.partition(":")
     env, overrides = {}, []
     for token in rest.split():
-        if token.startswith("env:"):
+        if token == "opt:lazy":
+            overrides.append(token)  # handled by `measure`, not a config key
+        elif token.startswith("env:"):
             key, _, value = token[4:].partition("=")
             env[key] = value
         else:
@@ -48,7 +54,8 @@ def measure(overrides: list[str], steps: int) -> dict:
     from bearcat.experiment import build_model, mode_options
     from bearcat.modes import build_mode
 
-    cfg = compose_train(["paths.output_dir=/tmp/bench_step", *overrides])
+    lazy = "opt:lazy" in overrides
+    cfg = compose_train(["paths.output_dir=/tmp/bench_step", *(o for o in overrides if o != "opt:lazy")])
     charset = str(cfg.dataset.get("charset") or "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     length = int(cfg.mode.get("max_length") or cfg.dataset.get("max_length") or 6)
     mode = build_mode(cfg.mode.name, Vocabulary(charset), length, **mode_options(cfg))
@@ -57,7 +64,8 @@ def measure(overrides: list[str], steps: int) -> dict:
     pre = cfg.preprocess
     images = rng.integers(0, 256, (batch, pre.height, pre.width, pre.channels)).astype(np.uint8)
     labels = ["".join(rng.choice(list(charset), length)) for _ in range(batch)]
-    return speed(build_model(cfg, mode), mode.loss(), images, mode.encode(labels), batch, steps)
+    return speed(build_model(cfg, mode), mode.loss(), images, mode.encode(labels), batch, steps,
+                 build_optimizer=not lazy)
 
 
 def main():
@@ -83,17 +91,22 @@ def main():
             if line is None:
                 sys.exit(f"variant {name} failed:\n{proc.stderr[-2000:]}")
             results[name].append(json.loads(line[len("RESULT "):]))
-            print(f"repeat {r + 1}/{args.repeats} {name}: train {results[name][-1]['train_images_per_s']:.0f} "
-                  f"images/s, inference {results[name][-1]['infer_images_per_s']:.0f} images/s", flush=True)
+            last = results[name][-1]
+            print(f"repeat {r + 1}/{args.repeats} {name}: first step {last['first_step_s']:.1f} s, train "
+                  f"{last['train_images_per_s']:.0f} images/s, inference {last['infer_images_per_s']:.0f} images/s",
+                  flush=True)
 
     base = variants[0][0]
-    med = {name: {k: statistics.median(m[k] for m in runs) for k in ("train_images_per_s", "infer_images_per_s")}
-           for name, runs in results.items()}
-    print(f"\n| variant | params | train images/s (median) | range | x {base} | inference images/s | x {base} |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    keys = ("first_step_s", "train_images_per_s", "infer_images_per_s")
+    med = {name: {k: statistics.median(m[k] for m in runs) for k in keys} for name, runs in results.items()}
+    print(f"\n| variant | params | first step s (median) | x {base} | train images/s (median) | range | x {base} "
+          f"| inference images/s | x {base} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         train = [m["train_images_per_s"] for m in runs]
-        print(f"| {name} | {runs[0]['params']:,} | {med[name]['train_images_per_s']:.0f} | {min(train):.0f}-{max(train):.0f} "
+        print(f"| {name} | {runs[0]['params']:,} | {med[name]['first_step_s']:.1f} "
+              f"| {med[name]['first_step_s'] / med[base]['first_step_s']:.2f} "
+              f"| {med[name]['train_images_per_s']:.0f} | {min(train):.0f}-{max(train):.0f} "
               f"| {med[name]['train_images_per_s'] / med[base]['train_images_per_s']:.2f} "
               f"| {med[name]['infer_images_per_s']:.0f} "
               f"| {med[name]['infer_images_per_s'] / med[base]['infer_images_per_s']:.2f} |")

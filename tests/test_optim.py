@@ -85,17 +85,23 @@ def test_adabelief_config_round_trip(make_cfg):
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lion", "adabelief"])
 def test_optimizer_configs_minimise(make_cfg, name):
-    """Each optimizer config builds and lowers a small least-squares loss."""
+    """Each optimizer config, compiled the way training does it (slots built before the first
+    step), lowers a small least-squares loss."""
+    from bearcat.experiment import compile_model
+
     cfg = make_cfg([f"optimizer={name}"])
     opt = instantiate(cfg.optimizer, learning_rate=0.05)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], "float32")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile(optimizer=opt, loss="mse")
+    compile_model(model, opt, "mse")
+    assert opt.built and opt.iterations.numpy() == 0  # built eagerly, nothing applied yet
+    slots = len(opt.variables)
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=30, batch_size=16, verbose=0)
     assert model.evaluate(x, y, verbose=0) < 0.5 * before
+    assert len(opt.variables) == slots  # fit used the slots built up front, made no others
 
 
 def lr_at(schedule, step):

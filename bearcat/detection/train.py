@@ -134,7 +134,7 @@ def train_detection(cfg: DictConfig) -> dict:
     from bearcat.callbacks import Checkpointer, read_state, restore_last
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
-    from bearcat.experiment import load_sources, preprocess_config
+    from bearcat.experiment import compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
     from bearcat.train import epoch_callbacks, open_run
 
@@ -163,8 +163,8 @@ def train_detection(cfg: DictConfig) -> dict:
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
     lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
-    model.compile(optimizer=instantiate(cfg.optimizer, learning_rate=lr), loss=detection_loss(len(mode.vocab)),
-                  jit_compile=cfg.trainer.jit_compile)
+    compile_model(model, instantiate(cfg.optimizer, learning_rate=lr), detection_loss(len(mode.vocab)),
+                  cfg.trainer.jit_compile)
     train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed)
     detector = Detector(model=model, mode=mode, pre=preprocess_config(cfg), recogniser=recogniser)
 
