@@ -14,8 +14,8 @@ the same generated captchas and the same wall-time budget.
 3. Measures the input pipeline's images/s alone against the training step's images/s.
 4. For every model, also the test accuracy with `O` and `0` counted as one character: the
    captcha library crops each glyph to its ink and stretches it to the font's (monospace)
-   box, so its O and 0 become nearly the same oval; the gap between the two accuracies is
-   what that ambiguity costs.
+   box, so its O and 0 become similar ovals (not identical: README "Benchmark: the default
+   CTC model"); the gap between the two accuracies is what that similarity costs.
 """
 from __future__ import annotations
 
