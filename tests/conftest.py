@@ -16,9 +16,21 @@ CONF = str(ROOT / "conf")
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow store, created (schema migrations run) once per worker process:
+    MLflow spends seconds migrating every new store, and most tests train into their own."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tmp_store(tmp_path, monkeypatch):
-    """A private sqlite MLflow store; MLFLOW_TRACKING_URI points at it."""
+def tmp_store(tmp_path, monkeypatch, empty_store):
+    """A private sqlite MLflow store (a copy of `empty_store`); MLFLOW_TRACKING_URI points at it."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
