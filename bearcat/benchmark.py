@@ -34,10 +34,11 @@ def speed(model, loss, images: np.ndarray, targets: np.ndarray, batch_size: int,
     from bearcat.experiment import compile_model
 
     start = time.perf_counter()
+    optimizer = keras.optimizers.Adam(1e-3)
     if build_optimizer:
-        compile_model(model, keras.optimizers.Adam(1e-3), loss)
+        compile_model(model, optimizer, loss)
     else:
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+        model.compile(optimizer=optimizer, loss=loss)
     x, y = images[:batch_size].astype(np.float32), targets[:batch_size]
     model.train_on_batch(x, y)
     first_step = time.perf_counter() - start

@@ -35,9 +35,7 @@ def parse_variant(text: str) -> tuple[str, dict, list[str]]:
     name, _, rest = text.partition(":")
     env, overrides = {}, []
     for token in rest.split():
-        if token == "opt:lazy":
-            overrides.append(token)  # handled by `measure`, not a config key
-        elif token.startswith("env:"):
+        if token.startswith("env:"):
             key, _, value = token[4:].partition("=")
             env[key] = value
         else:
@@ -54,7 +52,7 @@ def measure(overrides: list[str], steps: int) -> dict:
     from bearcat.experiment import build_model, mode_options
     from bearcat.modes import build_mode
 
-    lazy = "opt:lazy" in overrides
+    lazy = "opt:lazy" in overrides  # a script token, passed along with the config overrides
     cfg = compose_train(["paths.output_dir=/tmp/bench_step", *(o for o in overrides if o != "opt:lazy")])
     charset = str(cfg.dataset.get("charset") or "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     length = int(cfg.mode.get("max_length") or cfg.dataset.get("max_length") or 6)
