@@ -24,6 +24,25 @@ def compose_train(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
+def random_batch_model(overrides: list[str], count: int | None = None):
+    """(cfg, mode, model, images, labels): the configured model, built without data, and
+    `count` (default: one batch) random images and labels of its input size and charset."""
+    from bearcat.data.labels import Vocabulary
+    from bearcat.experiment import build_model, mode_options
+    from bearcat.modes import build_mode
+
+    cfg = compose_train(["paths.output_dir=/tmp/bench_step", *overrides])
+    charset = str(cfg.dataset.get("charset") or "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    length = int(cfg.mode.get("max_length") or cfg.dataset.get("max_length") or 6)
+    mode = build_mode(cfg.mode.name, Vocabulary(charset), length, **mode_options(cfg))
+    rng = np.random.default_rng(0)
+    pre = cfg.preprocess
+    count = int(count or cfg.trainer.batch_size)
+    images = rng.integers(0, 256, (count, pre.height, pre.width, pre.channels)).astype(np.uint8)
+    labels = ["".join(rng.choice(list(charset), length)) for _ in range(count)]
+    return cfg, mode, build_model(cfg, mode), images, labels
+
+
 def speed(model, loss, images: np.ndarray, targets: np.ndarray, batch_size: int, steps: int = 10,
           build_optimizer: bool = True) -> dict:
     """Images/s of the compiled training step and of batched inference, and parameters,

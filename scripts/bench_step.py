@@ -45,24 +45,11 @@ def parse_variant(text: str) -> tuple[str, dict, list[str]]:
 
 def measure(overrides: list[str], steps: int) -> dict:
     """In this process: build the configured model and time it (bearcat.benchmark.speed)."""
-    import numpy as np
-
-    from bearcat.benchmark import compose_train, speed
-    from bearcat.data.labels import Vocabulary
-    from bearcat.experiment import build_model, mode_options
-    from bearcat.modes import build_mode
+    from bearcat.benchmark import random_batch_model, speed
 
     lazy = "opt:lazy" in overrides  # a script token, passed along with the config overrides
-    cfg = compose_train(["paths.output_dir=/tmp/bench_step", *(o for o in overrides if o != "opt:lazy")])
-    charset = str(cfg.dataset.get("charset") or "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    length = int(cfg.mode.get("max_length") or cfg.dataset.get("max_length") or 6)
-    mode = build_mode(cfg.mode.name, Vocabulary(charset), length, **mode_options(cfg))
-    batch = int(cfg.trainer.batch_size)
-    rng = np.random.default_rng(0)
-    pre = cfg.preprocess
-    images = rng.integers(0, 256, (batch, pre.height, pre.width, pre.channels)).astype(np.uint8)
-    labels = ["".join(rng.choice(list(charset), length)) for _ in range(batch)]
-    return speed(build_model(cfg, mode), mode.loss(), images, mode.encode(labels), batch, steps,
+    cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o != "opt:lazy"])
+    return speed(model, mode.loss(), images, mode.encode(labels), int(cfg.trainer.batch_size), steps,
                  build_optimizer=not lazy)
 
 

@@ -39,6 +39,20 @@ def test_rgb_and_threshold():
     assert (preprocess(gray, PreprocessConfig(height=10, width=10, threshold=101)) == 0).all()
 
 
+def test_gray_min_keeps_pale_coloured_text_dark():
+    """gray=min: yellow text on white is nearly white in luma, black in its darkest channel;
+    grey input is unchanged, and an unknown mode is refused naming the key."""
+    img = Image.new("RGB", (10, 10), (255, 255, 255))
+    img.paste((255, 255, 0), (2, 2, 8, 8))
+    luma = preprocess(img, PreprocessConfig(height=10, width=10))[..., 0]
+    darkest = preprocess(img, PreprocessConfig(height=10, width=10, gray="min"))[..., 0]
+    assert luma[5, 5] > 220 and darkest[5, 5] == 0 and darkest[0, 0] == 255
+    gray = Image.new("L", (10, 10), 77)
+    assert (preprocess(gray, PreprocessConfig(height=10, width=10, gray="min")) == 77).all()
+    with pytest.raises(ValueError, match="preprocess.gray='max'"):
+        PreprocessConfig(gray="max")
+
+
 def test_alpha_palette_and_16bit_inputs():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent -> white
     assert (preprocess(png_bytes(rgba), PreprocessConfig(height=8, width=8)) == 255).all()

@@ -201,3 +201,49 @@ def test_precise_batchnorm_in_chunks_averages_the_chunks():
     per_chunk = [chunked.batch[:4].var(), chunked.batch[4:].var()]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), [np.mean(per_chunk)], rtol=1e-4)
     assert bn.momentum == 0.99  # restored afterwards
+
+
+def test_precise_batchnorm_runs_only_what_feeds_the_batchnorm_layers():
+    """The re-estimate runs the model only up to its last BatchNorm layer (a recurrent head,
+    run eagerly, cost most of the time) and gives the same statistics as running the whole
+    model; a BatchNorm inside a nested model falls back to the whole model."""
+    import keras
+    import numpy as np
+
+    from bearcat.callbacks import PreciseBatchNorm
+
+    def model_with_head():
+        inputs = keras.Input((4, 6, 1))
+        x = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
+        x = keras.layers.BatchNormalization(name="bn")(x)
+        x = keras.layers.Reshape((6, 12))(keras.layers.Permute((2, 1, 3))(x))
+        x = keras.layers.GRU(4, return_sequences=True, name="gru")(x)
+        return keras.Model(inputs, keras.layers.Dense(5, name="out")(x))
+
+    images = np.random.default_rng(1).normal(100.0, 30.0, (16, 4, 6, 1)).astype(np.float32)
+    model = model_with_head()
+    reference = model_with_head()
+    reference.set_weights(model.get_weights())
+    cb = PreciseBatchNorm(images, sample=16, chunk=8)
+    cb.set_model(model)
+    cb.on_epoch_end(0)
+    feed = cb._feeder([model.get_layer("bn")])
+    assert feed is not model and "gru" not in [layer.name for layer in feed.layers]
+    bn_ref = reference.get_layer("bn")
+    for k, start in enumerate((0, 8)):  # the same averaging through the whole model
+        bn_ref.momentum = k / (k + 1)
+        reference(cb.batch[start:start + 8], training=True)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(getattr(model.get_layer("bn"), name)),
+                                   keras.ops.convert_to_numpy(getattr(bn_ref, name)), rtol=1e-5)
+
+    inner_in = keras.Input((4, 6, 1))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="inner_bn")(inner_in), name="inner")
+    outer_in = keras.Input((4, 6, 1))
+    outer = keras.Model(outer_in, keras.layers.Flatten()(inner(outer_in)))
+    nested = PreciseBatchNorm(images, sample=16)
+    nested.set_model(outer)
+    nested.on_epoch_end(0)
+    assert nested._feeder([inner.get_layer("inner_bn")]) is outer
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(inner.get_layer("inner_bn").moving_mean),
+                               [nested.batch.mean()], rtol=1e-5)

@@ -217,7 +217,9 @@ def decode_refs(samples: list[tuple[str, str]], cfg: PreprocessConfig, workers: 
 def _check_raw_settings(manifest: dict, cfg: PreprocessConfig, folder: Path) -> None:
     if manifest["encoding"] != "raw":
         return
-    packed_with = {k: v for k, v in manifest["preprocess"].items() if k != "max_pixels"}
+    # through the dataclass, so a key added since packing compares as its default
+    packed = PreprocessConfig.from_dict(manifest["preprocess"]).to_dict()
+    packed_with = {k: v for k, v in packed.items() if k != "max_pixels"}
     wanted = {k: v for k, v in cfg.to_dict().items() if k != "max_pixels"}
     if packed_with != wanted:
         diff = ", ".join(f"preprocess.{k}: packed {packed_with.get(k)} / now {v}"

@@ -17,6 +17,11 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 20_000_000
 
 
+# "min" keeps pale coloured text dark: yellow (255, 255, 0) is luma 226, nearly the white of
+# the background, but its darkest channel is 0.
+GRAY_MODES = ("luma", "min")
+
+
 class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
 
@@ -26,9 +31,14 @@ class PreprocessConfig:
     height: int = 48          # model input height, pixels
     width: int = 128          # model input width, pixels
     channels: int = 1         # 1 = grayscale, 3 = RGB
+    gray: str = "luma"        # channels=1: "luma" (PIL's weighted grey) | "min" (each pixel's darkest channel)
     threshold: int | None = None  # binarise grayscale at this level (0-255); None = off
     pad_value: int = 128      # grey used to pad to the input size
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.gray not in GRAY_MODES:
+            raise ValueError(f"preprocess.gray={self.gray!r}: choose one of {', '.join(GRAY_MODES)}")
 
     @classmethod
     def from_dict(cls, d) -> "PreprocessConfig":
@@ -65,7 +75,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = 
     return img
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def _to_mode(img: Image.Image, channels: int, gray: str = "luma") -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8-bit, don't clip
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
@@ -75,6 +85,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
+    if channels == 1 and gray == "min" and img.mode not in ("L", "1"):
+        return Image.fromarray(np.asarray(img.convert("RGB")).min(axis=2))
     return img.convert("L" if channels == 1 else "RGB")
 
 
@@ -90,9 +102,9 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
     """Image -> uint8 array (cfg.height, cfg.width, cfg.channels).
 
     Keep the aspect ratio, scale down only if larger than the input size, centre on a
-    grey (`pad_value`) canvas, optionally grayscale and threshold.
+    grey (`pad_value`) canvas, optionally grayscale (luma or darkest channel) and threshold.
     """
-    img = _to_mode(ImageOps.exif_transpose(load_image(source, cfg.max_pixels, name)), cfg.channels)
+    img = _to_mode(ImageOps.exif_transpose(load_image(source, cfg.max_pixels, name)), cfg.channels, cfg.gray)
     size, offset, _ = letterbox(img.width, img.height, cfg)
     if size != img.size:
         img = img.resize(size, Image.BILINEAR)
