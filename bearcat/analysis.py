@@ -1,4 +1,5 @@
-"""Deeper evaluation: which characters get confused, how confidence relates to being right,
+"""Deeper evaluation: which characters get confused, how readings fail (substituted, missed,
+extra characters), how confidence relates to being right,
 and how long one image takes end to end. Used by `python -m bearcat.evaluate`."""
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ def confusions(truths: list[str], preds: list[str], top: int = 20) -> list[dict]
     """The most frequent errors: {"truth", "read", "count"}; '' = missed / extra character."""
     counts = Counter(p for t, r in zip(truths, preds) for p in alignment(t, r) if p[0] != p[1])
     return [{"truth": t, "read": r, "count": c} for (t, r), c in counts.most_common(top)]
+
+
+FAILURE_KINDS = ("substituted", "missed_doubled", "missed", "extra", "mixed")
+
+
+def failure_kind(truth: str, pred: str) -> str | None:
+    """How a reading went wrong: only `substituted` characters, only characters `missed`
+    (`missed_doubled` when one of them has an equal neighbour, e.g. AA read as A: CTC needs
+    a blank between the two), only `extra` characters, or `mixed`. None when right."""
+    if truth == pred:
+        return None
+    ops, doubled, k = Counter(), False, 0
+    for t, r in alignment(truth, pred):
+        if t != r:
+            ops["missed" if not r else "extra" if not t else "substituted"] += 1
+        if t and not r:
+            doubled |= (k > 0 and truth[k - 1] == t) or (k + 1 < len(truth) and truth[k + 1] == t)
+        k += bool(t)
+    if len(ops) > 1:
+        return "mixed"
+    kind = next(iter(ops))
+    return "missed_doubled" if kind == "missed" and doubled else kind
+
+
+def failure_kinds(truths: list[str], preds: list[str]) -> dict[str, int]:
+    """Failed readings counted by `failure_kind`."""
+    counts = Counter(failure_kind(t, r) for t, r in zip(truths, preds))
+    return {kind: counts.get(kind, 0) for kind in FAILURE_KINDS}
 
 
 def confidence_report(truths: list[str], results: list[dict], threshold: float, bins: int = 10) -> dict:
@@ -116,11 +145,13 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     report = confidence_report(truths, results, threshold)
     pairs = confusions(truths, preds)
     (folder / "confusions.json").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
+    kinds = failure_kinds(truths, preds)
+    (folder / "failure_kinds.json").write_text(json.dumps(kinds, indent=1))
     (folder / "confidence_histogram.json").write_text(json.dumps(report, indent=1))
     png = histogram_png(report, folder / "confidence_histogram.png")
     metrics = {"accuracy_confident": report["confident_accuracy"], "confident_fraction": report["confident_fraction"],
-               "accuracy_unsure": report["unsure_accuracy"]}
-    return metrics, [folder / "confusions.json", folder / "confidence_histogram.json", png]
+               "accuracy_unsure": report["unsure_accuracy"]} | {f"failures_{k}": v for k, v in kinds.items()}
+    return metrics, [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
 
 
 def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple[dict, list[tuple[Path, str]]]:

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bearcat.analysis import alignment, confidence_report, confusions
+from bearcat.analysis import alignment, confidence_report, confusions, failure_kind, failure_kinds
 from bearcat.evaluate import evaluate
 from conftest import CONF
 
@@ -30,6 +30,18 @@ def test_alignment_and_confusions():
     assert pairs[0] == {"truth": "o", "read": "0", "count": 2}
     assert {"truth": "2", "read": "Z", "count": 1} in pairs and {"truth": "a", "read": "", "count": 1} in pairs
     assert sum(p["count"] for p in pairs) == 4
+
+
+def test_failure_kinds():
+    assert failure_kind("ab12", "ab12") is None
+    assert failure_kind("ab12", "ab1Z") == "substituted"
+    assert failure_kind("aab1", "ab1") == "missed_doubled"  # CTC: two equal neighbours read as one
+    assert failure_kind("abb", "ab") == "missed_doubled"
+    assert failure_kind("ab12", "a12") == "missed"
+    assert failure_kind("ab", "abc") == "extra"
+    assert failure_kind("ab12", "xb1") == "mixed"  # one substituted, one missed: not only missed
+    assert failure_kinds(["ab", "aa", "ab", "ab"], ["ab", "a", "b", "ax"]) == {
+        "substituted": 1, "missed_doubled": 1, "missed": 1, "extra": 0, "mixed": 0}
 
 
 def test_confidence_report_counts_right_and_wrong_per_bin():
@@ -63,12 +75,16 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     assert sum(histogram["right"]) + sum(histogram["wrong"]) == test_size
     pairs = json.loads((out / "analysis" / "confusions.json").read_text())
     assert all(p["truth"] != p["read"] and p["count"] >= 1 for p in pairs)
+    kinds = json.loads((out / "analysis" / "failure_kinds.json").read_text())
+    assert sum(kinds.values()) == metrics["test_failures"]
+    assert all(metrics[f"test_failures_{k}"] == v for k, v in kinds.items())
     assert json.loads((out / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
 
     client = mlflow.tracking.MlflowClient(trained_run["tracking_uri"])
     logged = {a.path for folder in ("analysis", "gradcam", "predictions")
               for a in client.list_artifacts(metrics["mlflow_run_id"], folder)}
-    assert {"analysis/confusions.json", "analysis/confidence_histogram.png", "gradcam/gradcam.png"} <= logged
+    assert {"analysis/confusions.json", "analysis/failure_kinds.json", "analysis/confidence_histogram.png",
+            "gradcam/gradcam.png"} <= logged
     assert ("predictions/failures_gallery.png" in logged) == (metrics["test_failures"] > 0)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == trained_run["run_id"]
