@@ -77,6 +77,35 @@ def test_time_upsample_doubles_the_steps_and_passes_the_check():
     assert mode.build_head(features).shape[1] == 16
 
 
+def test_time_upsample_at_output_splits_each_column_after_the_rnn():
+    """time_upsample_at=output: the recurrent layer runs over the 8 columns, the output layer
+    writes 2 steps for each (16 in all), and a model trained on doubled characters learns to
+    put a blank between them."""
+    import keras
+
+    mode = build_mode("ctc", VOCAB, 2, time_upsample=2, time_upsample_at="output", rnn_units=16)
+    inputs = keras.Input((1, 8, 4))
+    model = keras.Model(inputs, mode.build_head(inputs))
+    assert model.output.shape[1:] == (16, VOCAB.num_classes)
+    assert model.get_layer("ctc_rnn0").output.shape[1] == 8
+    # one column per character; "AA" can only be written as A, blank, A: within its column's two steps
+    x = np.zeros((64, 1, 8, 4), np.float32)
+    labels = []
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        chars = rng.choice(["A", "B"], 2)
+        labels.append("".join(chars))
+        for k, c in enumerate(chars):
+            x[i, 0, 3 + k, 0 if c == "A" else 1] = 1.0
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.Adam(0.03), loss=mode.loss())
+    model.fit(x, mode.encode(labels), epochs=150, batch_size=64, verbose=0)
+    read = [r["result"] for r in mode.decode(model.predict(x, verbose=0))]
+    assert "AA" in labels and read == labels
+    with pytest.raises(ValueError, match="mode.time_upsample_at=input"):
+        build_mode("ctc", VOCAB, 2, time_upsample=2, time_upsample_at="input").build_head(inputs)
+
+
 def test_time_budget_cosine_anneals_by_time_or_steps():
     from bearcat.optim.schedules import TimeBudgetCosine
 

@@ -119,9 +119,20 @@ class CTCMode(Mode):
 
         o = self.options
         upsample = int(o.get("time_upsample") or 1)
+        at = o.get("time_upsample_at") or "rnn"
+        if at not in ("rnn", "output"):
+            raise ValueError(f"mode.time_upsample_at={at}: choose rnn or output")
         self.check_time_steps(features, upsample)
-        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", upsample)
-        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
+        split = upsample if at == "output" else 1
+        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc",
+                              upsample // split)
+        if split == 1:
+            return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
+        # The recurrent layer runs once per column and the output layer writes `split` steps
+        # for each: room for a blank between doubled characters at the cost of one wider Dense.
+        x = layers.Dense(split * self.vocab.num_classes, name="ctc_split")(x)
+        x = layers.Reshape((x.shape[1] * split, self.vocab.num_classes), name="ctc_steps")(x)
+        return layers.Activation("softmax", name="ctc_probs")(x)
 
     def loss(self):
         import keras
