@@ -151,33 +151,33 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         # in chunks, each layer's statistics are averaged over the chunks instead.
         self.chunk = int(chunk) if chunk else len(self.batch)
 
+    def set_model(self, model):
+        super().set_model(model)
+        self.layers = [layer for layer in model._flatten_layers()
+                       if isinstance(layer, keras.layers.BatchNormalization)]
+        self.feed = self._feeder(self.layers) if self.layers else model
+
     def _feeder(self, layers):
         """The part of the model that feeds its BatchNorm layers, or the whole model when
         that part cannot be cut out (BatchNorm inside a nested model). Run eagerly, a
         recurrent head steps through its sequence in Python: 5.5 of the 5.6 s this took
         per epoch for the default model (README "Training")."""
-        if getattr(self, "_feed_for", None) is not self.model:
-            try:
-                self._feed = keras.Model(self.model.input, [layer.output for layer in layers])
-            except (ValueError, AttributeError):
-                self._feed = self.model
-            self._feed_for = self.model
-        return self._feed
+        try:
+            return keras.Model(self.model.input, [layer.output for layer in layers])
+        except (ValueError, AttributeError):
+            return self.model
 
     def on_epoch_end(self, epoch, logs=None):
-        layers = [layer for layer in self.model._flatten_layers()
-                  if isinstance(layer, keras.layers.BatchNormalization)]
-        if not layers:
+        if not self.layers:
             return
-        feed = self._feeder(layers)
-        momenta = [layer.momentum for layer in layers]
+        momenta = [layer.momentum for layer in self.layers]
         try:
             for k, start in enumerate(range(0, len(self.batch), self.chunk)):
-                for layer in layers:
+                for layer in self.layers:
                     layer.momentum = k / (k + 1)  # moving stats := mean of the chunks' stats so far
-                feed(self.batch[start:start + self.chunk], training=True)
+                self.feed(self.batch[start:start + self.chunk], training=True)
         finally:
-            for layer, m in zip(layers, momenta):
+            for layer, m in zip(self.layers, momenta):
                 layer.momentum = m
 
 

@@ -32,9 +32,6 @@ def main():
 
     cfg, _, model, images, _ = random_batch_model(args.overrides, count=2048)
     t = cfg.trainer
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    if not layers:
-        raise SystemExit("this model has no BatchNorm layers: nothing to re-estimate")
 
     class WholeModel(PreciseBatchNorm):  # the baseline: every chunk through the whole model
         def _feeder(self, layers):
@@ -46,6 +43,9 @@ def main():
         cb = cls(images, int(t.bn_calibration_images), int(t.seed), t.get("bn_calibration_chunk"))
         cb.set_model(model)
         callbacks[name] = cb
+    layers = callbacks["cut out"].layers
+    if not layers:
+        raise SystemExit("this model has no BatchNorm layers: nothing to re-estimate")
     stats = {}
     times = {name: [] for name in ways}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
@@ -58,7 +58,7 @@ def main():
                            for v in (layer.moving_mean, layer.moving_variance)]
     diff = max(float(np.max(np.abs(a - b) / (np.abs(b) + 1e-6))) for a, b in zip(*stats.values()))
     base = statistics.median(times["whole model"])
-    feed = callbacks["cut out"]._feed
+    feed = callbacks["cut out"].feed
     part = "the whole model (could not cut)" if feed is model else f"{len(feed.layers)} of {len(model.layers)} layers"
     print(f"model: {model.name}, {len(layers)} BatchNorm layers, {len(callbacks['cut out'].batch)} images "
           f"in chunks of {callbacks['cut out'].chunk}; cut-out part: {part}")

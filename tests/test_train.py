@@ -227,8 +227,7 @@ def test_precise_batchnorm_runs_only_what_feeds_the_batchnorm_layers():
     cb = PreciseBatchNorm(images, sample=16, chunk=8)
     cb.set_model(model)
     cb.on_epoch_end(0)
-    feed = cb._feeder([model.get_layer("bn")])
-    assert feed is not model and "gru" not in [layer.name for layer in feed.layers]
+    assert cb.feed is not model and "gru" not in [layer.name for layer in cb.feed.layers]
     bn_ref = reference.get_layer("bn")
     for k, start in enumerate((0, 8)):  # the same averaging through the whole model
         bn_ref.momentum = k / (k + 1)
@@ -244,6 +243,6 @@ def test_precise_batchnorm_runs_only_what_feeds_the_batchnorm_layers():
     nested = PreciseBatchNorm(images, sample=16)
     nested.set_model(outer)
     nested.on_epoch_end(0)
-    assert nested._feeder([inner.get_layer("inner_bn")]) is outer
+    assert nested.feed is outer
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inner.get_layer("inner_bn").moving_mean),
                                [nested.batch.mean()], rtol=1e-5)
