@@ -1,9 +1,11 @@
 """Deeper evaluation: which characters get confused, how readings fail (substituted, missed,
-extra characters), how confidence relates to being right,
+extra characters), how confidence relates to being right, which labels look wrong,
 and how long one image takes end to end. Used by `python -m bearcat.evaluate`."""
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -154,10 +156,50 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     return metrics, [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
 
 
+def label_suspects(paths: list[str], truths: list[str], results: list[dict], min_confidence: float) -> list[dict]:
+    """Failures read with at least `min_confidence`, most confident first. Hand-labelled sets
+    carry some wrong labels; a confident reading that disagrees is where to look first."""
+    rows = [{"file": path, "label": truth, "prediction": r["result"], "confidence": round(float(r["confidence"]), 4)}
+            for path, truth, r in zip(paths, truths, results)
+            if r["result"] != truth and r["confidence"] >= min_confidence]
+    return sorted(rows, key=lambda row: -row["confidence"])
+
+
+def write_suspects(folder, rows: list[dict], images: np.ndarray, index: dict[str, int]) -> list[Path]:
+    """label_suspects.csv, a contact sheet of the suspects and a copy of each image in
+    label_suspects/ (under its own name) for review, e.g. with `python -m bearcat.label`.
+    The originals are only read."""
+    from bearcat.gallery import contact_sheet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "label_suspects.csv"
+    with table.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "label", "prediction", "confidence"])
+        writer.writeheader()
+        writer.writerows(rows)
+    copies = folder / "label_suspects"
+    shutil.rmtree(copies, ignore_errors=True)
+    copies.mkdir()
+    for i, row in enumerate(rows):
+        source = Path(row["file"])
+        target = copies / source.name
+        if target.exists():  # the same name in two splits: keep both
+            target = copies / f"{source.stem}_{i}{source.suffix}"
+        shutil.copy2(source, target)
+    if not rows:
+        return [table]
+    shown = rows[:48]
+    sheet = contact_sheet(images[[index[row["file"]] for row in shown]],
+                          [f"{row['prediction']} ({row['confidence']:.2f}) / {row['label']}" for row in shown],
+                          folder / "label_suspects.png", 4, [(200, 0, 0)] * len(shown), scale=2)
+    return [table, sheet]
+
+
 def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple[dict, list[tuple[Path, str]]]:
     """Everything `evaluate` adds past the headline metrics: confusions, confidence
     histogram and accuracy above `low_confidence`, end-to-end latency per image, a gallery
-    of failures and (with `gradcam=true`) Grad-CAM heat maps. Returns metrics (without the
+    of failures, the label suspects (confident failures, see `label_suspects`) and (with `gradcam=true`) Grad-CAM heat maps. Returns metrics (without the
     `test_` prefix) and (file, MLflow artifact folder) pairs."""
     from bearcat.gallery import prediction_gallery
 
@@ -167,6 +209,10 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
     metrics |= latency(predictor, list(data.paths[:cfg.latency_images]))
     failed = [i for i, (r, t) in enumerate(zip(results, data.labels)) if r["result"] != t]
     metrics["failures"] = len(failed)
+    suspects = label_suspects(list(data.paths), data.labels, results, cfg.suspect_confidence)
+    metrics["label_suspects"] = len(suspects)
+    index = {path: i for i, path in enumerate(data.paths)}
+    artifacts += [(f, "analysis") for f in write_suspects(out_dir / "analysis", suspects, data.images, index)]
     if failed:
         gallery = prediction_gallery(data.images[failed], [data.labels[i] for i in failed],
                                      [results[i] for i in failed], out_dir / "failures_gallery.png",

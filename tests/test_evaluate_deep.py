@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bearcat.analysis import alignment, confidence_report, confusions, failure_kind, failure_kinds
+from bearcat.analysis import (alignment, confidence_report, confusions, failure_kind, failure_kinds, label_suspects,
+                              write_suspects)
 from bearcat.evaluate import evaluate
 from conftest import CONF
 
@@ -44,6 +45,28 @@ def test_failure_kinds():
         "substituted": 1, "missed_doubled": 1, "missed": 1, "extra": 0, "mixed": 0}
 
 
+def test_label_suspects_are_confident_failures_copied_for_review(tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "mine"
+    source.mkdir()
+    paths = []
+    for name in ("ab_1.png", "cd_2.png", "ef_3.png", "gh_4.png"):
+        Image.new("L", (20, 10), 200).save(source / name)
+        paths.append(str(source / name))
+    before = {p: (source / p).read_bytes() for p in ("ab_1.png", "cd_2.png")}
+    results = [{"result": r, "confidence": c} for r, c in [("ab", 0.99), ("cb", 0.97), ("ex", 0.5), ("gk", 0.999)]]
+    rows = label_suspects(paths, ["ab", "cd", "ef", "gh"], results, 0.95)
+    assert [(r["label"], r["prediction"]) for r in rows] == [("gh", "gk"), ("cd", "cb")]  # most confident first
+    images = np.zeros((4, 10, 20, 1), np.uint8)
+    written = write_suspects(tmp_path / "analysis", rows, images, {p: i for i, p in enumerate(paths)})
+    assert [w.name for w in written] == ["label_suspects.csv", "label_suspects.png"]
+    assert sorted(p.name for p in (tmp_path / "analysis" / "label_suspects").iterdir()) == ["cd_2.png", "gh_4.png"]
+    assert sorted(p.name for p in source.iterdir()) == ["ab_1.png", "cd_2.png", "ef_3.png", "gh_4.png"]
+    assert all((source / p).read_bytes() == b for p, b in before.items())
+    assert write_suspects(tmp_path / "none", [], images, {}) == [tmp_path / "none" / "label_suspects.csv"]
+
+
 def test_confidence_report_counts_right_and_wrong_per_bin():
     truths = ["a", "b", "c", "d", "e"]
     results = [{"result": r, "confidence": c} for r, c in
@@ -61,6 +84,7 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[
             f"run_id={trained_run['run_id']}", "gradcam=true", "gradcam_images=4", "latency_images=5",
+            "suspect_confidence=0",  # a barely trained model: list every failure
             f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={trained_run['root'] / 'cache'}"])
     metrics = evaluate(cfg)
     for key in ("test_accuracy", "test_char_accuracy", "test_cer", "test_accuracy_confident", "test_confident_fraction",
@@ -79,6 +103,10 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     assert sum(kinds.values()) == metrics["test_failures"]
     assert all(metrics[f"test_failures_{k}"] == v for k, v in kinds.items())
     assert json.loads((out / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
+    assert metrics["test_label_suspects"] == metrics["test_failures"]
+    rows = (out / "analysis" / "label_suspects.csv").read_text().splitlines()
+    assert rows[0] == "file,label,prediction,confidence" and len(rows) == 1 + metrics["test_failures"]
+    assert len(list((out / "analysis" / "label_suspects").iterdir())) == metrics["test_failures"]
 
     client = mlflow.tracking.MlflowClient(trained_run["tracking_uri"])
     logged = {a.path for folder in ("analysis", "gradcam", "predictions")
