@@ -106,3 +106,26 @@ def test_resnet_se_is_small_with_se_gates(make_cfg):
     assert model.output.shape[1:] == (3, 32, 128)  # height / 16, one time step per 4 columns, like cnn_small
     assert any(layer.name.endswith("_se_scale") for layer in model.layers)
     assert 200_000 < model.count_params() < 2_000_000
+
+
+def test_space_to_depth_keeps_every_pixel_and_survives_saving(make_cfg, tmp_path):
+    """cnn_small with space_to_depth=2 on a 64 x 160 input gives the feature map of the
+    default on 32 x 80; the fold is the reference reordering and the model reloads."""
+    from bearcat.models.backbones import SpaceToDepth
+
+    x = np.arange(2 * 4 * 6 * 3, dtype="float32").reshape(2, 4, 6, 3)
+    folded = keras.ops.convert_to_numpy(SpaceToDepth(2)(x))
+    reference = x.reshape(2, 2, 2, 3, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 2, 3, 12)
+    np.testing.assert_array_equal(folded, reference)
+
+    cfg = make_cfg(["backbone.space_to_depth=2"])
+    inputs = keras.Input((64, 160, 1))
+    model = keras.Model(inputs, features_of(cfg, inputs))
+    default = features_of(make_cfg([]), keras.Input((32, 80, 1)))
+    assert model.output.shape[1:] == default.shape[1:]
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 160, 1)).astype("float32")
+    model.save(tmp_path / "s2d.keras")
+    again = keras.models.load_model(tmp_path / "s2d.keras")
+    np.testing.assert_allclose(again.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="backbone.space_to_depth=2 needs preprocess.height .* got 63x160"):
+        features_of(cfg, keras.Input((63, 160, 1)))

@@ -19,17 +19,49 @@ def _conv_bn(x, filters: int, kernel, strides=1, name: str = ""):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+@keras.saving.register_keras_serializable(package="bearcat")
+class SpaceToDepth(layers.Layer):
+    """Fold each k x k block of pixels into k*k channels: a lossless k-fold downscale, so
+    the first convolution sees every input pixel at the cost of a k-times smaller map."""
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block = int(block)
+
+    def call(self, x):
+        k = self.block
+        _, h, w, c = x.shape
+        x = keras.ops.reshape(x, (-1, h // k, k, w // k, k, c))
+        x = keras.ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return keras.ops.reshape(x, (-1, h // k, w // k, k * k * c))
+
+    def compute_output_shape(self, shape):
+        k = self.block
+        return (shape[0], shape[1] // k, shape[2] // k, shape[3] * k * k)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
 def cnn_small(inputs, filters=(32, 64, 96, 128), pools=((2, 2), (2, 2), (2, 1), (2, 1)),
-              convs_per_block: int = 1, scale: float = 1 / 255.0, offset: float = 0.0, stem_stride: int = 1):
+              convs_per_block: int = 1, scale: float = 1 / 255.0, offset: float = 0.0, stem_stride: int = 1,
+              space_to_depth: int = 1):
     """Plain conv-BN-ReLU blocks with max pooling: the fast CPU default.
 
     Pools of (2, 1) late in the stack halve the height but keep the width, so the
     sequence modes get one time step per 4 input columns. `stem_stride` 2 makes the very
-    first convolution strided: a larger input for little more compute.
+    first convolution strided: a larger input for little more compute. `space_to_depth` k
+    folds k x k pixel blocks into channels first: a k-times larger input (full-size images)
+    for about the same compute, one time step per 4k input columns.
     """
     if len(filters) != len(pools):
         raise ValueError("backbone.filters and backbone.pools must have the same length")
     x = layers.Rescaling(scale, offset, name="rescale")(inputs)
+    if space_to_depth > 1:
+        if x.shape[1] % space_to_depth or x.shape[2] % space_to_depth:
+            raise ValueError(f"backbone.space_to_depth={space_to_depth} needs preprocess.height and preprocess.width "
+                             f"divisible by it, got {x.shape[1]}x{x.shape[2]}")
+        x = SpaceToDepth(space_to_depth, name="space_to_depth")(x)
     for b, (f, pool) in enumerate(zip(filters, pools)):
         for c in range(convs_per_block):
             stride = stem_stride if b == 0 and c == 0 else 1
