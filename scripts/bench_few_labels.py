@@ -106,7 +106,7 @@ def score_reviewed(model: Path, test_dir: Path, reviewed: dict[str, str]) -> dic
     from bearcat.bundle import Predictor
 
     files = sorted(test_dir.iterdir())
-    readings = [r["result"] for r in Predictor(model).predict(files)]
+    readings = [r["result"].lower() for r in Predictor(model).predict(files)]  # scored case-insensitively
     given = [f.name.split("_", 1)[0].lower() for f in files]
     checked = [reviewed.get(f.name, g) for f, g in zip(files, given)]
     return {"test_accuracy_given": sum(map(str.__eq__, readings, given)) / len(files),

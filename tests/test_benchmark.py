@@ -25,3 +25,39 @@ def test_killed_run_is_reported_and_the_others_kept(tmp_path, capsys):
     report = next(p for p in tmp_path.glob("*-report.json"))
     assert json.loads(report.read_text()) == rows
     assert "| last | 0.50 |" in capsys.readouterr().out
+
+
+def test_few_labels_scores_against_reviewed_labels(trained_run, tmp_path):
+    """bench_few_labels --reviewed: one reading per image, scored against the given labels
+    and against the reviewed ones (a corrected label counts as the reviewed answer)."""
+    import csv
+    import shutil
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_few_labels
+    from bearcat.bundle import Predictor
+
+    model = trained_run["output_dir"] / "model"
+    source = sorted((trained_run["root"] / "cache" / "synthetic").glob("*/test/*.png"))[:4]
+    test = tmp_path / "test"
+    test.mkdir()
+    for path in source:
+        shutil.copy2(path, test / path.name)
+    files = sorted(test.iterdir())
+    readings = [r["result"].lower() for r in Predictor(model).predict(files)]
+    given = [f.name.split("_", 1)[0].lower() for f in files]
+    # "Review" the first two: their right answer is what the model reads.
+    table = tmp_path / "reviewed.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "reviewed", "seen"])
+        writer.writerows([[files[i].name, given[i], readings[i], "test"] for i in (0, 1)])
+        writer.writerow(["not_in_the_split.png", "ab", "cd", "ignored"])
+    reviewed = bench_few_labels.read_reviewed(table)
+    scores = bench_few_labels.score_reviewed(model, test, reviewed)
+    changed = sum(given[i] != readings[i] for i in (0, 1))
+    assert scores["labels_corrected"] == changed
+    assert scores["test_accuracy_given"] == sum(r == g for r, g in zip(readings, given)) / 4
+    expected = (2 + sum(r == g for r, g in zip(readings[2:], given[2:]))) / 4
+    assert scores["test_accuracy_reviewed"] == expected
