@@ -7,6 +7,7 @@
     python scripts/bench_few_labels.py --sizes 100 --minutes 1   # quick check
     python scripts/bench_few_labels.py --epochs 40 --skip-scratch  # fixed epochs, not minutes
     python scripts/bench_few_labels.py --pseudo 0.9 [--pseudo-rounds 2]   # + pseudo-labels (below)
+    python scripts/bench_few_labels.py --review-train   # train on the reviewed labels too (below)
 
 Split (fixed seed, never changes with the size): 400 test images, 50 validation images
 (used only to pick the checkpoint), and training images taken from the start of the
@@ -27,7 +28,10 @@ printed; those labels are never used for training.
 --reviewed CSV (default: scripts/data/<set>_reviewed.csv when it exists) also scores every
 run against test labels checked by eye: columns file, label, reviewed; a file not listed
 keeps its label. The set's own labels stay the primary figure (`test_accuracy`); the
-reviewed one is `test_accuracy_reviewed`. How the list was made: README "Few labels".
+reviewed one is `test_accuracy_reviewed`. With --review-train the training images it lists
+are also trained under their reviewed labels, as after the README's suspects review (the
+labelled images a fine-tuned model confidently reads otherwise, checked again by a person).
+How the list was made: README "Few labels".
 """
 from __future__ import annotations
 
@@ -48,9 +52,11 @@ sys.path.insert(0, str(ROOT))
 GOALS = {100: 0.90, 200: 0.95, 400: 0.98}
 
 
-def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int) -> tuple[Path, list[Path]]:
+def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int,
+               relabel: dict[str, str] | None = None) -> tuple[Path, list[Path]]:
     """out/n<size>/{train,val,test}/ holding copies of the chosen files; the files left over
-    (the unlabelled pool of --pseudo)."""
+    (the unlabelled pool of --pseudo). A training image named in `relabel` is copied under
+    its reviewed label (--review-train)."""
     from bearcat.data.labels import is_image_file
 
     files = sorted(p for p in data.iterdir() if is_image_file(p))
@@ -64,7 +70,10 @@ def make_split(data: Path, out: Path, size: int, test: int, val: int, seed: int)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for path in chosen:
-            shutil.copy2(path, folder / path.name)
+            name = path.name
+            if split == "train" and name in (relabel or {}):
+                name = f"{relabel[name]}_{name.split('_', 1)[1]}"
+            shutil.copy2(path, folder / name)
     return root, files[test + val + size:]
 
 
@@ -150,6 +159,8 @@ def main() -> None:
                     help="rounds of --pseudo; round r reads the rest with the model of round r-1")
     ap.add_argument("--reviewed", default=None, help="CSV of test labels checked by eye (file,label,reviewed); "
                                                      "default scripts/data/<set>_reviewed.csv if present; 'none' = off")
+    ap.add_argument("--review-train", action="store_true",
+                    help="train on the reviewed labels of the training images listed in --reviewed")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the fine-tunes and scratch runs")
     args = ap.parse_args()
 
@@ -163,6 +174,8 @@ def main() -> None:
     reviewed_csv = (None if args.reviewed == "none" else Path(args.reviewed) if args.reviewed else
                     default_reviewed if default_reviewed.is_file() else None)
     reviewed = read_reviewed(reviewed_csv)
+    if args.review_train and not reviewed:
+        sys.exit("--review-train needs a --reviewed CSV with corrected labels")
     results = []
     if not args.pretrained and not (Path(pretrained) / "bundle.json").is_file():
         metrics, seconds = run_train([*common, "experiment=pretrain_generated", f"paths.output_dir={out}/pretrain",
@@ -178,7 +191,8 @@ def main() -> None:
     # pretrain_generated (same 0-9a-z vocabulary), so both kinds of run use CTC + light augmentation.
     tune = ["experiment=swust", "mode=ctc", "augmentation=light", *budget, "trainer.batch_size=32", *args.extra]
     for size in args.sizes:
-        root, pool = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed)
+        root, pool = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed,
+                                reviewed if args.review_train else None)
         kinds = [("fine-tune", [f"init_from={pretrained}", f"trainer.freeze_backbone_epochs={args.freeze_epochs}"])]
         if not args.skip_scratch:
             kinds.append(("scratch", []))
