@@ -35,10 +35,12 @@ def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None 
 
 def load_keras(path):
     """A saved Keras model (inference only). Bearcat's own layers (EfficientDet's BiFPN
-    fusion) register on import: import them first, or a fresh process cannot load them."""
+    fusion, cnn_small's SpaceToDepth) register on import: import them first, or a fresh
+    process cannot load them."""
     import keras
 
     import bearcat.detection.model  # noqa: F401  (registers the custom layers)
+    import bearcat.models.backbones  # noqa: F401
 
     return keras.models.load_model(path, compile=False)
 

@@ -127,5 +127,13 @@ def test_space_to_depth_keeps_every_pixel_and_survives_saving(make_cfg, tmp_path
     model.save(tmp_path / "s2d.keras")
     again = keras.models.load_model(tmp_path / "s2d.keras")
     np.testing.assert_allclose(again.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+    # A fresh process (export, serve) loads it through the bundle loader, which registers the layer.
+    import subprocess
+    import sys
+
+    code = ("import sys; from bearcat.bundle import load_keras; "
+            "print(load_keras(sys.argv[1]).get_layer('space_to_depth').block)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s2d.keras")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("2"), done.stderr[-2000:]
     with pytest.raises(ValueError, match="backbone.space_to_depth=2 needs preprocess.height .* got 63x160"):
         features_of(cfg, keras.Input((63, 160, 1)))
