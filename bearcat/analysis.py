@@ -199,8 +199,9 @@ def write_suspects(folder, rows: list[dict], images: np.ndarray, index: dict[str
 def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple[dict, list[tuple[Path, str]]]:
     """Everything `evaluate` adds past the headline metrics: confusions, confidence
     histogram and accuracy above `low_confidence`, end-to-end latency per image, a gallery
-    of failures, the label suspects (confident failures, see `label_suspects`) and (with `gradcam=true`) Grad-CAM heat maps. Returns metrics (without the
-    `test_` prefix) and (file, MLflow artifact folder) pairs."""
+    of failures, the label suspects (see `label_suspects`) and (with `gradcam=true`)
+    Grad-CAM heat maps. Returns metrics (without the `test_` prefix) and (file, MLflow
+    artifact folder) pairs."""
     from bearcat.gallery import prediction_gallery
 
     out_dir = Path(out_dir)
