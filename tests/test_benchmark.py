@@ -61,3 +61,28 @@ def test_few_labels_scores_against_reviewed_labels(trained_run, tmp_path):
     assert scores["test_accuracy_given"] == sum(r == g for r, g in zip(readings, given)) / 4
     expected = (2 + sum(r == g for r, g in zip(readings[2:], given[2:]))) / 4
     assert scores["test_accuracy_reviewed"] == expected
+
+
+def test_few_labels_split_trains_on_reviewed_labels_and_leaves_the_source(tmp_path):
+    """--review-train: a listed training image is copied under its reviewed label; test
+    images keep theirs (they are scored both ways instead); the source is only read."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_few_labels
+
+    data = tmp_path / "set"
+    data.mkdir()
+    for i in range(8):
+        Image.new("L", (20, 10), 40 * (i % 6)).save(data / f"ab{i}x_{i:032x}.png")
+    before = sorted(p.name for p in data.iterdir())
+    relabel = {name: "zz" + name[2:4] for name in before}  # "review" every file
+    root, pool = bench_few_labels.make_split(data, tmp_path / "out", 3, test=2, val=1, seed=0, relabel=relabel)
+    train = sorted(p.name for p in (root / "train").iterdir())
+    test = sorted(p.name for p in (root / "test").iterdir())
+    assert len(train) == 3 and all(name.startswith("zz") for name in train)
+    assert len(test) == 2 and all(name.startswith("ab") for name in test)
+    assert {n.split("_", 1)[1] for n in train} | {n.split("_", 1)[1] for n in test} <= {n.split("_", 1)[1] for n in before}
+    assert len(pool) == 2 and sorted(p.name for p in data.iterdir()) == before
