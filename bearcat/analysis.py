@@ -156,44 +156,42 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     return metrics, [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
 
 
-def label_suspects(paths: list[str], truths: list[str], results: list[dict], min_confidence: float) -> list[dict]:
-    """Failures read with at least `min_confidence`, most confident first. Hand-labelled sets
-    carry some wrong labels; a confident reading that disagrees is where to look first."""
-    rows = [{"file": path, "label": truth, "prediction": r["result"], "confidence": round(float(r["confidence"]), 4)}
-            for path, truth, r in zip(paths, truths, results)
-            if r["result"] != truth and r["confidence"] >= min_confidence]
-    return sorted(rows, key=lambda row: -row["confidence"])
+def label_suspects(truths: list[str], results: list[dict], min_confidence: float) -> list[int]:
+    """Indices of the failures read with at least `min_confidence`, most confident first.
+    Hand-labelled sets carry some wrong labels; a confident reading that disagrees is where
+    to look first."""
+    chosen = [i for i, (truth, r) in enumerate(zip(truths, results))
+              if r["result"] != truth and r["confidence"] >= min_confidence]
+    return sorted(chosen, key=lambda i: -results[i]["confidence"])
 
 
-def write_suspects(folder, rows: list[dict], images: np.ndarray, index: dict[str, int]) -> list[Path]:
-    """label_suspects.csv, a contact sheet of the suspects and a copy of each image in
-    label_suspects/ (under its own name) for review, e.g. with `python -m bearcat.label`.
-    The originals are only read."""
-    from bearcat.gallery import contact_sheet
+def write_suspects(folder, suspects: list[int], paths: list[str], truths: list[str], results: list[dict],
+                   images: np.ndarray) -> list[Path]:
+    """For the `suspects` (indices, see `label_suspects`): label_suspects.csv, a contact sheet
+    and a copy of each image in label_suspects/ (under its own name) for review, e.g. with
+    `python -m bearcat.label`. The originals are only read."""
+    from bearcat.gallery import reading_sheet
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = folder / "label_suspects.csv"
     with table.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "label", "prediction", "confidence"])
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "prediction", "confidence"])
+        writer.writerows([paths[i], truths[i], results[i]["result"], round(float(results[i]["confidence"]), 4)]
+                         for i in suspects)
     copies = folder / "label_suspects"
     shutil.rmtree(copies, ignore_errors=True)
     copies.mkdir()
-    for i, row in enumerate(rows):
-        source = Path(row["file"])
+    for k, i in enumerate(suspects):
+        source = Path(paths[i])
         target = copies / source.name
         if target.exists():  # the same name in two splits: keep both
-            target = copies / f"{source.stem}_{i}{source.suffix}"
+            target = copies / f"{source.stem}_{k}{source.suffix}"
         shutil.copy2(source, target)
-    if not rows:
+    if not suspects:
         return [table]
-    shown = rows[:48]
-    sheet = contact_sheet(images[[index[row["file"]] for row in shown]],
-                          [f"{row['prediction']} ({row['confidence']:.2f}) / {row['label']}" for row in shown],
-                          folder / "label_suspects.png", 4, [(200, 0, 0)] * len(shown), scale=2)
-    return [table, sheet]
+    return [table, reading_sheet(images, truths, results, suspects[:48], folder / "label_suspects.png", scale=2)]
 
 
 def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple[dict, list[tuple[Path, str]]]:
@@ -210,10 +208,10 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
     metrics |= latency(predictor, list(data.paths[:cfg.latency_images]))
     failed = [i for i, (r, t) in enumerate(zip(results, data.labels)) if r["result"] != t]
     metrics["failures"] = len(failed)
-    suspects = label_suspects(list(data.paths), data.labels, results, cfg.suspect_confidence)
+    suspects = label_suspects(data.labels, results, cfg.suspect_confidence)
     metrics["label_suspects"] = len(suspects)
-    index = {path: i for i, path in enumerate(data.paths)}
-    artifacts += [(f, "analysis") for f in write_suspects(out_dir / "analysis", suspects, data.images, index)]
+    artifacts += [(f, "analysis") for f in write_suspects(out_dir / "analysis", suspects, list(data.paths),
+                                                           data.labels, results, data.images)]
     if failed:
         gallery = prediction_gallery(data.images[failed], [data.labels[i] for i in failed],
                                      [results[i] for i in failed], out_dir / "failures_gallery.png",

@@ -38,10 +38,16 @@ def prediction_gallery(images: np.ndarray, truths: list[str], results: list[dict
                        max_items: int = 48, columns: int = 4) -> Path:
     """Grid of images, each captioned 'pred (confidence) / truth', errors (red) first."""
     order = sorted(range(len(truths)), key=lambda i: (results[i]["result"] == truths[i], results[i]["confidence"]))
-    order = order[:max_items]
+    return reading_sheet(images, truths, results, order[:max_items], path, columns)
+
+
+def reading_sheet(images: np.ndarray, truths: list[str], results: list[dict], order: list[int], path,
+                  columns: int = 4, scale: int = 1) -> Path:
+    """Contact sheet of images[order], each captioned 'pred (confidence) / truth', green when
+    right and red when wrong."""
     captions = [f"{results[i]['result']} ({results[i]['confidence']:.2f}) / {truths[i]}" for i in order]
     colors = [(0, 110, 0) if results[i]["result"] == truths[i] else (200, 0, 0) for i in order]
-    return contact_sheet(images[order], captions, path, columns, colors)
+    return contact_sheet(images[order], captions, path, columns, colors, scale)
 
 
 def training_preview(images: np.ndarray, labels: list[str], path, augment=None, count: int = 32,

@@ -56,15 +56,19 @@ def test_label_suspects_are_confident_failures_copied_for_review(tmp_path):
         paths.append(str(source / name))
     before = {p: (source / p).read_bytes() for p in ("ab_1.png", "cd_2.png")}
     results = [{"result": r, "confidence": c} for r, c in [("ab", 0.99), ("cb", 0.97), ("ex", 0.5), ("gk", 0.999)]]
-    rows = label_suspects(paths, ["ab", "cd", "ef", "gh"], results, 0.95)
-    assert [(r["label"], r["prediction"]) for r in rows] == [("gh", "gk"), ("cd", "cb")]  # most confident first
+    truths = ["ab", "cd", "ef", "gh"]
+    suspects = label_suspects(truths, results, 0.95)
+    assert [(truths[i], results[i]["result"]) for i in suspects] == [("gh", "gk"), ("cd", "cb")]  # most confident first
     images = np.zeros((4, 10, 20, 1), np.uint8)
-    written = write_suspects(tmp_path / "analysis", rows, images, {p: i for i, p in enumerate(paths)})
+    written = write_suspects(tmp_path / "analysis", suspects, paths, truths, results, images)
+    rows = (tmp_path / "analysis" / "label_suspects.csv").read_text().splitlines()
+    assert rows == ["file,label,prediction,confidence", f"{paths[3]},gh,gk,0.999", f"{paths[1]},cd,cb,0.97"]
     assert [w.name for w in written] == ["label_suspects.csv", "label_suspects.png"]
     assert sorted(p.name for p in (tmp_path / "analysis" / "label_suspects").iterdir()) == ["cd_2.png", "gh_4.png"]
     assert sorted(p.name for p in source.iterdir()) == ["ab_1.png", "cd_2.png", "ef_3.png", "gh_4.png"]
     assert all((source / p).read_bytes() == b for p, b in before.items())
-    assert write_suspects(tmp_path / "none", [], images, {}) == [tmp_path / "none" / "label_suspects.csv"]
+    assert write_suspects(tmp_path / "none", [], paths, truths, results, images) == [
+        tmp_path / "none" / "label_suspects.csv"]
 
 
 def test_confidence_report_counts_right_and_wrong_per_bin():
