@@ -81,7 +81,7 @@ def pseudo_label(model: Path, pool: list[Path], out: Path, threshold: float) -> 
     """`pool` copied without labels and read by `model`: the folder of every reading at
     least `threshold` confident (for `dataset.extra_train`), and figures about it."""
     from bearcat.bundle import Predictor
-    from bearcat.data.labels import file_md5
+    from bearcat.data.labels import file_md5, label_from_name
     from bearcat.labelling import LabelQueue
 
     unlabelled = out / "unlabelled"
@@ -90,13 +90,13 @@ def pseudo_label(model: Path, pool: list[Path], out: Path, threshold: float) -> 
     truth = {}
     for i, path in enumerate(pool):
         shutil.copy2(path, unlabelled / f"{i:05d}{path.suffix}")  # the label is not in the copy's name
-        truth[file_md5(path)] = path.name.split("_", 1)[0].lower()
+        truth[file_md5(path)] = label_from_name(path, lowercase=True)
     readings = out / "readings"
     shutil.rmtree(readings, ignore_errors=True)
     start = time.monotonic()
     saved = LabelQueue(unlabelled, readings, Predictor(model)).accept_confident(threshold)
     seconds = time.monotonic() - start
-    right = sum(p.name.split("_", 1)[0] == truth[p.stem.split("_", 1)[1]] for p in saved)
+    right = sum(label_from_name(p) == truth[p.stem.split("_", 1)[1]] for p in saved)
     return readings, {"unlabelled": len(pool), "pseudo": len(saved), "pseudo_precision": right / max(1, len(saved)),
                       "pseudo_seconds": seconds}
 
@@ -113,10 +113,11 @@ def score_reviewed(model: Path, test_dir: Path, reviewed: dict[str, str]) -> dic
     """The model's exact-match accuracy on the test split against the set's labels and
     against the reviewed ones, from one reading of each image."""
     from bearcat.bundle import Predictor
+    from bearcat.data.labels import label_from_name
 
     files = sorted(test_dir.iterdir())
     readings = [r["result"].lower() for r in Predictor(model).predict(files)]  # scored case-insensitively
-    given = [f.name.split("_", 1)[0].lower() for f in files]
+    given = [label_from_name(f, lowercase=True) for f in files]
     checked = [reviewed.get(f.name, g) for f, g in zip(files, given)]
     return {"test_accuracy_given": sum(map(str.__eq__, readings, given)) / len(files),
             "test_accuracy_reviewed": sum(map(str.__eq__, readings, checked)) / len(files),
