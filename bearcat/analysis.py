@@ -153,7 +153,8 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     png = histogram_png(report, folder / "confidence_histogram.png")
     metrics = {"accuracy_confident": report["confident_accuracy"], "confident_fraction": report["confident_fraction"],
                "accuracy_unsure": report["unsure_accuracy"]} | {f"failures_{k}": v for k, v in kinds.items()}
-    return metrics, [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
+    files = [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
+    return metrics, files
 
 
 def label_suspects(truths: list[str], results: list[dict], min_confidence: float) -> list[int]:

@@ -123,9 +123,9 @@ class CTCMode(Mode):
         if at not in ("rnn", "output"):
             raise ValueError(f"mode.time_upsample_at={at}: choose rnn or output")
         self.check_time_steps(features, upsample)
-        split = upsample if at == "output" else 1  # steps the output layer writes per RNN step
-        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc",
-                              1 if at == "output" else upsample)
+        # Extra time steps made before the RNN, or written by the output layer per RNN step.
+        rnn_upsample, split = (1, upsample) if at == "output" else (upsample, 1)
+        x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", rnn_upsample)
         if split == 1:
             return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
         # The recurrent layer runs once per column and the output layer writes `split` steps
