@@ -83,6 +83,9 @@ def test_time_upsample_at_output_splits_each_column_after_the_rnn():
     put a blank between them."""
     import keras
 
+    # Seeded before the weights are made: unseeded, the start depended on the tests run before,
+    # and about one start in ten settles with the first column's B dropped.
+    keras.utils.set_random_seed(0)
     mode = build_mode("ctc", VOCAB, 2, time_upsample=2, time_upsample_at="output", rnn_units=16)
     inputs = keras.Input((1, 8, 4))
     model = keras.Model(inputs, mode.build_head(inputs))
@@ -97,9 +100,8 @@ def test_time_upsample_at_output_splits_each_column_after_the_rnn():
         labels.append("".join(chars))
         for k, c in enumerate(chars):
             x[i, 0, 3 + k, 0 if c == "A" else 1] = 1.0
-    keras.utils.set_random_seed(0)
-    model.compile(optimizer=keras.optimizers.Adam(0.03), loss=mode.loss())
-    model.fit(x, mode.encode(labels), epochs=150, batch_size=64, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=mode.loss())
+    model.fit(x, mode.encode(labels), epochs=300, batch_size=64, verbose=0)
     read = [r["result"] for r in mode.decode(model.predict(x, verbose=0))]
     assert "AA" in labels and read == labels
     with pytest.raises(ValueError, match="mode.time_upsample_at=input"):
