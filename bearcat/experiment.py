@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
@@ -89,17 +90,61 @@ def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...]
     return Data(splits, loaded, skipped)
 
 
-def build_model(cfg: DictConfig, mode: Mode):
-    """Input (uint8 pixels as float) -> backbone -> mode head."""
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def resolve_precision(name: str | None) -> str:
+    """trainer.precision, with `auto` made concrete: mixed_bfloat16 on a machine without a
+    GPU whose CPU computes in bfloat16 natively (elsewhere it is emulated and slower), else float32."""
+    name = name or "float32"
+    if name not in PRECISIONS:
+        raise ValueError(f"trainer.precision={name}: choose one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    import tensorflow as tf
+
+    native = bool(cpu_flags() & BF16_FLAGS) and not tf.config.list_physical_devices("GPU")
+    return "mixed_bfloat16" if native else "float32"
+
+
+def build_model(cfg: DictConfig, mode: Mode, precision: str | None = None):
+    """Input (uint8 pixels as float) -> backbone -> mode head. `precision` (default
+    trainer.precision): mixed_bfloat16 computes in bfloat16 with float32 weights; every
+    head's last layer stays float32, so probabilities and the loss keep full precision."""
     import keras
 
+    precision = resolve_precision(precision or (cfg.get("trainer") or {}).get("precision"))
     pre = preprocess_config(cfg)
-    inputs = keras.Input((pre.height, pre.width, pre.channels), name="image")
     node = OmegaConf.to_container(cfg.backbone, resolve=True)
     node.pop("name", None)  # the registry name is for logs and tags, not the builder
-    features = instantiate(node, _partial_=True)(inputs)
-    outputs = mode.build_head(features)
-    return keras.Model(inputs, outputs, name=f"bearcat_{mode.name}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)  # read by each layer as it is made
+    try:
+        inputs = keras.Input((pre.height, pre.width, pre.channels), name="image")
+        features = instantiate(node, _partial_=True)(inputs)
+        outputs = mode.build_head(features)
+        return keras.Model(inputs, outputs, name=f"bearcat_{mode.name}")
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def float32_model(cfg: DictConfig, mode: Mode, model):
+    """The same model computing in float32 (for testing, export and serving: bfloat16 is
+    slow or missing on many CPUs and export formats), with `model`'s weights."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+    plain = build_model(cfg, mode, "float32")
+    plain.set_weights(model.get_weights())
+    return plain
 
 
 def compile_model(model, optimizer, loss, jit_compile: bool = False) -> None:

@@ -78,8 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
-    from bearcat.experiment import (build_model, build_vocab_and_mode, compile_model, load_data, load_sources,
-                                    predict, preprocess_config, score)
+    from bearcat.experiment import (build_model, build_vocab_and_mode, compile_model, float32_model, load_data,
+                                    load_sources, predict, preprocess_config, resolve_precision, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
@@ -108,8 +108,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     batch_size = int(cfg.trainer.batch_size)  # global: split over the strategy's replicas
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
+    precision = resolve_precision(cfg.trainer.get("precision"))
+    log.info("precision: %s (trainer.precision=%s)", precision, cfg.trainer.get("precision"))
     with strategy.scope():  # variables of model and optimizer on every replica
-        model = build_model(cfg, mode)
+        model = build_model(cfg, mode, precision)
         lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                                 cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
         optimizer = instantiate(cfg.optimizer, learning_rate=lr)
@@ -140,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("resumed %s at epoch %d (MLflow run %s)", ckpt_dir, initial_epoch, run.info.run_id)
         else:
             tracking.log_params(cfg)
+            tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
             tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",
                                                    augment, seed=cfg.trainer.seed))  # what the model sees
@@ -168,6 +171,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val, not merely the last one
             model = load_keras(best)
+        model = float32_model(cfg, mode, model)  # tested, exported and served as float32 whatever it trained in
         results, ms = predict(model, mode, test_split.images)
         metrics = {f"test_{k}": v for k, v in score(mode, test_split.labels, results).items()}
         metrics["test_ms_per_image"] = ms

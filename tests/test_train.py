@@ -246,3 +246,46 @@ def test_precise_batchnorm_runs_only_what_feeds_the_batchnorm_layers():
     assert nested.feed is outer
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inner.get_layer("inner_bn").moving_mean),
                                [nested.batch.mean()], rtol=1e-5)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_and_saves_a_float32_model(make_cfg, tmp_path):
+    """trainer.precision=mixed_bfloat16: the checkpoint computes in bfloat16 with a float32
+    output layer; the bundle (tested, exported, served) is float32 with the same weights and
+    reads the test images as the checkpoint does; the global policy is left as it was."""
+    import keras
+    import numpy as np
+
+    from bearcat.bundle import load_keras
+    from bearcat.data.pipeline import load_split
+    from bearcat.experiment import load_sources, preprocess_config
+
+    cfg = make_cfg([*TINY, "trainer.epochs=3", "trainer.precision=mixed_bfloat16"])
+    metrics = train(cfg)
+    assert keras.config.dtype_policy().name == "float32"
+    out = tmp_path / "run"
+    trained, saved = load_keras(out / "checkpoints" / "best.keras"), load_keras(out / "model" / "model.keras")
+    compute = {layer.name: layer.dtype_policy.compute_dtype for layer in trained.layers}
+    assert compute["ctc_probs"] == "float32" and compute["ctc_proj"] == "bfloat16"
+    assert {layer.dtype_policy.compute_dtype for layer in saved.layers} == {"float32"}
+    for a, b in zip(trained.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    images = load_split(load_sources(cfg).test, preprocess_config(cfg), None).images.astype(np.float32)
+    p_bf16, p_f32 = trained.predict(images, verbose=0), saved.predict(images, verbose=0)
+    assert p_bf16.dtype == p_f32.dtype == np.float32
+    assert np.abs(p_bf16 - p_f32).max() < 0.1  # bfloat16 keeps about 3 significant digits
+    assert run_of(metrics).data.tags["bearcat.precision"] == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="trainer.precision=float16: choose one of auto, float32, mixed_bfloat16"):
+        train(make_cfg([*TINY, "trainer.precision=float16"], output="bad"))
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    from bearcat import experiment
+
+    monkeypatch.setattr(experiment, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert experiment.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(experiment, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert experiment.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(experiment, "cpu_flags", lambda: {"avx2", "avx512f"})  # emulated there: slower
+    assert experiment.resolve_precision("auto") == "float32"
+    assert experiment.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert experiment.resolve_precision(None) == "float32"

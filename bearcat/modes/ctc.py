@@ -127,12 +127,12 @@ class CTCMode(Mode):
         rnn_upsample, split = (1, upsample) if at == "output" else (upsample, 1)
         x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", rnn_upsample)
         if split == 1:
-            return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs")(x)
+            return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs", dtype="float32")(x)
         # The recurrent layer runs once per column and the output layer writes `split` steps
         # for each: room for a blank between doubled characters at the cost of one wider Dense.
         x = layers.Dense(split * self.vocab.num_classes, name="ctc_split")(x)
         x = layers.Reshape((x.shape[1] * split, self.vocab.num_classes), name="ctc_steps")(x)
-        return layers.Activation("softmax", name="ctc_probs")(x)
+        return layers.Activation("softmax", name="ctc_probs", dtype="float32")(x)
 
     def loss(self):
         import keras

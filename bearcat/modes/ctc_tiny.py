@@ -39,4 +39,4 @@ class CTCTinyMode(CTCMode):
         for i in range(int(o["conv_layers"])):
             x = layers.Conv1D(int(o["units"]), int(o["kernel_size"]), padding="same", activation="relu",
                               name=f"ctc_tiny_conv{i}")(x)
-        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_tiny_probs")(x)
+        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_tiny_probs", dtype="float32")(x)

@@ -50,7 +50,7 @@ class NumClassesMode(Mode):
         x = layers.Dense(int(o["units"]), activation="relu", name="classes_hidden")(x)
         if o["dropout"]:
             x = layers.Dropout(o["dropout"], name="classes_dropout")(x)
-        return layers.Dense(self.vocab.num_classes, activation="softmax", name="classes_probs")(x)
+        return layers.Dense(self.vocab.num_classes, activation="softmax", name="classes_probs", dtype="float32")(x)
 
     def loss(self):
         return smoothed_crossentropy(self.vocab.num_classes, self.options["label_smoothing"], "classes_loss")

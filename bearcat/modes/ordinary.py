@@ -67,7 +67,7 @@ class OrdinaryMode(Mode):
         queries = layers.Reshape((self.max_length, units), name="ordinary_positions")(queries)
         read = layers.MultiHeadAttention(heads, units // heads, name="ordinary_attention")(queries, x)
         read = layers.LayerNormalization(name="ordinary_norm")(layers.Add(name="ordinary_residual")([queries, read]))
-        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ordinary_probs")(read)
+        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ordinary_probs", dtype="float32")(read)
 
     def loss(self):
         return smoothed_crossentropy(self.vocab.num_classes, self.options["label_smoothing"], "ordinary_loss")
