@@ -44,21 +44,28 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
 
 
 def output_layer(model):
-    """The layer whose output is the model's (the per-class probabilities)."""
-    return model.outputs[0]._keras_history.operation
+    """The last layer with weights: the one that writes the per-class scores (the CTC head
+    with mode.time_upsample_at=output follows it with a weightless reshape and softmax)."""
+    return next(layer for layer in reversed(model.layers) if layer.weights)
 
 
 def _remap_output(target_layer, source_layer, target_chars: list[str], source_chars: list[str]) -> int:
-    """Copy the output units of the blank/id 0 and of shared characters; returns how many."""
+    """Copy the output units of the blank/id 0 and of shared characters; returns how many.
+    A layer that writes several time steps per column holds one block of classes per step."""
     new = [w.copy() for w in target_layer.get_weights()]
     old = source_layer.get_weights()
     if len(new) != len(old) or any(n.shape[:-1] != o.shape[:-1] for n, o in zip(new, old)):
         return 0  # a different layer under the same name: nothing fits
+    target_classes, source_classes = len(target_chars) + 1, len(source_chars) + 1
+    blocks = new[0].shape[-1] // target_classes
+    if new[0].shape[-1] != blocks * target_classes or old[0].shape[-1] != blocks * source_classes:
+        return 0  # a different number of steps per column
     source_index = {c: i + 1 for i, c in enumerate(source_chars)}
     pairs = [(0, 0)] + [(i + 1, source_index[c]) for i, c in enumerate(target_chars) if c in source_index]
     for n, o in zip(new, old):
-        for t, s in pairs:
-            n[..., t] = o[..., s]
+        for b in range(blocks):
+            for t, s in pairs:
+                n[..., b * target_classes + t] = o[..., b * source_classes + s]
     target_layer.set_weights(new)
     return len(pairs) - 1
 

@@ -25,31 +25,35 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_transfer_keeps_shared_characters_and_rebuilds_the_output_layer(make_cfg):
+@pytest.mark.parametrize("overrides, out, blocks", [([], "ctc_split", 2),  # the default: 2 CTC steps per column
+                                                     (["mode.time_upsample=1"], "ctc_probs", 1)])
+def test_transfer_keeps_shared_characters_and_rebuilds_the_output_layer(make_cfg, overrides, out, blocks):
     from bearcat.experiment import build_model, mode_options
 
-    cfg = make_cfg(TINY)
+    cfg = make_cfg([*TINY, *overrides])
     old_vocab, new_vocab = Vocabulary("0123456789ABC"), Vocabulary("Ba9z")
     keras.utils.set_random_seed(1)
     old = build_model(cfg, build_mode("ctc", old_vocab, 6, **mode_options(cfg)))
     keras.utils.set_random_seed(2)
     new = build_model(cfg, build_mode("ctc", new_vocab, 6, **mode_options(cfg)))
-    fresh = new.get_layer("ctc_probs").get_weights()
+    fresh = new.get_layer(out).get_weights()
     report = transfer_weights(new, old, new_vocab.chars, old_vocab.chars)
 
-    assert report["output_layer"] == "ctc_probs" and report["output_rebuilt"]
-    assert "ctc_probs" in report["not_loaded"] and "ctc_probs" not in report["loaded"]
+    assert report["output_layer"] == out and report["output_rebuilt"]
+    assert out in report["not_loaded"] and out not in report["loaded"]
     assert {"block0_0_conv", "block0_0_bn", "block3_0_conv", "ctc_proj", "ctc_rnn0"} <= set(report["loaded"])
     for name in report["loaded"]:
         assert same(weights_by_layer(new)[name], weights_by_layer(old)[name]), name
-    kernel, bias = new.get_layer("ctc_probs").get_weights()
-    old_kernel, old_bias = old.get_layer("ctc_probs").get_weights()
+    kernel, bias = new.get_layer(out).get_weights()
+    old_kernel, old_bias = old.get_layer(out).get_weights()
+    assert kernel.shape[-1] == blocks * 5 and old_kernel.shape[-1] == blocks * 14  # blank + characters, per step
     assert report["output_classes_carried"] == 2  # "B" and "9"; "a" and "z" are new
-    for new_id, old_id in [(0, 0), (1, 12), (3, 10)]:  # blank, "B", "9"
-        np.testing.assert_array_equal(kernel[:, new_id], old_kernel[:, old_id])
-        assert bias[new_id] == old_bias[old_id]
-    for new_id in (2, 4):  # "a", "z": left as freshly initialised
-        np.testing.assert_array_equal(kernel[:, new_id], fresh[0][:, new_id])
+    for b in range(blocks):  # each step of a column has its own block of classes
+        for new_id, old_id in [(0, 0), (1, 12), (3, 10)]:  # blank, "B", "9"
+            np.testing.assert_array_equal(kernel[:, b * 5 + new_id], old_kernel[:, b * 14 + old_id])
+            assert bias[b * 5 + new_id] == old_bias[b * 14 + old_id]
+        for new_id in (2, 4):  # "a", "z": left as freshly initialised
+            np.testing.assert_array_equal(kernel[:, b * 5 + new_id], fresh[0][:, b * 5 + new_id])
     assert report["vocabulary_added"] == "az" and set(report["vocabulary_dropped"]) == set("012345678AC")
 
 
@@ -65,10 +69,10 @@ def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path):
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="init_from.json")
     report = json.loads(open(local, encoding="utf-8").read())
     assert report["source_run_id"] == run_id and report["output_classes_carried"] == 10  # the digits
-    assert set(report["not_loaded"]) == {"ctc_probs"}
+    assert set(report["not_loaded"]) == {"ctc_split"}  # the output layer (two steps per column)
     assert int(run.data.params["init_from_loaded_layers"]) == len(report["loaded"]) >= 6
     tuned = keras.models.load_model(f"{tmp_path}/tuned/model/{MODEL_FILE}", compile=False)
-    assert tuned.get_layer("ctc_probs").get_weights()[0].shape[-1] == len(OTHER_CHARSET) + 1
+    assert tuned.get_layer("ctc_split").get_weights()[0].shape[-1] == 2 * (len(OTHER_CHARSET) + 1)
 
 
 def test_init_from_errors_name_the_key(tmp_path):
@@ -87,13 +91,13 @@ def test_frozen_backbone_stays_unchanged(trained_run, make_cfg, tmp_path):
     one = train(make_cfg([*TINY, f"init_from={source_dir}", "trainer.freeze_backbone_epochs=1"], output="frozen"))
     frozen = keras.models.load_model(f"{tmp_path}/frozen/model/{MODEL_FILE}", compile=False)
     head = head_layer_names(frozen)
-    assert {"ctc_probs", "ctc_proj", "ctc_rnn0"} <= head and "block0_0_conv" not in head
+    assert {"ctc_split", "ctc_probs", "ctc_proj", "ctc_rnn0"} <= head and "block0_0_conv" not in head
     after = weights_by_layer(frozen)
     backbone = [name for name in after if name not in head]
     assert len(backbone) == 8  # 4 x (conv, batch norm)
     for name in backbone:  # kernels and BatchNorm statistics alike
         assert same(after[name], source[name]), f"{name} changed while frozen"
-    assert not same(after["ctc_proj"], source["ctc_proj"]) and not same(after["ctc_probs"], source["ctc_probs"])
+    assert not same(after["ctc_proj"], source["ctc_proj"]) and not same(after["ctc_split"], source["ctc_split"])
     assert mlflow.get_run(one["mlflow_run_id"]).data.params["trainer.freeze_backbone_epochs"] == "1"
 
 
@@ -140,4 +144,4 @@ def test_resume_inside_the_frozen_epochs_freezes_again(make_cfg, tmp_path):
         assert same(restored[name], start[name])  # frozen in the first run's epoch too
         assert same(seen[1][name], restored[name]), f"{name} moved in the resumed frozen epoch"
         assert not same(seen[2][name], restored[name]), f"{name} did not train once unfrozen"
-    assert not same(seen[1]["ctc_probs"], restored["ctc_probs"])  # the head trained all along
+    assert not same(seen[1]["ctc_split"], restored["ctc_split"])  # the head trained all along

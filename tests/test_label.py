@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from bearcat.bundle import MODEL_FILE, Predictor, write_bundle
 from bearcat.labelling import LabelQueue
 from bearcat.server.label_app import create_label_app
+from bearcat.warmstart import output_layer
 from conftest import CONF, ROOT
 from test_serve import CHROMIUM, CHROMIUM_ARGS, http_entry_point
 
@@ -32,9 +33,9 @@ def reading_bundle(trained_run, tmp_path_factory):
     source = trained_run["output_dir"] / "model"
     predictor = Predictor(source)
     model = keras.models.load_model(source / MODEL_FILE, compile=False)
-    layer = model.get_layer("ctc_probs")
+    layer = output_layer(model)
     kernel, bias = layer.get_weights()
-    bias[0] -= 30.0
+    bias[::predictor.mode.vocab.num_classes] -= 30.0  # the blank of each CTC step the layer writes
     layer.set_weights([kernel, bias])
     return write_bundle(tmp_path_factory.mktemp("reading") / "bundle", model, predictor.mode, predictor.pre)
 
