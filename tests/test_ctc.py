@@ -46,6 +46,29 @@ def test_confidence_is_the_text_probability_over_all_alignments():
         assert text_probability(probs, list(key)) == pytest.approx(brute.get(key, 0.0), rel=1e-9)
 
 
+def test_confidence_on_long_outputs_matches_the_ctc_loss():
+    """Over many time steps (where the pairwise matrix products matter) P(text) agrees with
+    exp(-CTC loss) from Keras, repeats and an impossible text included."""
+    import keras
+
+    from bearcat.modes.ctc import text_probability
+
+    rng = np.random.default_rng(3)
+    for steps, ids in [(61, [1, 2, 3]), (48, [2, 2, 1, 3, 3]), (7, [1, 1, 1, 1])]:
+        logits = rng.normal(size=(steps, 4)) * 2.0
+        # a likely path with a blank only between equal characters: the CTC skip matters
+        seq = [x for k, c in enumerate(ids) for x in ([0, c] if k and ids[k - 1] == c else [c])]
+        path = np.repeat(np.array(seq), -(-steps // len(seq)))[:steps]
+        logits[np.arange(steps), path] += 4.0  # make the text likely, so the probability is not tiny
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        loss = keras.ops.convert_to_numpy(keras.ops.ctc_loss(
+            np.array([ids + [0] * (8 - len(ids))], np.int32), np.log(probs[None]).astype(np.float32),
+            np.array([len(ids)], np.int32), np.array([steps], np.int32), mask_index=0))[0]
+        expected = float(np.exp(-loss))
+        assert text_probability(probs, ids) == pytest.approx(expected, rel=1e-3, abs=1e-12)
+    assert text_probability(np.full((3, 4), 0.25), [1, 1, 1]) == 0.0  # "AAA" needs 5 steps
+
+
 def test_encode_pads_with_blank_and_loss_prefers_truth():
     import keras
 
