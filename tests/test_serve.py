@@ -342,3 +342,21 @@ def test_bench_serve_baseline_server_answers_after_its_busy_time(swust_copy):
     assert result["requests"] == 40 and result["errors"] == 0
     assert result["server_ms_mean"] >= 3.0  # the handler kept the CPU busy for its 3 ms
     assert result["ms_p50"] > result["server_ms_mean"]  # the round trip contains the handler
+
+
+def test_bench_serve_alternates_raw_and_http_rounds(server, exported, expected):
+    """The overhead measurement of scripts/bench_serve.py: the same images in-process and
+    over HTTP, in alternating rounds, against the real server."""
+    import asyncio
+
+    from bearcat.runtime import load_predictor
+
+    bench = load_script("bench_serve")
+    host, port = server.removeprefix("http://").rstrip("/").split(":")
+    images = [p.read_bytes() for p in expected[0]]
+    predictor = load_predictor(exported["dir"], "onnx", 1)
+    payloads = bench.payloads_for(images, host, int(port))
+    result = asyncio.run(bench.alternate(host, int(port), predictor, images, payloads, rounds=3, per_round=4))
+    assert len(result["round_overheads"]) == 3
+    assert result["raw_ms_p50"] > 0 and result["http_ms_p50"] > 0
+    assert result["overhead_p50"] == pytest.approx(result["http_ms_p50"] / result["raw_ms_p50"] - 1.0)
