@@ -10,13 +10,14 @@ then, from this process, keeps `--clients` keep-alive connections busy posting
 `{"image": base64}` to /v1/predict for `--seconds` (and at most `--max-requests`).
 The "raw" time is the same images through the same runtime in-process, one at a time,
 end to end (decode + preprocess + model + decode); the overhead compares it with one
-client's HTTP round trip. The two are measured in alternating short rounds (`--rounds`
-of `--round-images` images each: raw, then HTTP, then raw...), so that the shared
-machine's speed, which drifts by tens of percent within a minute, is the same for both. The baseline in the same run (skip it with --no-floor):
-`scripts/http_floor_server.py`, a bare FastAPI endpoint with no Bearcat code and no model
-that computes for the raw model's time, under the same single-client load: its overhead is
-what FastAPI, uvicorn and this machine cost such a request. Everything stops by itself;
-only loopback is used.
+client's HTTP round trip. The baseline in the same run (skip it with --no-floor):
+`scripts/http_floor_server.py`, the same raw model behind a bare FastAPI endpoint (none of
+Bearcat's server code), under the same single-client load: its overhead is what FastAPI,
+uvicorn and this machine cost such a request. Raw, Bearcat and
+the baseline are timed in alternating short rounds (`--rounds` of `--round-images`
+images each: raw, Bearcat, baseline, raw, ...), so the shared machine's speed, which
+drifts by tens of percent within a minute, is the same for all three. Everything stops
+by itself; only loopback is used.
 """
 from __future__ import annotations
 
@@ -94,42 +95,47 @@ def health(host: str, port: int) -> dict:
         return json.load(r)
 
 
-def raw_times(predictor, images: list[bytes]) -> list[float]:
-    """ms per image, in-process, one at a time, end to end."""
-    times = []
-    for b in images:
-        start = time.perf_counter()
-        predictor.predict([b])
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+def open_target(host: str, port: int, images: list[bytes]) -> dict:
+    return {"host": host, "port": port, "payloads": payloads_for(images, host, port)}
 
 
-async def alternate(host: str, port: int, predictor, images: list[bytes], payloads: list[bytes],
-                    rounds: int, per_round: int) -> dict:
-    """Raw and one-client HTTP times of the same images in alternating rounds."""
-    reader, writer = await asyncio.open_connection(host, port)
-    raw, http, ratios = [], [], []
+async def alternate(raw_one, targets: dict[str, dict], n_images: int, rounds: int, per_round: int) -> dict:
+    """Raw times (`raw_one(i)` per image i) and one-client HTTP times of the same images
+    against each target server, in alternating rounds; medians and overheads."""
+    conns = {name: await asyncio.open_connection(t["host"], t["port"]) for name, t in targets.items()}
+    raw: list[float] = []
+    http = {name: [] for name in targets}
+    server = {name: [] for name in targets}  # the handlers' own time_ms
+    ratios = {name: [] for name in targets}
     try:
         for r in range(rounds):
-            idx = [(r * per_round + k) % len(images) for k in range(per_round)]
-            raw_round = raw_times(predictor, [images[i] for i in idx])
-            http_round = []
+            idx = [(r * per_round + k) % n_images for k in range(per_round)]
+            raw_round = []
             for i in idx:
                 start = time.perf_counter()
-                writer.write(payloads[i])
-                status, _ = await read_response(reader)
-                if status != 200:
-                    raise SystemExit(f"server answered {status} to image {i}")
-                http_round.append((time.perf_counter() - start) * 1000.0)
+                raw_one(i)
+                raw_round.append((time.perf_counter() - start) * 1000.0)
             raw += raw_round
-            http += http_round
-            ratios.append(np.median(http_round) / np.median(raw_round))
+            for name, (reader, writer) in conns.items():
+                round_ms = []
+                for i in idx:
+                    start = time.perf_counter()
+                    writer.write(targets[name]["payloads"][i])
+                    status, body = await read_response(reader)
+                    round_ms.append((time.perf_counter() - start) * 1000.0)
+                    if status != 200:
+                        raise SystemExit(f"{name} answered {status} to image {i}: {body[:200]!r}")
+                    server[name].append(json.loads(body)["time_ms"])
+                http[name] += round_ms
+                ratios[name].append(np.median(round_ms) / np.median(raw_round) - 1.0)
     finally:
-        writer.close()
-    raw_p50, http_p50 = float(np.median(raw)), float(np.median(http))
-    return {"rounds": rounds, "images_per_round": per_round, "raw_ms_p50": raw_p50, "http_ms_p50": http_p50,
-            "overhead_p50": http_p50 / raw_p50 - 1.0,
-            "round_overheads": [float(x) - 1.0 for x in ratios]}
+        for _, writer in conns.values():
+            writer.close()
+    raw_p50 = float(np.median(raw))
+    return {"rounds": rounds, "images_per_round": per_round, "raw_ms_p50": raw_p50,
+            **{name: {"http_ms_p50": float(np.median(http[name])), "handler_ms_p50": float(np.median(server[name])),
+                      "overhead_p50": float(np.median(http[name])) / raw_p50 - 1.0,
+                      "round_overheads": [float(x) for x in ratios[name]]} for name in targets}}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -157,20 +163,13 @@ def payloads_for(images: list[bytes], host: str, port: int) -> list[bytes]:
     return [request_bytes(host, port, b) for b in images]
 
 
-def floor_one_client(images: list[bytes], busy_ms: float, args) -> dict:
-    """The baseline: the same single-client load against scripts/http_floor_server.py."""
+def start_floor(bundle: Path, runtime: str, threads: int) -> tuple[subprocess.Popen, int]:
+    """scripts/http_floor_server.py serving the same bundle; (process, port)."""
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_floor_{port}.log"
     proc = start_server([sys.executable, str(ROOT / "scripts" / "http_floor_server.py"), "--port", str(port),
-                         "--busy-ms", f"{busy_ms:.3f}"], port, log,
-                        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})  # one core, like threads=1
-    payloads = payloads_for(images, "127.0.0.1", port)
-    try:
-        run_load("127.0.0.1", port, payloads, 1, 2.0, 400)  # warm-up
-        return run_load("127.0.0.1", port, payloads, 1, min(args.seconds, 10.0), min(args.max_requests, 2000))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+                         "--bundle", str(bundle), "--runtime", runtime, "--threads", str(threads)], port, log)
+    return proc, port
 
 
 def main(argv=None) -> int:
@@ -185,10 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per model call")
     ap.add_argument("--url", default=None, help="use this running server (http://127.0.0.1:PORT) instead")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `bearcat.serve` override")
-    ap.add_argument("--rounds", type=int, default=20, help="alternating raw/HTTP rounds for the overhead")
+    ap.add_argument("--rounds", type=int, default=20, help="alternating rounds of raw / Bearcat / baseline")
     ap.add_argument("--round-images", type=int, default=50, help="images per round")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
-                    help="skip the baseline run of scripts/http_floor_server.py")
+                    help="skip the baseline server (scripts/http_floor_server.py)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -197,55 +196,60 @@ def main(argv=None) -> int:
     from bearcat.runtime import load_predictor
 
     predictor = load_predictor(args.bundle, args.runtime, args.threads)  # the raw model, in this process
-    raw_times(predictor, images[:20])  # warm-up
 
-    proc = None
-    if args.url:
-        host, port = args.url.removeprefix("http://").rstrip("/").split(":")
-        port = int(port)
-    else:
-        host = "127.0.0.1"
-        port = free_port(host)
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{port}.log"
-        proc = start_server([sys.executable, "-m", "bearcat.serve", f"model={args.bundle}", f"port={port}",
-                             f"runtime={args.runtime}", f"threads={args.threads}",
-                             f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}", *args.serve_arg],
-                            port, log)
+    def raw_one(i: int) -> None:
+        predictor.predict([images[i]])
+
+    for i in range(min(50, len(images))):  # warm-up
+        raw_one(i)
+
+    procs = []
     try:
-        payloads = payloads_for(images, host, port)
-        run_load(host, port, payloads, args.clients, 2.0, 400)  # warm-up
+        if args.url:
+            host, port = args.url.removeprefix("http://").rstrip("/").split(":")
+            port = int(port)
+        else:
+            host = "127.0.0.1"
+            port = free_port(host)
+            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{port}.log"
+            procs.append(start_server([sys.executable, "-m", "bearcat.serve", f"model={args.bundle}", f"port={port}",
+                                       f"runtime={args.runtime}", f"threads={args.threads}",
+                                       f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}",
+                                       *args.serve_arg], port, log))
+        targets = {"bearcat": open_target(host, port, images)}
+        if args.floor:
+            floor_proc, floor_port = start_floor(args.bundle, args.runtime, args.threads)
+            procs.append(floor_proc)
+            targets["baseline"] = open_target("127.0.0.1", floor_port, images)
+        for t in targets.values():  # warm-up
+            run_load(t["host"], t["port"], t["payloads"], args.clients, 2.0, 400)
+        paired = asyncio.run(alternate(raw_one, targets, len(images), args.rounds, args.round_images))
+        payloads = targets["bearcat"]["payloads"]
         single = run_load(host, port, payloads, 1, min(args.seconds, 10.0), min(args.max_requests, 2000))
-        paired = asyncio.run(alternate(host, port, predictor, images, payloads, args.rounds, args.round_images))
         before = health(host, port)
         loaded = run_load(host, port, payloads, args.clients, args.seconds, args.max_requests)
         after = health(host, port)
         loaded["mean_batch"] = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
-    raw = paired["raw_ms_p50"]
-    result = {"one_client": single, "paired": paired, "loaded": loaded, "overhead_one_client_p50": paired["overhead_p50"]}
-    if args.floor:
-        result["floor_one_client"] = floor_one_client(images, raw, args)
-        result["floor_overhead_one_client_p50"] = result["floor_one_client"]["ms_p50"] / raw - 1.0
-    spread = np.percentile(paired["round_overheads"], [10, 90]) * 100
-    print(f"raw model (in-process, end to end) against 1 client over HTTP, {args.rounds} alternating rounds of "
-          f"{args.round_images} images: raw p50 {raw:.2f} ms, HTTP p50 {paired['http_ms_p50']:.2f} ms")
-    print(f"server overhead over the raw model: {100 * paired['overhead_p50']:+.1f}% "
-          f"(per round, 10th-90th percentile: {spread[0]:+.1f}% to {spread[1]:+.1f}%)")
+    result = {"paired": paired, "one_client": single, "loaded": loaded,
+              "overhead_one_client_p50": paired["bearcat"]["overhead_p50"]}
+    print(f"{args.rounds} alternating rounds of {args.round_images} images, one at a time: raw model in-process "
+          f"(end to end) p50 {paired['raw_ms_p50']:.2f} ms")
+    names = {"bearcat": "Bearcat server", "baseline": "baseline (same model, bare FastAPI endpoint)"}
+    for name in targets:
+        r = paired[name]
+        low, high = np.percentile(r["round_overheads"], [10, 90]) * 100
+        print(f"  {names[name]}: 1 client p50 {r['http_ms_p50']:.2f} ms = {100 * r['overhead_p50']:+.1f}% over the raw "
+              f"model (per round, 10th-90th percentile {low:+.1f}% to {high:+.1f}%); handler p50 "
+              f"{r['handler_ms_p50']:.2f} ms, outside it {r['http_ms_p50'] - r['handler_ms_p50']:.2f} ms")
     for name, r in (("1 client", single), (f"{args.clients} clients", loaded)):
         print(f"{name:>10}: {r['requests']} requests in {r['seconds']:.1f} s = {r['req_per_s']:.0f} req/s, "
               f"p50 {r['ms_p50']:.2f} ms, p95 {r['ms_p95']:.2f} ms, p99 {r['ms_p99']:.2f} ms, errors {r['errors']}, "
               f"server time_ms mean {r['server_ms_mean']:.2f}")
     print(f"mean batch under load: {loaded['mean_batch']:.2f} images per model call")
-    if args.floor:
-        f = result["floor_one_client"]
-        print(f"baseline, bare FastAPI endpoint computing for {raw:.2f} ms (no Bearcat code, no model), 1 client: "
-              f"p50 {f['ms_p50']:.2f} ms, handler {f['server_ms_mean']:.2f} ms: "
-              f"{100 * result['floor_overhead_one_client_p50']:+.1f}% over the same raw time")
-        print(f"outside the handler (1 client p50 - mean handler time): Bearcat "
-              f"{single['ms_p50'] - single['server_ms_mean']:.2f} ms, baseline {f['ms_p50'] - f['server_ms_mean']:.2f} ms")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -332,31 +332,36 @@ def test_base64_variants_are_accepted():
             image_bytes(bad)
 
 
-def test_bench_serve_baseline_server_answers_after_its_busy_time(swust_copy):
-    """The baseline of scripts/bench_serve.py: a bare FastAPI endpoint that computes for a
-    set time, loaded by the benchmark's own client."""
-    bench = load_script("bench_serve")
-    images = [p.read_bytes() for p in sorted(swust_copy.iterdir())[:5]]
-    args = types.SimpleNamespace(seconds=5.0, max_requests=40)  # ends at 40 requests
-    result = bench.floor_one_client(images, 3.0, args)
-    assert result["requests"] == 40 and result["errors"] == 0
-    assert result["server_ms_mean"] >= 3.0  # the handler kept the CPU busy for its 3 ms
-    assert result["ms_p50"] > result["server_ms_mean"]  # the round trip contains the handler
-
-
-def test_bench_serve_alternates_raw_and_http_rounds(server, exported, expected):
-    """The overhead measurement of scripts/bench_serve.py: the same images in-process and
-    over HTTP, in alternating rounds, against the real server."""
+def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expected):
+    """The overhead measurement of scripts/bench_serve.py against the real server and its
+    baseline (the same bundle behind a bare FastAPI endpoint), in alternating rounds."""
     import asyncio
+    import urllib.request
 
     from bearcat.runtime import load_predictor
 
     bench = load_script("bench_serve")
     host, port = server.removeprefix("http://").rstrip("/").split(":")
-    images = [p.read_bytes() for p in expected[0]]
+    files, want = expected
+    images = [p.read_bytes() for p in files]
     predictor = load_predictor(exported["dir"], "onnx", 1)
-    payloads = bench.payloads_for(images, host, int(port))
-    result = asyncio.run(bench.alternate(host, int(port), predictor, images, payloads, rounds=3, per_round=4))
-    assert len(result["round_overheads"]) == 3
-    assert result["raw_ms_p50"] > 0 and result["http_ms_p50"] > 0
-    assert result["overhead_p50"] == pytest.approx(result["http_ms_p50"] / result["raw_ms_p50"] - 1.0)
+    floor, floor_port = bench.start_floor(exported["dir"], "onnx", 1)
+    try:
+        targets = {"bearcat": bench.open_target(host, int(port), images),
+                   "baseline": bench.open_target("127.0.0.1", floor_port, images)}
+        result = asyncio.run(bench.alternate(lambda i: predictor.predict([images[i]]), targets, len(images),
+                                             rounds=3, per_round=4))
+        for image, reading in zip(images, want):  # the baseline runs the same model
+            request = urllib.request.Request(f"http://127.0.0.1:{floor_port}/v1/predict", data=json.dumps(
+                {"image": base64.b64encode(image).decode()}).encode(), headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert json.load(answer)["result"] == reading["result"]
+    finally:
+        floor.terminate()
+        floor.wait(timeout=20)
+    assert result["raw_ms_p50"] > 0
+    for name in ("bearcat", "baseline"):
+        r = result[name]
+        assert len(r["round_overheads"]) == 3
+        assert 0 < r["handler_ms_p50"] < r["http_ms_p50"]  # the round trip contains the handler
+        assert r["overhead_p50"] == pytest.approx(r["http_ms_p50"] / result["raw_ms_p50"] - 1.0)
