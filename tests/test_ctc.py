@@ -100,6 +100,24 @@ def test_time_upsample_doubles_the_steps_and_passes_the_check():
     assert mode.build_head(features).shape[1] == 16
 
 
+def test_split_blank_bias_starts_the_extra_steps_as_blanks():
+    """mode.split_blank_bias: the output layer's bias for the blank of each column's extra
+    steps, nothing else; an untrained model then puts more blank on those steps."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    mode = build_mode("ctc", VOCAB, 2, time_upsample=3, time_upsample_at="output", rnn_units=16,
+                      split_blank_bias=3.0)
+    inputs = keras.Input((1, 8, 4))
+    model = keras.Model(inputs, mode.build_head(inputs))
+    bias = keras.ops.convert_to_numpy(model.get_layer("ctc_split").bias).reshape(3, VOCAB.num_classes)
+    assert bias[1:, 0].tolist() == [3.0, 3.0]
+    assert not bias[0].any() and not bias[1:, 1:].any()
+    probs = model.predict(np.random.default_rng(0).random((4, 1, 8, 4), np.float32), verbose=0)
+    blank = probs[..., 0].reshape(4, 8, 3)  # (image, column, step within the column)
+    assert (blank[..., 1:] > blank[..., :1]).all()
+
+
 def test_time_upsample_at_output_splits_each_column_after_the_rnn():
     """time_upsample_at=output: the recurrent layer runs over the 8 columns, the output layer
     writes 2 steps for each (16 in all), and a model trained on doubled characters learns to
