@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.request
 from pathlib import Path
 
@@ -336,7 +335,6 @@ def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expec
     """The overhead measurement of scripts/bench_serve.py against the real server and its
     baseline (the same bundle behind a bare FastAPI endpoint), in alternating rounds."""
     import asyncio
-    import urllib.request
 
     from bearcat.runtime import load_predictor
 
@@ -351,11 +349,9 @@ def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expec
                    "baseline": bench.open_target("127.0.0.1", floor_port, images)}
         result = asyncio.run(bench.alternate(lambda i: predictor.predict([images[i]]), targets, len(images),
                                              rounds=3, per_round=4))
+        solve = load_script("client_example").solve
         for image, reading in zip(images, want):  # the baseline runs the same model
-            request = urllib.request.Request(f"http://127.0.0.1:{floor_port}/v1/predict", data=json.dumps(
-                {"image": base64.b64encode(image).decode()}).encode(), headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                assert json.load(answer)["result"] == reading["result"]
+            assert solve(f"http://127.0.0.1:{floor_port}", image, timeout=30)["result"] == reading["result"]
     finally:
         floor.terminate()
         floor.wait(timeout=20)
