@@ -316,6 +316,52 @@ def test_requests_over_the_in_flight_limit_get_503(exported, expected):
     assert next(r for r in answers if r.status_code == 200).json()["result"] == want[0]["result"]
 
 
+def test_predict_takes_the_fast_path_and_the_rest_goes_to_fastapi(exported, expected):
+    """POST /v1/predict is answered by PredictFastPath's handler (past FastAPI's router),
+    every other request by the app behind it, and the route stays in the OpenAPI docs."""
+    import asyncio
+
+    from fastapi.responses import JSONResponse
+
+    from bearcat.server.app import PredictFastPath
+
+    app = create_app(load_predictor(exported["dir"], "onnx"), "tiny")
+    assert [m.cls for m in app.user_middleware] == [PredictFastPath]
+    with TestClient(app) as c:
+        assert "/v1/predict" in c.get("/openapi.json").json()["paths"]
+    seen = []
+
+    async def handler(request):
+        seen.append(("handler", request.method, request.url.path, await request.body()))
+        return JSONResponse({"result": "ok"})
+
+    async def behind(scope, receive, send):
+        seen.append(("app", scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    fast = PredictFastPath(behind, handler)
+
+    async def call(method: str, path: str, body: bytes = b"") -> list[dict]:
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        await fast({"type": "http", "method": method, "path": path, "headers": [], "query_string": b"",
+                    "root_path": "", "scheme": "http", "server": ("x", 80)}, receive, send)
+        return sent
+
+    assert asyncio.run(call("POST", "/v1/predict", b"abc"))[0]["status"] == 200
+    for method, path in [("GET", "/v1/predict"), ("POST", "/v1/predict/"), ("GET", "/health"), ("POST", "/v1/click")]:
+        assert asyncio.run(call(method, path))[0]["status"] == 204
+    assert seen == [("handler", "POST", "/v1/predict", b"abc"), ("app", "GET", "/v1/predict"),
+                    ("app", "POST", "/v1/predict/"), ("app", "GET", "/health"), ("app", "POST", "/v1/click")]
+
+
 def test_base64_variants_are_accepted():
     import base64 as b64
 
