@@ -40,6 +40,10 @@ class HTTPProblem(Exception):
         self.status, self.detail = status, detail
 
 
+def problem_response(err: HTTPProblem) -> JSONResponse:
+    return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+
 def client_error(err: Exception) -> HTTPProblem:
     """A bad body (RequestError) or image (ImageError) as a 4xx: 413 for too many pixels."""
     too_big = isinstance(err, ImageError) and ("exceeds the limit" in str(err) or "DecompressionBomb" in str(err))
@@ -160,7 +164,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, err: HTTPProblem):
-        return JSONResponse({"detail": err.detail}, status_code=err.status)
+        return problem_response(err)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -210,8 +214,8 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
                 raise client_error(err) from None
             finally:
                 state["in_flight"] -= 1
-        except HTTPProblem as err:
-            return JSONResponse({"detail": err.detail}, status_code=err.status)
+        except HTTPProblem as err:  # answered here: the fast path runs outside FastAPI's exception handlers
+            return problem_response(err)
         return JSONResponse({**result, "time_ms": (time.perf_counter() - start) * 1000.0})
 
     @app.post("/v1/predict", openapi_extra=REQUEST_BODY_DOC,
