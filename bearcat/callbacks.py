@@ -11,7 +11,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bearcat.metrics import text_metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import keras
-import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401  (imported before any timing starts)
 
     from bearcat.data.augment import build_augment
     from bearcat.experiment import preprocess_config
