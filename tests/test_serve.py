@@ -316,7 +316,7 @@ def test_requests_over_the_in_flight_limit_get_503(exported, expected):
     assert next(r for r in answers if r.status_code == 200).json()["result"] == want[0]["result"]
 
 
-def test_predict_takes_the_fast_path_and_the_rest_goes_to_fastapi(exported, expected):
+def test_predict_takes_the_fast_path_and_the_rest_goes_to_fastapi(exported):
     """POST /v1/predict is answered by PredictFastPath's handler (past FastAPI's router),
     every other request by the app behind it, and the route stays in the OpenAPI docs."""
     import asyncio
