@@ -98,9 +98,9 @@ def read_state(folder) -> dict | None:
 def restore_last(model, folder, state: dict) -> None:
     """Load the last epoch's weights and optimizer state saved by `Checkpointer`."""
     ckpt = Path(folder) / state["last"]
-    model.load_weights(ckpt / "model.weights.h5")
     opt = model.optimizer
-    opt.build(model.trainable_variables)
+    opt.build(model.trainable_variables)  # before the weights file, whose optimizer part an unbuilt one skips (a warning)
+    model.load_weights(ckpt / "model.weights.h5")
     with np.load(ckpt / "optimizer.npz") as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     if len(values) != len(opt.variables):
