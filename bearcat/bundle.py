@@ -83,3 +83,46 @@ class Predictor:
         results = self.predict_arrays(arrays, batch_size)
         ms = (time.perf_counter() - start) * 1000.0 / max(1, len(results))
         return [{**r, "time_ms": ms} for r in results]
+
+
+def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> Path:
+    """The bundle folder a `model=` setting names: a bundle folder, a training run's output
+    folder, an MLflow run id, or a registered model (models:/NAME/VERSION), the last two
+    fetched into `workdir` from the tracking server `mlflow_cfg` points to."""
+    if model in (None, "", "???"):
+        raise ValueError(f"{key} is not set: pass {key}=<bundle or run folder>, an MLflow run id or models:/NAME/VERSION")
+    model = str(model)
+    from bearcat import tracking
+
+    if model.startswith("models:/"):
+        if mlflow_cfg is not None:
+            tracking.setup(mlflow_cfg)
+        return tracking.download_model(model, workdir)
+    from bearcat.warmstart import locate_init_bundle
+
+    if not Path(model).exists() and mlflow_cfg is not None:
+        tracking.setup(mlflow_cfg)  # a run id
+    return locate_init_bundle(model, workdir, key=key)[0]
+
+
+def predict_files(predictor, paths: list, batch_size: int = 64) -> tuple[list, list[tuple[Path, str]]]:
+    """Every file's reading, in order (None for a file that does not decode), and the files
+    that did not, with why. A batch with a bad file is re-read file by file, so one bad
+    image costs only itself."""
+    from bearcat.data.preprocess import ImageError
+
+    results, failed = [], []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        try:
+            results += predictor.predict(chunk)
+            continue
+        except ImageError:
+            pass
+        for path in chunk:
+            try:
+                results += predictor.predict([path])
+            except ImageError as err:
+                failed.append((Path(path), str(err)))
+                results.append(None)
+    return results, failed

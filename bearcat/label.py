@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -32,14 +31,10 @@ def build_label_app(cfg: DictConfig, workdir: str):
         raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
     predictor, name = None, None
     if cfg.get("model"):
+        from bearcat.bundle import resolve_model
         from bearcat.runtime import load_predictor
-        from bearcat.warmstart import locate_init_bundle
 
-        if not Path(str(cfg.model)).exists():
-            from bearcat import tracking
-
-            tracking.setup(cfg.mlflow)  # model=<run id>
-        folder, _ = locate_init_bundle(str(cfg.model), workdir, key="model")
+        folder = resolve_model(cfg.model, workdir, cfg.mlflow)
         predictor = load_predictor(folder, cfg.runtime, cfg.threads)
         name = str(cfg.model)
     queue = LabelQueue(source, out, predictor)

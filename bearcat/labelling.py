@@ -76,26 +76,17 @@ class LabelQueue:
     def _read(self, items: list[Item], predictor, batch_size: int) -> list[Item]:
         """The model's reading of every image (through the bundle's own preprocess),
         least confident first; unreadable files are set aside, never shown."""
-        from bearcat.data.preprocess import ImageError
+        from bearcat.bundle import predict_files
 
+        results, failed = predict_files(predictor, [it.path for it in items], batch_size)
+        for path, why in failed:
+            log.warning("%s", why)
+            self.unreadable.append(path.name)
         readable = []
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            try:
-                results = predictor.predict([it.path for it in chunk])
-            except ImageError:  # find the bad file(s) one by one
-                results = []
-                for it in chunk:
-                    try:
-                        results += predictor.predict([it.path])
-                    except ImageError as err:
-                        log.warning("%s", err)
-                        self.unreadable.append(it.path.name)
-                        results.append(None)
-            for it, r in zip(chunk, results):
-                if r is not None:
-                    it.prediction, it.confidence = r["result"], float(r["confidence"])
-                    readable.append(it)
+        for it, r in zip(items, results):
+            if r is not None:
+                it.prediction, it.confidence = r["result"], float(r["confidence"])
+                readable.append(it)
         return sorted(readable, key=lambda it: (it.confidence, it.path.name))
 
     def _decodable(self, items: list[Item]) -> list[Item]:

@@ -1,4 +1,5 @@
-"""Serve entry point: `python -m bearcat.serve model=BUNDLE_DIR` (or model=models:/NAME/VERSION).
+"""Serve entry point: `python -m bearcat.serve model=BUNDLE_DIR` (or a training run folder, an MLflow
+run id, models:/NAME/VERSION).
 
 FastAPI + uvicorn on `host:port` (loopback by default), ONNX Runtime by default; the app
 is in bearcat/server/app.py, the upload page at `GET /`.
@@ -15,32 +16,15 @@ from omegaconf import DictConfig
 log = logging.getLogger("bearcat.serve")
 
 
-def resolve_model(model: str, workdir: str) -> Path:
-    """A bundle folder, or a registered MLflow model (models:/NAME/VERSION) downloaded."""
-    if model in (None, "", "???"):
-        raise ValueError("pass model=<export bundle folder> or model=models:/NAME/VERSION")
-    if str(model).startswith("models:/"):
-        from bearcat import tracking
-
-        return tracking.download_model(str(model), workdir)
-    path = Path(model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model={model}: folder not found")
-    return path
-
-
 def build_app(cfg: DictConfig, workdir: str):
+    from bearcat.bundle import resolve_model
     from bearcat.runtime import load_predictor
     from bearcat.server.app import Limits, create_app
 
-    if str(cfg.model).startswith("models:/"):
-        from bearcat import tracking
-
-        tracking.setup(cfg.mlflow)
-    folder = resolve_model(cfg.model, workdir)
+    folder = resolve_model(cfg.model, workdir, cfg.mlflow)
     predictor = load_predictor(folder, cfg.runtime, cfg.threads)
-    name = cfg.name or (str(cfg.model).removeprefix("models:/") if str(cfg.model).startswith("models:/")
-                        else folder.resolve().name)
+    model = str(cfg.model)  # a registered name, a run id or the folder's name
+    name = cfg.name or (model.removeprefix("models:/") if model.startswith("models:/") else Path(model).resolve().name)
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
     return create_app(predictor, name, limits, cfg.api_key, cfg.batching.max_batch, cfg.batching.max_wait_ms,
