@@ -154,3 +154,103 @@ def test_mlflow_models_serve_answers(exported, tmp_path):
         proc.wait(timeout=30)
     want = Predictor(exported["output_dir"] / "model").predict(files)
     assert [p["result"] for p in predictions] == [w["result"] for w in want]
+
+
+def predict_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="predict", overrides=overrides)
+
+
+def md5s(folder: Path) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def mixed_folder(exported, tmp_path) -> tuple[Path, list[Path]]:
+    """Copies of 8 test images plus a zero-byte and a non-image `.png`; -> (folder, good files)."""
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = [Path(shutil.copy2(f, folder / f.name)) for f in sample_files(exported)]
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    (folder / "readme.txt").write_text("not an image file name: never read")
+    return folder, sorted(good)
+
+
+def test_predict_reads_a_folder_like_the_library(exported, mixed_folder, tmp_path, capsys):
+    """Every decodable image read in file order, the same as Predictor; bad files named and
+    skipped; the JSON-lines file holds everything; the folder is unchanged."""
+    from bearcat.predict import predict
+
+    folder, good = mixed_folder
+    before = md5s(folder)
+    out = tmp_path / "readings" / "all.jsonl"
+    summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"out={out}", "runtime=onnx"]))
+    want = Predictor(exported["output_dir"] / "model").predict(good)
+    assert summary["images"] == 10 and summary["read"] == 8 and summary["runtime"] == "onnx"
+    assert sorted(Path(p).name for p in summary["unreadable"]) == ["empty.png", "notes.png"]
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
+    assert [Path(f).name for f, _, _ in lines] == [p.name for p in good]
+    assert [r for _, r, _ in lines] == [w["result"] for w in want]
+    np.testing.assert_allclose([float(c) for _, _, c in lines], [w["confidence"] for w in want], atol=1e-3)
+    records = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+    assert [Path(r["file"]).name for r in records] == [p.name for p in good]
+    np.testing.assert_allclose([r["confidence"] for r in records], [w["confidence"] for w in want], atol=1e-5)
+    assert all(r["time_ms"] > 0 for r in records)
+    assert md5s(folder) == before
+
+
+def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixed_folder, tmp_path, monkeypatch):
+    import csv
+
+    from bearcat.predict import predict
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    folder, good = mixed_folder
+    out = tmp_path / "readings.csv"
+    summary = predict(predict_cfg([f"model={exported['run_id']}", f"images={folder}/*.png", f"out={out}"]))
+    assert summary["read"] == 8 and summary["runtime"] == "keras"  # a run's bundle holds the Keras model only
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [Path(r["file"]).name for r in rows] == [p.name for p in good]
+    want = Predictor(exported["output_dir"] / "model").predict(good)
+    assert [r["result"] for r in rows] == [w["result"] for w in want]
+    one = predict(predict_cfg([f"model={exported['output_dir']}", f"images={good[0]}"]))  # a run folder, one file
+    assert one["images"] == one["read"] == 1
+
+    with pytest.raises(FileNotFoundError, match="images="):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={tmp_path / 'missing'}"]))
+    with pytest.raises(FileNotFoundError, match="matches no image"):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={folder}/*.gif"]))
+    with pytest.raises(ValueError, match="out="):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"out={tmp_path / 'r.txt'}"]))
+    with pytest.raises(FileNotFoundError, match="model="):
+        predict(predict_cfg([f"model={tmp_path}", f"images={folder}"]))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the 1 files"):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={bad}"]))
+
+
+def test_predict_entry_point_prints_only_readings(exported, mixed_folder, tmp_path):
+    """`python -m bearcat.predict`: stdout is one file<TAB>reading<TAB>confidence line per
+    image (logs and warnings go to stderr), so it pipes into other tools."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder, good = mixed_folder
+    proc = subprocess.run([sys.executable, "-m", "bearcat.predict", f"model={exported['dir']}", f"images={folder}",
+                           f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [Path(ln.split("\t")[0]).name for ln in lines] == [p.name for p in good]
+    assert all(len(ln.split("\t")) == 3 and 0.0 <= float(ln.split("\t")[2]) <= 1.0 for ln in lines)
+    assert "empty.png" in proc.stderr and "notes.png" in proc.stderr
