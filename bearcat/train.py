@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                                 cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
         optimizer = instantiate(cfg.optimizer, learning_rate=lr)
-        loss_fn = mode.loss()
+        loss_fn = mode.loss(xla=bool(cfg.trainer.jit_compile))
         compile_model(model, optimizer, loss_fn, cfg.trainer.jit_compile)
 
     augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only

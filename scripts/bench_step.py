@@ -5,11 +5,13 @@ process, interleaved, against the first variant as the baseline.
     python scripts/bench_step.py --variants "base:" "stem2:backbone.stem_stride=2" --repeats 5
     python scripts/bench_step.py --variants "gru:mode.rnn=gru" "none:mode.rnn=none" --common mode=ordinary
     python scripts/bench_step.py --variants "lazy:opt:lazy" "eager:" --common backbone=efficientnetv2b0
+    python scripts/bench_step.py --variants "dense:loss:dense" "native:"   # the CTC loss kernels
 
 A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value),
-`env:VAR=VALUE` environment settings, and `opt:lazy` (leave the optimizer's slots to the
+`env:VAR=VALUE` environment settings, `opt:lazy` (leave the optimizer's slots to the
 first traced step, as plain Keras does, instead of `bearcat.experiment.compile_model`'s
-eager build); environment settings that TensorFlow reads at import
+eager build), and `loss:dense` (the loss a mode uses under XLA: for CTC the dense
+keras.ops.ctc_loss instead of TensorFlow's native kernel); environment settings that TensorFlow reads at import
 (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its own process. The model is
 built from the composed config and fed random images of the configured input size, so no
 data set is needed. `first step s` is compile + the first training step (tracing). Absolute
@@ -47,9 +49,10 @@ def measure(overrides: list[str], steps: int) -> dict:
     """In this process: build the configured model and time it (bearcat.benchmark.speed)."""
     from bearcat.benchmark import random_batch_model, speed
 
-    lazy = "opt:lazy" in overrides  # a script token, passed along with the config overrides
-    cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o != "opt:lazy"])
-    return speed(model, mode.loss(), images, mode.encode(labels), int(cfg.trainer.batch_size), steps,
+    lazy = "opt:lazy" in overrides  # script tokens, passed along with the config overrides
+    dense = "loss:dense" in overrides
+    cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o not in ("opt:lazy", "loss:dense")])
+    return speed(model, mode.loss(xla=dense), images, mode.encode(labels), int(cfg.trainer.batch_size), steps,
                  build_optimizer=not lazy)
 
 

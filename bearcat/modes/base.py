@@ -51,7 +51,9 @@ class Mode:
         """Backbone feature map (B, H, W, C) -> per-class probabilities."""
         raise NotImplementedError
 
-    def loss(self):
+    def loss(self, xla: bool = False):
+        """The Keras loss (y_true = `encode`'s targets, y_pred = the head's output); `xla`:
+        the training step is XLA-compiled (trainer.jit_compile), so only ops XLA has."""
         raise NotImplementedError
 
     # --- predictions

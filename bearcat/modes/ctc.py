@@ -150,7 +150,11 @@ class CTCMode(Mode):
         x = layers.Reshape((x.shape[1] * split, self.vocab.num_classes), name="ctc_steps")(x)
         return layers.Activation("softmax", name="ctc_probs", dtype="float32")(x)
 
-    def loss(self):
+    def loss(self, xla: bool = False):
+        """CTC loss of the softmax output. TensorFlow's own CTC kernel, fed sparse labels,
+        computes the gradient with the loss: the default model trains 1.13x as fast as with
+        the dense keras.ops.ctc_loss, same loss and gradient (README "Modes"). It has no XLA
+        kernel, so an XLA-compiled step (`xla`) keeps the dense one."""
         import keras
 
         def ctc_loss(y_true, y_pred):
@@ -162,7 +166,15 @@ class CTCMode(Mode):
             return keras.ops.ctc_loss(y_true, keras.ops.log(y_pred + EPS), label_length, logit_length,
                                       mask_index=0)
 
-        return ctc_loss
+        def native_ctc_loss(y_true, y_pred):
+            import tensorflow as tf
+
+            labels = tf.sparse.from_dense(tf.cast(y_true, tf.int32))  # padding (0) dropped
+            shape = tf.shape(y_pred)
+            return tf.nn.ctc_loss(labels, tf.math.log(y_pred + EPS), None, tf.fill([shape[0]], shape[1]),
+                                  logits_time_major=False, blank_index=0)
+
+        return ctc_loss if xla else native_ctc_loss
 
     def decode(self, probs):
         probs = np.asarray(probs)

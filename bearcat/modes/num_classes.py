@@ -52,7 +52,7 @@ class NumClassesMode(Mode):
             x = layers.Dropout(o["dropout"], name="classes_dropout")(x)
         return layers.Dense(self.vocab.num_classes, activation="softmax", name="classes_probs", dtype="float32")(x)
 
-    def loss(self):
+    def loss(self, xla: bool = False):
         return smoothed_crossentropy(self.vocab.num_classes, self.options["label_smoothing"], "classes_loss")
 
     def decode(self, probs):

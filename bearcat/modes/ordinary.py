@@ -69,7 +69,7 @@ class OrdinaryMode(Mode):
         read = layers.LayerNormalization(name="ordinary_norm")(layers.Add(name="ordinary_residual")([queries, read]))
         return layers.Dense(self.vocab.num_classes, activation="softmax", name="ordinary_probs", dtype="float32")(read)
 
-    def loss(self):
+    def loss(self, xla: bool = False):
         return smoothed_crossentropy(self.vocab.num_classes, self.options["label_smoothing"], "ordinary_loss")
 
     def decode(self, probs):
