@@ -46,6 +46,13 @@ def image_paths(images: str, recursive: bool = False) -> list[Path]:
     raise FileNotFoundError(f"images={images}: no such file or folder")
 
 
+def plain(value):
+    """NumPy scalars and arrays in a reading (top-5 probabilities, boxes) as JSON numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write_readings(out: Path, rows: list[tuple[Path, dict]]) -> None:
     """.csv: file, result, confidence; .jsonl: one object per image with everything read."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +60,7 @@ def write_readings(out: Path, rows: list[tuple[Path, dict]]) -> None:
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for path, r in rows:
-                f.write(json.dumps({"file": str(path), **r}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"file": str(path), **r}, ensure_ascii=False, default=plain) + "\n")
         else:
             writer = csv.writer(f)
             writer.writerow(["file", "result", "confidence"])

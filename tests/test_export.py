@@ -204,6 +204,16 @@ def test_predict_reads_a_folder_like_the_library(exported, mixed_folder, tmp_pat
     assert md5s(folder) == before
 
 
+def test_predict_writes_numpy_values_as_json_numbers(tmp_path):
+    from bearcat.predict import write_readings
+
+    reading = {"result": "cat", "confidence": np.float32(0.5), "top5_probs": [np.float32(0.5), np.float64(0.25)],
+               "boxes": [{"box": np.array([1, 2, 3, 4], np.int64)}]}
+    write_readings(tmp_path / "r.jsonl", [(Path("a.png"), reading)])
+    assert json.loads((tmp_path / "r.jsonl").read_text()) == {
+        "file": "a.png", "result": "cat", "confidence": 0.5, "top5_probs": [0.5, 0.25], "boxes": [{"box": [1, 2, 3, 4]}]}
+
+
 def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixed_folder, tmp_path, monkeypatch):
     import csv
 
