@@ -11,8 +11,8 @@ A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value),
 `env:VAR=VALUE` environment settings, `opt:lazy` (leave the optimizer's slots to the
 first traced step, as plain Keras does, instead of `bearcat.experiment.compile_model`'s
 eager build), and `loss:dense` (the loss a mode uses under XLA: for CTC the dense
-keras.ops.ctc_loss instead of TensorFlow's native kernel); environment settings that TensorFlow reads at import
-(TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its own process. The model is
+keras.ops.ctc_loss instead of TensorFlow's native kernel); environment settings that
+TensorFlow reads at import (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its own process. The model is
 built from the composed config and fed random images of the configured input size, so no
 data set is needed. `first step s` is compile + the first training step (tracing). Absolute
 speeds on a shared machine are noisy: compare the ratios, which come from runs interleaved
@@ -51,7 +51,8 @@ def measure(overrides: list[str], steps: int) -> dict:
 
     lazy = "opt:lazy" in overrides  # script tokens, passed along with the config overrides
     dense = "loss:dense" in overrides
-    cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o not in ("opt:lazy", "loss:dense")])
+    tokens = ("opt:lazy", "loss:dense")
+    cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o not in tokens])
     return speed(model, mode.loss(xla=dense), images, mode.encode(labels), int(cfg.trainer.batch_size), steps,
                  build_optimizer=not lazy)
 
