@@ -230,6 +230,10 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
     assert [r["result"] for r in rows] == [w["result"] for w in want]
     one = predict(predict_cfg([f"model={exported['output_dir']}", f"images={good[0]}"]))  # a run folder, one file
     assert one["images"] == one["read"] == 1
+    nested = predict(predict_cfg([f"model={exported['dir']}", f"images={folder.parent}", "recursive=true"]))
+    assert nested["images"] == 10 and nested["read"] == 8
+    with pytest.raises(FileNotFoundError, match="recursive=true"):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={folder.parent}"]))
 
     with pytest.raises(FileNotFoundError, match="images="):
         predict(predict_cfg([f"model={exported['dir']}", f"images={tmp_path / 'missing'}"]))
