@@ -90,18 +90,19 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
     folder, an MLflow run id, or a registered model (models:/NAME/VERSION), the last two
     fetched into `workdir` from the tracking server `mlflow_cfg` points to."""
     if model in (None, "", "???"):
-        raise ValueError(f"{key} is not set: pass {key}=<bundle or run folder>, an MLflow run id or models:/NAME/VERSION")
+        raise ValueError(f"{key} is not set: pass {key}=<bundle or run folder>, an MLflow run id "
+                         "or models:/NAME/VERSION")
     model = str(model)
-    from bearcat import tracking
-
-    if model.startswith("models:/"):
-        if mlflow_cfg is not None:
-            tracking.setup(mlflow_cfg)
-        return tracking.download_model(model, workdir)
     from bearcat.warmstart import locate_init_bundle
 
-    if not Path(model).exists() and mlflow_cfg is not None:
-        tracking.setup(mlflow_cfg)  # a run id
+    remote = model.startswith("models:/") or not Path(model).exists()  # registry or run id
+    if remote:  # MLflow only then: a local bundle starts without importing it
+        from bearcat import tracking
+
+        if mlflow_cfg is not None:
+            tracking.setup(mlflow_cfg)
+        if model.startswith("models:/"):
+            return tracking.download_model(model, workdir)
     return locate_init_bundle(model, workdir, key=key)[0]
 
 

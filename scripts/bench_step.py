@@ -12,9 +12,9 @@ A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value),
 first traced step, as plain Keras does, instead of `bearcat.experiment.compile_model`'s
 eager build), and `loss:dense` (the loss a mode uses under XLA: for CTC the dense
 keras.ops.ctc_loss instead of TensorFlow's native kernel); environment settings that
-TensorFlow reads at import (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its own process. The model is
-built from the composed config and fed random images of the configured input size, so no
-data set is needed. `first step s` is compile + the first training step (tracing). Absolute
+TensorFlow reads at import (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its
+own process. The model is built from the composed config and fed random images of the
+configured input size, so no data set is needed. `first step s` is compile + the first training step (tracing). Absolute
 speeds on a shared machine are noisy: compare the ratios, which come from runs interleaved
 in time (A B A B ...), and the spread over repeats.
 """
