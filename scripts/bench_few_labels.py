@@ -31,7 +31,7 @@ keeps its label. The set's own labels stay the primary figure (`test_accuracy`);
 reviewed one is `test_accuracy_reviewed`. With --review-train the training images it lists
 are also trained under their reviewed labels, as after the README's suspects review (the
 labelled images a fine-tuned model confidently reads otherwise, checked again by a person).
-How the list was made: README "Few labels".
+How the list was made: docs/benchmarks.md "Wrong labels".
 """
 from __future__ import annotations
 
