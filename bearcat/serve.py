@@ -2,18 +2,28 @@
 run id, models:/NAME/VERSION).
 
 FastAPI + uvicorn on `host:port` (loopback by default), ONNX Runtime by default; the app
-is in bearcat/server/app.py, the upload page at `GET /`.
+is in bearcat/server/app.py, the upload page at `GET /`. `workers=N` runs N server
+processes on the same port, each with its own copy of the model.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+WORKER_CONFIG = "BEARCAT_SERVE_WORKER_CONFIG"  # the resolved config, handed to `workers` processes
 
 log = logging.getLogger("bearcat.serve")
+
+
+def model_name(cfg: DictConfig) -> str:
+    model = str(cfg.model)  # a registered name, a run id or the folder's name
+    return cfg.name or (model.removeprefix("models:/") if model.startswith("models:/") else Path(model).resolve().name)
 
 
 def build_app(cfg: DictConfig, workdir: str):
@@ -23,23 +33,46 @@ def build_app(cfg: DictConfig, workdir: str):
 
     folder = resolve_model(cfg.model, workdir, cfg.mlflow)
     predictor = load_predictor(folder, cfg.runtime, cfg.threads)
-    model = str(cfg.model)  # a registered name, a run id or the folder's name
-    name = cfg.name or (model.removeprefix("models:/") if model.startswith("models:/") else Path(model).resolve().name)
+    name = model_name(cfg)
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
     return create_app(predictor, name, limits, cfg.api_key, cfg.batching.max_batch, cfg.batching.max_wait_ms,
                       cfg.batching.model_thread)
 
 
+def worker_app():
+    """The app of one `workers` process (uvicorn imports this factory in each): the model was
+    resolved to a local folder once, by the parent, whose config arrives in WORKER_CONFIG."""
+    cfg = OmegaConf.create(json.loads(os.environ[WORKER_CONFIG]))
+    return build_app(cfg, tempfile.gettempdir())  # a local bundle folder: nothing is fetched
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
+    workers = int(cfg.workers)
+    if workers < 1:
+        raise SystemExit(f"workers={cfg.workers}: give 1 or more server processes")
+    options = dict(host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=cfg.access_log,
+                   timeout_keep_alive=int(cfg.keep_alive_seconds))
     with tempfile.TemporaryDirectory() as workdir:
-        app = build_app(cfg, workdir)
+        if workers == 1:
+            app = build_app(cfg, workdir)
+        else:  # resolve (and download) once here; each worker loads the same folder
+            from bearcat.bundle import resolve_model
+            from bearcat.runtime import load_predictor
+
+            folder = Path(resolve_model(cfg.model, workdir, cfg.mlflow)).resolve()
+            load_predictor(folder, cfg.runtime, cfg.threads)  # fail here, once, not in a restart loop of workers
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            resolved.update(model=str(folder), name=model_name(cfg))
+            os.environ[WORKER_CONFIG] = json.dumps(resolved)
+            app = "bearcat.serve:worker_app"
+            options.update(factory=True, workers=workers)
+            log.info("starting %d server processes", workers)
         print(f"Bearcat serving on http://{cfg.host}:{cfg.port}/ (API docs at /docs)", flush=True)
-        uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=cfg.access_log,
-                    timeout_keep_alive=int(cfg.keep_alive_seconds))
+        uvicorn.run(app, **options)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -196,6 +197,49 @@ def test_serve_a_registered_model(exported, expected, tmp_path, monkeypatch):
         got = [c.post("/v1/predict", content=f.read_bytes(), headers={"Content-Type": "image/png"}).json()
                for f in files]
     assert [g["result"] for g in got] == [w["result"] for w in want]
+
+
+def test_workers_processes_share_the_port(exported, expected, tmp_path, monkeypatch):
+    """`workers=2`: the registered model is fetched once by the parent, both processes come up
+    on the one port (their /health pids), and every answer is the library's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    solve = load_script("client_example").solve
+    files, want = expected
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    version = exported["summary"]["registered_version"]
+    model = f"models:/{exported['model_name']}/{version}"
+    log = tmp_path / "server.log"
+    with http_entry_point("bearcat.serve", [f"model={model}", "workers=2"], log, "/health", timeout=120) as url:
+        def health(_):
+            with urllib.request.urlopen(url + "/health", timeout=10) as r:  # a new connection each time
+                return json.load(r)
+
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60  # the second process may still be loading its model
+        with ThreadPoolExecutor(8) as pool:
+            while len(pids) < 2 and time.monotonic() < deadline:
+                answers = list(pool.map(lambda f: solve(url, f.read_bytes()), files * 2))
+                assert [a["result"] for a in answers] == [w["result"] for w in want] * 2
+                pids |= {h["pid"] for h in pool.map(health, range(32))}
+        assert {h["model"] for h in map(health, range(4))} == {f"{exported['model_name']}/{version}"}
+    assert len(pids) == 2, f"answers came from the processes {pids}:\n{log.read_text()[-2000:]}"
+
+
+def test_serve_workers_fail_once_with_the_reason(exported, tmp_path):
+    """workers=0 is refused; a bundle the workers could not load stops the command with the
+    reason (checked in the parent) instead of a loop of dying workers."""
+    def serve(*overrides):
+        return subprocess.run([sys.executable, "-m", "bearcat.serve", *overrides, f"hydra.run.dir={tmp_path}"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    out = serve(f"model={exported['dir']}", "workers=0")
+    assert out.returncode != 0 and "workers=0" in out.stderr
+    bundle = tmp_path / "no_tflite"
+    shutil.copytree(exported["dir"], bundle)
+    (bundle / "model.tflite").unlink()  # a copy: the fixture's bundle keeps its file
+    out = serve(f"model={bundle}", "workers=2", "runtime=tflite")
+    assert out.returncode != 0 and "has no tflite model" in out.stderr
 
 
 def test_real_server_answers_concurrent_clients(server, expected):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "runtime": info["runtime"], "api_key_required": api_key is not None,
-                "batches": batcher.batches, "images": batcher.images}
+                "batches": batcher.batches, "images": batcher.images, "pid": os.getpid()}  # counts: this process's
 
     @app.get("/v1/models")
     async def models(request: Request):
