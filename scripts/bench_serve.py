@@ -16,8 +16,9 @@ Bearcat's server code), under the same single-client load: its overhead is what 
 uvicorn and this machine cost such a request. Raw, Bearcat and
 the baseline are timed in alternating short rounds (`--rounds` of `--round-images`
 images each: raw, Bearcat, baseline, raw, ...), so the shared machine's speed, which
-drifts by tens of percent within a minute, is the same for all three. Everything stops
-by itself; only loopback is used.
+drifts by tens of percent within a minute, is the same for all three. `--pin` sets the
+cores each process may use (docs/benchmarks.md "More runs, and CPU affinity"). Everything
+stops by itself; only loopback is used.
 """
 from __future__ import annotations
 
@@ -144,9 +145,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+SERVER_CPUS: set[int] | None = None  # --pin: the cores the servers may run on (None = any)
+
+
 def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    cpus = SERVER_CPUS
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})},
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -188,8 +194,18 @@ def main(argv=None) -> int:
     ap.add_argument("--round-images", type=int, default=50, help="images per round")
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the baseline server (scripts/http_floor_server.py)")
+    ap.add_argument("--pin", choices=["none", "split", "same"], default="none",
+                    help="CPU affinity: split = this process (clients, raw model) on the first core, the servers on "
+                         "the second; same = all on the second core; none = wherever the OS puts them")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    global SERVER_CPUS
+    if args.pin != "none":
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            sys.exit("--pin needs at least 2 cores")
+        SERVER_CPUS = {cores[1]}
+        os.sched_setaffinity(0, {cores[0]} if args.pin == "split" else {cores[1]})
 
     files = sorted(p for p in args.data.iterdir() if p.is_file())[:args.images]
     images = [p.read_bytes() for p in files]
@@ -229,12 +245,15 @@ def main(argv=None) -> int:
         before = health(host, port)
         loaded = run_load(host, port, payloads, args.clients, args.seconds, args.max_requests)
         after = health(host, port)
-        loaded["mean_batch"] = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
+        # /health counts one process's batches: with workers=N two calls may reach different ones
+        same = before.get("pid") == after.get("pid")
+        loaded["mean_batch"] = ((after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
+                                if same else None)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
-    result = {"paired": paired, "one_client": single, "loaded": loaded,
+    result = {"pin": args.pin, "paired": paired, "one_client": single, "loaded": loaded,
               "overhead_one_client_p50": paired["bearcat"]["overhead_p50"]}
     print(f"{args.rounds} alternating rounds of {args.round_images} images, one at a time: raw model in-process "
           f"(end to end) p50 {paired['raw_ms_p50']:.2f} ms")
@@ -249,7 +268,8 @@ def main(argv=None) -> int:
         print(f"{name:>10}: {r['requests']} requests in {r['seconds']:.1f} s = {r['req_per_s']:.0f} req/s, "
               f"p50 {r['ms_p50']:.2f} ms, p95 {r['ms_p95']:.2f} ms, p99 {r['ms_p99']:.2f} ms, errors {r['errors']}, "
               f"server time_ms mean {r['server_ms_mean']:.2f}")
-    print(f"mean batch under load: {loaded['mean_batch']:.2f} images per model call")
+    if loaded["mean_batch"] is not None:
+        print(f"mean batch under load: {loaded['mean_batch']:.2f} images per model call")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
