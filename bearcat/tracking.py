@@ -42,6 +42,10 @@ def setup(cfg_mlflow, uri: str | None = None) -> str:
     return exp.experiment_id
 
 
+def current_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
 def flatten(cfg, prefix: str = "") -> dict[str, str]:
     """Nested config -> {"a.b.c": "value"}; long values are cut to MLflow's limit."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

@@ -191,7 +191,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         status = "FINISHED"
     finally:
         tracking.end_run(status)
-    metrics["mlflow_run_id"] = run.info.run_id
+    run_id = run.info.run_id
+    log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s | "
+             "python -m bearcat.export run_id=%s format=onnx | python -m bearcat.serve model=%s | "
+             "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, run_id, out_dir, tracking.current_uri())
+    metrics["mlflow_run_id"] = run_id
     return metrics
 
 

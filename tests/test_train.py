@@ -2,6 +2,7 @@
 id, folder data with bad files, and resume after a kill."""
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -33,10 +34,17 @@ def artifact_paths(run_id, path=""):
     return out
 
 
-def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg):
-    metrics = train(make_cfg(TINY))
+def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, caplog):
+    cfg = make_cfg(TINY)
+    with caplog.at_level(logging.INFO, logger="bearcat.train"):
+        metrics = train(cfg)
     run = run_of(metrics)
     assert run.info.status == "FINISHED"
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finished:")]
+    assert len(done) == 1, "the run ends by saying where it is and what to run next"
+    assert f"run folder {cfg.paths.output_dir}, MLflow run {run.info.run_id}" in done[0]
+    assert f"bearcat.evaluate run_id={run.info.run_id}" in done[0]
+    assert f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}" in done[0]
     for key in ["loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"]:
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0 and run.data.metrics["test_cer"] >= 0.0
