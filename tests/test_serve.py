@@ -123,6 +123,23 @@ def test_predict_answers_like_the_library(client, expected):
             assert body["time_ms"] > 0
 
 
+def test_the_app_warms_the_model_up_before_the_first_request(exported):
+    """create_app runs the model on a batch of one and a batch of two before serving, so no
+    request pays for building the graph."""
+    predictor = load_predictor(exported["dir"], "keras")
+    calls = []
+    model = predictor.model
+
+    class Counting:
+        def predict_on_batch(self, x):
+            calls.append(len(x))
+            return model.predict_on_batch(x)
+
+    predictor.model = Counting()
+    create_app(predictor, "tiny")
+    assert calls == [1, 2]
+
+
 def png_bytes(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (width, height), 255).save(buf, "PNG")

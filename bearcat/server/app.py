@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from bearcat.server.batcher import Batcher
 from bearcat.server.codec import RequestError, image_bytes
 
 PAGE = Path(__file__).with_name("page.html")
+log = logging.getLogger("bearcat.serve")
 
 
 @dataclass
@@ -149,10 +151,25 @@ class PredictFastPath:
             await self.app(scope, receive, send)
 
 
+def warm_up(predictor) -> float:
+    """Read a grey image alone and in a batch of two before the first request; milliseconds.
+    Why: the Keras runtime builds its graph on the first call (0.46 s against 6 ms for the
+    next) and again for the first other batch size (0.54 s), then serves any size
+    (scripts/bench_warmup.py)."""
+    from PIL import Image
+
+    grey = Image.new("RGB", (predictor.pre.width, predictor.pre.height), (128, 128, 128))
+    start = time.perf_counter()
+    predictor.predict([grey])
+    predictor.predict([grey, grey])
+    return (time.perf_counter() - start) * 1000.0
+
+
 def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, api_key: str | None = None,
                max_batch: int = 16, max_wait_ms: float = 2.0, model_thread: bool = True) -> FastAPI:
-    """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime)."""
+    """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime), warmed up."""
     limits = limits or Limits()
+    log.info("model warmed up in %.0f ms", warm_up(predictor))
     pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
     batcher = Batcher(predictor.model.predict_on_batch, predictor.mode.decode, max_batch, max_wait_ms, model_thread)
     detects = getattr(predictor, "detects", False)  # detection: boxes mapped back to the image, then named
