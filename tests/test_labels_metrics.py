@@ -34,3 +34,33 @@ def test_edit_ops_and_metrics():
     assert m["char_accuracy"] == pytest.approx(5 / 6)
     assert m["cer"] == pytest.approx(1 / 6)
     assert text_metrics(["AB"], [""])["cer"] == 1.0
+
+
+def test_batched_test_time_leaves_out_the_first_call_of_each_shape(monkeypatch):
+    """test_ms_per_image: a model that is slow on the first call of each batch shape (as Keras
+    is, building its graph) is timed on its steady calls only; every image is still read."""
+    import numpy as np
+
+    import bearcat.experiment as experiment
+    from bearcat.modes import build_mode
+
+    clock = [0.0]
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: clock[0])
+    seen = set()
+
+    class FirstCallSlow:
+        calls = 0
+
+        def predict_on_batch(self, x):
+            if x.shape[0] not in seen:  # a new shape costs 1000 s on the fake clock
+                seen.add(x.shape[0])
+                clock[0] += 1000.0
+            clock[0] += 0.001 * len(x)  # then 1 ms per image
+            FirstCallSlow.calls += 1
+            return np.full((len(x), 8, 4), 0.25, np.float32)
+
+    mode = build_mode("ctc", Vocabulary("ABC"), 2)
+    results, ms = experiment.predict(FirstCallSlow(), mode, np.zeros((10, 4, 4, 1), np.uint8), batch_size=4)
+    assert len(results) == 10 and seen == {4, 2}
+    assert ms == pytest.approx(1.0)  # 10 images at 1 ms, no graph building
+    assert FirstCallSlow.calls == 2 + 3  # one warm-up per shape, then the three batches
