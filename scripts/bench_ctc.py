@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,8 +45,13 @@ def run_default(workdir: Path, minutes: float, extra: list[str]) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                           capture_output=True, text=True, timeout=minutes * 60 * 3 + 600)
     wall = time.monotonic() - start
+    ended = time.time()
     if proc.returncode != 0:
         sys.exit(f"default training failed:\n{proc.stderr[-3000:]}")
+    # seconds between the run's last log line ("finished: ...") and the process's exit
+    done = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[bearcat\.train\]\[INFO\] - finished:",
+                     proc.stdout + proc.stderr)
+    exit_s = ended - datetime.strptime(done.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if done else None
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -52,7 +59,7 @@ def run_default(workdir: Path, minutes: float, extra: list[str]) -> dict:
     metrics = {k[len("metrics."):]: float(run[k][0]) for k in run.columns if k.startswith("metrics.")}
     from bearcat.benchmark import epochs_run
 
-    return {"wall_s": wall, **metrics, **epochs_run(run["run_id"][0])}
+    return {"wall_s": wall, "exit_s": exit_s, **metrics, **epochs_run(run["run_id"][0])}
 
 
 def keras_io_model(shape, classes):
@@ -157,7 +164,8 @@ def main():
 
     default = run_default(workdir, args.minutes, args.default_overrides)
     print(f"default: wall {default['wall_s']:.0f}s (generation included), test_accuracy "
-          f"{default['test_accuracy']:.4f}, char {default['test_char_accuracy']:.4f}, cer {default['test_cer']:.4f}",
+          f"{default['test_accuracy']:.4f}, char {default['test_char_accuracy']:.4f}, cer {default['test_cer']:.4f}"
+          + (f"; the process exited {default['exit_s']:.1f} s after its last log line" if default["exit_s"] else ""),
           flush=True)
 
     from hydra import compose, initialize_config_dir

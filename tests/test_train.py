@@ -147,9 +147,14 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_path):
     assert 1 <= state["epoch"] < 3, f"the run was not interrupted mid-training: {state}"
     killed_at = state["epoch"]
 
-    metrics = train(make_cfg([f"resume={out}"]))
-    assert metrics["mlflow_run_id"] == state["mlflow_run_id"]
-    run = run_of(metrics)
+    # resumed by the entry point, which ends its process itself (bearcat.train.exit_now)
+    done = subprocess.run([sys.executable, "-m", "bearcat.train", f"resume={out}",
+                           f"hydra.run.dir={tmp_path / 'hydra_resume'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log_lines = (tmp_path / "hydra_resume" / "train.log").read_text().splitlines()
+    assert "finished: run folder" in log_lines[-1]  # the log was flushed before the process ended
+    run = mlflow.get_run(state["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     steps = sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss"))
     assert steps == [0, 1, 2]  # each epoch logged once: resumed at epoch `killed_at`, not from 0
