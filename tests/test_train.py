@@ -124,7 +124,7 @@ def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
         folder(str(main), extra_train=[str(tmp_path / "nowhere")])
 
 
-def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_path):
+def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, tmp_path):
     out = tmp_path / "run"
     overrides = ["debug=fast", "dataset.train_size=600", "trainer.batch_size=8", "trainer.epochs=3",
                  f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
@@ -154,9 +154,10 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     log_lines = (tmp_path / "hydra_resume" / "train.log").read_text().splitlines()
     assert "finished: run folder" in log_lines[-1]  # the log was flushed before the process ended
-    run = mlflow.get_run(state["mlflow_run_id"])
+    client = mlflow.MlflowClient(tmp_store)  # the subprocesses' store (this process may point elsewhere)
+    run = client.get_run(state["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-    steps = sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss"))
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert steps == [0, 1, 2]  # each epoch logged once: resumed at epoch `killed_at`, not from 0
     assert json.loads(state_file.read_text())["epoch"] == 3 and killed_at < 3
 
