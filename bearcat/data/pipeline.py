@@ -76,7 +76,7 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     split = LoadedSplit(stacked, labels, paths, errors)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")  # per process: parallel sweep jobs share caches
         meta = json.dumps({"labels": labels, "paths": paths, "errors": errors}, ensure_ascii=False)
         np.savez(tmp, images=stacked, meta=np.array(meta))
         tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ def cached_paths(done: Path, make) -> list[str]:
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     paths = make()
-    tmp = done.with_suffix(".tmp")
+    tmp = done.with_suffix(f".{os.getpid()}.tmp")  # per process: parallel sweep jobs share caches
     tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8")
     tmp.replace(done)
     return paths
