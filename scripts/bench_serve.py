@@ -145,11 +145,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-SERVER_CPUS: set[int] | None = None  # --pin: the cores the servers may run on (None = any)
-
-
-def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
-    cpus = SERVER_CPUS
+def start_server(cmd: list[str], port: int, log: Path, env: dict | None = None,
+                 cpus: set[int] | None = None) -> subprocess.Popen:
+    """Start `cmd` (on the cores `cpus`, None = any) and wait until its /health answers."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})},
                             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -169,12 +167,13 @@ def payloads_for(images: list[bytes], host: str, port: int) -> list[bytes]:
     return [request_bytes(host, port, b) for b in images]
 
 
-def start_floor(bundle: Path, runtime: str, threads: int) -> tuple[subprocess.Popen, int]:
+def start_floor(bundle: Path, runtime: str, threads: int, cpus: set[int] | None = None) -> tuple[subprocess.Popen, int]:
     """scripts/http_floor_server.py serving the same bundle; (process, port)."""
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_floor_{port}.log"
     proc = start_server([sys.executable, str(ROOT / "scripts" / "http_floor_server.py"), "--port", str(port),
-                         "--bundle", str(bundle), "--runtime", runtime, "--threads", str(threads)], port, log)
+                         "--bundle", str(bundle), "--runtime", runtime, "--threads", str(threads)], port, log,
+                        cpus=cpus)
     return proc, port
 
 
@@ -199,12 +198,12 @@ def main(argv=None) -> int:
                          "the second; same = all on the second core; none = wherever the OS puts them")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    global SERVER_CPUS
+    server_cpus = None  # --pin: the cores the servers may run on
     if args.pin != "none":
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             sys.exit("--pin needs at least 2 cores")
-        SERVER_CPUS = {cores[1]}
+        server_cpus = {cores[1]}
         os.sched_setaffinity(0, {cores[0]} if args.pin == "split" else {cores[1]})
 
     files = sorted(p for p in args.data.iterdir() if p.is_file())[:args.images]
@@ -231,10 +230,10 @@ def main(argv=None) -> int:
             procs.append(start_server([sys.executable, "-m", "bearcat.serve", f"model={args.bundle}", f"port={port}",
                                        f"runtime={args.runtime}", f"threads={args.threads}",
                                        f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}",
-                                       *args.serve_arg], port, log))
+                                       *args.serve_arg], port, log, cpus=server_cpus))
         targets = {"bearcat": open_target(host, port, images)}
         if args.floor:
-            floor_proc, floor_port = start_floor(args.bundle, args.runtime, args.threads)
+            floor_proc, floor_port = start_floor(args.bundle, args.runtime, args.threads, server_cpus)
             procs.append(floor_proc)
             targets["baseline"] = open_target("127.0.0.1", floor_port, images)
         for t in targets.values():  # warm-up
