@@ -177,6 +177,27 @@ def test_synthetic_generation_is_cached_and_reproducible(tmp_path):
     assert {p: Path(p).stat().st_mtime_ns for p, _ in again.train} == stamp
 
 
+def test_redrawing_a_captcha_never_rewrites_a_file_in_place(tmp_path):
+    """Two sweep jobs on a cold cache draw the same files: the second must not truncate the
+    file the first is already reading. Each drawing is a new file renamed into place, so an
+    open handle keeps the complete old image and no temporary file is left behind."""
+    from PIL import Image
+
+    from bearcat.data.sources import _generate_one, synthetic_settings
+
+    settings = synthetic_settings("AB12", 2, 3, 80, 30, seed=7)
+    (tmp_path / "train").mkdir()
+    path = Path(_generate_one((str(tmp_path), "train", 0, settings)))
+    size = path.stat().st_size
+    with path.open("rb") as reader:  # the first job, reading
+        again = Path(_generate_one((str(tmp_path), "train", 0, settings)))  # the second job
+        assert again == path
+        assert os.fstat(reader.fileno()).st_ino != path.stat().st_ino  # not written into the open file
+        assert len(reader.read()) == size
+    assert path.stat().st_size == size and Image.open(path).size == (80, 30)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [path.name]
+
+
 def test_best_checkpoint_ties_go_to_the_later_epoch(tmp_path):
     import keras
     import numpy as np

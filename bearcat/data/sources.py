@@ -115,8 +115,12 @@ def _generate_one(job) -> str:
     captcha.image.secrets = _SeededSecrets(random.Random(f"{key}/draw"))
     name = hashlib.sha1(key.encode()).hexdigest()[:10]
     path = Path(out_dir) / split / f"{label}_{name}.png"
+    # Written under a per-process name, then renamed: parallel sweep jobs on a cold cache draw
+    # the same files, and writing in place would truncate a file another job is already reading.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # compress_level 1: lossless like the default, several times faster to write.
-    _captcha_generator(s).generate_image(label).save(path, compress_level=1)
+    _captcha_generator(s).generate_image(label).save(tmp, format="PNG", compress_level=1)
+    tmp.replace(path)
     return str(path)
 
 
