@@ -211,12 +211,17 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def exit_now() -> None:
-    """End a finished command without the interpreter's own teardown: Python's exit handlers
-    run (logs flushed, MLflow and multiprocessing cleaned up), then the process exits. Why:
-    after generating captchas, tearing down took 7-17 s of the default run's 10 minutes
-    (scripts/bench_ctc.py prints it), against about 2 s otherwise."""
+    """End a finished command without the interpreter's own teardown: what the interpreter
+    does first at exit still runs, in its order (wait for threads and run the threading exit
+    hooks, then Python's exit handlers: logs flushed, MLflow and multiprocessing cleaned up),
+    then the process exits. Why: after generating captchas, tearing down took 7-17 s of the
+    default run's 10 minutes (scripts/bench_ctc.py prints it), against about 2 s otherwise.
+    The threading step matters: joblib's sweep workers are told to stop there; skipped, the
+    multiprocessing exit handler waited for them to idle out (5 minutes)."""
     import atexit
+    import threading
 
+    threading._shutdown()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

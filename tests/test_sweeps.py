@@ -15,13 +15,14 @@ TINY = ["debug=fast", "dataset.train_size=32", "dataset.val_size=8", "dataset.te
         "trainer.bn_calibration_images=0", "trainer.max_minutes=null"]
 
 
-def run_sweep(tmp_path, *overrides):
+def run_sweep(tmp_path, *overrides, timeout=None):
     """`python -m bearcat.train -m ...` into tmp_path, with its own MLflow store."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sweep_dir = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, *overrides, f"paths.cache_dir={tmp_path / 'cache'}",
            f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri},
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(), sweep_dir
@@ -41,7 +42,9 @@ def runs_of(client):
 # joblib ("parallel"): the same sweep in two worker processes (two TensorFlow start-ups)
 @pytest.mark.parametrize("launcher", ["basic", pytest.param("parallel", marks=pytest.mark.slow)])
 def test_multirun_parent_children_and_summary(tmp_path, launcher):
-    client, sweep_dir = run_sweep(tmp_path, "optimizer=adam,sgd", f"hydra/launcher={launcher}")
+    # The time limit catches a command that hangs after its jobs: it once waited 5 minutes at
+    # exit for joblib's idle workers (about 50 s in all when it ends as it should).
+    client, sweep_dir = run_sweep(tmp_path, "optimizer=adam,sgd", f"hydra/launcher={launcher}", timeout=240)
     runs = runs_of(client)
     parents = [r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent"]
     assert len(parents) == 1
@@ -125,7 +128,8 @@ def test_bad_sweep_settings_name_the_key(tmp_path):
     cmd = [sys.executable, "-m", "bearcat.train", *TINY, "optimized_metric=test_acuracy",
            f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
            f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri},
+                          timeout=timeout)
     assert proc.returncode != 0
     assert "optimized_metric=test_acuracy: not a metric of this run" in proc.stderr
 
@@ -135,7 +139,8 @@ def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
     cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.min_length=4,0",  # 0: a bad setting
            f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri},
+                          timeout=timeout)
     assert proc.returncode != 0 and "dataset.min_length=0" in proc.stderr
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
