@@ -27,9 +27,11 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -167,10 +169,11 @@ def payloads_for(images: list[bytes], host: str, port: int) -> list[bytes]:
     return [request_bytes(host, port, b) for b in images]
 
 
-def start_floor(bundle: Path, runtime: str, threads: int, cpus: set[int] | None = None) -> tuple[subprocess.Popen, int]:
-    """scripts/http_floor_server.py serving the same bundle; (process, port)."""
+def start_floor(bundle: Path, runtime: str, threads: int, logs: Path,
+                cpus: set[int] | None = None) -> tuple[subprocess.Popen, int]:
+    """scripts/http_floor_server.py serving the same bundle, its output in `logs`; (process, port)."""
     port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_floor_{port}.log"
+    log = logs / "baseline.log"
     proc = start_server([sys.executable, str(ROOT / "scripts" / "http_floor_server.py"), "--port", str(port),
                          "--bundle", str(bundle), "--runtime", runtime, "--threads", str(threads)], port, log,
                         cpus=cpus)
@@ -219,6 +222,8 @@ def main(argv=None) -> int:
         raw_one(i)
 
     procs = []
+    logs = Path(tempfile.mkdtemp(prefix="bench_serve_"))  # the servers' output: removed after a clean run
+    finished = False
     try:
         if args.url:
             host, port = args.url.removeprefix("http://").rstrip("/").split(":")
@@ -226,14 +231,14 @@ def main(argv=None) -> int:
         else:
             host = "127.0.0.1"
             port = free_port(host)
-            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_serve_{port}.log"
+            log = logs / "bearcat.log"
             procs.append(start_server([sys.executable, "-m", "bearcat.serve", f"model={args.bundle}", f"port={port}",
                                        f"runtime={args.runtime}", f"threads={args.threads}",
-                                       f"hydra.run.dir={log.parent / ('bench_serve_' + str(port))}",
+                                       f"hydra.run.dir={logs / 'bearcat_run'}",
                                        *args.serve_arg], port, log, cpus=server_cpus))
         targets = {"bearcat": open_target(host, port, images)}
         if args.floor:
-            floor_proc, floor_port = start_floor(args.bundle, args.runtime, args.threads, server_cpus)
+            floor_proc, floor_port = start_floor(args.bundle, args.runtime, args.threads, logs, server_cpus)
             procs.append(floor_proc)
             targets["baseline"] = open_target("127.0.0.1", floor_port, images)
         for t in targets.values():  # warm-up
@@ -248,10 +253,15 @@ def main(argv=None) -> int:
         same = before.get("pid") == after.get("pid")
         loaded["mean_batch"] = ((after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
                                 if same else None)
+        finished = True
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=20)
+        if finished:
+            shutil.rmtree(logs, ignore_errors=True)
+        else:
+            print(f"servers' output kept in {logs}", file=sys.stderr)
     result = {"pin": args.pin, "paired": paired, "one_client": single, "loaded": loaded,
               "overhead_one_client_p50": paired["bearcat"]["overhead_p50"]}
     print(f"{args.rounds} alternating rounds of {args.round_images} images, one at a time: raw model in-process "

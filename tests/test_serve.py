@@ -438,7 +438,7 @@ def test_base64_variants_are_accepted():
             image_bytes(bad)
 
 
-def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expected):
+def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expected, tmp_path):
     """The overhead measurement of scripts/bench_serve.py against the real server and its
     baseline (the same bundle behind a bare FastAPI endpoint), in alternating rounds."""
     import asyncio
@@ -450,7 +450,7 @@ def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expec
     files, want = expected
     images = [p.read_bytes() for p in files]
     predictor = load_predictor(exported["dir"], "onnx", 1)
-    floor, floor_port = bench.start_floor(exported["dir"], "onnx", 1)
+    floor, floor_port = bench.start_floor(exported["dir"], "onnx", 1, tmp_path)
     try:
         targets = {"bearcat": bench.open_target(host, int(port), images),
                    "baseline": bench.open_target("127.0.0.1", floor_port, images)}
