@@ -128,8 +128,7 @@ def test_bad_sweep_settings_name_the_key(tmp_path):
     cmd = [sys.executable, "-m", "bearcat.train", *TINY, "optimized_metric=test_acuracy",
            f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
            f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri},
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode != 0
     assert "optimized_metric=test_acuracy: not a metric of this run" in proc.stderr
 
@@ -139,8 +138,7 @@ def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
     cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.min_length=4,0",  # 0: a bad setting
            f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri},
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode != 0 and "dataset.min_length=0" in proc.stderr
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
