@@ -10,7 +10,7 @@ import pytest
 from hydra.utils import instantiate
 
 from bearcat.optim.adabelief import AdaBelief
-from bearcat.optim.schedules import WarmupCosine, build_schedule
+from bearcat.optim.schedules import StepSchedule, build_schedule
 
 
 def adabelief_reference(theta, grads, lr, beta_1, beta_2, epsilon, weight_decay, rectify):
@@ -105,14 +105,19 @@ def test_optimizer_configs_minimise(make_cfg, name):
 
 
 def lr_at(schedule, step):
-    return float(keras.ops.convert_to_numpy(schedule(step)))
+    """The schedule at `step`, after checking its NumPy value (what training sets) against
+    its keras.ops graph (what an optimizer given the schedule itself would compute)."""
+    graph = float(keras.ops.convert_to_numpy(schedule(step)))
+    assert schedule.value(step) == pytest.approx(graph, rel=1e-5, abs=1e-9)
+    return graph
 
 
 def test_cosine_curve(make_cfg):
     cfg = make_cfg(["scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.alpha=0.01",
                     "scheduler.cycle_epochs=null", "scheduler.restarts=false"])  # one cosine after the warm-up
-    schedule, callbacks = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=5)
-    assert isinstance(schedule, WarmupCosine) and callbacks == []
+    first_lr, (stepper,) = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=5)
+    assert isinstance(stepper, StepSchedule) and first_lr == pytest.approx(0.01)
+    schedule = stepper.schedule
     assert lr_at(schedule, 0) == pytest.approx(0.01)     # warm-up: base * (step + 1) / 10
     assert lr_at(schedule, 4) == pytest.approx(0.05)
     assert lr_at(schedule, 10) == pytest.approx(0.1)     # peak right after warm-up
@@ -124,7 +129,8 @@ def test_cosine_curve(make_cfg):
 def test_cosine_restarts_curve(make_cfg):
     cfg = make_cfg(["scheduler=cosine_restarts", "scheduler.warmup_epochs=1", "scheduler.cycle_epochs=3",
                     "scheduler.t_mul=2", "scheduler.m_mul=0.8", "scheduler.alpha=0.01"])  # cycles 3, 6, 12 epochs
-    schedule, _ = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=20)
+    _, (stepper,) = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=10, epochs=20)
+    schedule = stepper.schedule
     assert schedule.restarts
     assert lr_at(schedule, 10) == pytest.approx(0.1)                      # cycle 1 starts at the peak
     assert lr_at(schedule, 25) == pytest.approx(0.1 * (0.99 * 0.5 + 0.01), rel=1e-4)  # its middle
@@ -132,6 +138,27 @@ def test_cosine_restarts_curve(make_cfg):
     assert lr_at(schedule, 40) == pytest.approx(0.08, rel=1e-4)            # restart: peak x 0.8
     assert lr_at(schedule, 70) == pytest.approx(0.08 * (0.99 * 0.5 + 0.01), rel=1e-4)  # middle of 6 epochs
     assert lr_at(schedule, 100) == pytest.approx(0.064, rel=1e-4)          # second restart: x 0.8 again
+
+
+def test_step_schedule_sets_the_rate_before_each_training_step(make_cfg):
+    """Training sets the learning rate once per step from the schedule; the optimizer holds a
+    plain rate, so its update graph does not evaluate the schedule once per variable."""
+    cfg = make_cfg(["scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.alpha=0.01"])
+    first_lr, (stepper,) = build_schedule(cfg.scheduler, 0.1, steps_per_epoch=4, epochs=3)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(first_lr), loss="mse")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    x = np.zeros((16, 2), "float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=3, verbose=0, shuffle=False, callbacks=[stepper, Record()])
+    assert seen == pytest.approx([stepper.schedule.value(step) for step in range(12)], rel=1e-6)
+    assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # the warm-up epoch, then the cosine
+    assert seen[-1] < seen[4]
+    assert not isinstance(model.optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
 
 
 def test_constant_and_plateau(make_cfg):

@@ -7,6 +7,7 @@ import math
 import time
 
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="bearcat")
@@ -21,8 +22,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.alpha, self.restarts, self.t_mul, self.m_mul = float(alpha), bool(restarts), float(t_mul), float(m_mul)
 
     def __call__(self, step):
-        ops = keras.ops
-        step = ops.cast(step, "float32")
+        return self.curve(keras.ops.cast(step, "float32"), keras.ops)
+
+    def value(self, step: int) -> float:
+        """The learning rate at `step`, computed in NumPy (what `StepSchedule` sets)."""
+        return float(self.curve(np.float64(step), np))
+
+    def curve(self, step, ops):
+        """The formula, written once for two backends: `ops` is keras.ops (a tensor step, in
+        a graph) or numpy (a number); both have every function used here."""
         warm = float(max(self.warmup_steps, 1))
         t = ops.maximum(step - self.warmup_steps, 0.0) / self.decay_steps  # progress in first-cycle units
         if self.restarts and self.t_mul != 1.0:
@@ -44,6 +52,21 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return dict(base_lr=self.base_lr, warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
                     alpha=self.alpha, restarts=self.restarts, t_mul=self.t_mul, m_mul=self.m_mul)
+
+
+class StepSchedule(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate from `schedule.value(step)` before every step. Why not
+    hand the schedule to the optimizer: Keras then evaluates it inside every training step once
+    per variable (AdamW's weight decay reads the learning rate per variable), hundreds of times
+    for a large backbone, and the training graph takes that much longer to build."""
+
+    def __init__(self, schedule: WarmupCosine):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.model.optimizer.learning_rate = self.schedule.value(step)
 
 
 class TimeBudgetCosine(keras.callbacks.Callback):
@@ -94,5 +117,6 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_m
         decay = int(round(cycle * steps_per_epoch))
         if max_minutes and not cfg.restarts:
             return float(base_lr), [TimeBudgetCosine(base_lr, warmup, steps_per_epoch * epochs, max_minutes, cfg.alpha)]
-        return WarmupCosine(base_lr, warmup, decay, cfg.alpha, cfg.restarts, cfg.t_mul, cfg.m_mul), []
+        schedule = WarmupCosine(base_lr, warmup, decay, cfg.alpha, cfg.restarts, cfg.t_mul, cfg.m_mul)
+        return schedule.value(0), [StepSchedule(schedule)]
     raise ValueError(f"scheduler.name={name}: choose constant, plateau, cosine or cosine_restarts")
