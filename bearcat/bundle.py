@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import replacing
 from bearcat.data.labels import Vocabulary
 from bearcat.data.preprocess import PreprocessConfig, preprocess
 from bearcat.modes import build_mode
@@ -24,9 +25,8 @@ FORMAT = "bearcat-bundle/1"
 def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MODEL_FILE + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(folder / MODEL_FILE)
+    with replacing(folder / MODEL_FILE, keep_suffix=True) as tmp:
+        model.save(tmp)
     meta = {"format": FORMAT, "mode": mode.config(), "vocabulary": mode.vocab.chars,
             "preprocess": pre.to_dict(), **(extra or {})}
     (folder / BUNDLE_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")

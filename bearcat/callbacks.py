@@ -11,6 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from bearcat.atomic import replacing, write_json
+
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +68,19 @@ class Checkpointer(keras.callbacks.Callback):
         if value is not None and (self.state["best"] is None or value >= self.state["best"]):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch
-            tmp = self.folder / "best.tmp.keras"
-            self.model.save(tmp)
-            tmp.replace(self.folder / "best.keras")
+            with replacing(self.folder / "best.keras", keep_suffix=True) as tmp:
+                self.model.save(tmp)
         name = f"epoch-{epoch + 1:04d}"
-        tmp_dir = self.folder / f"{name}.tmp"
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir()
-        self.model.save_weights(tmp_dir / "model.weights.h5")
-        opt = self.model.optimizer
-        np.savez(tmp_dir / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in opt.variables])
-        tmp_dir.rename(self.folder / name)
+        with replacing(self.folder / name) as tmp_dir:
+            tmp_dir.mkdir()
+            self.model.save_weights(tmp_dir / "model.weights.h5")
+            opt = self.model.optimizer
+            np.savez(tmp_dir / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in opt.variables])
         previous = self.state.get("last")
         self.state.update(epoch=epoch + 1, last=name)
-        write_json_atomic(self.folder / STATE_FILE, self.state)
+        write_json(self.folder / STATE_FILE, self.state, indent=1)
         if previous and previous != name:
             shutil.rmtree(self.folder / previous, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    tmp.replace(path)
 
 
 def read_state(folder) -> dict | None:

@@ -20,6 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from bearcat.atomic import replacing
 from bearcat.runtime import FILES, FORMATS, load_runtime
 
 log = logging.getLogger("bearcat.export")
@@ -73,25 +74,20 @@ def write_format(model, folder: Path, fmt: str, cfg: DictConfig) -> Path:
     """Write one format into the bundle folder (atomically: temporary name, then rename)."""
     import keras
 
-    target = folder / FILES[fmt]
-    tmp = folder / (".tmp-" + FILES[fmt])
-    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    if fmt == "savedmodel":
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
-    elif fmt == "onnx":
-        source = unrolled_copy(model) if cfg.onnx.unroll_rnn else model
-        source.export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
-    elif fmt == "tflite":
-        # A fixed batch of 1 lets the converter lower the recurrent loop to TFLite's own
-        # ops (a dynamic batch needs the Flex delegate, absent from the plain interpreter).
-        spec = keras.InputSpec(shape=(1, *model.input_shape[1:]), dtype="float32")
-        tmp = tmp.with_suffix(".tmp.tflite")
-        model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
-    else:
+    if fmt not in ("savedmodel", "onnx", "tflite"):
         raise ValueError(f"format={fmt}: unknown")
-    if target.is_dir():
-        shutil.rmtree(target)
-    tmp.replace(target)
+    target = folder / FILES[fmt]
+    with replacing(target, keep_suffix=True) as tmp:  # the exporters go by the suffix
+        if fmt == "savedmodel":
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
+        elif fmt == "onnx":
+            source = unrolled_copy(model) if cfg.onnx.unroll_rnn else model
+            source.export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
+        else:
+            # A fixed batch of 1 lets the converter lower the recurrent loop to TFLite's own
+            # ops (a dynamic batch needs the Flex delegate, absent from the plain interpreter).
+            spec = keras.InputSpec(shape=(1, *model.input_shape[1:]), dtype="float32")
+            model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
     return target
 
 

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from bearcat.atomic import replacing
 from bearcat.data.labels import file_md5, is_image_file
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,8 @@ class LabelQueue:
             target = self.out / f"{answer}_{item.id}{item.path.suffix.lower()}"
             if target.exists():
                 raise FileExistsError(f"{target} already exists")
-            tmp = self.out / f".{item.id}.tmp"
-            shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
-            tmp.replace(target)
+            with replacing(target) as tmp:
+                shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
             self.pending.remove(item)
             self.history.append((item, target))
             return target

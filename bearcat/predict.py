@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from bearcat.atomic import replacing
 from bearcat.data.labels import is_image_file
 
 log = logging.getLogger("bearcat.predict")
@@ -56,8 +57,7 @@ def plain(value):
 def write_readings(out: Path, rows: list[tuple[Path, dict]]) -> None:
     """.csv: file, result, confidence; .jsonl: one object per image with everything read."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with replacing(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for path, r in rows:
                 f.write(json.dumps({"file": str(path), **r}, ensure_ascii=False, default=plain) + "\n")
@@ -65,7 +65,6 @@ def write_readings(out: Path, rows: list[tuple[Path, dict]]) -> None:
             writer = csv.writer(f)
             writer.writerow(["file", "result", "confidence"])
             writer.writerows([str(path), r["result"], f"{float(r['confidence']):.6f}"] for path, r in rows)
-    tmp.replace(out)
 
 
 def print_readings(rows: list[tuple[Path, dict]]) -> None:

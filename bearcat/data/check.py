@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import write_json
 from bearcat.data.labels import is_image_file, label_from_name
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
@@ -106,9 +107,7 @@ def quarantine(root: Path, bad: list[dict]) -> list[dict]:
     if moved:
         report = folder / "report.json"
         old = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-        tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps(old + moved, ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(report)
+        write_json(report, old + moved, indent=1)
     return moved
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import write_json
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
 from bearcat.data.sources import SPLITS, Splits
@@ -106,9 +107,7 @@ def pack(splits: Splits, output: str | Path, pre: PreprocessConfig, encoding: st
                     count += 1
             entry["shards"].append({"file": name, "count": count})
         manifest["splits"][split] = entry
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / MANIFEST)
+    write_json(out / MANIFEST, manifest)
     counts = {s: len(e["labels"]) for s, e in manifest["splits"].items()}
     log.info("packed %s (%s) into %s; %d unreadable left out", counts, encoding, out, len(manifest["skipped"]))
     return {"output": str(out), "encoding": encoding, "counts": counts, "skipped": len(manifest["skipped"]),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import replacing
 from bearcat.data.pack import decode_refs, is_ref, source_file
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, preprocess
@@ -76,10 +77,9 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     split = LoadedSplit(stacked, labels, paths, errors)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")  # per process: parallel sweep jobs share caches
         meta = json.dumps({"labels": labels, "paths": paths, "errors": errors}, ensure_ascii=False)
-        np.savez(tmp, images=stacked, meta=np.array(meta))
-        tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
+        with replacing(cache, keep_suffix=True) as tmp:  # np.savez adds .npz to other names
+            np.savez(tmp, images=stacked, meta=np.array(meta))
     return split
 
 

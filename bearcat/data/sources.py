@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bearcat.atomic import replacing, write_json
 from bearcat.data.labels import file_md5, is_image_file, label_from_name
 from bearcat.data.parallel import parallel_map
 
@@ -55,9 +55,7 @@ def cached_paths(done: Path, make) -> list[str]:
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     paths = make()
-    tmp = done.with_suffix(f".{os.getpid()}.tmp")  # per process: parallel sweep jobs share caches
-    tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(done)
+    write_json(done, paths)
     return paths
 
 
@@ -117,10 +115,9 @@ def _generate_one(job) -> str:
     path = Path(out_dir) / split / f"{label}_{name}.png"
     # Written under a per-process name, then renamed: parallel sweep jobs on a cold cache draw
     # the same files, and writing in place would truncate a file another job is already reading.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # compress_level 1: lossless like the default, several times faster to write.
-    _captcha_generator(s).generate_image(label).save(tmp, format="PNG", compress_level=1)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        # compress_level 1: lossless like the default, several times faster to write.
+        _captcha_generator(s).generate_image(label).save(tmp, format="PNG", compress_level=1)
     return str(path)
 
 

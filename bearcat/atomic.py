@@ -1,0 +1,58 @@
+"""Atomic file writes: write under a temporary name next to the target, then rename it into
+place. A killed process never leaves half a file under the real name, and a reader (another
+sweep job sharing a cache) sees the old file or the new one, never one being written.
+
+The temporary name is hidden and holds this process's id, so two processes writing the same
+target never write into each other's temporary file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temp_path(target, keep_suffix: bool = False) -> Path:
+    """`.NAME.PID.tmp` next to `target`. `keep_suffix`: `.STEM.PID.tmp.SUFFIX`, for writers
+    that choose the format from the suffix (Keras `.keras`, NumPy `.npz`, LiteRT `.tflite`).
+    Without it the name ends in `.tmp`, so a leftover is never taken for an image."""
+    target = Path(target)
+    if keep_suffix:
+        return target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing(target, keep_suffix: bool = False):
+    """Yields the temporary path to write (a file or a folder); when the block ends, it replaces
+    `target` (an existing folder is removed first). On an error the temporary is removed and
+    `target` is left as it was."""
+    target = Path(target)
+    tmp = temp_path(target, keep_suffix)
+    remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        remove(tmp)
+        raise
+    if tmp.is_dir() and target.is_dir():
+        shutil.rmtree(target)  # os.replace cannot put a folder over a non-empty one
+    os.replace(tmp, target)
+
+
+def write_text(target, text: str) -> None:
+    with replacing(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(target, data, indent: int | None = None) -> None:
+    write_text(target, json.dumps(data, ensure_ascii=False, indent=indent))

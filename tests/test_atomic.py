@@ -1,0 +1,55 @@
+"""Atomic writes (bearcat/atomic.py), used for checkpoints, bundles, caches, reports and the
+labelling page's copies: a failed write keeps the old file, nothing temporary stays behind."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bearcat.atomic import replacing, temp_path, write_json
+from tests.conftest import ROOT
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    write_json(target, {"epoch": 1, "label": "验证码"})
+    with pytest.raises(RuntimeError, match="killed"):
+        with replacing(target) as tmp:
+            tmp.write_text('{"epoch": 2, "la', encoding="utf-8")  # half written
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text(encoding="utf-8")) == {"epoch": 1, "label": "验证码"}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_folder_replaces_the_older_folder_whole(tmp_path):
+    target = tmp_path / "epoch-0003"
+    target.mkdir()
+    (target / "stale.h5").write_bytes(b"old")
+    with replacing(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model.weights.h5").write_bytes(b"new")
+    assert sorted(p.name for p in target.iterdir()) == ["model.weights.h5"]
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-0003"]
+
+
+def test_writers_that_choose_the_format_by_suffix_write_the_target(tmp_path):
+    """np.savez appends .npz to any other name: with keep_suffix the temporary ends in .npz,
+    so exactly the target appears; without it, the temporary ends in .tmp (a leftover is
+    never taken for an image by a folder scan)."""
+    target = tmp_path / "cache.npz"
+    with replacing(target, keep_suffix=True) as tmp:
+        assert tmp.suffix == ".npz" and tmp.name.startswith(".")
+        np.savez(tmp, images=np.arange(6).reshape(2, 3))
+    assert np.load(target)["images"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+    assert temp_path(tmp_path / "A1_x.png").suffix == ".tmp"
+
+
+def test_two_processes_never_share_a_temporary_name(tmp_path):
+    target = tmp_path / "ABCD_0123456789.png"
+    code = f"from bearcat.atomic import temp_path; print(temp_path({str(target)!r}))"
+    other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    theirs = other.stdout.strip()
+    assert theirs != str(temp_path(target))
+    assert theirs.startswith(str(tmp_path / ".ABCD_0123456789.png."))
