@@ -102,6 +102,16 @@ def restore_last(model, folder, state: dict) -> None:
         var.assign(value)
 
 
+def resume_epoch(model, folder, state: dict | None, run_id: str) -> int:
+    """The epoch to train from: 0 for a new run; when resuming, the last checkpoint's
+    weights and optimizer state are loaded and its epoch count returned."""
+    if not state:
+        return 0
+    restore_last(model, folder, state)
+    log.info("resumed %s at epoch %d (MLflow run %s)", folder, int(state["epoch"]), run_id)
+    return int(state["epoch"])
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Stop when the next epoch would end past `max_minutes` of training time."""
 

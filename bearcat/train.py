@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
-    from bearcat.callbacks import Checkpointer, read_state, restore_last
+    from bearcat.callbacks import Checkpointer, read_state, resume_epoch
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
@@ -137,12 +137,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run = open_run(cfg, experiment_id, state, f"{cfg.mode.name}-{cfg.backbone.name}", cfg.backbone.name)
     status = "FAILED"
     try:
-        initial_epoch = 0
-        if state:
-            restore_last(model, ckpt_dir, state)
-            initial_epoch = int(state["epoch"])
-            log.info("resumed %s at epoch %d (MLflow run %s)", ckpt_dir, initial_epoch, run.info.run_id)
-        else:
+        initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+        if not state:
             tracking.log_params(cfg)
             tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
             tracking.log_artifact(out_dir / "config.yaml")

@@ -131,7 +131,7 @@ def train_detection(cfg: DictConfig) -> dict:
 
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
-    from bearcat.callbacks import Checkpointer, read_state, restore_last
+    from bearcat.callbacks import Checkpointer, read_state, resume_epoch
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import compile_model, load_sources, preprocess_config
@@ -176,11 +176,8 @@ def train_detection(cfg: DictConfig) -> dict:
     run = open_run(cfg, experiment_id, state, f"efficientdet-d{cfg.mode.phi}", cfg.mode.application)
     status = "FAILED"
     try:
-        initial_epoch = 0
-        if state:
-            restore_last(model, ckpt_dir, state)
-            initial_epoch = int(state["epoch"])
-        else:
+        initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+        if not state:
             tracking.log_params(cfg)
             tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_metrics({f"data_{s}_images": len(d[2]) for s, d in data.items()}
