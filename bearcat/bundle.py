@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bearcat.atomic import replacing
+from bearcat.atomic import replacing, write_json
 from bearcat.data.labels import Vocabulary
 from bearcat.data.preprocess import PreprocessConfig, preprocess
 from bearcat.modes import build_mode
@@ -29,7 +29,7 @@ def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None 
         model.save(tmp)
     meta = {"format": FORMAT, "mode": mode.config(), "vocabulary": mode.vocab.chars,
             "preprocess": pre.to_dict(), **(extra or {})}
-    (folder / BUNDLE_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(folder / BUNDLE_FILE, meta, indent=1)  # a server may be reading the bundle
     return folder
 
 

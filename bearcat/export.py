@@ -20,7 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bearcat.atomic import replacing
+from bearcat.atomic import replacing, write_json
 from bearcat.runtime import FILES, FORMATS, load_runtime
 
 log = logging.getLogger("bearcat.export")
@@ -183,7 +183,7 @@ def export(cfg: DictConfig) -> dict:
         report = parity_check(out, formats, model, mode, images, float(cfg.parity.atol))
     meta = {**meta, "mlflow_run_id": source_run, "exports": {
         fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}}
-    (out / BUNDLE_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(out / BUNDLE_FILE, meta, indent=1)
 
     metrics = {f"parity_max_abs_diff_{f}": r["max_abs_diff"] for f, r in report.items()}
     metrics |= {f"export_seconds_{f}": s for f, s in seconds.items()}

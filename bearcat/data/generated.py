@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+from bearcat.atomic import write_json
 from bearcat.data.parallel import parallel_map
 from bearcat.data.sources import SPLITS, cached_paths
 
@@ -20,7 +21,7 @@ def settings_root(cache_dir: str | Path, name: str, settings: dict) -> Path:
     blob = json.dumps(settings, sort_keys=True, ensure_ascii=False)
     root = Path(cache_dir) / name / hashlib.sha1(blob.encode()).hexdigest()[:12]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(root / "settings.json", settings, indent=1)  # parallel sweep jobs share the cache
     return root
 
 

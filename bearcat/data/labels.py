@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import write_json
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -74,7 +76,7 @@ class Vocabulary:
         return {"chars": self.chars}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+        write_json(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":

@@ -178,8 +178,8 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
     charset = settings["charset"]
     sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
     root = Path(cache_dir) / "synthetic" / _synthetic_key(settings)
-    (root / "settings.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "settings.json").write_text(json.dumps(settings, ensure_ascii=False, indent=1))
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "settings.json", settings, indent=1)  # parallel sweep jobs share the cache
     out: dict[str, list[tuple[str, str]]] = {}
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
