@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+
+TEMP_NAME = re.compile(r"\..+\.(\d+)\.tmp(\.[^.]+)?")  # .NAME.PID.tmp or .STEM.PID.tmp.SUFFIX
 
 
 def temp_path(target, keep_suffix: bool = False) -> Path:
@@ -22,6 +25,28 @@ def temp_path(target, keep_suffix: bool = False) -> Path:
     if keep_suffix:
         return target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+def remove_stale(folder) -> list[Path]:
+    """Remove the temporary files and folders in `folder` left by processes that no longer
+    run (killed while writing); those of live processes are kept. The removed paths."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp*"):
+        match = TEMP_NAME.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            remove(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def remove(path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bearcat.atomic import replacing, write_json
+from bearcat.atomic import remove_stale, replacing, write_json
 
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Checkpointer(keras.callbacks.Callback):
         super().__init__()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale(self.folder):  # a killed run's half-written checkpoint
+            log.info("removed %s, left by a process killed while writing it", path)
         self.monitor = monitor
         self.state = dict(state or {})
         self.state.setdefault("best", None)

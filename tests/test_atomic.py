@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from bearcat.atomic import replacing, temp_path, write_json
+from bearcat.atomic import remove_stale, replacing, temp_path, write_json
 from tests.conftest import ROOT
 
 
@@ -53,3 +53,33 @@ def test_two_processes_never_share_a_temporary_name(tmp_path):
     theirs = other.stdout.strip()
     assert theirs != str(temp_path(target))
     assert theirs.startswith(str(tmp_path / ".ABCD_0123456789.png."))
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_killed_processes_are_removed_and_live_ones_kept(tmp_path):
+    dead = dead_pid()
+    (tmp_path / f".epoch-0002.{dead}.tmp").mkdir()
+    (tmp_path / f".epoch-0002.{dead}.tmp" / "model.weights.h5").write_bytes(b"half")
+    (tmp_path / f".best.{dead}.tmp.keras").write_bytes(b"half")
+    live = temp_path(tmp_path / "ABCD_x.png")  # this process's: maybe being written right now
+    live.write_bytes(b"in progress")
+    for name in ("ABCD_x.png", ".notes.tmp", "state.json"):  # not temporaries of ours: never touched
+        (tmp_path / name).write_bytes(b"keep")
+    removed = remove_stale(tmp_path)
+    assert sorted(p.name for p in removed) == [f".best.{dead}.tmp.keras", f".epoch-0002.{dead}.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".notes.tmp", "ABCD_x.png", "state.json", live.name])
+
+
+def test_a_new_checkpointer_clears_what_a_killed_run_left(tmp_path):
+    from bearcat.callbacks import Checkpointer
+
+    dead = dead_pid()
+    (tmp_path / f".epoch-0003.{dead}.tmp").mkdir()
+    (tmp_path / "epoch-0002").mkdir()
+    Checkpointer(tmp_path, "val_accuracy")
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-0002"]

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from bearcat.atomic import write_json
+from bearcat.atomic import remove_stale, write_json
 from bearcat.data.parallel import parallel_map
 from bearcat.data.sources import SPLITS, cached_paths
 
@@ -43,6 +43,7 @@ def generate_splits(root: Path, sizes: dict[str, int], draw, settings: dict, wha
         jobs = [(str(root), split, i, settings) for i in range(int(sizes[split]))]
 
         def make(split=split, jobs=jobs):
+            remove_stale(root / split)  # what a killed drawing left half written
             results = parallel_map(draw, jobs, desc=f"drawing {split} {what}", workers=workers)
             if finish:
                 finish(split, results)

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bearcat.atomic import replacing, write_json
+from bearcat.atomic import remove_stale, replacing, write_json
 from bearcat.data.labels import file_md5, is_image_file, label_from_name
 from bearcat.data.parallel import parallel_map
 
@@ -163,6 +163,7 @@ def synthetic_settings(charset: str, min_length: int, max_length: int, image_wid
 def generate_split(root, split: str, size: int, settings: dict, workers: int | None = None) -> list[str]:
     """Draw `size` captchas into root/split/ in parallel; their paths, in index order."""
     (Path(root) / split).mkdir(parents=True, exist_ok=True)
+    remove_stale(Path(root) / split)  # what a killed drawing left half written
     jobs = [(str(root), split, i, settings) for i in range(size)]
     return parallel_map(_generate_one, jobs, desc=f"generating {split} captchas", workers=workers)
 
