@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bearcat.atomic import replacing
 from bearcat.data.fonts import find_cjk_font
 from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import IMAGE_EXTENSIONS
@@ -255,15 +256,19 @@ def _draw_captcha(job) -> dict:
     out_dir, split, index, s = job
     _, image, record, rng, tag = render(s, split, index)
     record.path = str(Path(out_dir) / split / f"{index:06d}.png")
-    image.save(record.path, compress_level=1)
-    write_voc(record, Path(record.path).with_suffix(".xml"))
+    # Each file under a temporary name, then renamed: parallel sweep jobs on a cold cache draw
+    # the same files, and one must not truncate a file the other is reading.
+    with replacing(record.path) as tmp:
+        image.save(tmp, format="PNG", compress_level=1)
+    with replacing(Path(record.path).with_suffix(".xml")) as tmp:
+        write_voc(record, tmp)  # same folder: the same relative image path
     if s["crops"]:
         crops = Path(out_dir) / "crops" / split
         crops.mkdir(parents=True, exist_ok=True)
         for k, obj in enumerate(record.objects):
             piece = image.crop(crop_box(rng, obj.box, record.width, record.height))
-            piece.resize((s["crop_size"],) * 2, Image.BILINEAR).save(crops / f"{obj.name}_{tag}-{k}.png",
-                                                                    compress_level=1)
+            with replacing(crops / f"{obj.name}_{tag}-{k}.png") as tmp:
+                piece.resize((s["crop_size"],) * 2, Image.BILINEAR).save(tmp, format="PNG", compress_level=1)
     return record_to_dict(record)
 
 

@@ -9,6 +9,7 @@ import logging
 import math
 from pathlib import Path
 
+from bearcat.atomic import replacing
 from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import label_from_name
 from bearcat.data.sources import SPLITS, Splits
@@ -84,7 +85,8 @@ def _draw_tile(job) -> str:
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
     rgb = Image.merge("RGB", [img.point(lambda p, t=t: max(0, min(255, p + t))) for t in tint])
     path = Path(out_dir) / split / f"{shape}_{name}.png"
-    rgb.save(path)
+    with replacing(path) as tmp:  # parallel sweep jobs on a cold cache draw the same files
+        rgb.save(tmp, format="PNG")
     return str(path)
 
 

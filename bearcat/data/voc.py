@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bearcat.atomic import write_json
 from bearcat.data.click import ClickObject, ClickRecord, ClickSplits
 from bearcat.data.sources import split_samples
 
@@ -120,7 +121,7 @@ def write_coco(records: list[ClickRecord], categories: list[str], path: str | Pa
                                     target=obj.target))
     data = dict(images=images, annotations=annotations,
                 categories=[dict(id=i + 1, name=name, supercategory="char") for i, name in enumerate(categories)])
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    write_json(path, data)
 
 
 def read_coco(path: str | Path) -> tuple[list[ClickRecord], list[str]]:
