@@ -166,7 +166,8 @@ def export(cfg: DictConfig) -> dict:
         source_run = source_run or meta.get("mlflow_run_id")
         out = export_dir(cfg, source_run, bundle)
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(bundle / MODEL_FILE, out / MODEL_FILE)
+        with replacing(out / MODEL_FILE, keep_suffix=True) as tmp:  # a server may be reading the folder
+            shutil.copy2(bundle / MODEL_FILE, tmp)
         model = load_keras(out / MODEL_FILE)
         model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
         seconds = {}
