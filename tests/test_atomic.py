@@ -3,6 +3,7 @@ labelling page's copies: a failed write keeps the old file, nothing temporary st
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,15 @@ def test_a_new_checkpointer_clears_what_a_killed_run_left(tmp_path):
     (tmp_path / "epoch-0002").mkdir()
     Checkpointer(tmp_path, "val_accuracy")
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0002"]
+
+
+def test_drawing_a_split_again_clears_what_a_killed_drawing_left(tmp_path):
+    from bearcat.data.sources import generate_split, synthetic_settings
+
+    settings = synthetic_settings("AB12", 2, 3, 80, 30, seed=7)
+    split = tmp_path / "train"
+    split.mkdir()
+    dead = dead_pid()
+    (split / f".AB_0123456789.png.{dead}.tmp").write_bytes(b"half a png")
+    paths = generate_split(tmp_path, "train", 2, settings, workers=1)
+    assert sorted(p.name for p in split.iterdir()) == sorted(Path(p).name for p in paths)
