@@ -74,8 +74,6 @@ def write_format(model, folder: Path, fmt: str, cfg: DictConfig) -> Path:
     """Write one format into the bundle folder (atomically: temporary name, then rename)."""
     import keras
 
-    if fmt not in ("savedmodel", "onnx", "tflite"):
-        raise ValueError(f"format={fmt}: unknown")
     target = folder / FILES[fmt]
     with replacing(target, keep_suffix=True) as tmp:  # the exporters go by the suffix
         if fmt == "savedmodel":
@@ -83,11 +81,13 @@ def write_format(model, folder: Path, fmt: str, cfg: DictConfig) -> Path:
         elif fmt == "onnx":
             source = unrolled_copy(model) if cfg.onnx.unroll_rnn else model
             source.export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
-        else:
+        elif fmt == "tflite":
             # A fixed batch of 1 lets the converter lower the recurrent loop to TFLite's own
             # ops (a dynamic batch needs the Flex delegate, absent from the plain interpreter).
             spec = keras.InputSpec(shape=(1, *model.input_shape[1:]), dtype="float32")
             model.export(str(tmp), format="litert", input_signature=[spec], verbose=False)
+        else:
+            raise ValueError(f"format={fmt}: unknown")
     return target
 
 
