@@ -74,10 +74,6 @@ def replacing(target, keep_suffix: bool = False):
     os.replace(tmp, target)
 
 
-def write_text(target, text: str) -> None:
-    with replacing(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def write_json(target, data, indent: int | None = None) -> None:
-    write_text(target, json.dumps(data, ensure_ascii=False, indent=indent))
+    with replacing(target) as tmp:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=indent), encoding="utf-8")
