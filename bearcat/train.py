@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -28,18 +29,34 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
-def open_run(cfg: DictConfig, experiment_id: str, state: dict | None, default_name: str, backbone: str):
-    """Start the run's MLflow run, or reopen it when resuming; inside a multirun it is a
-    child of the sweep's parent run, with the sweep's tags."""
+@contextmanager
+def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, default_name: str, backbone: str):
+    """The run's MLflow run around its training: started, or with `resume=` reopened and the
+    last checkpoint restored into `model`; inside a multirun a child of the sweep's parent
+    run, with the sweep's tags. Yields (run, state, initial_epoch); `state` is None for a new
+    run, which logs its params and config here. The run ends FINISHED when the block
+    completes, FAILED when it raises."""
     from bearcat import tracking
+    from bearcat.callbacks import read_state, resume_epoch
     from bearcat.sweeps import child_run_options
 
+    state = read_state(ckpt_dir) if cfg.get("resume") else None
     sweep = child_run_options(experiment_id)
-    return tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
-                              run_name=cfg.get("run_name") or default_name,
-                              tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": backbone,
-                                    "bearcat.output_dir": str(Path(cfg.paths.output_dir).resolve()), **sweep["tags"]},
-                              parent_run_id=None if state else sweep["parent_run_id"])
+    run = tracking.start_run(experiment_id, run_id=(state or {}).get("mlflow_run_id"),
+                             run_name=cfg.get("run_name") or default_name,
+                             tags={"bearcat.mode": cfg.mode.name, "bearcat.backbone": backbone,
+                                   "bearcat.output_dir": str(Path(cfg.paths.output_dir).resolve()), **sweep["tags"]},
+                             parent_run_id=None if state else sweep["parent_run_id"])
+    status = "FAILED"
+    try:
+        initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+        if not state:  # a resumed run logged these when it started
+            tracking.log_params(cfg)
+            tracking.log_artifact(Path(cfg.paths.output_dir) / "config.yaml")
+        yield run, state, initial_epoch
+        status = "FINISHED"
+    finally:
+        tracking.end_run(status)
 
 
 def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbacks: list, checkpointer,
@@ -76,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
-    from bearcat.callbacks import Checkpointer, read_state, resume_epoch
+    from bearcat.callbacks import Checkpointer
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
@@ -133,15 +150,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return {"loss": loss, **score(mode, val_split.labels, results)}
 
     experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
-    state = read_state(ckpt_dir) if cfg.get("resume") else None
-    run = open_run(cfg, experiment_id, state, f"{cfg.mode.name}-{cfg.backbone.name}", cfg.backbone.name)
-    status = "FAILED"
-    try:
-        initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+    with tracked_run(cfg, experiment_id, ckpt_dir, model, f"{cfg.mode.name}-{cfg.backbone.name}",
+                     cfg.backbone.name) as (run, state, initial_epoch):
         if not state:
-            tracking.log_params(cfg)
             tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
-            tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",
                                                    augment, seed=cfg.trainer.seed))  # what the model sees
             tracking.log_metrics({"replicas": strategy.num_replicas_in_sync}
@@ -186,9 +198,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
                               {"mlflow_run_id": run.info.run_id})
         tracking.log_artifacts(bundle, "model")
-        status = "FINISHED"
-    finally:
-        tracking.end_run(status)
     run_id = run.info.run_id
     log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s | "
              "python -m bearcat.export run_id=%s format=onnx | python -m bearcat.serve model=%s | "

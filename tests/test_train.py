@@ -67,6 +67,22 @@ def snapshot(folder: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_a_training_that_fails_ends_its_mlflow_run_failed(make_cfg, monkeypatch):
+    import keras
+
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("fit broke")
+
+    monkeypatch.setattr(keras.Model, "fit", broken_fit)
+    cfg = make_cfg(TINY)
+    with pytest.raises(RuntimeError, match="fit broke"):
+        train(cfg)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.params["trainer.epochs"] == "2"  # logged before training started
+    assert "config.yaml" in artifact_paths(runs[0].info.run_id)
+
+
 def test_folder_dataset_real_images_with_bad_files(make_cfg, swust_copy, tmp_path):
     data = tmp_path / "mysite"
     data.mkdir()

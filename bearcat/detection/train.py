@@ -123,20 +123,27 @@ def detection_gallery(records: list, results: list[dict], path: Path, count: int
 
 
 def train_detection(cfg: DictConfig) -> dict:
-    import shutil
     import tempfile
+
+    # where a recogniser named by MLflow run id is downloaded; removed however training ends
+    with tempfile.TemporaryDirectory(prefix="bearcat-det-") as workdir:
+        return train_in(cfg, workdir)
+
+
+def train_in(cfg: DictConfig, workdir: str) -> dict:
+    import shutil
     import time
 
     from hydra.utils import instantiate
 
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
-    from bearcat.callbacks import Checkpointer, read_state, resume_epoch
+    from bearcat.callbacks import Checkpointer
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
-    from bearcat.train import epoch_callbacks, open_run
+    from bearcat.train import epoch_callbacks, tracked_run
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -145,7 +152,6 @@ def train_detection(cfg: DictConfig) -> dict:
         raise ValueError("mode=efficientdet needs a detection dataset (dataset=click or dataset=voc; "
                          f"experiment=click sets everything), not {cfg.dataset.get('_target_')}")
     mode = detection_mode(cfg, splits.categories)
-    workdir = tempfile.mkdtemp(prefix="bearcat-det-")
     recogniser, recogniser_dir = load_recogniser(cfg, workdir)
     if recogniser is None and mode.class_mode == "single":
         log.warning("mode.class_mode=single without mode.recogniser: boxes are found but not named; "
@@ -172,14 +178,9 @@ def train_detection(cfg: DictConfig) -> dict:
         return score_detections(detector, val_records, splits.categories)[0]
 
     experiment_id = tracking.setup(cfg.mlflow)
-    state = read_state(ckpt_dir) if cfg.get("resume") else None
-    run = open_run(cfg, experiment_id, state, f"efficientdet-d{cfg.mode.phi}", cfg.mode.application)
-    status = "FAILED"
-    try:
-        initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+    with tracked_run(cfg, experiment_id, ckpt_dir, model, f"efficientdet-d{cfg.mode.phi}",
+                     cfg.mode.application) as (run, state, initial_epoch):
         if not state:
-            tracking.log_params(cfg)
-            tracking.log_artifact(out_dir / "config.yaml")
             tracking.log_metrics({f"data_{s}_images": len(d[2]) for s, d in data.items()}
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
         checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
@@ -208,9 +209,5 @@ def train_detection(cfg: DictConfig) -> dict:
         if recogniser_dir is not None:  # self-contained: the recogniser travels with the detector
             shutil.copytree(recogniser_dir, bundle / RECOGNISER_DIR, dirs_exist_ok=True)
         tracking.log_artifacts(bundle, "model")
-        status = "FINISHED"
-    finally:
-        tracking.end_run(status)
-        shutil.rmtree(workdir, ignore_errors=True)
     metrics["mlflow_run_id"] = run.info.run_id
     return metrics
