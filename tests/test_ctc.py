@@ -192,3 +192,22 @@ def test_time_budget_cosine_anneals_by_time_or_steps():
     assert sched.learning_rate(60, 0.0) == pytest.approx(0.5)    # half-way by steps, time unused
     assert sched.learning_rate(20, 60.0 * 60 / 110) == pytest.approx(0.5)  # the same progress by time: time wins
     assert sched.learning_rate(20, 60.0) == pytest.approx(0.0)   # budget spent: fully annealed
+
+
+def test_time_budget_cosine_ends_fit_when_the_budget_is_spent():
+    import time
+
+    import keras
+    import numpy as np
+
+    from bearcat.optim.schedules import TimeBudgetCosine
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+    budget = TimeBudgetCosine(base_lr=0.1, warmup_steps=2, total_steps=200, budget_minutes=1.0 / 60, alpha=0.01)
+    slow = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.1))
+    x = np.zeros((200, 4), "float32")
+    model.fit(x, x[:, :1], batch_size=1, epochs=1, callbacks=[budget, slow], verbose=0)
+    steps = int(model.optimizer.iterations.numpy())
+    assert 2 < steps < 40  # 200 planned at >= 0.1 s each; the 1 s budget ends it
+    assert float(model.optimizer.learning_rate.numpy()) < 0.02  # annealed to about alpha by the end

@@ -64,12 +64,15 @@ class StepSchedule(keras.callbacks.Callback):
         super().__init__()
         self.schedule = schedule
 
+    def learning_rate(self, step: int) -> float:
+        return self.schedule.value(step)
+
     def on_train_batch_begin(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.model.optimizer.learning_rate = self.schedule.value(step)
+        self.model.optimizer.learning_rate = self.learning_rate(step)
 
 
-class TimeBudgetCosine(keras.callbacks.Callback):
+class TimeBudgetCosine(StepSchedule):
     """Warm-up + cosine whose progress is the larger of (steps done / steps planned) and
     (training time used / time budget): on a slow or busy machine the schedule still
     anneals fully and training ends on time; on a fast one it is the plain step schedule.
@@ -77,28 +80,26 @@ class TimeBudgetCosine(keras.callbacks.Callback):
 
     def __init__(self, base_lr: float, warmup_steps: int, total_steps: int, budget_minutes: float,
                  alpha: float = 0.0):
-        super().__init__()
-        self.base_lr, self.warmup_steps, self.total_steps = float(base_lr), int(warmup_steps), max(1, int(total_steps))
-        self.budget_s, self.alpha = float(budget_minutes) * 60.0, float(alpha)
+        self.total_steps = max(1, int(total_steps))
+        super().__init__(WarmupCosine(base_lr, warmup_steps, self.total_steps - int(warmup_steps), alpha))
+        self.budget_s = float(budget_minutes) * 60.0
         self.start = 0.0
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
 
-    def learning_rate(self, step: int, elapsed_s: float) -> float:
-        if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
-        progress = max(step / self.total_steps, elapsed_s / self.budget_s)
-        warm = self.warmup_steps / self.total_steps
-        q = min(max((progress - warm) / max(1.0 - warm, 1e-9), 0.0), 1.0)
-        return self.base_lr * (self.alpha + (1.0 - self.alpha) * 0.5 * (1.0 + math.cos(math.pi * q)))
+    def learning_rate(self, step: int, elapsed_s: float | None = None) -> float:
+        """The cosine at the step that the time used would have reached, when that is further
+        (warm-up goes by steps only)."""
+        if elapsed_s is None:
+            elapsed_s = time.monotonic() - self.start
+        if step < self.schedule.warmup_steps:
+            return self.schedule.value(step)
+        return self.schedule.value(max(step, elapsed_s / self.budget_s * self.total_steps))
 
-    def on_train_batch_begin(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        elapsed = time.monotonic() - self.start
-        if max(step / self.total_steps, elapsed / self.budget_s) >= 1.0:
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self.start >= self.budget_s:  # (the planned steps end `fit` by themselves)
             self.model.stop_training = True
-        self.model.optimizer.learning_rate = self.learning_rate(step, elapsed)
 
 
 def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_minutes: float | None = None):
