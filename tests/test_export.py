@@ -112,6 +112,9 @@ def test_export_errors_name_the_setting(make_cfg, tmp_path):
     cfg = make_cfg([f"checkpoint={tmp_path / 'missing'}"], config_name="export")
     with pytest.raises(FileNotFoundError, match="missing: not found"):
         export(cfg)
+    cfg = make_cfg(["run_id=0123456789abcdef0123456789abcdef"], config_name="export")
+    with pytest.raises(ValueError, match="run_id=0123456789abcdef0123456789abcdef: cannot fetch .* MLflow store sqlite"):
+        export(cfg)
 
 
 @pytest.mark.slow
