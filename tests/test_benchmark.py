@@ -4,6 +4,7 @@ import json
 import sys
 
 from bearcat.benchmark import run_isolated
+from tests.conftest import ROOT
 
 COLUMNS = [("name", "name", "s"), ("accuracy", "test_accuracy", ".2f")]
 
@@ -86,3 +87,18 @@ def test_few_labels_split_trains_on_reviewed_labels_and_leaves_the_source(tmp_pa
     assert len(test) == 2 and all(name.startswith("ab") for name in test)
     assert {n.split("_", 1)[1] for n in train} | {n.split("_", 1)[1] for n in test} <= {n.split("_", 1)[1] for n in before}
     assert len(pool) == 2 and sorted(p.name for p in data.iterdir()) == before
+
+
+def test_glyph_confusion_learns_distinct_glyphs_and_reports_the_cells(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import glyph_confusion
+
+    out = tmp_path / "glyphs.json"
+    assert glyph_confusion.main(["--charset", "AX", "--per-char", "240", "--epochs", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["charset"] == "AX" and report["glyphs"] == 480 and report["input"] == [34, 21]
+    assert report["accuracy"] >= 0.9  # A and X are easy to tell apart even after the library's warps
+    # the library stretches every glyph into its font's character cell: O and 0 get the same one
+    cells = glyph_confusion.cell_and_ink("O0")
+    assert cells["O"][42]["cell"] == cells["0"][42]["cell"] and cells["O"][42]["ink"][0] > cells["0"][42]["ink"][0]
+    assert glyph_confusion.expand("0-3X") == "0123X"
