@@ -2,6 +2,7 @@
 """How well can single characters be told apart as the `captcha` library draws them?
 
     python scripts/glyph_confusion.py [--charset 0-9A-Z] [--per-char 1500] [--scale 0.533]
+                                      [--fonts F.ttf ...] [--font-sizes 42 50 56]
                                       [--epochs 12] [--out outputs/bench/glyphs.json]
 
 Draws isolated characters with ImageCaptcha's own per-character step (`_draw_character`:
@@ -25,9 +26,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANVAS = (64, 40)  # (height, width) at full size: room for the largest cell (62 x 35 at font size 56)
-
-
 def expand(charset: str) -> str:
     """'0-9A-Z' -> '0123...XYZ' (ranges of two characters around a dash)."""
     out, i = [], 0
@@ -41,36 +39,41 @@ def expand(charset: str) -> str:
     return "".join(out)
 
 
-def cell_and_ink(chars: str) -> dict:
-    """Per character and font size: the cell ImageCaptcha stretches the glyph into, and the
-    glyph's own ink size."""
+def cell_and_ink(chars: str, fonts: list[str] | None = None, font_sizes: list[int] | None = None) -> dict:
+    """{character: {font size (with several fonts "FILE SIZE"): {"cell": [w, h], "ink": [w, h]}}}:
+    the cell ImageCaptcha stretches the glyph into, and the glyph's own ink size."""
     from captcha.image import ImageCaptcha
     from PIL import Image, ImageDraw
 
     draw = ImageDraw.Draw(Image.new("L", (1, 1)))
     sizes = {}
-    for font in ImageCaptcha().truefonts:
+    truefonts = ImageCaptcha(fonts=fonts, font_sizes=font_sizes).truefonts
+    several = len({font.path for font in truefonts}) > 1
+    for font in truefonts:
+        name = f"{Path(font.path).name} {font.size}" if several else str(font.size)
         for c in chars:
             _, _, w, h = draw.multiline_textbbox((1, 1), c, font=font)
             ink = Image.new("L", (int(w) + 8, int(h) + 8))
             ImageDraw.Draw(ink).text((0, 0), c, font=font, fill=255)
             x0, y0, x1, y1 = ink.getbbox()
-            sizes.setdefault(c, {})[font.size] = {"cell": [int(w), int(h)], "ink": [x1 - x0, y1 - y0]}
+            sizes.setdefault(c, {})[name] = {"cell": [int(w), int(h)], "ink": [x1 - x0, y1 - y0]}
     return sizes
 
 
-def draw_glyphs(chars: str, per_char: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (images N x H x W x 1 in 0..1, class ids): each glyph's alpha on a blank canvas,
-    centred, then resized by `scale`."""
+def draw_glyphs(chars: str, per_char: int, scale: float, seed: int, fonts: list[str] | None = None,
+                font_sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (images N x H x W x 1 in 0..1, class ids): each glyph's alpha centred on a blank
+    canvas the size of the largest cell, then resized by `scale`."""
     import captcha.image
     from PIL import Image, ImageDraw
 
     from bearcat.data.sources import _SeededSecrets
 
     captcha.image.secrets = _SeededSecrets(random.Random(seed))  # the library's draws, seeded
-    generator = captcha.image.ImageCaptcha()
+    generator = captcha.image.ImageCaptcha(fonts=fonts, font_sizes=font_sizes)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    height, width = CANVAS
+    cells = [size["cell"] for sizes in cell_and_ink(chars, fonts, font_sizes).values() for size in sizes.values()]
+    width, height = max(w for w, _ in cells), max(h for _, h in cells)
     out_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     images, labels = [], []
     for k, c in enumerate(chars):
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--charset", default="0-9A-Z", help="characters to tell apart (ranges like 0-9 allowed)")
     ap.add_argument("--per-char", type=int, default=1500, help="glyphs drawn per character (a sixth held out)")
     ap.add_argument("--scale", type=float, default=32 / 60, help="resize factor (0.533: 60-pixel captchas to 32)")
+    ap.add_argument("--fonts", nargs="+", help="font files (.ttf); default: the library's own")
+    ap.add_argument("--font-sizes", type=int, nargs="+", help="font sizes; default: the library's (42 50 56)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     if len(set(chars)) != len(chars) or len(chars) < 2:
         ap.error(f"--charset {args.charset}: needs two or more different characters")
     keras.utils.set_random_seed(args.seed)
-    x, y = draw_glyphs(chars, args.per_char, args.scale, args.seed)
+    x, y = draw_glyphs(chars, args.per_char, args.scale, args.seed, args.fonts, args.font_sizes)
     order = np.random.default_rng(args.seed).permutation(len(x))
     x, y = x[order], y[order]
     held = len(x) // 6
@@ -142,13 +147,14 @@ def main(argv=None) -> int:
               "accuracy": round(float((predicted == truth).mean()), 4),
               "per_char_accuracy": {c: round(float(confusion[k, k] / max(confusion[k].sum(), 1)), 4)
                                     for k, c in enumerate(chars)},
-              "most_confused": pairs[:10], "cells": cell_and_ink(chars)}
+              "most_confused": pairs[:10], "fonts": args.fonts, "font_sizes": args.font_sizes,
+              "cells": cell_and_ink(chars, args.fonts, args.font_sizes)}
     print(f"glyphs {len(x)} ({held} held out), input {x.shape[1]} x {x.shape[2]} (scale {args.scale:.3f}): "
           f"accuracy {report['accuracy']:.4f}")
     for p in pairs[:10]:
         print(f"  {p['pair']}: {p['confused']} confused, accuracy within the pair {p['pair_accuracy']:.4f}")
     for c in sorted(chars, key=lambda c: report["per_char_accuracy"][c])[:6]:
-        size = min(report["cells"][c])
+        size = next(iter(report["cells"][c]))
         print(f"  {c}: accuracy {report['per_char_accuracy'][c]:.4f}; at font size {size} "
               f"cell {report['cells'][c][size]['cell']}, ink {report['cells'][c][size]['ink']}")
     if args.out:

@@ -96,9 +96,12 @@ def test_glyph_confusion_learns_distinct_glyphs_and_reports_the_cells(tmp_path):
     out = tmp_path / "glyphs.json"
     assert glyph_confusion.main(["--charset", "AX", "--per-char", "240", "--epochs", "4", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["charset"] == "AX" and report["glyphs"] == 480 and report["input"] == [34, 21]
+    assert report["charset"] == "AX" and report["glyphs"] == 480 and report["input"] == [33, 19]  # the largest cell, 62 x 35, scaled by 32/60
     assert report["accuracy"] >= 0.9  # A and X are easy to tell apart even after the library's warps
     # the library stretches every glyph into its font's character cell: O and 0 get the same one
     cells = glyph_confusion.cell_and_ink("O0")
-    assert cells["O"][42]["cell"] == cells["0"][42]["cell"] and cells["O"][42]["ink"][0] > cells["0"][42]["ink"][0]
+    assert cells["O"]["42"]["cell"] == cells["0"]["42"]["cell"] and cells["O"]["42"]["ink"][0] > cells["0"]["42"]["ink"][0]
+    dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # the fonts the pretrain_generated preset draws with
+    several = glyph_confusion.cell_and_ink("O", [dejavu, dejavu.replace(".ttf", "-Bold.ttf")], [20])
+    assert set(several["O"]) == {"DejaVuSans.ttf 20", "DejaVuSans-Bold.ttf 20"}
     assert glyph_confusion.expand("0-3X") == "0123X"
