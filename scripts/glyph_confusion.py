@@ -69,20 +69,24 @@ def draw_glyphs(chars: str, per_char: int, scale: float, seed: int, fonts: list[
 
     from bearcat.data.sources import _SeededSecrets
 
-    captcha.image.secrets = _SeededSecrets(random.Random(seed))  # the library's draws, seeded
     generator = captcha.image.ImageCaptcha(fonts=fonts, font_sizes=font_sizes)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     cells = [size["cell"] for sizes in cell_and_ink(chars, fonts, font_sizes).values() for size in sizes.values()]
     width, height = max(w for w, _ in cells), max(h for _, h in cells)
     out_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     images, labels = [], []
-    for k, c in enumerate(chars):
-        for _ in range(per_char):
-            alpha = generator._draw_character(c, draw, (0, 0, 0)).getchannel("A")
-            canvas = Image.new("L", (width, height))
-            canvas.paste(alpha, ((width - alpha.width) // 2, (height - alpha.height) // 2))
-            images.append(np.asarray(canvas.resize(out_size, Image.BILINEAR), np.float32) / 255.0)
-            labels.append(k)
+    library_secrets = captcha.image.secrets
+    captcha.image.secrets = _SeededSecrets(random.Random(seed))  # the library's draws, seeded
+    try:
+        for k, c in enumerate(chars):
+            for _ in range(per_char):
+                alpha = generator._draw_character(c, draw, (0, 0, 0)).getchannel("A")
+                canvas = Image.new("L", (width, height))
+                canvas.paste(alpha, ((width - alpha.width) // 2, (height - alpha.height) // 2))
+                images.append(np.asarray(canvas.resize(out_size, Image.BILINEAR), np.float32) / 255.0)
+                labels.append(k)
+    finally:
+        captcha.image.secrets = library_secrets
     return np.stack(images)[..., None], np.array(labels)
 
 
