@@ -17,7 +17,6 @@ size: the cell is what every glyph is stretched into.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def expand(charset: str) -> str:
     """'0-9A-Z' -> '0123...XYZ' (ranges of two characters around a dash)."""
@@ -61,9 +61,10 @@ def cell_and_ink(chars: str, fonts: list[str] | None = None, font_sizes: list[in
 
 
 def draw_glyphs(chars: str, per_char: int, scale: float, seed: int, fonts: list[str] | None = None,
-                font_sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                font_sizes: list[int] | None = None, cells: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """-> (images N x H x W x 1 in 0..1, class ids): each glyph's alpha centred on a blank
-    canvas the size of the largest cell, then resized by `scale`."""
+    canvas the size of the largest cell, then resized by `scale`. `cells`: what
+    `cell_and_ink` returns for these characters and fonts (computed when not given)."""
     import captcha.image
     from PIL import Image, ImageDraw
 
@@ -71,8 +72,9 @@ def draw_glyphs(chars: str, per_char: int, scale: float, seed: int, fonts: list[
 
     generator = captcha.image.ImageCaptcha(fonts=fonts, font_sizes=font_sizes)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    cells = [size["cell"] for sizes in cell_and_ink(chars, fonts, font_sizes).values() for size in sizes.values()]
-    width, height = max(w for w, _ in cells), max(h for _, h in cells)
+    cells = cells or cell_and_ink(chars, fonts, font_sizes)
+    width = max(size["cell"][0] for sizes in cells.values() for size in sizes.values())
+    height = max(size["cell"][1] for sizes in cells.values() for size in sizes.values())
     out_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     images, labels = [], []
     library_secrets = captcha.image.secrets
@@ -117,13 +119,15 @@ def main(argv=None) -> int:
 
     import keras
 
+    from bearcat.atomic import write_json
     from bearcat.callbacks import PreciseBatchNorm
 
     chars = expand(args.charset)
     if len(set(chars)) != len(chars) or len(chars) < 2:
         ap.error(f"--charset {args.charset}: needs two or more different characters")
     keras.utils.set_random_seed(args.seed)
-    x, y = draw_glyphs(chars, args.per_char, args.scale, args.seed, args.fonts, args.font_sizes)
+    cells = cell_and_ink(chars, args.fonts, args.font_sizes)
+    x, y = draw_glyphs(chars, args.per_char, args.scale, args.seed, args.fonts, args.font_sizes, cells)
     order = np.random.default_rng(args.seed).permutation(len(x))
     x, y = x[order], y[order]
     held = len(x) // 6
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
               "per_char_accuracy": {c: round(float(confusion[k, k] / max(confusion[k].sum(), 1)), 4)
                                     for k, c in enumerate(chars)},
               "most_confused": pairs[:10], "fonts": args.fonts, "font_sizes": args.font_sizes,
-              "cells": cell_and_ink(chars, args.fonts, args.font_sizes)}
+              "cells": cells}
     print(f"glyphs {len(x)} ({held} held out), input {x.shape[1]} x {x.shape[2]} (scale {args.scale:.3f}): "
           f"accuracy {report['accuracy']:.4f}")
     for p in pairs[:10]:
@@ -163,7 +167,7 @@ def main(argv=None) -> int:
               f"cell {report['cells'][c][size]['cell']}, ink {report['cells'][c][size]['ink']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_json(args.out, report, indent=1)
     return 0
 
 
