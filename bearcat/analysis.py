@@ -1,6 +1,7 @@
-"""Deeper evaluation: which characters get confused, how readings fail (substituted, missed,
-extra characters), how confidence relates to being right, which labels look wrong,
-and how long one image takes end to end. Used by `python -m bearcat.evaluate`."""
+"""Deeper evaluation: which characters get confused and which are read worst, how accuracy
+falls with the label's length, how readings fail (substituted, missed, extra characters),
+how confidence relates to being right, which labels look wrong, and how long one image
+takes end to end. Used by `python -m bearcat.evaluate`."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bearcat.atomic import write_json
 from bearcat.gallery import _font
 
 
@@ -40,10 +42,42 @@ def alignment(truth: str, pred: str) -> list[tuple[str, str]]:
     return pairs[::-1]
 
 
-def confusions(truths: list[str], preds: list[str], top: int = 20) -> list[dict]:
+def symbol_pairs(truths: list[str], preds: list[str], text: bool = True) -> list[tuple[str, str]]:
+    """(true, read) units over a data set: each label's characters aligned with the reading's
+    (`alignment`) for text modes, the whole label and answer for classification."""
+    if not text:
+        return list(zip(truths, preds))
+    return [p for t, r in zip(truths, preds) for p in alignment(t, r)]
+
+
+def confusions(truths: list[str], preds: list[str], top: int = 20, text: bool = True) -> list[dict]:
     """The most frequent errors: {"truth", "read", "count"}; '' = missed / extra character."""
-    counts = Counter(p for t, r in zip(truths, preds) for p in alignment(t, r) if p[0] != p[1])
+    counts = Counter(p for p in symbol_pairs(truths, preds, text) if p[0] != p[1])
     return [{"truth": t, "read": r, "count": c} for (t, r), c in counts.most_common(top)]
+
+
+def per_symbol(truths: list[str], preds: list[str], text: bool = True) -> list[dict]:
+    """Each character of the labels (each class, for classification): how often it occurs,
+    the share read right and its most frequent misreading ('' = missed), hardest first.
+    What a researcher asks of a captcha design: which glyphs protect it, which give it away."""
+    seen, right, wrong = Counter(), Counter(), {}
+    for t, r in symbol_pairs(truths, preds, text):
+        if not t:  # an extra character belongs to no label character
+            continue
+        seen[t] += 1
+        if t == r:
+            right[t] += 1
+        else:
+            wrong.setdefault(t, Counter())[r] += 1
+    rows = [{"truth": t, "count": n, "right": right[t], "recall": round(right[t] / n, 4),
+             "read_as": wrong[t].most_common(1)[0][0] if t in wrong else None} for t, n in seen.items()]
+    return sorted(rows, key=lambda row: (row["recall"], -row["count"], row["truth"]))
+
+
+def by_length(truths: list[str], preds: list[str]) -> list[dict]:
+    """Exact-match accuracy per label length: how fast a variable-length design gets harder."""
+    total, right = Counter(len(t) for t in truths), Counter(len(t) for t, r in zip(truths, preds) if t == r)
+    return [{"length": n, "count": total[n], "accuracy": round(right[n] / total[n], 4)} for n in sorted(total)]
 
 
 FAILURE_KINDS = ("substituted", "missed_doubled", "missed", "extra", "mixed")
@@ -138,22 +172,41 @@ def latency(predictor, sources: list, repeats: int = 1) -> dict:
             "latency_ms_mean": float(t.mean())}
 
 
-def write_report(folder, truths: list[str], results: list[dict], threshold: float) -> tuple[dict, list[Path]]:
-    """Confusions (JSON) and confidence histogram (JSON + PNG) into `folder`; returns the
+def write_predictions(path, paths: list[str], truths: list[str], results: list[dict]) -> Path:
+    """Every image's reading as CSV (file, label, prediction, confidence, right), in data
+    order: for the user's own analysis."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "prediction", "confidence", "right"])
+        writer.writerows([p, t, r["result"], round(float(r["confidence"]), 4), int(r["result"] == t)]
+                         for p, t, r in zip(paths, truths, results))
+    return path
+
+
+def write_report(folder, truths: list[str], results: list[dict], threshold: float,
+                 text: bool = True) -> tuple[dict, list[Path]]:
+    """Confusions, per-character (per-class) recall, confidence histogram (JSON + PNG) and,
+    for text modes, failure kinds and accuracy per label length into `folder`; returns the
     metrics to log and the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     preds = [r["result"] for r in results]
     report = confidence_report(truths, results, threshold)
-    pairs = confusions(truths, preds)
-    (folder / "confusions.json").write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
-    kinds = failure_kinds(truths, preds)
-    (folder / "failure_kinds.json").write_text(json.dumps(kinds, indent=1))
-    (folder / "confidence_histogram.json").write_text(json.dumps(report, indent=1))
-    png = histogram_png(report, folder / "confidence_histogram.png")
+    tables = {"confusions": confusions(truths, preds, text=text),
+              "per_character" if text else "per_class": per_symbol(truths, preds, text),
+              "confidence_histogram": report}
+    if text:  # characters missed or added, and lengths, mean nothing for class names
+        tables |= {"failure_kinds": failure_kinds(truths, preds), "by_length": by_length(truths, preds)}
+    files = []
+    for name, table in tables.items():
+        files.append(folder / f"{name}.json")
+        write_json(files[-1], table, indent=1)
+    files.append(histogram_png(report, folder / "confidence_histogram.png"))
     metrics = {"accuracy_confident": report["confident_accuracy"], "confident_fraction": report["confident_fraction"],
-               "accuracy_unsure": report["unsure_accuracy"]} | {f"failures_{k}": v for k, v in kinds.items()}
-    files = [folder / "confusions.json", folder / "failure_kinds.json", folder / "confidence_histogram.json", png]
+               "accuracy_unsure": report["unsure_accuracy"]}
+    metrics |= {f"failures_{k}": v for k, v in tables.get("failure_kinds", {}).items()}
+    metrics |= {f"accuracy_length_{row['length']}": row["accuracy"] for row in tables.get("by_length", [])}
     return metrics, files
 
 
@@ -204,7 +257,9 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
     from bearcat.gallery import prediction_gallery
 
     out_dir = Path(out_dir)
-    metrics, files = write_report(out_dir / "analysis", data.labels, results, cfg.low_confidence)
+    metrics, files = write_report(out_dir / "analysis", data.labels, results, cfg.low_confidence,
+                                  text=predictor.mode.text)
+    files.append(write_predictions(out_dir / "analysis" / "predictions.csv", list(data.paths), data.labels, results))
     artifacts = [(f, "analysis") for f in files]
     metrics |= latency(predictor, list(data.paths[:cfg.latency_images]))
     failed = [i for i, (r, t) in enumerate(zip(results, data.labels)) if r["result"] != t]

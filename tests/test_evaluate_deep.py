@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bearcat.analysis import (alignment, confidence_report, confusions, failure_kind, failure_kinds, label_suspects,
-                              write_suspects)
+from bearcat.analysis import (alignment, by_length, confidence_report, confusions, failure_kind, failure_kinds,
+                              label_suspects, per_symbol, write_predictions, write_report, write_suspects)
 from bearcat.evaluate import evaluate
 from conftest import CONF
 
@@ -31,6 +31,46 @@ def test_alignment_and_confusions():
     assert pairs[0] == {"truth": "o", "read": "0", "count": 2}
     assert {"truth": "2", "read": "Z", "count": 1} in pairs and {"truth": "a", "read": "", "count": 1} in pairs
     assert sum(p["count"] for p in pairs) == 4
+
+
+def test_per_character_recall_and_accuracy_by_length():
+    truths, preds = ["O0A", "0OAB", "AB", "OOAB0"], ["00A", "0OAB", "A", "OOAB0"]
+    rows = {r["truth"]: r for r in per_symbol(truths, preds)}
+    assert rows["O"] == {"truth": "O", "count": 4, "right": 3, "recall": 0.75, "read_as": "0"}
+    assert rows["B"] == {"truth": "B", "count": 3, "right": 2, "recall": 0.6667, "read_as": ""}  # missed once
+    assert rows["0"]["recall"] == 1.0 and rows["0"]["read_as"] is None and rows["A"]["count"] == 4
+    assert [r["truth"] for r in per_symbol(truths, preds)][:2] == ["B", "O"]  # hardest first
+    assert per_symbol(["ab"], ["abc"]) == [{"truth": "a", "count": 1, "right": 1, "recall": 1.0, "read_as": None},
+                                           {"truth": "b", "count": 1, "right": 1, "recall": 1.0, "read_as": None}]
+    assert by_length(truths, preds) == [{"length": 2, "count": 1, "accuracy": 0.0},
+                                        {"length": 3, "count": 1, "accuracy": 0.0},
+                                        {"length": 4, "count": 1, "accuracy": 1.0},
+                                        {"length": 5, "count": 1, "accuracy": 1.0}]
+    # classification: whole class names are the units, never their letters
+    classes = per_symbol(["star", "star", "ring"], ["ring", "star", "ring"], text=False)
+    assert classes[0] == {"truth": "star", "count": 2, "right": 1, "recall": 0.5, "read_as": "ring"}
+    assert confusions(["star"], ["ring"], text=False) == [{"truth": "star", "read": "ring", "count": 1}]
+
+
+def test_report_tables_by_mode_kind_and_predictions_csv(tmp_path):
+    results = [{"result": r, "confidence": c} for r, c in [("学习", 0.9), ("AB", 0.4), ("ABC", 0.8)]]
+    metrics, files = write_report(tmp_path / "text", ["学习", "AB", "ABD"], results, 0.7)
+    assert {f.name for f in files} == {"confusions.json", "per_character.json", "by_length.json",
+                                       "failure_kinds.json", "confidence_histogram.json",
+                                       "confidence_histogram.png"}
+    assert metrics["accuracy_length_2"] == 1.0 and metrics["accuracy_length_3"] == 0.0
+    assert metrics["failures_substituted"] == 1
+    per_char = json.loads((tmp_path / "text" / "per_character.json").read_text(encoding="utf-8"))
+    assert {"truth": "学", "count": 1, "right": 1, "recall": 1.0, "read_as": None} in per_char
+    metrics, files = write_report(tmp_path / "classes", ["star", "ring"], results[:2], 0.7, text=False)
+    assert {f.name for f in files} == {"confusions.json", "per_class.json", "confidence_histogram.json",
+                                       "confidence_histogram.png"}
+    assert not any(k.startswith(("failures_", "accuracy_length_")) for k in metrics)
+    csv_path = write_predictions(tmp_path / "p.csv", ["a/学习_1.png", "b.png", "c.png"], ["学习", "AB", "ABD"],
+                                 results)
+    assert csv_path.read_text(encoding="utf-8").splitlines() == [
+        "file,label,prediction,confidence,right", "a/学习_1.png,学习,学习,0.9,1", "b.png,AB,AB,0.4,1",
+        "c.png,ABD,ABC,0.8,0"]
 
 
 def test_failure_kinds():
@@ -111,11 +151,21 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     rows = (out / "analysis" / "label_suspects.csv").read_text().splitlines()
     assert rows[0] == "file,label,prediction,confidence" and len(rows) == 1 + metrics["test_failures"]
     assert len(list((out / "analysis" / "label_suspects").iterdir())) == metrics["test_failures"]
+    rows = (out / "analysis" / "predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + test_size and sum(int(r.rsplit(",", 1)[1]) for r in rows[1:]) == (
+        test_size - metrics["test_failures"])
+    lengths = json.loads((out / "analysis" / "by_length.json").read_text())
+    assert sum(r["count"] for r in lengths) == test_size
+    assert all(metrics[f"test_accuracy_length_{r['length']}"] == r["accuracy"] for r in lengths)
+    per_char = json.loads((out / "analysis" / "per_character.json").read_text())
+    labels = [r.split(",")[1] for r in rows[1:]]
+    assert sum(r["count"] for r in per_char) == sum(map(len, labels))
 
     client = mlflow.tracking.MlflowClient(trained_run["tracking_uri"])
     logged = {a.path for folder in ("analysis", "gradcam", "predictions")
               for a in client.list_artifacts(metrics["mlflow_run_id"], folder)}
     assert {"analysis/confusions.json", "analysis/failure_kinds.json", "analysis/confidence_histogram.png",
+            "analysis/per_character.json", "analysis/by_length.json", "analysis/predictions.csv",
             "gradcam/gradcam.png"} <= logged
     assert ("predictions/failures_gallery.png" in logged) == (metrics["test_failures"] > 0)
     run = client.get_run(metrics["mlflow_run_id"])

@@ -14,7 +14,7 @@ import pytest
 
 from bearcat.bundle import Predictor
 from bearcat.data.labels import Vocabulary
-from bearcat.data.tiles import tiles
+from bearcat.data.tiles import SHAPES, tiles
 from bearcat.evaluate import evaluate
 from bearcat.experiment import build_model, mode_options
 from bearcat.modes import build_mode
@@ -55,9 +55,16 @@ def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
     assert "test_char_accuracy" not in logged  # not a text mode
     assert 0.0 <= logged["test_accuracy"] <= logged["test_top5_accuracy"] <= 1.0
     # evaluate from the run id scores the same bundle on the same test split the same way
-    ev = evaluate(make_cfg([f"run_id={metrics['mlflow_run_id']}"], config_name="evaluate", output="eval"))
+    eval_cfg = make_cfg([f"run_id={metrics['mlflow_run_id']}"], config_name="evaluate", output="eval")
+    ev = evaluate(eval_cfg)
     for key in ("test_accuracy", "test_top5_accuracy"):
         assert ev[key] == pytest.approx(logged[key], abs=1e-6), key
+    # per-class recall over whole class names; no character-level tables for classes
+    analysis = Path(eval_cfg.paths.output_dir) / "analysis"
+    per_class = json.loads((analysis / "per_class.json").read_text())
+    assert {r["truth"] for r in per_class} <= set(SHAPES) and sum(r["count"] for r in per_class) == ev["test_images"]
+    assert sum(r["right"] for r in per_class) == round(ev["test_accuracy"] * ev["test_images"])
+    assert not (analysis / "by_length.json").exists() and not (analysis / "per_character.json").exists()
 
 
 @pytest.mark.slow
