@@ -139,7 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only
     train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
-                            seed=cfg.trainer.seed, augment=augment)
+                            seed=cfg.trainer.seed, augment=augment, repeat=True)
     val_targets = mode.encode(val_split.labels)
     prepare_multi_worker_fit(model, strategy, train_split.images, mode.encode(train_split.labels[:2]))
 
@@ -174,7 +174,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                               cfg.callbacks.monitor)]
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                      verbose=cfg.trainer.verbose, shuffle=False)  # the dataset shuffles itself
+                      steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose,
+                      shuffle=False)  # the dataset shuffles itself
         if cfg.trainer.get("tensorboard"):
             tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")
 

@@ -107,7 +107,8 @@ def train_baseline(build, data, mode, minutes: float, batch_size: int = 64) -> d
     train, val, test = data
     model = build(train.images.shape[1:], mode.vocab.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=mode.loss())
-    ds = make_dataset(train.images, mode.encode(train.labels), batch_size, shuffle=True, seed=42)
+    # endless, like Bearcat's own training: one iterator, no stall at each epoch's start
+    ds = make_dataset(train.images, mode.encode(train.labels), batch_size, shuffle=True, seed=42, repeat=True)
     best = {"val_accuracy": -1.0, "weights": None}
 
     class KeepBest(keras.callbacks.Callback):
@@ -124,7 +125,8 @@ def train_baseline(build, data, mode, minutes: float, batch_size: int = 64) -> d
                 self.model.stop_training = True
 
     start = time.monotonic()
-    model.fit(ds, epochs=1000, callbacks=[StopOnTime(), KeepBest()], verbose=0)
+    model.fit(ds, epochs=1000, steps_per_epoch=-(-len(train.images) // batch_size),
+              callbacks=[StopOnTime(), KeepBest()], verbose=0)
     elapsed = time.monotonic() - start
     if best["weights"] is not None:
         model.set_weights(best["weights"])
@@ -143,7 +145,7 @@ def folded_accuracy(truths: list[str], preds: list[str], same: str = "O0") -> fl
 def pipeline_speed(images, targets, batch_size=64, batches=300) -> float:
     from bearcat.data.pipeline import make_dataset
 
-    ds = make_dataset(images, targets, batch_size, shuffle=True).repeat()
+    ds = make_dataset(images, targets, batch_size, shuffle=True, repeat=True)
     it = iter(ds)
     next(it)
     start = time.monotonic()

@@ -136,7 +136,7 @@ def main() -> None:
     fixed = make_dataset(images[:batch], targets[:batch], batch).cache().repeat()
     first = fit_rate(model, fixed, args.steps, batch)
     for name, aug in (("no augmentation", None), ("light", light)):
-        ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=aug).repeat()
+        ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=aug, repeat=True)
         rows[f"fit, pipeline + {name}"] = fit_rate(model, ds, args.steps, batch)
     # measured before and after the pipeline runs: other load on the machine shows as a gap
     rows["train step (fixed batch), before"] = first

@@ -83,6 +83,32 @@ def test_a_training_that_fails_ends_its_mlflow_run_failed(make_cfg, monkeypatch)
     assert "config.yaml" in artifact_paths(runs[0].info.run_id)
 
 
+def test_one_training_iterator_serves_every_epoch(make_cfg, monkeypatch):
+    """Keras makes a new iterator per epoch from a finite dataset (and dropping the old one
+    stalled the next epoch's start for seconds); training's endless dataset is iterated once."""
+    import tensorflow as tf
+
+    from bearcat.data import pipeline
+
+    made, iterated = [], []
+    real_make, real_iter = pipeline.make_dataset, tf.data.Dataset.__iter__
+
+    def make(*args, **kwargs):
+        made.append(real_make(*args, **kwargs))
+        return made[-1]
+
+    def count_iter(self):
+        iterated.append(id(self))
+        return real_iter(self)
+
+    monkeypatch.setattr(pipeline, "make_dataset", make)
+    monkeypatch.setattr(tf.data.Dataset, "__iter__", count_iter)
+    metrics = train(make_cfg(["debug=fast", "dataset.train_size=96", "trainer.epochs=3"]))
+    assert len(made) == 1 and iterated.count(id(made[0])) == 1
+    history = mlflow.MlflowClient().get_metric_history(metrics["mlflow_run_id"], "train_images_per_s")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+
+
 def test_folder_dataset_real_images_with_bad_files(make_cfg, swust_copy, tmp_path):
     data = tmp_path / "mysite"
     data.mkdir()

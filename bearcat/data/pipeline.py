@@ -84,13 +84,21 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
 
 
 def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 augment=None, drop_remainder: bool = False):
-    """A batched, prefetched tf.data.Dataset of (float32 images, targets)."""
+                 augment=None, drop_remainder: bool = False, repeat: bool = False):
+    """A batched, prefetched tf.data.Dataset of (float32 images, targets).
+
+    `repeat`: endless, reshuffled on every pass, for `fit(..., steps_per_epoch=...)`. Why:
+    given a finite dataset, Keras makes a new iterator at the end of each epoch and another
+    at the start of the next, and dropping the first waited for its background threads:
+    3 to 12 s at an epoch's start in a 6,000-image run, a fifth of an epoch (docs/benchmarks.md
+    "One iterator for the whole training"). An endless one is made once."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, targets))
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

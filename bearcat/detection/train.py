@@ -171,7 +171,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
     compile_model(model, instantiate(cfg.optimizer, learning_rate=lr), detection_loss(len(mode.vocab)),
                   cfg.trainer.jit_compile)
-    train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed)
+    train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed, repeat=True)
     detector = Detector(model=model, mode=mode, pre=preprocess_config(cfg), recogniser=recogniser)
 
     def val_metrics() -> dict:
@@ -187,7 +187,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
         callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
         if initial_epoch < cfg.trainer.epochs:
             model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                      verbose=cfg.trainer.verbose, shuffle=False)
+                      steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose, shuffle=False)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
             detector.model = model = load_keras(best)
