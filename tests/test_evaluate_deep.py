@@ -123,6 +123,29 @@ def test_confidence_report_counts_right_and_wrong_per_bin():
     assert report["unsure_accuracy"] == pytest.approx(1 / 2)
 
 
+def test_evaluating_generated_data_draws_only_the_scored_split(tmp_path):
+    from bearcat.evaluate import evaluation_config
+    from bearcat.experiment import load_sources
+
+    def cfg_for(split):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose(config_name="evaluate", overrides=[
+                "checkpoint=unused", "dataset=synthetic", "dataset.train_size=5000", "dataset.val_size=8",
+                "dataset.test_size=12", f"split={split}", f"paths.cache_dir={tmp_path / 'cache'}"])
+
+    meta = {"preprocess": {"height": 32, "width": 96, "channels": 1}}
+    cfg = evaluation_config(cfg_for("test"), None, meta)
+    assert (cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size) == (0, 0, 12)
+    splits = load_sources(cfg)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (0, 0, 12)
+    drawn = [p for p in (tmp_path / "cache").rglob("*.png")]
+    assert len(drawn) == 12 and all(p.parent.name == "test" for p in drawn)
+    everything = evaluation_config(cfg_for("all"), None, meta)
+    assert (everything.dataset.train_size, everything.dataset.val_size) == (5000, 8)
+    with pytest.raises(ValueError, match="split=tset: choose train, val, test or all"):
+        evaluation_config(cfg_for("tset"), None, meta)
+
+
 def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
