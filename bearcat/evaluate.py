@@ -42,24 +42,28 @@ def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str
     raise FileNotFoundError(f"checkpoint={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
 
 
-def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict) -> DictConfig:
+def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
+                      split: str | None = None) -> DictConfig:
     """Dataset from the command line, else from the training run; preprocessing always
-    from the bundle (the model's own). A generated dataset draws only the split scored:
-    each image depends on (seed, split, index) alone, so the test images are the same, and
-    scoring a run trained on 120,000 generated images no longer draws those first (7 minutes)."""
+    from the bundle (the model's own). A generated dataset draws only the split scored
+    (`split`, default `cfg.split`): each image depends on (seed, split, index) alone, so the
+    test images are the same, and scoring a run trained on 120,000 generated images no
+    longer draws those first (7 minutes)."""
     from bearcat.data.sources import SPLITS
 
-    if cfg.split not in (*SPLITS, "all"):
-        raise ValueError(f"split={cfg.split}: choose train, val, test or all")
+    split = split or cfg.split
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"split={split}: choose train, val, test or all")
     with open_dict(cfg):
         if cfg.get("dataset") is None:
             if train_config is None:
                 raise ValueError("no dataset: pass dataset=... (the training config is not available)")
             cfg.dataset = OmegaConf.load(train_config).dataset
         cfg.preprocess = meta["preprocess"]
-        for split in SPLITS:
-            if cfg.split not in (split, "all") and f"{split}_size" in cfg.dataset:
-                cfg.dataset[f"{split}_size"] = 0
+        if split != "all" and cfg.dataset.get(f"{split}_size"):
+            for other in SPLITS:
+                if other != split and f"{other}_size" in cfg.dataset:
+                    cfg.dataset[f"{other}_size"] = 0
     return cfg
 
 

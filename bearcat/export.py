@@ -101,7 +101,7 @@ def parity_images(cfg: DictConfig, train_config: Path | None, meta: dict, count:
 
     pre = PreprocessConfig.from_dict(meta["preprocess"])
     try:
-        data_cfg = evaluation_config(cfg.copy(), train_config, meta)
+        data_cfg = evaluation_config(cfg.copy(), train_config, meta, split="test")
         splits = load_sources(data_cfg)
         samples = (splits.test or splits.val or splits.train)[:count]
         samples = [(s.path, "") if hasattr(s, "path") else s for s in samples]  # detection records
