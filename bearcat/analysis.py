@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,12 @@ from bearcat.atomic import write_json
 from bearcat.gallery import _font
 
 
+@lru_cache(maxsize=1 << 16)
 def alignment(truth: str, pred: str) -> list[tuple[str, str]]:
     """Levenshtein alignment as (true char, read char) pairs; '' marks a missing or an
-    extra character. Matches come out as equal pairs."""
+    extra character. Matches come out as equal pairs. Cached: one report asks for each
+    reading's alignment three times (confusions, per-character table, failure kinds), and
+    callers only read the list."""
     n, m = len(truth), len(pred)
     cost = np.zeros((n + 1, m + 1), np.int32)
     cost[:, 0] = np.arange(n + 1)

@@ -90,7 +90,7 @@ def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = F
     `repeat`: endless, reshuffled on every pass, for `fit(..., steps_per_epoch=...)`. Why:
     given a finite dataset, Keras makes a new iterator at the end of each epoch and another
     at the start of the next, and dropping the first waited for its background threads:
-    3 to 12 s at an epoch's start in a 6,000-image run, a fifth of an epoch (docs/benchmarks.md
+    3 to 12 s at an epoch's start in a 6,000-image run of 30-s epochs (docs/benchmarks.md
     "One iterator for the whole training"). An endless one is made once."""
     import tensorflow as tf
 
