@@ -93,10 +93,11 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
         raise ValueError(f"{key} is not set: pass {key}=<bundle or run folder>, an MLflow run id "
                          "or models:/NAME/VERSION")
     model = str(model)
-    from bearcat.warmstart import locate_init_bundle
+    from bearcat.warmstart import RUN_ID, locate_init_bundle
 
-    remote = model.startswith("models:/") or not Path(model).exists()  # registry or run id
-    if remote:  # MLflow only then: a local bundle starts without importing it
+    # MLflow only for the registry or a run id: a local bundle starts without importing it,
+    # and a mistyped path fails on its name without opening (or creating) a tracking store.
+    if model.startswith("models:/") or (not Path(model).exists() and RUN_ID.match(model)):
         from bearcat import tracking
 
         if mlflow_cfg is not None:

@@ -106,8 +106,11 @@ def test_queue_orders_saves_copies_undoes_and_resumes(unlabelled, reading_bundle
     assert snapshot(unlabelled) == before
 
 
-def test_label_errors_name_the_key(unlabelled, tmp_path):
+def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
     from bearcat.label import build_label_app
+
+    store = tmp_path / "never.db"  # a mistyped model path must not open (or create) a tracking store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
 
     def cfg(*overrides):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -120,6 +123,7 @@ def test_label_errors_name_the_key(unlabelled, tmp_path):
     with pytest.raises(FileNotFoundError, match="model=.*not an MLflow run id"):
         build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}"),
                         str(tmp_path))
+    assert not store.exists()
     with pytest.raises(ValueError, match="out=.*must differ from dir"):
         LabelQueue(unlabelled, unlabelled)
     queue = LabelQueue(unlabelled, tmp_path / "o")  # no model: file-name order, nothing pre-filled
