@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,13 @@ def test_bad_images_name_the_file(tmp_path):
     big = Image.new("L", (100, 100))
     with pytest.raises(ImageError, match="exceeds the limit"):
         load_image(png_bytes(big), max_pixels=5000)
+    big_file = tmp_path / "AB_big.png"
+    big.save(big_file)
+    with pytest.raises(ImageError, match="AB_big.png.*exceeds the limit"):
+        load_image(big_file, max_pixels=5000)
+    # a failed load leaves no file open (checking a folder meets many bad files)
+    import os
+
+    fds = Path("/proc/self/fd")
+    open_files = {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+    assert not open_files & {str(p.resolve()) for p in (text, good, big_file)}

@@ -63,9 +63,13 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = 
             if Path(source).stat().st_size == 0:
                 raise ImageError(f"{label}: empty image file (0 bytes)")
             img = Image.open(source)
-        if img.width * img.height > max_pixels:
-            raise ImageError(f"{label}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
-        img.load()  # decode everything now: a truncated file fails here, not in training
+        try:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{label}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
+            img.load()  # decode everything now: a truncated file fails here, not in training
+        except BaseException:
+            img.close()  # its file now, not at garbage collection (a check of a folder meets many bad files)
+            raise
     except ImageError:
         raise
     except FileNotFoundError:
