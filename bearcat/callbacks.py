@@ -69,7 +69,7 @@ class Checkpointer(keras.callbacks.Callback):
         # many epochs) and the later, further-annealed weights read the test split better.
         if value is not None and (self.state["best"] is None or value >= self.state["best"]):
             self.state["best"] = float(value)
-            self.state["best_epoch"] = epoch
+            self.state["best_epoch"] = epoch + 1  # counted from 1, like "epoch" and the epoch-NNNN folders
             with replacing(self.folder / "best.keras", keep_suffix=True) as tmp:
                 self.model.save(tmp)
         name = f"epoch-{epoch + 1:04d}"

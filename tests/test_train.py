@@ -254,7 +254,7 @@ def test_best_checkpoint_ties_go_to_the_later_epoch(tmp_path):
     for epoch, acc in enumerate([0.5, 1.0, 0.9, 1.0]):
         ckpt.on_epoch_end(epoch, {"val_accuracy": acc})
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["best"] == 1.0 and state["best_epoch"] == 3 and state["epoch"] == 4
+    assert state["best"] == 1.0 and state["best_epoch"] == 4 and state["epoch"] == 4
     assert (tmp_path / "best.keras").is_file() and [p.name for p in tmp_path.glob("epoch-*")] == ["epoch-0004"]
 
 
