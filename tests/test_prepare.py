@@ -131,7 +131,7 @@ def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
     assert result["counts"] == {"train": 20, "val": 3, "test": 3}
     names = [p.name for p in (gen / "train").iterdir()]
     assert len(names) == 20 and all(set(n.split("_")[0]) <= set("AB12") for n in names)
-    with pytest.raises(FileExistsError, match="already holds images"):
+    with pytest.raises(FileExistsError, match=r"generate.output=.*already holds images"):
         prepare(make_cfg(opts, config_name="prepare"))
 
     flat = tmp_path / "flat"

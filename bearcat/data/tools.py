@@ -19,7 +19,7 @@ def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers:
     out = Path(output)
     for split in SPLITS:
         if (out / split).is_dir() and any(is_image_file(p) for p in (out / split).iterdir()):
-            raise FileExistsError(f"output={out}: {out / split} already holds images; "
+            raise FileExistsError(f"generate.output={out}: {out / split} already holds images; "
                                   "choose an empty or new folder (generate never overwrites)")
     settings = synthetic_settings(**settings)
     counts = {}
