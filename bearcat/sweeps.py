@@ -25,7 +25,7 @@ SWEEP_ID = "bearcat.sweep_id"      # tag on the parent and every child: the swee
 ROLE = "bearcat.sweep_role"        # "parent" on the parent run
 JOB_NUM = "bearcat.job_num"        # tag on a child: Hydra's job number in the sweep
 OVERRIDES = "bearcat.overrides"    # tag on a child: the job's own overrides, space separated
-SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map")
+SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map", "best_val_map")
 
 
 def job_context() -> dict[str, str] | None:

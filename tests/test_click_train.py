@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -18,6 +19,14 @@ TINY_DETECTOR = ["experiment=click", "dataset.train_size=24", "dataset.val_size=
                  "mode.fpn_channels=16", "mode.fpn_repeats=1", "mode.head_repeats=1", "mode.val_images=2",
                  "trainer.epochs=1", "trainer.batch_size=8", "trainer.max_minutes=null", "trainer.verbose=0",
                  "trainer.bn_calibration_images=16"]
+
+
+def assert_same_clicks(got: list[dict], want: list[dict]) -> None:
+    """The same clicks, floats compared after a trip through JSON."""
+    assert [c["char"] for c in got] == [c["char"] for c in want]
+    for g, w in zip(got, want):
+        for key in ("x", "y", "score"):
+            assert (g[key] is None and w[key] is None) or g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,10 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
     run = mlflow.MlflowClient(click_run["uri"]).get_run(metrics["mlflow_run_id"])
     assert run.data.metrics["test_map"] == pytest.approx(metrics["test_map"])
     assert "test_map50" in run.data.metrics and "val_map" in run.data.metrics
+    # what the click preset's sweeps select on (optimized_metric): the best val epoch's mAP
+    history = mlflow.MlflowClient(click_run["uri"]).get_metric_history(run.info.run_id, "val_map")
+    assert run.data.metrics["best_val_map"] == pytest.approx(max(m.value for m in history))
+    assert metrics["best_val_map"] == pytest.approx(run.data.metrics["best_val_map"])
     artifacts = {a.path for a in mlflow.MlflowClient(click_run["uri"]).list_artifacts(run.info.run_id, "predictions")}
     assert {"predictions/per_class_ap.json", "predictions/test_boxes.png"} <= artifacts
     bundle = root / "detector" / "model"
@@ -73,7 +86,7 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
 
 
 def test_solver_answers_in_prompt_order(click_run):
-    from bearcat.click import main, solve
+    from bearcat.click import main, order_clicks, solve
     from bearcat.detection.predictor import Detector
 
     root, cfg = click_run["root"], click_run["cfg"]
@@ -91,6 +104,13 @@ def test_solver_answers_in_prompt_order(click_run):
     clicks = solve(record.path, record.prompt, detector)
     assert [c["char"] for c in clicks] == list(record.prompt)
     assert all((c["x"] is None) == (c["y"] is None) for c in clicks)
+    assert clicks == order_clicks(record.prompt, detector.predict([record.path])[0]["boxes"])
+    # on the boxes found with no threshold (never none, above): each click is the centre of
+    # one box, and no box is clicked twice
+    chosen = order_clicks(record.prompt, result["boxes"])
+    centres = [((b["x1"] + b["x2"]) / 2, (b["y1"] + b["y2"]) / 2) for b in result["boxes"]]
+    placed = [(c["x"], c["y"]) for c in chosen if c["x"] is not None]
+    assert placed and all(p in centres for p in placed) and len(set(placed)) == len(placed)
     assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
 
 
@@ -99,6 +119,7 @@ def test_click_cli_loads_the_bundle_in_a_fresh_process(click_run):
     import subprocess
     import sys
 
+    from bearcat.click import solve
     from bearcat.experiment import load_sources
 
     record = load_sources(click_run["cfg"]).test[0]
@@ -108,22 +129,25 @@ def test_click_cli_loads_the_bundle_in_a_fresh_process(click_run):
     assert done.returncode == 0, done.stderr[-2000:]
     clicks = json.loads(done.stdout.strip().splitlines()[-1])
     assert [c["char"] for c in clicks] == list(record.prompt)
+    assert_same_clicks(clicks, solve(record.path, record.prompt, click_run["root"] / "detector" / "model"))
 
 
 def test_http_click_and_predict(click_run):
     from fastapi.testclient import TestClient
 
+    from bearcat.click import solve
     from bearcat.detection.predictor import Detector
     from bearcat.experiment import load_sources
     from bearcat.server.app import create_app
 
     record = load_sources(click_run["cfg"]).test[0]
     client = TestClient(create_app(Detector(click_run["root"] / "detector" / "model"), "click-test"))
-    image = open(record.path, "rb").read()
+    image = Path(record.path).read_bytes()
     answer = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert [c["char"] for c in body["clicks"]] == list(record.prompt)
+    assert_same_clicks(body["clicks"], solve(record.path, record.prompt, click_run["root"] / "detector" / "model"))
     assert body["prompt"] == record.prompt and "boxes" in body
     multipart = client.post("/v1/click", files={"file": ("c.png", io.BytesIO(image), "image/png")},
                             data={"prompt": record.prompt})

@@ -69,17 +69,22 @@ def test_multirun_parent_children_and_summary(tmp_path, launcher):
     assert {"sweep_summary.csv", "sweep_summary.md"} <= artifacts
     local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="sweep_summary.csv",
                                                 dst_path=str(tmp_path / "dl"))
-    rows = list(csv.DictReader(open(local, encoding="utf-8")))
+    with open(local, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     assert [r["job"] for r in rows] == ["0", "1"]
     assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
     for row in rows:
         child = client.get_run(row["run_id"])
         assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
         assert row["overrides"] == child.data.tags["bearcat.overrides"]
-    best = max(c.data.metrics["test_accuracy"] for c in children)
-    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best)
+        assert float(row["best_val_accuracy"]) == pytest.approx(child.data.metrics["best_val_accuracy"])
+    # ranked by the default optimized_metric, the best val epoch: never by the test split
+    assert parent.data.params["optimized_metric"] == "best_val_accuracy"
+    chosen = max((by_job["0"], by_job["1"]), key=lambda c: c.data.metrics["best_val_accuracy"])  # ties: job 0
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(chosen.data.metrics["best_val_accuracy"])
+    assert "best_test_accuracy" not in parent.data.metrics
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_finished"] == 2
-    assert parent.data.tags["bearcat.best_run_id"] in by_job["0"].info.run_id + by_job["1"].info.run_id
+    assert parent.data.tags["bearcat.best_run_id"] == chosen.info.run_id
     assert (sweep_dir / "sweep_summary.md").read_text().count("\n") == 4  # header, rule, 2 jobs
 
 
@@ -145,6 +150,7 @@ def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
     runs = runs_of(client)
     [parent] = [r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent"]
     assert parent.info.status == "FAILED"
-    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep_summary.csv", encoding="utf-8")))
+    with open(tmp_path / "sweep" / "sweep_summary.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "FINISHED")]  # job 1 failed before its run began
     assert parent.data.metrics["jobs_finished"] == 1
