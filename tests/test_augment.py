@@ -31,7 +31,7 @@ def test_presets_change_pixels_keep_shape(make_cfg, swust_copy, name, channels):
     assert build_augment(make_cfg(["augmentation=none"]).augmentation) is None
 
 
-def test_runs_in_parallel_inside_tf_data(make_cfg, swust_copy):
+def test_augments_inside_tf_data_keeping_image_target_pairs(make_cfg, swust_copy):
     images = real_images(swust_copy, n=40)
     targets = np.arange(len(images), dtype=np.int32)
     aug = build_augment(make_cfg(["augmentation=light"]).augmentation, seed=1)

@@ -94,7 +94,7 @@ def test_an_image_depends_only_on_its_seed_split_and_index(picture_dir):
     again = render(s, "test", 3)
     assert np.array_equal(np.asarray(alone[1]), np.asarray(again[1])) and alone[2] == again[2]
     assert alone[4] != render(s, "val", 3)[4]  # another split, another file tag
-    assert len(s["images"]) == 3  # mixed uses the pictures too
+    assert len(s["images"]) == 3  # mixed keeps the pictures among its backgrounds to draw from
 
 
 def test_saved_files_match_the_drawing_and_the_labels(tmp_path):

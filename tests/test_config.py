@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import CONF
@@ -20,10 +21,13 @@ def test_every_option_composes(make_cfg, group, option):
     assert cfg.trainer.epochs >= 1 and cfg.preprocess.height > 0
 
 
-@pytest.mark.parametrize("name", ["evaluate"])
-def test_other_entry_configs_compose(make_cfg, name):
-    cfg = make_cfg(["run_id=abc"], config_name=name)
-    assert cfg.run_id == "abc"
+@pytest.mark.parametrize("name,key", [("evaluate", "run_id"), ("export", "run_id"), ("predict", "model"),
+                                      ("serve", "model"), ("label", "model"), ("prepare", "action")])
+def test_other_entry_configs_compose(name, key):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"{key}=abc"])
+    assert cfg[key] == "abc" and cfg.task_name == name
+    assert cfg.mlflow.tracking_uri  # every entry point can reach runs and registered models
 
 
 def test_unknown_option_names_the_group(make_cfg):

@@ -133,9 +133,10 @@ def test_mlflow_models_serve_answers(exported, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": exported["tracking_uri"],
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     version = exported["summary"]["registered_version"]
-    proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{exported['model_name']}/{version}",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{exported['model_name']}/{version}",
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -227,7 +228,8 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
     out = tmp_path / "readings.csv"
     summary = predict(predict_cfg([f"model={exported['run_id']}", f"images={folder}/*.png", f"out={out}"]))
     assert summary["read"] == 8 and summary["runtime"] == "keras"  # a run's bundle holds the Keras model only
-    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    with out.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     assert [Path(r["file"]).name for r in rows] == [p.name for p in good]
     want = Predictor(exported["output_dir"] / "model").predict(good)
     assert [r["result"] for r in rows] == [w["result"] for w in want]

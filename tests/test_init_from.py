@@ -1,6 +1,7 @@
 """init_from (start from an earlier run's weights, vocabulary may differ) and
 trainer.freeze_backbone_epochs."""
 import json
+from pathlib import Path
 
 import keras
 import mlflow
@@ -67,7 +68,7 @@ def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path):
     assert run.data.tags["bearcat.init_from"] == run_id and run.data.tags["bearcat.init_from_run_id"] == run_id
     assert run.data.params["init_from"] == run_id and run.data.params["init_from_output_rebuilt"] == "True"
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="init_from.json")
-    report = json.loads(open(local, encoding="utf-8").read())
+    report = json.loads(Path(local).read_text(encoding="utf-8"))
     assert report["source_run_id"] == run_id and report["output_classes_carried"] == 10  # the digits
     assert set(report["not_loaded"]) == {"ctc_split"}  # the output layer (two steps per column)
     assert int(run.data.params["init_from_loaded_layers"]) == len(report["loaded"]) >= 6

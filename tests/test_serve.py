@@ -217,8 +217,8 @@ def test_serve_a_registered_model(exported, expected, tmp_path, monkeypatch):
 
 
 def test_workers_processes_share_the_port(exported, expected, tmp_path, monkeypatch):
-    """`workers=2`: the registered model is fetched once by the parent, both processes come up
-    on the one port (their /health pids), and every answer is the library's."""
+    """`workers=2` with a registered model: both processes come up on the one port (their
+    /health pids), name the model alike, and every answer is the library's."""
     from concurrent.futures import ThreadPoolExecutor
 
     solve = load_script("client_example").solve
