@@ -274,7 +274,7 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
                                                            data.labels, results, data.images)]
     if failed:
         gallery = prediction_gallery(data.images[failed], [data.labels[i] for i in failed],
-                                     [results[i] for i in failed], out_dir / "failures_gallery.png",
+                                     [results[i] for i in failed], out_dir / "predictions" / "failures_gallery.png",
                                      max_items=cfg.gallery_size)
         artifacts.append((gallery, "predictions"))
     if cfg.gradcam:
@@ -282,8 +282,9 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
 
         n = min(int(cfg.gradcam_images), len(data))
         captions = [f"{results[i]['result']} / {data.labels[i]}" for i in range(n)]
-        sheet, layer = gradcam_sheet(predictor.model, data.images[:n], captions, out_dir / "gradcam.png",
+        # the output folder holds each file where the MLflow run does: <folder>/<name>
+        sheet, layer = gradcam_sheet(predictor.model, data.images[:n], captions, out_dir / "gradcam" / "gradcam.png",
                                      cfg.gradcam_layer)
-        (out_dir / "gradcam.json").write_text(json.dumps({"layer": layer, "images": n}))
-        artifacts += [(sheet, "gradcam"), (out_dir / "gradcam.json", "gradcam")]
+        (out_dir / "gradcam" / "gradcam.json").write_text(json.dumps({"layer": layer, "images": n}))
+        artifacts += [(sheet, "gradcam"), (out_dir / "gradcam" / "gradcam.json", "gradcam")]
     return metrics, artifacts

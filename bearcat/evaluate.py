@@ -105,7 +105,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     deep, deep_artifacts = deep_evaluation(cfg, predictor, data, results, out_dir)  # bearcat/analysis.py
     metrics |= {f"test_{k}": v for k, v in deep.items()}
-    gallery = prediction_gallery(data.images, data.labels, results, out_dir / "evaluation_gallery.png",
+    gallery = prediction_gallery(data.images, data.labels, results, out_dir / "predictions" / "evaluation_gallery.png",
                                  max_items=cfg.gallery_size)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split)}

@@ -169,7 +169,7 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     kinds = json.loads((out / "analysis" / "failure_kinds.json").read_text())
     assert sum(kinds.values()) == metrics["test_failures"]
     assert all(metrics[f"test_failures_{k}"] == v for k, v in kinds.items())
-    assert json.loads((out / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
+    assert json.loads((out / "gradcam" / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
     assert metrics["test_label_suspects"] == metrics["test_failures"]
     rows = (out / "analysis" / "label_suspects.csv").read_text().splitlines()
     assert rows[0] == "file,label,prediction,confidence" and len(rows) == 1 + metrics["test_failures"]
@@ -191,6 +191,10 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
             "analysis/per_character.json", "analysis/by_length.json", "analysis/predictions.csv",
             "gradcam/gradcam.png"} <= logged
     assert ("predictions/failures_gallery.png" in logged) == (metrics["test_failures"] > 0)
+    # the output folder mirrors the run's artifact paths
+    files = [a.path for folder in ("analysis", "gradcam", "predictions")
+             for a in client.list_artifacts(metrics["mlflow_run_id"], folder) if not a.is_dir]
+    assert files and all((out / path).is_file() for path in files)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == trained_run["run_id"]
     assert "test_latency_ms_p50" in run.data.metrics
