@@ -3,8 +3,8 @@
 Each stage starts with a strided residual block (projection shortcut) followed by plain
 residual blocks; every block ends with an SE gate that re-weights channels from the
 block's global average. The default strides ((2,2), (2,2), (2,1), (2,1)) match
-`cnn_small`: the 48 x 128 input becomes a 3 x 32 feature map, one time step per 4 input
-columns for the sequence modes.
+`cnn_small`: the default 32 x 96 input becomes a 2 x 24 feature map (height / 16, width / 4),
+one time step per 4 input columns for the sequence modes.
 """
 from __future__ import annotations
 
