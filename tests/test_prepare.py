@@ -231,6 +231,10 @@ def test_clean_removes_only_cache_targets(make_cfg, tmp_path):
         prepare(make_cfg(["action=clean", "dataset=folder", f"dataset.root={cache / 'packed' / 'x'}"],
                          config_name="prepare"))
     assert (cache / "packed" / "f.bin").is_file()
+    for target in (".", "..", "mine/..", "/tmp", "quarantine"):  # the cache itself, beyond it, or not a plain name
+        with pytest.raises(ValueError, match="plain sub-folder name"):
+            prepare(make_cfg(["action=clean", f"clean.targets=[{target!r}]"], config_name="prepare"))
+    assert (cache / "mine" / "f.bin").is_file() and (cache / "packed" / "f.bin").is_file()
     done = prepare(make_cfg(["action=clean", "dataset=folder", f"dataset.root={user}"], config_name="prepare"))
     assert sorted(Path(p).name for p in done["removed"]) == ["arrays", "packed", "synthetic"]
     assert sorted(p.name for p in cache.iterdir()) == ["mine"] and (user / "ab12_x.png").read_bytes() == b"keep"
@@ -249,6 +253,36 @@ def test_prepare_command_line(tmp_path, swust_copy):
     bad = subprocess.run(cmd + ["action=frobnicate"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "action=frobnicate: expected one of generate | split" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_check_moves_nothing_for_a_bad_setting_or_report_and_never_replaces(make_cfg, swust_copy, tmp_path):
+    data = tmp_path / "data"
+    copy_images(swust_copy, data, 6)
+    (data / "z3r0_empty.png").write_bytes(b"")
+    before = all_files(data)
+
+    def check(*more):
+        return prepare(make_cfg(["action=check", "dataset=folder", f"dataset.root={data}", *more],
+                                config_name="prepare"))
+
+    # a setting no image can satisfy is a setting error, not six bad images to quarantine
+    with pytest.raises(ValueError, match="preprocess.threshold needs preprocess.channels=1"):
+        check("preprocess.channels=3", "preprocess.threshold=128")
+    assert all_files(data) == before
+    # a damaged report stops the check before anything moves
+    (data / "quarantine").mkdir()
+    (data / "quarantine" / "report.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="report.json: cannot read the quarantine report"):
+        check()
+    assert all_files(data) == before
+    # a name already in quarantine/ is kept; the newcomer gets the next free name
+    (data / "quarantine" / "report.json").unlink()
+    (data / "quarantine" / "z3r0_empty.png").write_bytes(b"an earlier file")
+    report = check()
+    assert report["quarantine"][0]["moved_to"] == str(data / "quarantine" / "z3r0_empty.1.png")
+    assert (data / "quarantine" / "z3r0_empty.png").read_bytes() == b"an earlier file"
+    assert (data / "quarantine" / "z3r0_empty.1.png").read_bytes() == b""
+    assert not (data / "z3r0_empty.png").exists() and report["files_before"] == report["files_after"] == 8
 
 
 def test_check_split_folder_finds_leaks_between_splits(make_cfg, swust_copy, tmp_path):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bearcat.atomic import write_json
-from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.labels import is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
 from bearcat.data.sources import QUARANTINE, SPLITS
@@ -83,30 +84,56 @@ def recommend_size(widths: list[int], heights: list[int], max_length: int) -> di
     return {"height": up(np.median(heights)), "width": max(up(np.median(widths)), up(8 * (2 * max_length + 1)))}
 
 
-def _unique_target(folder: Path, rel: Path) -> Path:
-    target = folder / rel
-    n = 1
-    while target.exists():  # never overwrite an earlier quarantined file
-        target = target.with_name(f"{rel.stem}.{n}{rel.suffix}")
+def _move_to_new_name(src: Path, folder: Path, rel: Path) -> Path:
+    """Move src to folder/rel, or folder/<stem>.<n><suffix> when that name is taken; never
+    replaces a file. A hard link fails on an existing name, so two checks running at once
+    cannot both claim one; a rename alone would silently replace the other's file."""
+    target, n = folder / rel, 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: check, then rename
+            if not target.exists():
+                src.rename(target)
+                return target
+        else:
+            src.unlink()
+            return target
         n += 1
-    return target
+        target = (folder / rel).with_name(f"{rel.stem}.{n}{rel.suffix}")
+
+
+def _read_report(report: Path) -> list:
+    """The entries of an earlier quarantine report (read before anything moves, so a
+    damaged report stops the check with the files where they were)."""
+    if not report.is_file():
+        return []
+    try:
+        entries = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{report}: cannot read the quarantine report ({err}); move it aside and check again") \
+            from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{report}: not a quarantine report (a JSON list); move it aside and check again")
+    return entries
 
 
 def quarantine(root: Path, bad: list[dict]) -> list[dict]:
     """Move each bad file to root/quarantine/<same relative path>; append to report.json."""
     folder = root / QUARANTINE
+    report = folder / "report.json"
+    old = _read_report(report) if bad else []
     moved = []
     for item in bad:
         src = Path(item["path"])
-        target = _unique_target(folder, src.relative_to(root))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        src.rename(target)
+        target = _move_to_new_name(src, folder, src.relative_to(root))
         moved.append({"file": str(src), "moved_to": str(target), "reason": item["error"],
                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         log.warning("quarantined %s -> %s: %s", src, target, item["error"])
     if moved:
-        report = folder / "report.json"
-        old = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
         write_json(report, old + moved, indent=1)
     return moved
 
@@ -115,6 +142,7 @@ def _label_problems(root: Path, infos: list[dict], lowercase: bool, charset: str
                     class_folders: bool) -> tuple[dict, list]:
     """Labels, unlabelled names, characters outside the charset, case mixes."""
     labels, no_label, outside = {}, [], []
+    charset = normalize_charset(charset)
     allowed = set(charset.lower() if lowercase and charset else charset or "")
     for info in infos:
         path = Path(info["path"])

@@ -37,8 +37,16 @@ class PreprocessConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
+        # Settings are checked here, once: a bad setting must never look like a bad image
+        # (a data check would quarantine every file for it).
         if self.gray not in GRAY_MODES:
             raise ValueError(f"preprocess.gray={self.gray!r}: choose one of {', '.join(GRAY_MODES)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocess.channels={self.channels}: use 1 (grayscale) or 3 (RGB)")
+        if self.threshold is not None and self.channels != 1:
+            raise ValueError("preprocess.threshold needs preprocess.channels=1")
+        if min(self.height, self.width) < 1:
+            raise ValueError(f"preprocess.height/width={self.height}/{self.width}: must be at least 1 pixel")
 
     @classmethod
     def from_dict(cls, d) -> "PreprocessConfig":
@@ -49,11 +57,20 @@ class PreprocessConfig:
         return asdict(self)
 
 
+def _label(source, name: str | None) -> str:
+    """What error messages call an image: its name, its path, or what it is."""
+    if name:
+        return name
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return "<image>" if isinstance(source, Image.Image) else "<bytes>"
+
+
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open and fully decode an image from a path, bytes or PIL image."""
     if isinstance(source, Image.Image):
         return source
-    label = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
+    label = _label(source, name)
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
@@ -108,13 +125,15 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
     Keep the aspect ratio, scale down only if larger than the input size, centre on a
     grey (`pad_value`) canvas, optionally grayscale (luma or darkest channel) and threshold.
     """
-    img = _to_mode(ImageOps.exif_transpose(load_image(source, cfg.max_pixels, name)), cfg.channels, cfg.gray)
-    size, offset, _ = letterbox(img.width, img.height, cfg)
-    if size != img.size:
-        img = img.resize(size, Image.BILINEAR)
+    img = load_image(source, cfg.max_pixels, name)
+    try:
+        img = _to_mode(ImageOps.exif_transpose(img), cfg.channels, cfg.gray)
+        size, offset, _ = letterbox(img.width, img.height, cfg)
+        if size != img.size:
+            img = img.resize(size, Image.BILINEAR)
+    except Exception as err:  # e.g. a LAB or CMYK-with-odd-profile file PIL decodes but cannot convert
+        raise ImageError(f"{_label(source, name)}: cannot convert image ({type(err).__name__}: {err})") from None
     if cfg.threshold is not None:
-        if cfg.channels != 1:
-            raise ValueError("preprocess.threshold needs preprocess.channels=1")
         img = img.point(lambda p: 255 if p >= cfg.threshold else 0)
     fill = cfg.pad_value if cfg.channels == 1 else (cfg.pad_value,) * 3
     canvas = Image.new(img.mode, (cfg.width, cfg.height), fill)
