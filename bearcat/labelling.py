@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bearcat.data.labels import file_md5, is_image_file
 log = logging.getLogger(__name__)
 
 FORBIDDEN = set('_/\\:*?"<>|')  # "_" ends the label in a file name; the rest are not file-name safe
+MAX_ANSWER_BYTES = 120  # UTF-8 bytes: with "_<md5>.ext" and the temporary name's extras, well under 255
 
 
 @dataclass
@@ -42,6 +44,11 @@ def check_answer(answer: str) -> str:
     bad = sorted(set(answer) & FORBIDDEN)
     if bad or answer.startswith("."):
         raise ValueError(f"answer {answer!r}: cannot be part of a file name label ({''.join(bad) or 'leading .'})")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in answer):
+        raise ValueError(f"answer {answer!r}: control characters cannot be part of a label")
+    if len(answer.encode("utf-8")) > MAX_ANSWER_BYTES:
+        raise ValueError(f"answer of {len(answer)} characters: longer than a file name label can be "
+                         f"({MAX_ANSWER_BYTES} bytes in UTF-8)")
     return answer
 
 

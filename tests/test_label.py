@@ -92,6 +92,12 @@ def test_queue_orders_saves_copies_undoes_and_resumes(unlabelled, reading_bundle
     second = saved.json()["item"]
     assert client.post("/api/answer", json={"id": second["id"], "answer": "Q7_"}).status_code == 400  # "_"
     assert client.post("/api/answer", json={"id": second["id"], "answer": "  "}).status_code == 400
+    assert client.post("/api/answer", json={"id": second["id"], "answer": None}).status_code == 422
+    assert client.post("/api/answer", json={"id": second["id"], "answer": "Q7\nW"}).status_code == 400
+    too_long = client.post("/api/answer", json={"id": second["id"], "answer": "字" * 72})  # 216 bytes of UTF-8
+    assert too_long.status_code == 400 and "longer than a file name label" in too_long.json()["detail"]
+    deep = client.post("/api/answer", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert deep.status_code == 422
     fixed = client.post("/api/answer", json={"id": second["id"], "answer": "Q7W"}).json()
     assert (out / fixed["saved_as"]).is_file() and fixed["saved_as"].startswith("Q7W_")
     assert client.post("/api/answer", json={"id": second["id"], "answer": "X"}).status_code == 409  # done

@@ -146,6 +146,13 @@ def png_bytes(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def lab_tiff() -> bytes:
+    """An image PIL decodes but cannot convert to grey or RGB."""
+    buf = io.BytesIO()
+    Image.new("LAB", (20, 10)).save(buf, "TIFF")
+    return buf.getvalue()
+
+
 BAD_REQUESTS = {
     "bad base64": (dict(json={"image": "not base64 at all!"}), 400, "not valid base64"),
     "not an image": (dict(json={"image": base64.b64encode(b"hello world").decode()}), 400, "cannot decode image"),
@@ -154,6 +161,9 @@ BAD_REQUESTS = {
     "no image field": (dict(json={"picture": "x"}), 422, 'field "image"'),
     "image not text": (dict(json={"image": 12}), 400, "expected base64 text"),
     "broken json": (dict(content=b'{"image": ', headers={"Content-Type": "application/json"}), 400, "not valid JSON"),
+    "json nested too deep": (dict(content=b"[" * 100_000, headers={"Content-Type": "application/json"}), 400,
+                             "not valid JSON"),
+    "LAB image": (dict(content=lab_tiff(), headers={"Content-Type": "image/tiff"}), 400, "cannot convert image"),
     "no file field": (dict(files={"upload": ("a.png", b"x", "image/png")}), 422, 'named "file"'),
     "wrong type": (dict(content=b"text", headers={"Content-Type": "text/plain"}), 415, "unsupported Content-Type"),
     "too large": (dict(content=b"\0" * 300_000, headers={"Content-Type": "image/png"}), 413, "exceeds the limit"),

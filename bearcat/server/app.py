@@ -79,7 +79,7 @@ async def image_from_request(request: Request, limit: int) -> bytes:
     if kind == "application/json":
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
             raise HTTPProblem(400, "body is not valid JSON") from None
         if not isinstance(payload, dict) or "image" not in payload:
             raise HTTPProblem(422, 'JSON body needs a field "image" with the base64-encoded image')

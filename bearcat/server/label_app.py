@@ -39,9 +39,11 @@ def create_label_app(queue: LabelQueue, model_name: str | None = None) -> FastAP
     async def answer(request: Request):
         try:
             body = await request.json()
-            item_id, text = str(body["id"]), str(body["answer"])
-        except (ValueError, KeyError, TypeError):
+            item_id, text = str(body["id"]), body["answer"]
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise HTTPException(422, 'send JSON {"id": ..., "answer": ...}') from None
+        if not isinstance(text, str):
+            raise HTTPException(422, f'"answer" must be a string, not {type(text).__name__}')
         try:
             saved = queue.answer(item_id, text)
         except KeyError:
