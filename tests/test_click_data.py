@@ -198,6 +198,8 @@ BAD = {
     "no_name": GOOD.replace("<name>山</name>", ""),
     "no_xmax": GOOD.replace("<xmax>{xmax}</xmax>", ""),
     "text_coordinate": GOOD.replace("{xmin}", "left"),
+    "nan_coordinate": GOOD.replace("{xmin}", "nan"),
+    "infinite_size": GOOD.replace("<width>64</width>", "<width>inf</width>"),
     "empty_box": GOOD.replace("{xmin}", "25"),
     "outside_image": GOOD.replace("{xmax}", "66"),
     "missing_image": GOOD.replace("{image}", "gone.png"),

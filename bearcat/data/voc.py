@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -57,9 +58,12 @@ def _text(node, path: str, xml_path) -> str:
 def _number(node, path: str, xml_path) -> float:
     text = _text(node, path, xml_path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{xml_path}: <{path}> is not a number: {text!r}") from None
+    if not math.isfinite(value):  # "nan" and "inf" parse as floats but are no pixel
+        raise ValueError(f"{xml_path}: <{path}> is not a finite number: {text!r}")
+    return value
 
 
 def read_voc(xml_path: str | Path, image_dir: str | Path | None = None) -> ClickRecord:
@@ -94,7 +98,7 @@ def read_voc(xml_path: str | Path, image_dir: str | Path | None = None) -> Click
     try:
         with Image.open(image) as opened:  # reads the header only
             real = opened.size
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{xml_path}: its image {image} cannot be read ({err})") from None
     if real != (width, height):
         raise ValueError(f"{xml_path}: <size> says {width:g}x{height:g} but the image {image} is {real[0]}x{real[1]}")
