@@ -113,6 +113,20 @@ def test_solver_answers_in_prompt_order(click_run):
     assert placed and all(p in centres for p in placed) and len(set(placed)) == len(placed)
     assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
 
+    # a photo stored on its side with an EXIF orientation: boxes in the upright picture's pixels
+    from PIL import Image
+
+    upright = Image.open(record.path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    stored = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(stored, "PNG", exif=exif)
+    (turned,) = detector.predict([stored.getvalue()], score_threshold=0.0)
+    corners = ("x1", "y1", "x2", "y2")
+    assert len(turned["boxes"]) == len(result["boxes"])
+    assert [b[k] for b in turned["boxes"] for k in corners] == pytest.approx(
+        [b[k] for b in result["boxes"] for k in corners], abs=1e-3)
+
 
 def test_click_cli_loads_the_bundle_in_a_fresh_process(click_run):
     # A fresh interpreter has not imported the detector's custom layers: loading must do it.

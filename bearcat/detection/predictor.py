@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageOps
 
 from bearcat.data.preprocess import PreprocessConfig, letterbox, load_image, preprocess
 
@@ -112,7 +113,9 @@ class Detector:
     def predict(self, images, score_threshold: float | None = None) -> list[dict]:
         """images: paths, bytes or PIL images -> {"result", "confidence", "boxes", "time_ms"}."""
         start = time.perf_counter()
-        pictures = [load_image(img, self.pre.max_pixels) for img in images]
+        # upright first: preprocess turns a photo by its EXIF orientation, so the boxes must be
+        # mapped back with the turned image's width and height
+        pictures = [ImageOps.exif_transpose(load_image(img, self.pre.max_pixels)) for img in images]
         results = self.detect(pictures, score_threshold)
         ms = (time.perf_counter() - start) * 1000.0 / max(1, len(results))
         return [{**r, "time_ms": ms} for r in results]
