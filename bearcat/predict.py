@@ -85,6 +85,8 @@ def predict(cfg: DictConfig) -> dict:
     out = Path(cfg.out) if cfg.get("out") else None
     if out is not None and out.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"out={cfg.out}: name a .csv or .jsonl file")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size={cfg.batch_size}: images per model call, at least 1")
     paths = image_paths(cfg.images, bool(cfg.recursive))
     with tempfile.TemporaryDirectory() as workdir:
         predictor = load_predictor(resolve_model(cfg.model, workdir, cfg.mlflow), cfg.runtime, cfg.threads)

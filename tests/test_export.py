@@ -248,6 +248,8 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
         predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"out={tmp_path / 'r.txt'}"]))
     with pytest.raises(FileNotFoundError, match="model="):
         predict(predict_cfg([f"model={tmp_path}", f"images={folder}"]))
+    with pytest.raises(ValueError, match="batch_size=0"):
+        predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "batch_size=0"]))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "empty.png").write_bytes(b"")
