@@ -24,6 +24,16 @@ def test_lowercase_and_vocabulary_round_trip(tmp_path):
         vocab.encode("az")
 
 
+def test_a_decomposed_charset_matches_labels_read_from_names(tmp_path):
+    from bearcat.data.sources import folder
+
+    decomposed = "e\u0301"  # e + combining acute: the NFC label read from a file name is the one character é
+    (tmp_path / "\u00e9e_1.png").write_bytes(b"")  # file contents do not matter to the source
+    split = folder(str(tmp_path), charset=decomposed + "e", val_ratio=0.0, test_ratio=0.0)
+    assert [label for _, label in split.train] == ["\u00e9e"] and split.skipped == {}
+    assert Vocabulary.from_labels([], charset=decomposed + "e").encode("\u00e9e") == [1, 2]
+
+
 def test_edit_ops_and_metrics():
     assert edit_ops("ABCD", "ABCD") == (4, 0, 0, 0)
     assert edit_ops("ABCD", "ABXD") == (3, 1, 0, 0)

@@ -26,6 +26,12 @@ def label_from_name(path: str | Path, lowercase: bool = False) -> str:
     return label.lower() if lowercase else label
 
 
+def normalize_charset(charset: str | None) -> str | None:
+    """A configured character set in the same Unicode form (NFC) as the labels read from
+    file names, so a decomposed accent or a compatibility ideograph compares equal."""
+    return unicodedata.normalize("NFC", str(charset)) if charset else charset
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -49,7 +55,7 @@ class Vocabulary:
     @classmethod
     def from_labels(cls, labels, charset: str | None = None) -> "Vocabulary":
         if charset:
-            return cls(list(charset))
+            return cls(list(normalize_charset(charset)))
         return cls(sorted({c for label in labels for c in label}))
 
     def __len__(self) -> int:  # number of real characters (without the reserved id 0)

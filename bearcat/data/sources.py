@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
-from bearcat.data.labels import file_md5, is_image_file, label_from_name
+from bearcat.data.labels import file_md5, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
         raise ValueError(f"dataset.root={root}: no labelled images found "
                          f"(expected files like LABEL_anything.png in it or in train/)")
     if charset:
+        charset = normalize_charset(charset)
         charset = charset.lower() if lowercase else charset
         known = set(charset)
         kept = {}
