@@ -74,9 +74,11 @@ def clean(cache_dir: str | Path, targets: list[str], protect: list[str | Path] =
     guarded = [Path(p).resolve() for p in protect if p not in (None, "", "???")]
     folders = []
     for name in targets:  # every check first: a refusal removes nothing
-        if not name or Path(name).is_absolute() or ".." in Path(name).parts or name == QUARANTINE:
+        name = str(name)
+        # one plain folder name: ".", "a/b", "/x" or ".." would reach the cache itself or beyond it
+        if Path(name).name != name or name in (".", "..", QUARANTINE):
             raise ValueError(f"clean.targets: {name!r} must be a plain sub-folder name of paths.cache_dir")
-        folder = cache / name
+        folder = (cache / name).resolve()
         for user in guarded:
             if user == folder or folder in user.parents:
                 raise ValueError(f"clean: {folder} holds {user} (dataset.root); not removing it")
