@@ -62,6 +62,22 @@ class Checkpointer(keras.callbacks.Callback):
         self.state = dict(state or {})
         self.state.setdefault("best", None)
         self.state["mlflow_run_id"] = run_id
+        self.used_before = float(self.state.get("trained_seconds", 0.0))  # training time of earlier attempts
+        self.started = time.monotonic()
+
+    def _trained_seconds(self) -> float:
+        return self.used_before + time.monotonic() - self.started
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+        if not (self.folder / STATE_FILE).is_file():  # a kill before the first epoch resumes this MLflow run
+            write_json(self.folder / STATE_FILE, self.state, indent=1)
+
+    def finish(self) -> None:
+        """Training has ended (all epochs, early stopping or the time budget): a resume after
+        a kill in the testing that follows goes straight back to testing."""
+        self.state.update(training_done=True, trained_seconds=self._trained_seconds())
+        write_json(self.folder / STATE_FILE, self.state, indent=1)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -79,7 +95,7 @@ class Checkpointer(keras.callbacks.Callback):
             opt = self.model.optimizer
             np.savez(tmp_dir / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in opt.variables])
         previous = self.state.get("last")
-        self.state.update(epoch=epoch + 1, last=name)
+        self.state.update(epoch=epoch + 1, last=name, trained_seconds=self._trained_seconds())
         write_json(self.folder / STATE_FILE, self.state, indent=1)
         if previous and previous != name:
             shutil.rmtree(self.folder / previous, ignore_errors=True)
@@ -107,7 +123,7 @@ def restore_last(model, folder, state: dict) -> None:
 def resume_epoch(model, folder, state: dict | None, run_id: str) -> int:
     """The epoch to train from: 0 for a new run; when resuming, the last checkpoint's
     weights and optimizer state are loaded and its epoch count returned."""
-    if not state:
+    if not state or not state.get("last"):  # new, or killed before its first epoch ended
         return 0
     restore_last(model, folder, state)
     log.info("resumed %s at epoch %d (MLflow run %s)", folder, int(state["epoch"]), run_id)
@@ -121,9 +137,10 @@ class TimeBudget(keras.callbacks.Callback):
         super().__init__()
         self.budget = max_minutes * 60.0
         self.start = self.epoch_start = 0.0
+        self.used_before = 0.0  # a resumed run's training time so far (set by bearcat.train)
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.used_before
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.monotonic()

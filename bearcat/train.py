@@ -87,6 +87,22 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     return callbacks
 
 
+def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpointer, initial_epoch: int,
+                    steps_per_epoch: int) -> None:
+    """`fit` from `initial_epoch`, unless this run's training has already ended (a resume
+    after a kill during testing goes straight back to testing). A resumed run's time budget
+    counts the training time its earlier attempts used."""
+    if checkpointer.state.get("training_done") or initial_epoch >= cfg.trainer.epochs:
+        log.info("training had ended (epoch %d): testing the best checkpoint", initial_epoch)
+        return
+    for callback in callbacks:
+        if hasattr(callback, "used_before") and callback is not checkpointer:  # the time-budget callbacks
+            callback.used_before = checkpointer.used_before
+    model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+              steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose, shuffle=False)  # the data shuffles itself
+    checkpointer.finish()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     import keras
     from hydra.utils import instantiate
@@ -152,6 +168,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     with tracked_run(cfg, experiment_id, ckpt_dir, model, f"{cfg.mode.name}-{cfg.backbone.name}",
                      cfg.backbone.name) as (run, state, initial_epoch):
+        if initial_epoch == 0 and cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
+            with tempfile.TemporaryDirectory() as tmp:  # (also when a resume finds no epoch done yet)
+                log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp), out_dir)
         if not state:
             tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",
@@ -162,9 +181,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with tempfile.TemporaryDirectory() as tmp:
                 mode.vocab.save(Path(tmp) / "vocabulary.json")
                 tracking.log_artifact(Path(tmp) / "vocabulary.json")
-            if cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
-                with tempfile.TemporaryDirectory() as tmp:
-                    log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp), out_dir)
         freeze = FreezeBackbone(model, cfg.trainer.get("freeze_backbone_epochs") or 0)
         freeze.start(initial_epoch)  # after a resume restored the optimizer state
         model.summary(print_fn=log.info)
@@ -172,10 +188,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
         callbacks = [freeze, *epoch_callbacks(cfg, train_split.images, val_metrics, schedule_callbacks, checkpointer,
                                               cfg.callbacks.monitor)]
-        if initial_epoch < cfg.trainer.epochs:
-            model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                      steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose,
-                      shuffle=False)  # the dataset shuffles itself
+        fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         if cfg.trainer.get("tensorboard"):
             tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")
 

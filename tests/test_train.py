@@ -177,7 +177,7 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, 
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+            if state_file.is_file() and json.loads(state_file.read_text()).get("epoch", 0) >= 1:
                 os.killpg(proc.pid, signal.SIGKILL)  # as abrupt as a power cut
                 break
             time.sleep(0.02)
@@ -201,7 +201,23 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, 
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert steps == [0, 1, 2]  # each epoch logged once: resumed at epoch `killed_at`, not from 0
-    assert json.loads(state_file.read_text())["epoch"] == 3 and killed_at < 3
+    final = json.loads(state_file.read_text())
+    assert final["epoch"] == 3 and killed_at < 3 and final["training_done"]
+    assert final["trained_seconds"] > state["trained_seconds"] > 0  # the time budget counts both attempts
+
+
+def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, caplog):
+    """A run killed after its training ended (while testing or writing its bundle) is not
+    trained again when resumed: the same best checkpoint is tested in the same MLflow run."""
+    first = train(make_cfg(["debug=fast", "trainer.epochs=2"]))
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["training_done"] and state["epoch"] == 2 and state["mlflow_run_id"] == first["mlflow_run_id"]
+    with caplog.at_level("INFO", logger="bearcat.train"):
+        again = train(make_cfg([f"resume={tmp_path / 'run'}"]))
+    assert "training had ended" in caplog.text
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["test_accuracy"] == first["test_accuracy"]
+    history = mlflow.MlflowClient().get_metric_history(first["mlflow_run_id"], "loss")
+    assert sorted(m.step for m in history) == [0, 1]  # no epoch trained twice
 
 
 def test_synthetic_generation_is_cached_and_reproducible(tmp_path):

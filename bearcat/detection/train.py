@@ -143,7 +143,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
-    from bearcat.train import epoch_callbacks, tracked_run
+    from bearcat.train import epoch_callbacks, fit_unless_done, tracked_run
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -185,9 +185,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
         checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
         callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
-        if initial_epoch < cfg.trainer.epochs:
-            model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                      steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose, shuffle=False)
+        fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
             detector.model = model = load_keras(best)

@@ -84,9 +84,10 @@ class TimeBudgetCosine(StepSchedule):
         super().__init__(WarmupCosine(base_lr, warmup_steps, self.total_steps - int(warmup_steps), alpha))
         self.budget_s = float(budget_minutes) * 60.0
         self.start = 0.0
+        self.used_before = 0.0  # a resumed run's training time so far (set by bearcat.train)
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.used_before
 
     def learning_rate(self, step: int, elapsed_s: float | None = None) -> float:
         """The cosine at the step that the time used would have reached, when that is further
