@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -145,6 +146,26 @@ def parity_check(folder: Path, formats: list[str], reference, mode, images: np.n
     return report
 
 
+def commit_export(stage: Path, out: Path) -> None:
+    """Move each staged file or folder into `out`, replacing its earlier version (a server
+    may be reading the folder: each file appears whole); bundle.json last, so it names only
+    files already in place. Other files in `out` are left alone."""
+    from bearcat.bundle import BUNDLE_FILE
+
+    for item in sorted(stage.iterdir(), key=lambda p: p.name == BUNDLE_FILE):
+        target = out / item.name
+        if item.is_dir():
+            if target.is_dir() and not target.is_symlink():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                target.rename(old)
+                item.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                item.rename(target)
+        else:
+            os.replace(item, target)
+
+
 def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
@@ -166,25 +187,31 @@ def export(cfg: DictConfig) -> dict:
         source_run = source_run or meta.get("mlflow_run_id")
         out = export_dir(cfg, source_run, bundle)
         out.mkdir(parents=True, exist_ok=True)
-        with replacing(out / MODEL_FILE, keep_suffix=True) as tmp:  # a server may be reading the folder
-            shutil.copy2(bundle / MODEL_FILE, tmp)
-        model = load_keras(out / MODEL_FILE)
-        model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
-        seconds = {}
-        for fmt in formats:
-            if fmt != "keras":
-                start = time.perf_counter()
-                write_format(model, out, fmt, cfg)
-                seconds[fmt] = time.perf_counter() - start
-                log.info("wrote %s (%.1f s)", out / FILES[fmt], seconds[fmt])
-        mode = Predictor(bundle, model=model).mode
-        if (bundle / RECOGNISER_DIR).is_dir():  # a detector's recogniser travels with it (Keras format)
-            shutil.copytree(bundle / RECOGNISER_DIR, out / RECOGNISER_DIR, dirs_exist_ok=True)
-        images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
-        report = parity_check(out, formats, model, mode, images, float(cfg.parity.atol))
-    meta = {**meta, "mlflow_run_id": source_run, "exports": {
-        fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}}
-    write_json(out / BUNDLE_FILE, meta, indent=1)
+        # Everything is written and checked in a staging folder beside `out` first: a failed
+        # parity check leaves `out` as it was, never a mismatching model beside an old bundle.json.
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+        try:
+            shutil.copy2(bundle / MODEL_FILE, stage / MODEL_FILE)
+            model = load_keras(stage / MODEL_FILE)
+            model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
+            seconds = {}
+            for fmt in formats:
+                if fmt != "keras":
+                    start = time.perf_counter()
+                    write_format(model, stage, fmt, cfg)
+                    seconds[fmt] = time.perf_counter() - start
+                    log.info("wrote %s (%.1f s)", FILES[fmt], seconds[fmt])
+            mode = Predictor(bundle, model=model).mode
+            if (bundle / RECOGNISER_DIR).is_dir():  # a detector's recogniser travels with it (Keras format)
+                shutil.copytree(bundle / RECOGNISER_DIR, stage / RECOGNISER_DIR)
+            images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
+            report = parity_check(stage, formats, model, mode, images, float(cfg.parity.atol))
+            meta = {**meta, "mlflow_run_id": source_run, "exports": {
+                fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}}
+            write_json(stage / BUNDLE_FILE, meta, indent=1)
+            commit_export(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     metrics = {f"parity_max_abs_diff_{f}": r["max_abs_diff"] for f, r in report.items()}
     metrics |= {f"export_seconds_{f}": s for f, s in seconds.items()}

@@ -7,6 +7,7 @@ of them. Only the Keras and SavedModel runtimes import TensorFlow.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -93,7 +94,13 @@ RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime,
 
 
 def available_formats(folder) -> list[str]:
-    return [f for f, name in FILES.items() if (Path(folder) / name).exists()]
+    """The formats a bundle holds. An export's bundle.json lists the ones it wrote (and
+    checked): a file an earlier export left in the same folder is not one of them."""
+    folder = Path(folder)
+    present = [f for f, name in FILES.items() if (folder / name).exists()]
+    meta = folder / "bundle.json"
+    exports = json.loads(meta.read_text(encoding="utf-8")).get("exports") if meta.is_file() else None
+    return [f for f in present if f == "keras" or f in exports] if exports else present
 
 
 def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
@@ -106,7 +113,7 @@ def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime}: choose one of {sorted(RUNTIMES)} or auto")
     path = folder / FILES[runtime]
-    if not path.exists():
+    if runtime not in available_formats(folder):
         raise FileNotFoundError(
             f"{folder}: the bundle has no {runtime} model ({FILES[runtime]}); it holds "
             f"{available_formats(folder) or 'no model'}. Export one with `python -m bearcat.export "

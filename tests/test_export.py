@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,35 @@ def test_export_from_checkpoint_to_the_default_folder(trained_run, tmp_path, mon
     assert load_runtime(folder, "auto").name == "keras"
     with pytest.raises(FileNotFoundError, match="has no onnx model"):
         load_runtime(folder, "onnx")
+
+
+def test_export_into_a_used_folder_replaces_only_after_parity(exported, tmp_path, monkeypatch):
+    """Exporting into a folder that holds an earlier export: the files of formats not exported
+    this time are not served; a failed parity check changes nothing in the folder."""
+    deploy = tmp_path / "deploy"
+    shutil.copytree(exported["dir"], deploy)  # every format, from the fixture's export
+    (deploy / "notes.txt").write_text("mine")
+
+    def export_to(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return export(compose(config_name="export", overrides=[
+                f"checkpoint={exported['output_dir']}", f"output_dir={deploy}", f"paths.output_dir={tmp_path / 'job'}",
+                f"paths.cache_dir={exported['root'] / 'cache'}", *overrides]))
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    export_to("format=keras")
+    assert list(json.loads((deploy / "bundle.json").read_text())["exports"]) == ["keras"]
+    assert (deploy / "model.onnx").is_file()  # left by the earlier export, and not served:
+    with pytest.raises(FileNotFoundError, match="has no onnx model"):
+        load_runtime(deploy, "onnx")
+    assert load_runtime(deploy, "auto").name == "keras"
+
+    before = {p.relative_to(deploy): p.read_bytes() for p in deploy.rglob("*") if p.is_file()}
+    with pytest.raises(ParityError):
+        export_to("format=onnx", "parity.atol=-1")  # no difference passes a negative tolerance
+    assert {p.relative_to(deploy): p.read_bytes() for p in deploy.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deploy")]  # no staging folder left behind
+    assert (deploy / "notes.txt").read_text() == "mine"
 
 
 def test_export_errors_name_the_setting(make_cfg, tmp_path):
