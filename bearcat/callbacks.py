@@ -46,6 +46,14 @@ class ValidationMetrics(keras.callbacks.Callback):
             logs.update({f"val_{k}": v for k, v in self.evaluate_fn().items()})
 
 
+LOWER_IS_BETTER = ("val_loss", "val_cer")
+
+
+def better_direction(monitor: str) -> str:
+    """'min' for a loss or an error rate, else 'max' (accuracy, mAP)."""
+    return "min" if monitor in LOWER_IS_BETTER else "max"
+
+
 class Checkpointer(keras.callbacks.Callback):
     """`best.keras` (highest monitored value) and the last epoch's weights + optimizer
     state for resuming. Every write goes to a temporary name first and is renamed into
@@ -83,7 +91,9 @@ class Checkpointer(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         # Ties go to the later epoch: on a small val split the metric saturates (e.g. 1.0 for
         # many epochs) and the later, further-annealed weights read the test split better.
-        if value is not None and (self.state["best"] is None or value >= self.state["best"]):
+        best = self.state["best"]
+        if value is not None and (best is None or (value <= best if better_direction(self.monitor) == "min"
+                                                   else value >= best)):
             self.state["best"] = float(value)
             self.state["best_epoch"] = epoch + 1  # counted from 1, like "epoch" and the epoch-NNNN folders
             with replacing(self.folder / "best.keras", keep_suffix=True) as tmp:

@@ -76,6 +76,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat.experiment import filter_labels, load_sources, predict, score
     from bearcat.gallery import prediction_gallery
 
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)

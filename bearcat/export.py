@@ -180,6 +180,8 @@ def export(cfg: DictConfig) -> dict:
     from bearcat.evaluate import locate_bundle
 
     formats = chosen_formats(cfg.format)
+    if int(cfg.parity.images) < 1:
+        raise ValueError(f"parity.images={cfg.parity.images}: the check needs at least 1 image")
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)

@@ -67,7 +67,7 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     import keras
 
     from bearcat import tracking
-    from bearcat.callbacks import PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
+    from bearcat.callbacks import PreciseBatchNorm, TimeBudget, ValidationMetrics, better_direction, tensorboard
     from bearcat.optim.schedules import TimeBudgetCosine
 
     callbacks = []
@@ -77,7 +77,7 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     callbacks += [ValidationMetrics(val_metrics, int(cfg.trainer.batch_size)), *schedule_callbacks,
                   tracking.epoch_callback(), checkpointer]
     if cfg.callbacks.early_stopping.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max",
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=better_direction(monitor),
                                                        patience=cfg.callbacks.early_stopping.patience,
                                                        min_delta=cfg.callbacks.early_stopping.min_delta))
     if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
@@ -103,6 +103,23 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
     checkpointer.finish()
 
 
+TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Settings that would otherwise fail late (after the data is decoded) or quietly."""
+    t = cfg.trainer
+    for key, low in (("batch_size", 1), ("epochs", 1), ("bn_calibration_images", 0)):
+        if t.get(key) is not None and int(t[key]) < low:
+            raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
+    if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
+        raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
+    if t.get("max_minutes") is not None and float(t.max_minutes) <= 0:
+        raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
+    if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
+        raise ValueError(f"callbacks.monitor={cfg.callbacks.monitor}: choose one of {', '.join(TEXT_MONITORS)}")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     import keras
     from hydra.utils import instantiate
@@ -121,6 +138,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
+    check_settings(cfg)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,10 @@ def test_user_transform_from_yaml_and_bad_nodes(make_cfg, swust_copy):
     resize = make_cfg(["augmentation.transforms=[{_target_: albumentations.Resize, height: 10, width: 10, p: 1.0}]"])
     with pytest.raises(ValueError, match="changed the image shape"):
         build_augment(resize.augmentation).apply(images[0])
+    # the same number of pixels, turned on their side: not to be reshaped back into a scramble
+    turn = make_cfg(["augmentation.transforms=[{_target_: albumentations.Transpose, p: 1.0}]"])
+    with pytest.raises(ValueError, match="changed the image shape"):
+        build_augment(turn.augmentation).apply(images[0])
 
 
 def test_training_with_light_augmentation_logs_preview(make_cfg):

@@ -184,3 +184,7 @@ def test_unknown_scheduler_is_named(make_cfg):
     cfg = make_cfg(["scheduler=constant", "scheduler.name=linear"])
     with pytest.raises(ValueError, match="scheduler.name=linear"):
         build_schedule(cfg.scheduler, 0.1, 10, 5)
+    # shrinking cycles run out (the curve was NaN past their sum); a zero peak factor is no schedule
+    for bad, message in (("scheduler.t_mul=0.5", "scheduler.t_mul=0.5"), ("scheduler.m_mul=0", "scheduler.m_mul=0")):
+        with pytest.raises(ValueError, match=message):
+            build_schedule(make_cfg(["scheduler=cosine_restarts", bad]).scheduler, 0.1, 10, 30)

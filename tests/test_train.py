@@ -144,6 +144,35 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
         train(make_cfg(["debug=fast", "dataset=folder"]))
 
 
+@pytest.mark.parametrize("override,message", [
+    ("trainer.batch_size=0", "trainer.batch_size=0: must be at least 1"),
+    ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
+    ("trainer.max_minutes=0", "trainer.max_minutes=0"),
+    ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
+])
+def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_cfg(["debug=fast", override]))
+    assert not (tmp_path / "cache").exists()  # stopped before generating or decoding anything
+
+
+def test_a_lower_is_better_monitor_keeps_the_lowest_epoch(tmp_path):
+    import keras
+    import numpy as np
+
+    from bearcat.callbacks import Checkpointer
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
+    ckpt = Checkpointer(tmp_path, "val_cer")
+    ckpt.set_model(model)
+    for epoch, cer in enumerate([0.5, 0.2, 0.3]):
+        ckpt.on_epoch_end(epoch, {"val_cer": cer})
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["best"] == 0.2 and state["best_epoch"] == 2
+
+
 def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
     from bearcat.data.sources import folder
 

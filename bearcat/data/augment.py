@@ -22,7 +22,7 @@ class Augmenter:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         out = self.compose(image=image)["image"]
-        if out.size != image.size:
+        if out.shape[:2] != image.shape[:2] or out.size != image.size:  # (a gray image may lose its channel axis)
             raise ValueError(f"{self.name}: a transform changed the image shape {image.shape} -> {out.shape}; "
                              "augmentations must keep the model's input size")
         return np.ascontiguousarray(out, dtype=np.uint8).reshape(image.shape)

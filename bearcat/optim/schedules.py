@@ -20,6 +20,10 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                  restarts: bool = False, t_mul: float = 2.0, m_mul: float = 1.0):
         self.base_lr, self.warmup_steps, self.decay_steps = float(base_lr), int(warmup_steps), max(1, int(decay_steps))
         self.alpha, self.restarts, self.t_mul, self.m_mul = float(alpha), bool(restarts), float(t_mul), float(m_mul)
+        if self.restarts and self.t_mul < 1.0:  # shrinking cycles end after finitely many steps: log(<= 0) beyond
+            raise ValueError(f"scheduler.t_mul={t_mul}: each cycle must be at least as long as the last (>= 1)")
+        if self.restarts and self.m_mul <= 0.0:
+            raise ValueError(f"scheduler.m_mul={m_mul}: each cycle's peak is the last one's times this (> 0)")
 
     def __call__(self, step):
         return self.curve(keras.ops.cast(step, "float32"), keras.ops)
