@@ -2,8 +2,10 @@
 place. A killed process never leaves half a file under the real name, and a reader (another
 sweep job sharing a cache) sees the old file or the new one, never one being written.
 
-The temporary name is hidden and holds this process's id, so two processes writing the same
-target never write into each other's temporary file.
+The temporary name is hidden and holds this machine's name and this process's id, so two
+processes writing the same target never write into each other's temporary file, even on
+two machines sharing a cache folder (a SLURM sweep): a leftover is judged stale only by the
+machine that wrote it.
 """
 from __future__ import annotations
 
@@ -11,29 +13,37 @@ import json
 import os
 import re
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-TEMP_NAME = re.compile(r"\..+\.(\d+)\.tmp(\.[^.]+)?")  # .NAME.PID.tmp or .STEM.PID.tmp.SUFFIX
+# .NAME.HOST-PID.tmp or .STEM.HOST-PID.tmp.SUFFIX (.NAME.PID.tmp: written before the host was added)
+TEMP_NAME = re.compile(r"\..+\.(?:(?P<host>[A-Za-z0-9-]+)-)?(?P<pid>\d+)\.tmp(\.[^.]+)?")
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+
+
+def _owner() -> str:
+    return f"{HOST}-{os.getpid()}"
 
 
 def temp_path(target, keep_suffix: bool = False) -> Path:
-    """`.NAME.PID.tmp` next to `target`. `keep_suffix`: `.STEM.PID.tmp.SUFFIX`, for writers
+    """`.NAME.HOST-PID.tmp` next to `target`. `keep_suffix`: `.STEM.HOST-PID.tmp.SUFFIX`, for writers
     that choose the format from the suffix (Keras `.keras`, NumPy `.npz`, LiteRT `.tflite`).
     Without it the name ends in `.tmp`, so a leftover is never taken for an image."""
     target = Path(target)
     if keep_suffix:
-        return target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
-    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        return target.with_name(f".{target.stem}.{_owner()}.tmp{target.suffix}")
+    return target.with_name(f".{target.name}.{_owner()}.tmp")
 
 
 def remove_stale(folder) -> list[Path]:
-    """Remove the temporary files and folders in `folder` left by processes that no longer
-    run (killed while writing); those of live processes are kept. The removed paths."""
+    """Remove the temporary files and folders in `folder` left by processes of this machine
+    that no longer run (killed while writing); those of live processes, and those of other
+    machines (whose processes this one cannot see), are kept. The removed paths."""
     removed = []
     for path in Path(folder).glob(".*.tmp*"):
         match = TEMP_NAME.fullmatch(path.name)
-        if match and not _alive(int(match.group(1))):
+        if match and match["host"] in (None, HOST) and not _alive(int(match["pid"])):
             remove(path)
             removed.append(path)
     return removed

@@ -1,6 +1,7 @@
 """Atomic writes (bearcat/atomic.py), used for checkpoints, bundles, caches, reports and the
 labelling page's copies: a failed write keeps the old file, nothing temporary stays behind."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bearcat.atomic import remove_stale, replacing, temp_path, write_json
+from bearcat.atomic import HOST, remove_stale, replacing, temp_path, write_json
 from tests.conftest import ROOT
 
 
@@ -66,14 +67,17 @@ def test_leftovers_of_killed_processes_are_removed_and_live_ones_kept(tmp_path):
     dead = dead_pid()
     (tmp_path / f".epoch-0002.{dead}.tmp").mkdir()
     (tmp_path / f".epoch-0002.{dead}.tmp" / "model.weights.h5").write_bytes(b"half")
-    (tmp_path / f".best.{dead}.tmp.keras").write_bytes(b"half")
+    (tmp_path / f".best.{HOST}-{dead}.tmp.keras").write_bytes(b"half")
     live = temp_path(tmp_path / "ABCD_x.png")  # this process's: maybe being written right now
     live.write_bytes(b"in progress")
-    for name in ("ABCD_x.png", ".notes.tmp", "state.json"):  # not temporaries of ours: never touched
+    elsewhere = f".EFGH_x.png.other-node-7-{dead}.tmp"  # another machine's (a shared cache): its pid means nothing here
+    for name in ("ABCD_x.png", ".notes.tmp", "state.json", elsewhere):  # never touched
         (tmp_path / name).write_bytes(b"keep")
     removed = remove_stale(tmp_path)
-    assert sorted(p.name for p in removed) == [f".best.{dead}.tmp.keras", f".epoch-0002.{dead}.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".notes.tmp", "ABCD_x.png", "state.json", live.name])
+    assert sorted(p.name for p in removed) == [f".best.{HOST}-{dead}.tmp.keras", f".epoch-0002.{dead}.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".notes.tmp", "ABCD_x.png", "state.json", elsewhere, live.name])
+    assert f".{HOST}-{os.getpid()}.tmp" in live.name
 
 
 def test_a_new_checkpointer_clears_what_a_killed_run_left(tmp_path):
