@@ -55,7 +55,7 @@ def better_direction(monitor: str) -> str:
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """`best.keras` (highest monitored value) and the last epoch's weights + optimizer
+    """`best.keras` (the best monitored value) and the last epoch's weights + optimizer
     state for resuming. Every write goes to a temporary name first and is renamed into
     place, so a kill at any moment leaves a usable checkpoint."""
 
