@@ -149,6 +149,7 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
     ("trainer.max_minutes=0", "trainer.max_minutes=0"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
+    ("mode=efficientdet", "optimized_metric=best_val_accuracy: a detection run reports"),
 ])
 def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
