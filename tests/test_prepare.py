@@ -235,6 +235,14 @@ def test_clean_removes_only_cache_targets(make_cfg, tmp_path):
         with pytest.raises(ValueError, match="plain sub-folder name"):
             prepare(make_cfg(["action=clean", f"clean.targets=[{target!r}]"], config_name="prepare"))
     assert (cache / "mine" / "f.bin").is_file() and (cache / "packed" / "f.bin").is_file()
+    elsewhere = tmp_path / "elsewhere"  # a cache target that is a link: what it points to is kept
+    elsewhere.mkdir()
+    (elsewhere / "keep.png").write_bytes(b"keep")
+    (cache / "tiles").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match="is a link"):
+        prepare(make_cfg(["action=clean", "clean.targets=[tiles]"], config_name="prepare"))
+    (cache / "tiles").unlink()
+    assert (elsewhere / "keep.png").read_bytes() == b"keep"
     done = prepare(make_cfg(["action=clean", "dataset=folder", f"dataset.root={user}"], config_name="prepare"))
     assert sorted(Path(p).name for p in done["removed"]) == ["arrays", "packed", "synthetic"]
     assert sorted(p.name for p in cache.iterdir()) == ["mine"] and (user / "ab12_x.png").read_bytes() == b"keep"

@@ -78,7 +78,9 @@ def clean(cache_dir: str | Path, targets: list[str], protect: list[str | Path] =
         # one plain folder name: ".", "a/b", "/x" or ".." would reach the cache itself or beyond it
         if Path(name).name != name or name in (".", "..", QUARANTINE):
             raise ValueError(f"clean.targets: {name!r} must be a plain sub-folder name of paths.cache_dir")
-        folder = (cache / name).resolve()
+        folder = cache / name
+        if folder.is_symlink():  # what it points to is not the cache's to remove
+            raise ValueError(f"clean: {folder} is a link to {folder.resolve()}; not removing it")
         for user in guarded:
             if user == folder or folder in user.parents:
                 raise ValueError(f"clean: {folder} holds {user} (dataset.root); not removing it")
