@@ -81,6 +81,10 @@ class Checkpointer(keras.callbacks.Callback):
         if not (self.folder / STATE_FILE).is_file():  # a kill before the first epoch resumes this MLflow run
             write_json(self.folder / STATE_FILE, self.state, indent=1)
 
+    def best_metrics(self) -> dict:
+        """{"best_<monitor>": the best epoch's value} (what sweeps select on); {} before any epoch."""
+        return {} if self.state["best"] is None else {f"best_{self.monitor}": self.state["best"]}
+
     def finish(self) -> None:
         """Training has ended (all epochs, early stopping or the time budget): a resume after
         a kill in the testing that follows goes straight back to testing."""

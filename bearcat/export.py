@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -153,17 +152,8 @@ def commit_export(stage: Path, out: Path) -> None:
     from bearcat.bundle import BUNDLE_FILE
 
     for item in sorted(stage.iterdir(), key=lambda p: p.name == BUNDLE_FILE):
-        target = out / item.name
-        if item.is_dir():
-            if target.is_dir() and not target.is_symlink():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                target.rename(old)
-                item.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                item.rename(target)
-        else:
-            os.replace(item, target)
+        with replacing(out / item.name) as tmp:  # a file or a folder, swapped in whole
+            item.rename(tmp)
 
 
 def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:

@@ -7,7 +7,6 @@ of them. Only the Keras and SavedModel runtimes import TensorFlow.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -96,10 +95,11 @@ RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime,
 def available_formats(folder) -> list[str]:
     """The formats a bundle holds. An export's bundle.json lists the ones it wrote (and
     checked): a file an earlier export left in the same folder is not one of them."""
+    from bearcat.bundle import BUNDLE_FILE, read_meta
+
     folder = Path(folder)
     present = [f for f, name in FILES.items() if (folder / name).exists()]
-    meta = folder / "bundle.json"
-    exports = json.loads(meta.read_text(encoding="utf-8")).get("exports") if meta.is_file() else None
+    exports = read_meta(folder).get("exports") if (folder / BUNDLE_FILE).is_file() else None
     return [f for f in present if f == "keras" or f in exports] if exports else present
 
 

@@ -95,8 +95,11 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
     if checkpointer.state.get("training_done") or initial_epoch >= cfg.trainer.epochs:
         log.info("training had ended (epoch %d): testing the best checkpoint", initial_epoch)
         return
+    from bearcat.callbacks import TimeBudget
+    from bearcat.optim.schedules import TimeBudgetCosine
+
     for callback in callbacks:
-        if hasattr(callback, "used_before") and callback is not checkpointer:  # the time-budget callbacks
+        if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
             callback.used_before = checkpointer.used_before
     model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
               steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose, shuffle=False)  # the data shuffles itself
@@ -223,8 +226,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["test_ms_per_image"] = ms
         low = sum(r["confidence"] < cfg.low_confidence for r in results)
         metrics["test_low_confidence_fraction"] = low / max(1, len(results))
-        if checkpointer.state.get("best") is not None:  # e.g. best_val_accuracy: what sweeps should select on
-            metrics[f"best_{cfg.callbacks.monitor}"] = checkpointer.state["best"]
+        metrics |= checkpointer.best_metrics()  # e.g. best_val_accuracy: what sweeps should select on
         tracking.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
 

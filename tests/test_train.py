@@ -157,7 +157,8 @@ def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, ove
     assert not (tmp_path / "cache").exists()  # stopped before generating or decoding anything
 
 
-def test_a_lower_is_better_monitor_keeps_the_lowest_epoch(tmp_path):
+def checkpoint_epochs(folder, monitor: str, values: list[float]) -> dict:
+    """A Checkpointer on a tiny trained model, fed one epoch per value; its state.json."""
     import keras
     import numpy as np
 
@@ -166,11 +167,15 @@ def test_a_lower_is_better_monitor_keeps_the_lowest_epoch(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
-    ckpt = Checkpointer(tmp_path, "val_cer")
+    ckpt = Checkpointer(folder, monitor)
     ckpt.set_model(model)
-    for epoch, cer in enumerate([0.5, 0.2, 0.3]):
-        ckpt.on_epoch_end(epoch, {"val_cer": cer})
-    state = json.loads((tmp_path / "state.json").read_text())
+    for epoch, value in enumerate(values):
+        ckpt.on_epoch_end(epoch, {monitor: value})
+    return json.loads((Path(folder) / "state.json").read_text())
+
+
+def test_a_lower_is_better_monitor_keeps_the_lowest_epoch(tmp_path):
+    state = checkpoint_epochs(tmp_path, "val_cer", [0.5, 0.2, 0.3])
     assert state["best"] == 0.2 and state["best_epoch"] == 2
 
 
@@ -287,19 +292,7 @@ def test_redrawing_a_captcha_never_rewrites_a_file_in_place(tmp_path):
 
 
 def test_best_checkpoint_ties_go_to_the_later_epoch(tmp_path):
-    import keras
-    import numpy as np
-
-    from bearcat.callbacks import Checkpointer
-
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
-    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
-    ckpt = Checkpointer(tmp_path, "val_accuracy")
-    ckpt.set_model(model)
-    for epoch, acc in enumerate([0.5, 1.0, 0.9, 1.0]):
-        ckpt.on_epoch_end(epoch, {"val_accuracy": acc})
-    state = json.loads((tmp_path / "state.json").read_text())
+    state = checkpoint_epochs(tmp_path, "val_accuracy", [0.5, 1.0, 0.9, 1.0])
     assert state["best"] == 1.0 and state["best_epoch"] == 4 and state["epoch"] == 4
     assert (tmp_path / "best.keras").is_file() and [p.name for p in tmp_path.glob("epoch-*")] == ["epoch-0004"]
 

@@ -194,8 +194,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
         scored, scores, results = score_detections(detector, test_records, splits.categories)
         metrics = {f"test_{k}": v for k, v in scored.items()}
         metrics["test_ms_per_image"] = (time.perf_counter() - start) * 1000.0 / max(1, len(results))
-        if checkpointer.state.get("best") is not None:  # e.g. best_val_map: what sweeps select on
-            metrics[f"best_{cfg.mode.monitor}"] = checkpointer.state["best"]
+        metrics |= checkpointer.best_metrics()  # best_val_map: what sweeps select on
         tracking.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
         pred_dir = out_dir / "predictions"
