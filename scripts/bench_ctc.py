@@ -172,8 +172,7 @@ def main():
 
     from hydra import compose, initialize_config_dir
 
-    import keras
-
+    from bearcat.bundle import load_keras
     from bearcat.experiment import build_vocab_and_mode, load_data, load_sources, predict
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -184,7 +183,7 @@ def main():
     data = load_data(cfg, splits, mode)
     train, val, test = (data.loaded[s] for s in ("train", "val", "test"))
     pipe = pipeline_speed(train.images, mode.encode(train.labels), cfg.trainer.batch_size)
-    default_model = keras.models.load_model(workdir / "run" / "model" / "model.keras", compile=False)
+    default_model = load_keras(workdir / "run" / "model" / "model.keras")
     default_results, _ = predict(default_model, mode, test.images)
     default["test_accuracy_o_is_0"] = folded_accuracy(test.labels, [r["result"] for r in default_results])
     report = {"default": default, "pipeline_images_per_s": pipe}

@@ -6,12 +6,14 @@ process, interleaved, against the first variant as the baseline.
     python scripts/bench_step.py --variants "gru:mode.rnn=gru" "none:mode.rnn=none" --common mode=ordinary
     python scripts/bench_step.py --variants "lazy:opt:lazy" "eager:" --common backbone=efficientnetv2b0
     python scripts/bench_step.py --variants "dense:loss:dense" "native:"   # the CTC loss kernels
+    python scripts/bench_step.py --variants "keras:bn:keras" "fused:"      # BatchNorm: Keras' layer or fused
 
 A variant is `NAME:TOKENS`, where TOKENS are config overrides (key=value),
 `env:VAR=VALUE` environment settings, `opt:lazy` (leave the optimizer's slots to the
 first traced step, as plain Keras does, instead of `bearcat.experiment.compile_model`'s
-eager build), and `loss:dense` (the loss a mode uses under XLA: for CTC the dense
-keras.ops.ctc_loss instead of TensorFlow's native kernel); environment settings that
+eager build), `loss:dense` (the loss a mode uses under XLA: for CTC the dense
+keras.ops.ctc_loss instead of TensorFlow's native kernel) and `bn:keras` (Keras' own
+BatchNormalization instead of Bearcat's fused one, bearcat.models.batchnorm); environment settings that
 TensorFlow reads at import (TF_ENABLE_ONEDNN_OPTS) are why every measurement runs in its
 own process. The model is built from the composed config and fed random images of the
 configured input size, so no data set is needed. `first step s` is compile + the first training step (tracing). Absolute
@@ -51,7 +53,11 @@ def measure(overrides: list[str], steps: int) -> dict:
 
     lazy = "opt:lazy" in overrides  # script tokens, passed along with the config overrides
     dense = "loss:dense" in overrides
-    tokens = ("opt:lazy", "loss:dense")
+    if "bn:keras" in overrides:
+        import bearcat.models.batchnorm
+
+        bearcat.models.batchnorm.FUSED = False
+    tokens = ("opt:lazy", "loss:dense", "bn:keras")
     cfg, mode, model, images, labels = random_batch_model([o for o in overrides if o not in tokens])
     return speed(model, mode.loss(xla=dense), images, mode.encode(labels), int(cfg.trainer.batch_size), steps,
                  build_optimizer=not lazy)

@@ -15,6 +15,7 @@ import keras
 from keras import layers, ops
 
 from bearcat.detection.anchors import AnchorConfig
+from bearcat.models.batchnorm import batch_norm
 
 PRIOR = 0.01  # initial foreground probability of the class net (stable focal-loss start)
 
@@ -40,7 +41,7 @@ class FastFusion(layers.Layer):
 
 def _sep_conv_bn(x, channels: int, name: str, activate: bool = True):
     x = layers.SeparableConv2D(channels, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(name=f"{name}_bn")(x)
     return layers.Activation("swish", name=f"{name}_act")(x) if activate else x
 
 
@@ -49,7 +50,7 @@ def _resample(x, channels: int, name: str):
     if x.shape[-1] == channels:
         return x
     x = layers.Conv2D(channels, 1, padding="same", use_bias=False, name=f"{name}_proj")(x)
-    return layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+    return batch_norm(name=f"{name}_proj_bn")(x)
 
 
 def bifpn(features: list, channels: int, repeats: int) -> list:
@@ -83,7 +84,7 @@ def _head(feats: list, channels: int, repeats: int, outputs_per_anchor: int, anc
     flat = []
     for level, x in enumerate(feats):
         for k, conv in enumerate(convs):
-            x = layers.BatchNormalization(name=f"{name}_bn{k}_l{level}")(conv(x))
+            x = batch_norm(name=f"{name}_bn{k}_l{level}")(conv(x))
             x = layers.Activation("swish")(x)
         x = final(x)
         flat.append(layers.Reshape((-1, outputs_per_anchor), name=f"{name}_flat_l{level}")(x))

@@ -12,10 +12,12 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from bearcat.models.batchnorm import batch_norm
+
 
 def _conv_bn(x, filters: int, kernel, strides=1, name: str = ""):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

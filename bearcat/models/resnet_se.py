@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from keras import layers
 
+from bearcat.models.batchnorm import batch_norm
+
 
 def squeeze_excite(x, ratio: float, name: str):
     """Channel gate: global average -> bottleneck -> sigmoid weights -> x * weights."""
@@ -26,12 +28,12 @@ def residual_block(x, filters: int, strides, se_ratio: float, name: str):
     shortcut = x
     if strides != (1, 1) or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = batch_norm(name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = batch_norm(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = batch_norm(name=f"{name}_bn2")(y)
     if se_ratio:
         y = squeeze_excite(y, se_ratio, f"{name}_se")
     y = layers.Add(name=f"{name}_add")([shortcut, y])
@@ -46,7 +48,7 @@ def resnet_se(inputs, stem_filters: int = 32, filters=(32, 64, 96, 128), blocks=
         raise ValueError("backbone.filters, backbone.blocks and backbone.strides must have the same length")
     x = layers.Rescaling(scale, offset, name="rescale")(inputs)
     x = layers.Conv2D(stem_filters, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = batch_norm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for s, (f, n, stride) in enumerate(zip(filters, blocks, strides)):
         for b in range(int(n)):
