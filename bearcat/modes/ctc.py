@@ -124,8 +124,6 @@ class CTCMode(Mode):
         return steps
 
     def build_head(self, features):
-        from keras import layers
-
         o = self.options
         upsample = int(o.get("time_upsample") or 1)
         at = o.get("time_upsample_at") or "rnn"
@@ -135,20 +133,27 @@ class CTCMode(Mode):
         # Extra time steps made before the RNN, or written by the output layer per RNN step.
         rnn_upsample, split = (1, upsample) if at == "output" else (upsample, 1)
         x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", rnn_upsample)
+        return self.output_steps(x, split, o.get("split_blank_bias"), "ctc")
+
+    def output_steps(self, x, split: int, blank_bias, name: str):
+        """(B, T, units) -> (B, T x split, classes) softmax. With split > 1 the layers before
+        run once per step and the output layer writes `split` steps for each: room for a
+        blank between doubled characters at the cost of one wider Dense."""
+        from keras import layers
+
+        classes = self.vocab.num_classes
         if split == 1:
-            return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_probs", dtype="float32")(x)
-        # The recurrent layer runs once per column and the output layer writes `split` steps
-        # for each: room for a blank between doubled characters at the cost of one wider Dense.
-        dense = layers.Dense(split * self.vocab.num_classes, name="ctc_split")
+            return layers.Dense(classes, activation="softmax", name=f"{name}_probs", dtype="float32")(x)
+        dense = layers.Dense(split * classes, name=f"{name}_split")
         x = dense(x)
         # Start the extra steps as likely blanks: the first step of each column then learns as
         # with one step per column, and CTC leaves its all-blank plateau as early (on ~1,100
         # real captchas: after 4 epochs instead of none in 20 with a zero bias; README "Modes").
         bias = np.array(dense.bias.numpy())
-        bias[self.vocab.num_classes::self.vocab.num_classes] = float(o.get("split_blank_bias") or 0.0)
+        bias[classes::classes] = float(blank_bias or 0.0)
         dense.bias.assign(bias)
-        x = layers.Reshape((x.shape[1] * split, self.vocab.num_classes), name="ctc_steps")(x)
-        return layers.Activation("softmax", name="ctc_probs", dtype="float32")(x)
+        x = layers.Reshape((x.shape[1] * split, classes), name=f"{name}_steps")(x)
+        return layers.Activation("softmax", name=f"{name}_probs", dtype="float32")(x)
 
     def loss(self, xla: bool = False):
         """CTC loss of the softmax output. TensorFlow's own CTC kernel, fed sparse labels,

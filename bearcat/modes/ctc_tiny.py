@@ -17,12 +17,15 @@ class CTCTinyMode(CTCMode):
     name = "ctc_tiny"
 
     def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 96, conv_layers: int = 2,
-                 kernel_size: int = 3, dropout: float = 0.0, decoder: str = "greedy", beam_width: int = 10,
-                 **extra):
+                 kernel_size: int = 3, dropout: float = 0.0, time_upsample: int = 1, split_blank_bias: float = 3.0,
+                 decoder: str = "greedy", beam_width: int = 10, **extra):
         Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
-                      kernel_size=kernel_size, dropout=dropout, decoder=decoder, beam_width=beam_width, **extra)
+                      kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
+                      split_blank_bias=split_blank_bias, decoder=decoder, beam_width=beam_width, **extra)
         if decoder not in ("greedy", "beam_search"):
             raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
+        if int(time_upsample) < 1:
+            raise ValueError(f"mode.time_upsample={time_upsample}: must be 1 or more")
         if time_steps < self.min_time_steps:
             raise ValueError(f"mode.time_steps={time_steps}: CTC needs at least 2 x max_length + 1 = "
                              f"{self.min_time_steps} for labels of up to {self.max_length} characters")
@@ -39,4 +42,5 @@ class CTCTinyMode(CTCMode):
         for i in range(int(o["conv_layers"])):
             x = layers.Conv1D(int(o["units"]), int(o["kernel_size"]), padding="same", activation="relu",
                               name=f"ctc_tiny_conv{i}")(x)
-        return layers.Dense(self.vocab.num_classes, activation="softmax", name="ctc_tiny_probs", dtype="float32")(x)
+        # As ctc's time_upsample_at=output: each step writes `time_upsample` CTC steps.
+        return self.output_steps(x, int(o["time_upsample"]), o["split_blank_bias"], "ctc_tiny")
