@@ -34,6 +34,8 @@ def do_generate(cfg: DictConfig) -> dict:
     settings = {k: OmegaConf.to_container(d, resolve=True)[k] for k in
                 ("charset", "min_length", "max_length", "image_width", "image_height", "seed", "fonts", "font_sizes")}
     settings["style"] = d.get("style")  # dataset.style (bearcat/data/styled.py), null = the library's look
+    settings["train_focus_chars"] = d.get("train_focus_chars")  # the train split only
+    settings["train_focus_weight"] = d.get("train_focus_weight", 1.0)
     sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
     return generate(cfg.generate.output, sizes, settings, cfg.workers)
 

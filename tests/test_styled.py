@@ -40,3 +40,34 @@ def test_style_and_font_errors_name_the_key(tmp_path):
         synthetic_settings("ab", 1, 2, 60, 30, 0, fonts=[str(tmp_path)])
     folder = synthetic_settings("ab", 1, 2, 60, 30, 0, fonts=["/usr/share/fonts/truetype/dejavu"])
     assert len(folder["fonts"]) > 3 and all(f.endswith((".ttf", ".otf", ".ttc")) for f in folder["fonts"])
+
+
+def test_train_focus_chars_skew_the_train_split_only(make_cfg, tmp_path):
+    """dataset.train_focus_chars draws those characters train_focus_weight times as often in
+    the training labels; val and test stay the plain task, image for image."""
+    from bearcat.data.sources import synthetic_settings
+
+    small = ["dataset.charset=AB12", "dataset.train_size=300", "dataset.val_size=40", "dataset.test_size=40",
+             "dataset.workers=1", "dataset.image_width=60", "dataset.image_height=30"]
+    plain = instantiate(make_cfg([*small, "dataset.train_focus_chars=null"]).dataset, cache_dir=str(tmp_path),
+                        _convert_="all")
+    focused = instantiate(make_cfg([*small, "dataset.train_focus_chars=AZ", "dataset.train_focus_weight=10"]).dataset,
+                          cache_dir=str(tmp_path), _convert_="all")
+
+    def share_of_a(samples):
+        text = "".join(label for _, label in samples)
+        return text.count("A") / len(text)
+
+    assert share_of_a(plain.train) < 0.35 and share_of_a(focused.train) > 0.6  # 10 / 13 expected
+    for split in ("val", "test"):
+        assert [Path(p).name for p, _ in getattr(focused, split)] == [Path(p).name for p, _ in getattr(plain, split)]
+        assert digest(p for p, _ in getattr(focused, split)) == digest(p for p, _ in getattr(plain, split))
+    assert Path(focused.train[0][0]).parent != Path(plain.train[0][0]).parent  # the focus is part of the cache key
+    # Z is not in the charset: left out, so a charset override keeps the default focus valid
+    assert synthetic_settings("AB12", 1, 2, 60, 30, 0, train_focus_chars="AZ", train_focus_weight=10)[
+        "train_char_weights"] == {"A": 10.0}
+    # the default focus (O and 0) on a charset without them changes nothing, not even the cache key
+    assert synthetic_settings("AB12", 1, 2, 60, 30, 0, train_focus_chars="O0", train_focus_weight=3) == \
+        synthetic_settings("AB12", 1, 2, 60, 30, 0)
+    with pytest.raises(ValueError, match=r"dataset.train_focus_weight=0: must be > 0"):
+        synthetic_settings("AB12", 1, 2, 60, 30, 0, train_focus_chars="A", train_focus_weight=0)

@@ -59,8 +59,12 @@ def cached_paths(done: Path, make) -> list[str]:
     return paths
 
 
-def _random_label(rng: random.Random, charset: str, min_length: int, max_length: int) -> str:
-    return "".join(rng.choice(charset) for _ in range(rng.randint(min_length, max_length)))
+def _random_label(rng: random.Random, charset: str, min_length: int, max_length: int,
+                  weights: dict[str, float] | None = None) -> str:
+    length = rng.randint(min_length, max_length)
+    if not weights:
+        return "".join(rng.choice(charset) for _ in range(length))
+    return "".join(rng.choices(charset, [weights.get(c, 1.0) for c in charset], k=length))
 
 
 class _SeededSecrets:
@@ -105,7 +109,8 @@ def _generate_one(job) -> str:
     out_dir, split, index, s = job
     key = f"{s['seed']}/{split}/{index}"
     rng = random.Random(key)
-    label = _random_label(rng, s["charset"], s["min_length"], s["max_length"])
+    weights = s.get("train_char_weights") if split == "train" else None  # val/test: the plain task
+    label = _random_label(rng, s["charset"], s["min_length"], s["max_length"], weights)
     # captcha >= 0.6 draws from `secrets`, which cannot be seeded: give its module a seeded
     # stand-in so the same settings always give the same images.
     import captcha.image
@@ -138,9 +143,22 @@ def font_files(fonts: list[str] | None) -> list[str]:
     return files
 
 
+def focus_weights(chars: str | None, weight: float, charset: str) -> dict[str, float] | None:
+    """dataset.train_focus_chars / train_focus_weight -> {character: weight} for the
+    characters of `charset` (others are left out: a charset override keeps the default
+    focus valid); None when nothing is weighted."""
+    if not chars:
+        return None
+    if not float(weight) > 0.0:
+        raise ValueError(f"dataset.train_focus_weight={weight}: must be > 0")
+    out = {c: float(weight) for c in dict.fromkeys(str(chars)) if c in charset}
+    return out if out and float(weight) != 1.0 else None
+
+
 def synthetic_settings(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
                        seed: int, fonts: list[str] | None = None, font_sizes: list[int] | None = None,
-                       style: dict | None = None) -> dict:
+                       style: dict | None = None, train_focus_chars: str | None = None,
+                       train_focus_weight: float = 1.0) -> dict:
     """Checked generator settings: every value that changes the images."""
     from bearcat.data.styled import style_settings
 
@@ -157,6 +175,9 @@ def synthetic_settings(charset: str, min_length: int, max_length: int, image_wid
     style = style_settings(style)
     if style:  # only when set, so the cache keys of unstyled sets stay as they were
         settings["style"] = style
+    weights = focus_weights(train_focus_chars, train_focus_weight, charset)
+    if weights:  # likewise
+        settings["train_char_weights"] = weights
     return settings
 
 
@@ -172,10 +193,10 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
               train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
               fonts: list[str] | None = None, font_sizes: list[int] | None = None,
               lowercase: bool = False, workers: int | None = None, style: dict | None = None,
-              **_ignored) -> Splits:
+              train_focus_chars: str | None = None, train_focus_weight: float = 1.0, **_ignored) -> Splits:
     """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`."""
     settings = synthetic_settings(charset, min_length, max_length, image_width, image_height, seed, fonts,
-                                  font_sizes, style)
+                                  font_sizes, style, train_focus_chars, train_focus_weight)
     charset = settings["charset"]
     sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
     root = Path(cache_dir) / "synthetic" / _synthetic_key(settings)
