@@ -1,6 +1,6 @@
 """Benchmark the recognition modes side by side under the same wall-time budget.
 
-    python scripts/bench_modes.py                          # ctc, ctc_tiny, ordinary: 10 min each; tiles: 5 min
+    python scripts/bench_modes.py                          # ctc, ctc_tiny, ordinary: 6 min each; tiles: 5 min
     python scripts/bench_modes.py --minutes 1 --tiles-minutes 1 --modes ctc_tiny num_classes \
         --overrides paths.cache_dir=/tmp/small dataset.train_size=2000        # quick check on small data
 
@@ -41,7 +41,9 @@ def main():
     from bearcat.benchmark import add_common_args, run_series
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per text mode (minutes)")
+    parser.add_argument("--minutes", type=float, default=6.0,
+                        help="training budget per text mode (minutes); 6, the default trainer.max_minutes, leaves "
+                             "room for generating the data within 10")
     parser.add_argument("--tiles-minutes", type=float, default=5.0, help="training budget for num_classes (minutes)")
     parser.add_argument("--modes", nargs="+", default=[*TEXT_MODES, "num_classes"],
                         choices=[*TEXT_MODES, "num_classes"])
