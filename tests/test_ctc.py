@@ -114,6 +114,24 @@ def test_native_ctc_loss_matches_the_dense_one_and_xla_trains():
     assert history[-1] < history[0]
 
 
+@pytest.mark.parametrize("name", ["ctc", "ctc_tiny"])
+def test_confidence_penalty_subtracts_the_weighted_step_entropy(name):
+    """mode.confidence_penalty=b: loss = CTC - b x (the entropy of every step, summed), with
+    either CTC kernel; a negative weight is refused, naming the key."""
+    import keras
+
+    y = build_mode(name, VOCAB, 4).encode(["AB", "CCA"])
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(VOCAB.num_classes), (2, 9)).astype("float32")
+    entropy = -(probs * np.log(probs)).sum(axis=(1, 2))
+    for xla in (False, True):
+        plain = keras.ops.convert_to_numpy(build_mode(name, VOCAB, 4).loss(xla=xla)(y, probs))
+        penalised = build_mode(name, VOCAB, 4, confidence_penalty=0.3).loss(xla=xla)(y, probs)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(penalised), plain - 0.3 * entropy, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mode.confidence_penalty=-0.1"):
+        build_mode(name, VOCAB, 4, confidence_penalty=-0.1).loss()
+
+
 def test_too_few_time_steps_fails_at_build_naming_the_setting():
     import keras
 

@@ -179,7 +179,20 @@ class CTCMode(Mode):
             return tf.nn.ctc_loss(labels, tf.math.log(y_pred + EPS), None, tf.fill([shape[0]], shape[1]),
                                   logits_time_major=False, blank_index=0)
 
-        return ctc_loss if xla else native_ctc_loss
+        chosen = ctc_loss if xla else native_ctc_loss
+        beta = float(self.options.get("confidence_penalty") or 0.0)
+        if beta < 0:
+            raise ValueError(f"mode.confidence_penalty={beta}: must be 0 or more")
+        if not beta:
+            return chosen
+
+        def penalised_ctc_loss(y_true, y_pred):
+            # Confidence penalty (Pereyra et al. 2017), CTC's stand-in for label smoothing: a
+            # reward for each step's entropy, so steps are not pushed to certainty they cannot back.
+            entropy = -keras.ops.sum(y_pred * keras.ops.log(y_pred + EPS), axis=(1, 2))
+            return chosen(y_true, y_pred) - beta * entropy
+
+        return penalised_ctc_loss
 
     def decode(self, probs):
         probs = np.asarray(probs)
