@@ -165,6 +165,32 @@ def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
     assert sizes["ctc_tiny"] < sizes["ctc"] and rnns == {"ctc": 1, "ctc_tiny": 0}
 
 
+def test_ctc_tiny_time_upsample_at_conv_repeats_the_steps_before_the_last_convolution():
+    """time_upsample_at=conv: the steps are repeated time_upsample times before the last
+    convolution, so the output has that many steps per step with no split layer; it learns to spell doubled
+    characters on a toy task; with no convolution to do it, a clear error."""
+    keras.utils.set_random_seed(0)
+    mode = build_mode("ctc_tiny", VOCAB, 2, time_steps=5, units=16, conv_layers=2, time_upsample=2,
+                      time_upsample_at="conv")
+    inputs = keras.Input((1, 5, 3))
+    model = keras.Model(inputs, mode.build_head(inputs))
+    assert model.output.shape[1] == model.get_layer("ctc_tiny_conv1").output.shape[1] == 10
+    assert model.get_layer("ctc_tiny_conv0").output.shape[1] == 5
+    assert not any("split" in layer.name for layer in model.layers)
+    labels = ["AA", "B", "AB", "CC"]
+    x = np.zeros((4, 1, 5, 3), np.float32)
+    for i, label in enumerate(labels):
+        for j, ch in enumerate(label):
+            x[i, 0, 2 + j, "ABC".index(ch)] = 1.0  # neighbouring columns
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=mode.loss())
+    model.fit(x, mode.encode(labels), epochs=150, batch_size=4, verbose=0)
+    assert [p["result"] for p in mode.decode(model.predict(x, verbose=0))] == labels
+    with pytest.raises(ValueError, match="time_upsample_at=conv needs mode.conv_layers >= 1"):
+        build_mode("ctc_tiny", VOCAB, 2, time_steps=5, conv_layers=0, time_upsample=2, time_upsample_at="conv")
+    with pytest.raises(ValueError, match="mode.time_upsample_at=rnn: choose output or conv"):
+        build_mode("ctc_tiny", VOCAB, 2, time_steps=5, time_upsample_at="rnn")
+
+
 def test_ctc_tiny_rejects_too_few_time_steps(make_cfg):
     with pytest.raises(ValueError, match="mode.time_steps=10: CTC needs at least 2 x max_length \\+ 1 = 13"):
         build_mode("ctc_tiny", VOCAB, 6, **mode_options(make_cfg(["mode=ctc_tiny", "mode.time_steps=10"])))

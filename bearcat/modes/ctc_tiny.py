@@ -17,15 +17,19 @@ class CTCTinyMode(CTCMode):
     name = "ctc_tiny"
 
     def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 96, conv_layers: int = 2,
-                 kernel_size: int = 3, dropout: float = 0.0, time_upsample: int = 1, split_blank_bias: float = 3.0,
-                 decoder: str = "greedy", beam_width: int = 10, **extra):
+                 kernel_size: int = 3, dropout: float = 0.0, time_upsample: int = 1, time_upsample_at: str = "output",
+                 split_blank_bias: float = 3.0, decoder: str = "greedy", beam_width: int = 10, **extra):
         Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
                       kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
-                      split_blank_bias=split_blank_bias, decoder=decoder, beam_width=beam_width, **extra)
+                      time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, decoder=decoder, beam_width=beam_width, **extra)
         if decoder not in ("greedy", "beam_search"):
             raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
         if int(time_upsample) < 1:
             raise ValueError(f"mode.time_upsample={time_upsample}: must be 1 or more")
+        if time_upsample_at not in ("output", "conv"):
+            raise ValueError(f"mode.time_upsample_at={time_upsample_at}: choose output or conv")
+        if time_upsample_at == "conv" and int(time_upsample) > 1 and int(conv_layers) < 1:
+            raise ValueError("mode.time_upsample_at=conv needs mode.conv_layers >= 1 (the last one makes the steps)")
         if time_steps < self.min_time_steps:
             raise ValueError(f"mode.time_steps={time_steps}: CTC needs at least 2 x max_length + 1 = "
                              f"{self.min_time_steps} for labels of up to {self.max_length} characters")
@@ -39,8 +43,15 @@ class CTCTinyMode(CTCMode):
         pool = max(1, width // int(o["time_steps"]))  # width // pool >= time_steps
         if pool > 1:
             x = layers.AveragePooling1D(pool, name="ctc_tiny_pool")(x)
-        for i in range(int(o["conv_layers"])):
+        up, n = int(o["time_upsample"]), int(o["conv_layers"])
+        in_conv = up > 1 and o.get("time_upsample_at") == "conv"
+        for i in range(n):
+            if in_conv and i == n - 1:
+                # time_upsample_at=conv: steps repeated before the last convolution, which then
+                # tells the copies apart by their neighbours (a transposed convolution did the
+                # same at half the training speed here).
+                x = layers.UpSampling1D(up, name="ctc_tiny_upsample")(x)
             x = layers.Conv1D(int(o["units"]), int(o["kernel_size"]), padding="same", activation="relu",
                               name=f"ctc_tiny_conv{i}")(x)
-        # As ctc's time_upsample_at=output: each step writes `time_upsample` CTC steps.
-        return self.output_steps(x, int(o["time_upsample"]), o["split_blank_bias"], "ctc_tiny")
+        # time_upsample_at=output (as ctc's): each step writes `time_upsample` CTC steps.
+        return self.output_steps(x, 1 if in_conv else up, o["split_blank_bias"], "ctc_tiny")
