@@ -191,6 +191,7 @@ def main() -> None:
     # The swust preset trains ordinary mode from scratch; the fine-tune keeps the CTC head of
     # pretrain_generated (same 0-9a-z vocabulary), so both kinds of run use CTC + light augmentation.
     tune = ["experiment=swust", "mode=ctc", "mode.time_upsample=1", "mode.time_upsample_at=rnn",  # as the pretrain
+            "mode.confidence_penalty=0",  # the few-labels figures were measured without it
             "augmentation=light", *budget, "trainer.batch_size=32", *args.extra]
     for size in args.sizes:
         root, pool = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed,

@@ -151,7 +151,7 @@ def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
 
     sizes, rnns = {}, {}
     for name in ("ctc", "ctc_tiny"):
-        cfg = make_cfg([f"mode={name}", *(["mode.time_upsample=2"] if name == "ctc_tiny" else [])])
+        cfg = make_cfg([f"mode={name}", *(["mode.time_upsample_at=output"] if name == "ctc_tiny" else [])])
         model = build_model(cfg, build_mode(name, Vocabulary("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 6,
                                             **mode_options(cfg)))
         sizes[name] = model.count_params()
@@ -163,6 +163,10 @@ def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
             assert bias[37] == 3.0 and bias[0] == 0.0
         keras.backend.clear_session()
     assert sizes["ctc_tiny"] < sizes["ctc"] and rnns == {"ctc": 1, "ctc_tiny": 0}
+    # The default makes the second step of each column before the last convolution instead.
+    model = build_model(make_cfg(["mode=ctc_tiny"]), build_mode("ctc_tiny", VOCAB, 6, **mode_options(make_cfg(["mode=ctc_tiny"]))))
+    steps = model.get_layer("ctc_tiny_upsample").input.shape[1]
+    assert model.output.shape[1] == 2 * steps >= 32 and not any("split" in layer.name for layer in model.layers)
 
 
 def test_ctc_tiny_time_upsample_at_conv_repeats_the_steps_before_the_last_convolution():
