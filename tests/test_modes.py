@@ -164,15 +164,16 @@ def test_ctc_tiny_decodes_like_ctc_and_is_lighter(make_cfg):
         keras.backend.clear_session()
     assert sizes["ctc_tiny"] < sizes["ctc"] and rnns == {"ctc": 1, "ctc_tiny": 0}
     # The default makes the second step of each column before the last convolution instead.
-    model = build_model(make_cfg(["mode=ctc_tiny"]), build_mode("ctc_tiny", VOCAB, 6, **mode_options(make_cfg(["mode=ctc_tiny"]))))
+    cfg = make_cfg(["mode=ctc_tiny"])
+    model = build_model(cfg, build_mode("ctc_tiny", VOCAB, 6, **mode_options(cfg)))
     steps = model.get_layer("ctc_tiny_upsample").input.shape[1]
     assert model.output.shape[1] == 2 * steps >= 32 and not any("split" in layer.name for layer in model.layers)
 
 
 def test_ctc_tiny_time_upsample_at_conv_repeats_the_steps_before_the_last_convolution():
     """time_upsample_at=conv: the steps are repeated time_upsample times before the last
-    convolution, so the output has that many steps per step with no split layer; it learns to spell doubled
-    characters on a toy task; with no convolution to do it, a clear error."""
+    convolution, so the output has that many steps per step with no split layer; it learns
+    to spell doubled characters on a toy task; with no convolution to do it, a clear error."""
     keras.utils.set_random_seed(0)
     mode = build_mode("ctc_tiny", VOCAB, 2, time_steps=5, units=16, conv_layers=2, time_upsample=2,
                       time_upsample_at="conv")
