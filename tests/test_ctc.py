@@ -201,6 +201,23 @@ def test_time_upsample_at_output_splits_each_column_after_the_rnn():
         build_mode("ctc", VOCAB, 2, time_upsample=2, time_upsample_at="input").build_head(inputs)
 
 
+def test_rnn_unroll_computes_the_same_outputs_as_the_loop():
+    """mode.rnn_unroll=true unrolls the recurrent layer over its steps (faster on a CPU for
+    captcha-length sequences, README "Modes"); same weights, same outputs as the loop."""
+    import keras
+
+    models = []
+    for unroll in (False, True):
+        mode = build_mode("ctc", VOCAB, 2, rnn_units=16, rnn_unroll=unroll, time_upsample=2, time_upsample_at="output")
+        inputs = keras.Input((1, 8, 4))
+        models.append(keras.Model(inputs, mode.build_head(inputs)))
+        assert models[-1].get_layer("ctc_rnn0").forward_layer.unroll is unroll
+    models[1].set_weights(models[0].get_weights())
+    x = np.random.default_rng(0).random((3, 1, 8, 4), np.float32)
+    loop, unrolled = (model.predict(x, verbose=0) for model in models)
+    np.testing.assert_allclose(unrolled, loop, rtol=1e-5, atol=1e-6)
+
+
 def test_time_budget_cosine_anneals_by_time_or_steps():
     from bearcat.optim.schedules import TimeBudgetCosine
 
