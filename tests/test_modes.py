@@ -107,6 +107,13 @@ def test_tiles_are_cached_and_deterministic(tmp_path):
 
 # ------------------------------------------------------------------ labels and decoding
 
+@pytest.mark.parametrize("name", ["ctc", "ctc_tiny", "ordinary", "num_classes"])
+def test_mode_keyword_defaults_are_the_yaml_defaults(make_cfg, name):
+    """build_mode(name, ...) without options builds what `mode=name` does: the classes'
+    keyword defaults and conf/mode/*.yaml do not drift apart."""
+    assert build_mode(name, VOCAB, 6).options == mode_options(make_cfg([f"mode={name}"]))
+
+
 def test_ordinary_pads_with_blank_and_decoding_drops_it(make_cfg):
     mode = build_mode("ordinary", VOCAB, 4, **mode_options(make_cfg(["mode=ordinary"])))
     np.testing.assert_array_equal(mode.encode(["AB", "CABC"]), [[1, 2, 0, 0], [3, 1, 2, 3]])

@@ -100,10 +100,15 @@ def sequence_features(features, units: int, rnn: str, rnn_layers: int, dropout: 
 class CTCMode(Mode):
     name = "ctc"
 
-    def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 128, rnn_layers: int = 1,
-                 dropout: float = 0.0, decoder: str = "greedy", beam_width: int = 10, **extra):
+    # Keyword defaults are conf/mode/ctc.yaml's, so build_mode("ctc", ...) is the default model.
+    def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 96, rnn_layers: int = 1,
+                 rnn_unroll: bool = True, dropout: float = 0.0, confidence_penalty: float = 0.1,
+                 decoder: str = "greedy", beam_width: int = 10, time_upsample: int = 2,
+                 time_upsample_at: str = "output", split_blank_bias: float = 3.0, **extra):
         super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
-                         dropout=dropout, decoder=decoder, beam_width=beam_width, **extra)
+                         rnn_unroll=rnn_unroll, dropout=dropout, confidence_penalty=confidence_penalty,
+                         decoder=decoder, beam_width=beam_width, time_upsample=time_upsample,
+                         time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, **extra)
         if decoder not in ("greedy", "beam_search"):
             raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
 
@@ -135,7 +140,7 @@ class CTCMode(Mode):
         # Extra time steps made before the RNN, or written by the output layer per RNN step.
         rnn_upsample, split = (1, upsample) if at == "output" else (upsample, 1)
         x = sequence_features(features, o["rnn_units"], o["rnn"], o["rnn_layers"], o["dropout"], "ctc", rnn_upsample,
-                              bool(o.get("rnn_unroll")))
+                              bool(o["rnn_unroll"]))
         return self.output_steps(x, split, o.get("split_blank_bias"), "ctc")
 
     def output_steps(self, x, split: int, blank_bias, name: str):

@@ -16,13 +16,15 @@ from bearcat.modes.ctc import CTCMode, sequence_features
 class CTCTinyMode(CTCMode):
     name = "ctc_tiny"
 
-    def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 96, conv_layers: int = 2,
-                 kernel_size: int = 3, dropout: float = 0.0, time_upsample: int = 1, time_upsample_at: str = "output",
-                 split_blank_bias: float = 3.0, decoder: str = "greedy", beam_width: int = 10, **extra):
+    # Keyword defaults are conf/mode/ctc_tiny.yaml's (max_length excepted: callers give it).
+    def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 64, conv_layers: int = 3,
+                 kernel_size: int = 5, dropout: float = 0.0, time_upsample: int = 2, time_upsample_at: str = "conv",
+                 split_blank_bias: float = 3.0, confidence_penalty: float = 0.1, decoder: str = "greedy",
+                 beam_width: int = 10, **extra):
         Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
                       kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
-                      time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, decoder=decoder,
-                      beam_width=beam_width, **extra)
+                      time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias,
+                      confidence_penalty=confidence_penalty, decoder=decoder, beam_width=beam_width, **extra)
         if decoder not in ("greedy", "beam_search"):
             raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
         if int(time_upsample) < 1:

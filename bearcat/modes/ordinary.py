@@ -43,11 +43,13 @@ def interval_confidence(top: np.ndarray) -> np.ndarray:
 class OrdinaryMode(Mode):
     name = "ordinary"
 
+    # Keyword defaults are conf/mode/ordinary.yaml's.
     def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 128, rnn_layers: int = 1,
-                 attention_heads: int = 4, dropout: float = 0.0, label_smoothing: float = 0.1, **extra):
+                 rnn_unroll: bool = True, attention_heads: int = 4, dropout: float = 0.0,
+                 label_smoothing: float = 0.1, **extra):
         super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
-                         attention_heads=attention_heads, dropout=dropout, label_smoothing=label_smoothing,
-                         **extra)
+                         rnn_unroll=rnn_unroll, attention_heads=attention_heads, dropout=dropout,
+                         label_smoothing=label_smoothing, **extra)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"mode.label_smoothing={label_smoothing}: must be in [0, 1)")
         if rnn_units % attention_heads:
@@ -61,7 +63,8 @@ class OrdinaryMode(Mode):
 
         o = self.options
         units, heads = int(o["rnn_units"]), int(o["attention_heads"])
-        x = sequence_features(features, units, o["rnn"], o["rnn_layers"], o["dropout"], "ordinary")
+        x = sequence_features(features, units, o["rnn"], o["rnn_layers"], o["dropout"], "ordinary",
+                              unroll=bool(o.get("rnn_unroll")))
         summary = layers.GlobalAveragePooling1D(name="ordinary_summary")(x)
         queries = layers.Dense(self.max_length * units, name="ordinary_queries")(summary)
         queries = layers.Reshape((self.max_length, units), name="ordinary_positions")(queries)
