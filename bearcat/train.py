@@ -112,6 +112,9 @@ TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
 def check_settings(cfg: DictConfig) -> None:
     """Settings that would otherwise fail late (after the data is decoded) or quietly."""
     t = cfg.trainer
+    if t.get("freeze_backbone_epochs") and not cfg.get("init_from"):
+        raise ValueError(f"trainer.freeze_backbone_epochs={t.freeze_backbone_epochs} would freeze a freshly "
+                         "initialised backbone: set init_from=RUN (an earlier run's weights) or set it to 0")
     for key, low in (("batch_size", 1), ("epochs", 1), ("bn_calibration_images", 0)):
         if t.get(key) is not None and int(t[key]) < low:
             raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
@@ -195,7 +198,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                      cfg.backbone.name) as (run, state, initial_epoch):
         if initial_epoch == 0 and cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
             with tempfile.TemporaryDirectory() as tmp:  # (also when a resume finds no epoch done yet)
-                log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp), out_dir)
+                settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["preprocess", "mode"]), resolve=True)
+                log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp, settings), out_dir)
         if not state:
             tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",

@@ -81,6 +81,9 @@ def transfer_weights(model, source, target_chars: list[str], source_chars: list[
         other = by_name.get(layer.name)
         if other is None:
             report["not_loaded"][layer.name] = "no layer of this name in the earlier model"
+            if layer.name == out_name:  # e.g. ctc_split (two CTC steps per column) against ctc_probs
+                report["output_rebuilt"] = True
+                report["not_loaded"][layer.name] += f" (its output layer: {output_layer(source).name})"
             continue
         theirs = other.get_weights()
         same_shapes = len(theirs) == len(weights) and all(a.shape == b.shape for a, b in zip(weights, theirs))
@@ -103,20 +106,44 @@ def transfer_weights(model, source, target_chars: list[str], source_chars: list[
     return report
 
 
-def warm_start(model, vocab_chars: list[str], init_from: str, workdir: str) -> dict:
-    """Load the earlier run's weights into `model`; the report says what was loaded."""
+def settings_differ(earlier: dict, this: dict) -> dict:
+    """{"preprocess.height": [32, 36], ...}: the preprocess and mode settings the earlier
+    run's bundle records that this run sets otherwise."""
+    return {f"{group}.{key}": [value, this[group][key]]
+            for group in ("preprocess", "mode") for key, value in earlier.get(group, {}).items()
+            if key in this.get(group, {}) and this[group][key] != value}
+
+
+def warm_start(model, vocab_chars: list[str], init_from: str, workdir: str, settings: dict | None = None) -> dict:
+    """Load the earlier run's weights into `model`; the report says what was loaded.
+    `settings` ({"preprocess": ..., "mode": ...} of this run) are compared with the earlier
+    run's, so a layer that does not fit can be traced to the setting that changed it."""
     from bearcat.bundle import MODEL_FILE, load_keras, read_meta
 
     folder, run_id = locate_init_bundle(init_from, workdir)
     meta = read_meta(folder)
     source = load_keras(Path(folder) / MODEL_FILE)
     report = transfer_weights(model, source, list(vocab_chars), list(meta["vocabulary"]))
-    report.update(source=str(init_from), source_run_id=run_id, source_mode=meta["mode"]["name"])
+    report.update(source=str(init_from), source_run_id=run_id, source_mode=meta["mode"]["name"],
+                  settings_differ=settings_differ(meta, settings or {}))
     if not report["loaded"]:
         raise ValueError(f"init_from={init_from}: no layer of the earlier model fits this one "
                          f"(different backbone or preprocess size?)")
     log.info("init_from=%s: loaded %d layers, not loaded %d: %s", init_from, len(report["loaded"]),
              len(report["not_loaded"]), report["not_loaded"])
+    problems = []  # what a fine-tune loses to settings that differ from the earlier run's
+    misfits = [name for name in report["not_loaded"] if name != report["output_layer"]]
+    if misfits:
+        problems.append(f"{len(misfits)} layers besides the output start from scratch ({', '.join(misfits)})")
+    if report["output_rebuilt"] and list(vocab_chars) == list(meta["vocabulary"]):
+        problems.append("the output layer starts from scratch although the vocabulary is the same")
+    if any(key.startswith("preprocess.") for key in report["settings_differ"]):
+        problems.append("the loaded layers see images prepared otherwise than they learnt them")
+    if problems:
+        changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in report["settings_differ"].items()) or "none found"
+        log.warning("init_from=%s: %s. Settings that differ from the earlier run: %s. Set them as the earlier run "
+                    "had them (experiment=finetune does, for a pretrain_generated model)", init_from,
+                    "; ".join(problems), changed)
     return report
 
 

@@ -146,3 +146,68 @@ def test_resume_inside_the_frozen_epochs_freezes_again(make_cfg, tmp_path):
         assert same(seen[1][name], restored[name]), f"{name} moved in the resumed frozen epoch"
         assert not same(seen[2][name], restored[name]), f"{name} did not train once unfrozen"
     assert not same(seen[1]["ctc_split"], restored["ctc_split"])  # the head trained all along
+
+
+PRETRAIN_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"  # experiment=pretrain_generated's 36 classes
+
+
+def test_finetune_preset_builds_the_pretrained_model(make_cfg):
+    """experiment=finetune's model is pretrain_generated's, layer for layer; the plain defaults'
+    is not (another input height, two CTC steps per column): README "Few labels"."""
+    from bearcat.experiment import build_model, mode_options
+
+    vocab = Vocabulary(PRETRAIN_CHARS)
+
+    def model(overrides):
+        cfg = make_cfg(overrides)
+        return build_model(cfg, build_mode("ctc", vocab, 8, **mode_options(cfg)))
+
+    pretrained = model(["experiment=pretrain_generated"])
+    tuned = transfer_weights(model(["experiment=finetune", "dataset.root=x"]), pretrained, vocab.chars, vocab.chars)
+    assert tuned["not_loaded"] == {} and not tuned["output_rebuilt"]
+    assert {"block0_0_conv", "ctc_proj", "ctc_rnn0", "ctc_probs"} <= set(tuned["loaded"])
+    plain = transfer_weights(model(["dataset=folder", "dataset.root=x"]), pretrained, vocab.chars, vocab.chars)
+    assert plain["output_rebuilt"] and plain["output_layer"] == "ctc_split"
+    assert plain["not_loaded"] == {"ctc_split": "no layer of this name in the earlier model (its output layer: "
+                                                "ctc_probs)"}
+
+
+def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, caplog):
+    """The README's loop: pretrain_generated, then experiment=finetune on a labelled folder
+    loads every layer; a fine-tune with the plain defaults names what did not load and why."""
+    from bearcat.experiment import build_model, mode_options
+    from bearcat.warmstart import warm_start
+
+    train(make_cfg([*TINY, "experiment=pretrain_generated"], output="pretrain"))
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    for path in sorted(swust_copy.iterdir())[:48]:
+        (labelled / path.name).write_bytes(path.read_bytes())
+    with caplog.at_level("WARNING", logger="bearcat.warmstart"):
+        tuned = train(make_cfg([*TINY, "experiment=finetune", f"dataset.root={labelled}",
+                                f"dataset.charset={PRETRAIN_CHARS}", f"init_from={tmp_path / 'pretrain'}"],
+                               output="tuned"))
+    assert "init_from=" not in caplog.text  # nothing to warn of
+    report = json.loads((tmp_path / "tuned" / "init_from.json").read_text(encoding="utf-8"))
+    assert report["not_loaded"] == {} and not report["output_rebuilt"] and report["source_mode"] == "ctc"
+    assert "preprocess.height" not in report["settings_differ"] and "mode.time_upsample" not in report["settings_differ"]
+    params = mlflow.get_run(tuned["mlflow_run_id"]).data.params
+    assert params["trainer.freeze_backbone_epochs"] == "2" and params["init_from_not_loaded_layers"] == "0"
+    assert sorted(p.name for p in labelled.iterdir()) == sorted(p.name for p in swust_copy.iterdir())[:48]
+
+    cfg = make_cfg(["dataset=folder", f"dataset.root={labelled}"])  # the plain defaults
+    vocab = Vocabulary(PRETRAIN_CHARS)
+    plain = build_model(cfg, build_mode("ctc", vocab, 8, **mode_options(cfg)))
+    settings = {"preprocess": dict(cfg.preprocess), "mode": dict(cfg.mode)}
+    with caplog.at_level("WARNING", logger="bearcat.warmstart"):
+        report = warm_start(plain, vocab.chars, str(tmp_path / "pretrain"), str(tmp_path), settings)
+    assert report["settings_differ"]["preprocess.height"] == [32, 36]
+    assert report["settings_differ"]["mode.time_upsample"] == [1, 2]
+    assert report["output_rebuilt"] and "ctc_split" in report["not_loaded"]
+    assert "output layer starts from scratch although the vocabulary is the same" in caplog.text
+    assert "images prepared otherwise" in caplog.text and "preprocess.height 32 -> 36" in caplog.text
+
+
+def test_freezing_without_init_from_is_refused(make_cfg):
+    with pytest.raises(ValueError, match=r"trainer.freeze_backbone_epochs=2 would freeze .* set init_from="):
+        train(make_cfg(["experiment=finetune", "dataset.root=nowhere"]))
