@@ -115,6 +115,33 @@ class Checkpointer(keras.callbacks.Callback):
             shutil.rmtree(self.folder / previous, ignore_errors=True)
 
 
+class EarlyStopping(keras.callbacks.Callback):
+    """Stop after `patience` epochs in which `monitor` did not improve by more than
+    `min_delta` (Keras' rule). The count lives in `state`, the checkpointer's, which
+    state.json commits with each epoch: a resumed run goes on counting where the killed
+    one stopped (Keras' own callback would start afresh). Must run before the checkpointer."""
+
+    def __init__(self, monitor: str, patience: int, min_delta: float, state: dict):
+        super().__init__()
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(float(min_delta))
+        self.lower = better_direction(monitor) == "min"
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        best = self.state.get("early_stopping_best")
+        if best is None or (value < best - self.min_delta if self.lower else value > best + self.min_delta):
+            self.state.update(early_stopping_best=float(value), early_stopping_wait=0)
+            return
+        self.state["early_stopping_wait"] = wait = int(self.state.get("early_stopping_wait", 0)) + 1
+        if wait >= self.patience:
+            self.model.stop_training = True
+            log.info("early stopping after epoch %d: %s not better than %.4f for %d epochs", epoch + 1,
+                     self.monitor, best, wait)
+
+
 def read_state(folder) -> dict | None:
     path = Path(folder) / STATE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

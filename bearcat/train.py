@@ -64,10 +64,8 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     """The per-epoch callbacks every mode trains with. Order matters: BatchNorm statistics
     are re-estimated, val metrics computed, logged, then the checkpoint commits the epoch,
     so a kill never leaves an epoch checkpointed but missing from MLflow."""
-    import keras
-
     from bearcat import tracking
-    from bearcat.callbacks import PreciseBatchNorm, TimeBudget, ValidationMetrics, better_direction, tensorboard
+    from bearcat.callbacks import EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
     from bearcat.optim.schedules import TimeBudgetCosine
 
     callbacks = []
@@ -75,11 +73,11 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
         callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed,
                                           cfg.trainer.get("bn_calibration_chunk")))
     callbacks += [ValidationMetrics(val_metrics, int(cfg.trainer.batch_size)), *schedule_callbacks,
-                  tracking.epoch_callback(), checkpointer]
-    if cfg.callbacks.early_stopping.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=better_direction(monitor),
-                                                       patience=cfg.callbacks.early_stopping.patience,
-                                                       min_delta=cfg.callbacks.early_stopping.min_delta))
+                  tracking.epoch_callback()]
+    stopping = cfg.callbacks.early_stopping
+    if stopping.patience:  # before the checkpointer, which commits its count with the epoch
+        callbacks.append(EarlyStopping(monitor, stopping.patience, stopping.min_delta, checkpointer.state))
+    callbacks.append(checkpointer)
     if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
         callbacks.append(TimeBudget(cfg.trainer.max_minutes))
     if cfg.trainer.get("tensorboard"):

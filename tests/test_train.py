@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
@@ -253,6 +254,40 @@ def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, ca
     assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["test_accuracy"] == first["test_accuracy"]
     history = mlflow.MlflowClient().get_metric_history(first["mlflow_run_id"], "loss")
     assert sorted(m.step for m in history) == [0, 1]  # no epoch trained twice
+
+
+def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
+    """Patience 3: uninterrupted, training stops after epoch 4 (the best was epoch 1; a tie
+    is no improvement); stopped after epoch 3 and resumed from its state.json, it also
+    stops after epoch 4, not 3 epochs later."""
+    import keras
+
+    from bearcat.callbacks import Checkpointer, EarlyStopping, read_state, restore_last
+
+    scores = [0.5, 0.4, 0.5, 0.45, 0.3, 0.3, 0.3, 0.3]  # val_accuracy of epochs 1-8
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+
+    def fit(folder, epochs, state=None):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        if state:
+            restore_last(model, folder, state)
+        ckpt = Checkpointer(folder, "val_accuracy", state=state)
+        ended = []
+        score = keras.callbacks.LambdaCallback(  # stands in for ValidationMetrics
+            on_epoch_end=lambda epoch, logs: (logs.update(val_accuracy=scores[epoch]), ended.append(epoch + 1)))
+        model.fit(x, y, epochs=epochs, initial_epoch=int((state or {}).get("epoch", 0)), verbose=0,
+                  callbacks=[score, EarlyStopping("val_accuracy", 3, 0.0, ckpt.state), ckpt])
+        return ended
+
+    assert fit(tmp_path / "whole", 8) == [1, 2, 3, 4]
+    assert fit(tmp_path / "killed", 3) == [1, 2, 3]
+    state = read_state(tmp_path / "killed")
+    assert state["epoch"] == 3 and state["early_stopping_best"] == 0.5 and state["early_stopping_wait"] == 2
+    assert fit(tmp_path / "killed", 8, state) == [4]
+    assert read_state(tmp_path / "killed")["early_stopping_wait"] == 3
 
 
 def test_synthetic_generation_is_cached_and_reproducible(tmp_path):
