@@ -66,8 +66,11 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     so a kill never leaves an epoch checkpointed but missing from MLflow."""
     from bearcat import tracking
     from bearcat.callbacks import EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
-    from bearcat.optim.schedules import TimeBudgetCosine
+    from bearcat.optim.schedules import ResumablePlateau, TimeBudgetCosine
 
+    for callback in schedule_callbacks:
+        if isinstance(callback, ResumablePlateau):  # it commits its counts with the epoch, like early stopping
+            callback.state = checkpointer.state
     callbacks = []
     if cfg.trainer.bn_calibration_images:
         callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed,

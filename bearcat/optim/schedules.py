@@ -107,6 +107,28 @@ class TimeBudgetCosine(StepSchedule):
             self.model.stop_training = True
 
 
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' reduce-on-plateau, resumable: its best value, wait and cooldown counts live in
+    `state` (the checkpointer's, which state.json commits with each epoch), so a resumed run
+    goes on counting where the killed one stopped instead of starting afresh. The reduced
+    rate itself is an optimizer variable and comes back with the optimizer state."""
+
+    state: dict | None = None  # the checkpointer's; set by bearcat.train.epoch_callbacks
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        saved = self.state or {}
+        if saved.get("plateau_best") is not None:
+            self.best = saved["plateau_best"]
+            self.wait, self.cooldown_counter = int(saved["plateau_wait"]), int(saved["plateau_cooldown"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.state is not None and self.best is not None:
+            self.state.update(plateau_best=float(self.best), plateau_wait=int(self.wait),
+                              plateau_cooldown=int(self.cooldown_counter))
+
+
 def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_minutes: float | None = None):
     """-> (learning_rate for the optimizer, extra Keras callbacks). With `max_minutes`,
     `cosine` (without restarts) also fits its decay into that much training time."""
@@ -114,8 +136,8 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_m
     if name == "constant":
         return float(base_lr), []
     if name == "plateau":
-        cb = keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, mode=cfg.get("mode", "auto"), factor=cfg.factor,
-                                               patience=cfg.patience, min_lr=cfg.min_lr, verbose=1)
+        cb = ResumablePlateau(monitor=cfg.monitor, mode=cfg.get("mode", "auto"), factor=cfg.factor,
+                              patience=cfg.patience, min_lr=cfg.min_lr, verbose=1)
         return float(base_lr), [cb]
     if name in ("cosine", "cosine_restarts"):  # the same schedule; the configs differ in `restarts`
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
