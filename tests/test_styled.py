@@ -71,3 +71,26 @@ def test_train_focus_chars_skew_the_train_split_only(make_cfg, tmp_path):
         synthetic_settings("AB12", 1, 2, 60, 30, 0)
     with pytest.raises(ValueError, match=r"dataset.train_focus_weight=0: must be > 0"):
         synthetic_settings("AB12", 1, 2, 60, 30, 0, train_focus_chars="A", train_focus_weight=0)
+
+
+def test_pale_fraction_draws_glyphs_close_to_white(make_cfg, tmp_path):
+    """dataset.style.pale_fraction=1 draws every glyph (and the arc in its colour) as a pastel:
+    no pixel darker than 40% of black mixed into white; the preset's own colours are darker."""
+    import numpy as np
+
+    quiet = [*SMALL, "dataset.style.noise_lines=0", "dataset.style.noise_dots=0"]  # the dark strokes and dots
+
+    def darkest(overrides, cache):
+        splits = instantiate(make_cfg([*quiet, *overrides]).dataset, cache_dir=str(tmp_path / cache), _convert_="all")
+        return [int(np.asarray(Image.open(p).convert("L")).min()) for p, _ in splits.train]
+
+    pale = darkest(["+dataset.style.pale_fraction=1.0"], "pale")
+    plain = darkest([], "plain")
+    assert min(pale) >= 150, pale  # 255 - 0.4 * 255 = 153 at the darkest pastel
+    assert sum(d < 150 for d in plain) >= len(plain) // 2, plain
+    from bearcat.data.sources import synthetic_settings
+
+    with pytest.raises(ValueError, match=r"dataset.style.pale_fraction=1.5"):
+        synthetic_settings("ab", 1, 2, 60, 30, 0, style={"pale_fraction": 1.5})
+    with pytest.raises(ValueError, match=r"dataset.style.pale_mix"):
+        synthetic_settings("ab", 1, 2, 60, 30, 0, style={"pale_mix": [0.5, 0.2]})

@@ -1,5 +1,6 @@
 """A few more ways to vary generated captchas than the `captcha` library's defaults
-(`dataset.style`): glyph rotation range, one colour per character, dot and line noise.
+(`dataset.style`): glyph rotation range, one colour per character, pastel glyphs, dot and
+line noise.
 
 Used for broad "pretraining" sets (experiment=pretrain_generated) whose model is then
 fine-tuned on a small labelled set of real captchas. Every random draw goes through
@@ -17,6 +18,8 @@ STYLE_DEFAULTS = {
     "rotation": 30,          # glyphs turn by up to +- this many degrees
     "char_colors": False,    # true: every character its own colour (else one per image)
     "color_range": [10, 200],  # text colour channels are drawn from this range (0-255)
+    "pale_fraction": 0.0,    # share of glyph colours drawn as pastels close to white instead
+    "pale_mix": [0.12, 0.4],  # how much colour a pastel keeps (the rest is white)
     "noise_dots": 30,        # thick dots in the text colour
     "noise_curves": 1,       # arcs in the text colour
     "noise_lines": 0,        # short dark straight strokes
@@ -37,6 +40,13 @@ def style_settings(style: dict | None) -> dict | None:
         raise ValueError(f"dataset.style.color_range={out['color_range']}: need 0 <= low <= high <= 255")
     out["color_range"] = [low, high]
     out["line_length"] = [int(v) for v in out["line_length"]]
+    out["pale_fraction"] = float(out["pale_fraction"])
+    if not 0.0 <= out["pale_fraction"] <= 1.0:
+        raise ValueError(f"dataset.style.pale_fraction={out['pale_fraction']}: need a share between 0 and 1")
+    low, high = (float(v) for v in out["pale_mix"])
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"dataset.style.pale_mix={out['pale_mix']}: need 0 < low <= high <= 1")
+    out["pale_mix"] = [low, high]
     return out
 
 
@@ -50,8 +60,18 @@ class StyledCaptcha(ImageCaptcha):
         self.character_rotate = (-angle, angle)
 
     def _text_color(self):
+        rng = captcha_image.secrets
         low, high = self.style["color_range"]
-        return captcha_image.random_color(low, high, captcha_image.secrets.randbelow(36) + 220)
+        color = captcha_image.random_color(low, high, rng.randbelow(36) + 220)
+        # Real sets draw some glyphs in pastels a few levels off the white background (luma
+        # 228-242 on swust_cas_20191218); colour_range alone almost never does. The extra draw
+        # happens only when asked, so sets without pastels keep their images.
+        if self.style["pale_fraction"] > 0 and rng.randbelow(10_000) < self.style["pale_fraction"] * 10_000:
+            low_mix, high_mix = self.style["pale_mix"]
+            mix = low_mix + (high_mix - low_mix) * rng.randbelow(1001) / 1000
+            hue = captcha_image.random_color(0, 255)
+            color = (*(round(255 - mix * (255 - c)) for c in hue), color[3])
+        return color
 
     def _draw_character(self, c, draw, color):
         if self.style["char_colors"] and c != " ":
