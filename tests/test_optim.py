@@ -3,7 +3,6 @@ published update rule, the optimizer configs, and each scheduler's curve at know
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -191,28 +190,28 @@ def test_unknown_scheduler_is_named(make_cfg):
             build_schedule(make_cfg(["scheduler=cosine_restarts", bad]).scheduler, 0.1, 10, 30)
 
 
-def test_plateau_keeps_counting_across_a_resume(tmp_path):
+def test_plateau_keeps_counting_across_a_resume(make_cfg, tmp_path):
     """scheduler=plateau (patience 2, factor 0.5) halves the rate after epochs 4 and 8 of these
     val_loss figures. Killed after epoch 3 (one epoch waited) or 5 (after a halving) and resumed
     from state.json, the rates of every epoch are the uninterrupted run's."""
-    from omegaconf import OmegaConf
-
     from bearcat.callbacks import Checkpointer, read_state, restore_last
+    from bearcat.train import epoch_callbacks
 
     losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.8, 0.85, 0.85]  # val_loss of epochs 1-8
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "scheduler" / "plateau.yaml")
+    cfg = make_cfg(["scheduler=plateau", "trainer.bn_calibration_images=0"])  # no images to calibrate on
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
 
     def fit(folder, epochs, state=None):
         keras.utils.set_random_seed(0)
-        lr, (plateau,) = build_schedule(cfg, 0.01, 1, 8)
+        lr, (plateau,) = build_schedule(cfg.scheduler, 0.01, 1, 8)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
         if state:
             restore_last(model, folder, state)
         ckpt = Checkpointer(folder, "val_accuracy", state=state)
-        plateau.state = ckpt.state  # as bearcat.train.epoch_callbacks does
+        epoch_callbacks(cfg, [], None, [plateau], ckpt, "val_accuracy")  # hands it the checkpointer's state
+        assert plateau.state is ckpt.state
         rates = []
         score = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_loss=losses[epoch]))
         record = keras.callbacks.LambdaCallback(

@@ -64,7 +64,7 @@ class StyledCaptcha(ImageCaptcha):
         low, high = self.style["color_range"]
         color = captcha_image.random_color(low, high, rng.randbelow(36) + 220)
         # Real sets draw some glyphs in pastels a few levels off the white background (luma
-        # 228-242 on swust_cas_20191218); colour_range alone almost never does. The extra draw
+        # 228-242 on swust_cas_20191218); color_range alone almost never does. The extra draw
         # happens only when asked, so sets without pastels keep their images.
         if self.style["pale_fraction"] > 0 and rng.randbelow(10_000) < self.style["pale_fraction"] * 10_000:
             low_mix, high_mix = self.style["pale_mix"]
