@@ -25,17 +25,19 @@ def _root(cfg: DictConfig) -> str:
 
 
 def do_generate(cfg: DictConfig) -> dict:
+    import inspect
+
+    from bearcat.data.sources import synthetic_settings
     from bearcat.data.tools import generate
 
     d = cfg.dataset
     if not str(d.get("_target_", "")).endswith(".synthetic"):
         raise ValueError("action=generate draws captchas with the dataset=synthetic settings; "
                          f"this config has dataset._target_={d.get('_target_')}")
-    settings = {k: OmegaConf.to_container(d, resolve=True)[k] for k in
-                ("charset", "min_length", "max_length", "image_width", "image_height", "seed", "fonts", "font_sizes")}
-    settings["style"] = d.get("style")  # dataset.style (bearcat/data/styled.py), null = the library's look
-    settings["train_focus_chars"] = d.get("train_focus_chars")  # the train split only
-    settings["train_focus_weight"] = d.get("train_focus_weight", 1.0)
+    # Every dataset key the generator takes, as training passes them: the same settings draw
+    # the same images here and in training's cache (tested), whatever keys are added later.
+    values = OmegaConf.to_container(d, resolve=True)
+    settings = {k: values[k] for k in inspect.signature(synthetic_settings).parameters if k in values}
     sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
     return generate(cfg.generate.output, sizes, settings, cfg.workers)
 

@@ -305,3 +305,21 @@ def test_check_split_folder_finds_leaks_between_splits(make_cfg, swust_copy, tmp
     assert len(report["duplicates"]["across_splits"]) == 1 and report["duplicates"]["conflicting_labels"] == []
     assert (data / "quarantine" / "val" / "tr4c_cut.jpg").is_file()  # keeps its place in the layout
     assert report["files_before"] == report["files_after"] == 14
+
+
+def test_generate_draws_the_images_training_draws(make_cfg, tmp_path):
+    """action=generate passes every generator key training passes (style with pastels, the
+    train-split focus): the same settings give the same files, byte for byte, as the
+    training cache."""
+    from hydra.utils import instantiate
+
+    opts = ["experiment=pretrain_generated", "dataset.train_size=8", "dataset.val_size=2", "dataset.test_size=2",
+            "+dataset.style.pale_fraction=0.5", "dataset.train_focus_chars=xyz", "dataset.train_focus_weight=4",
+            "dataset.workers=1"]
+    gen = tmp_path / "gen"
+    prepare(make_cfg(["action=generate", f"generate.output={gen}", *opts], config_name="prepare"))
+    splits = instantiate(make_cfg(opts).dataset, cache_dir=str(tmp_path / "cache"), _convert_="all")
+    for split in ("train", "val", "test"):
+        cached = {Path(p).name: hashlib.md5(Path(p).read_bytes()).hexdigest() for p, _ in getattr(splits, split)}
+        drawn = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (gen / split).iterdir()}
+        assert drawn == cached and len(drawn) == {"train": 8, "val": 2, "test": 2}[split]
