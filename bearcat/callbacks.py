@@ -57,7 +57,8 @@ def better_direction(monitor: str) -> str:
 class Checkpointer(keras.callbacks.Callback):
     """`best.keras` (the best monitored value) and the last epoch's weights + optimizer
     state for resuming. Every write goes to a temporary name first and is renamed into
-    place, so a kill at any moment leaves a usable checkpoint."""
+    place, so a kill at any moment leaves a usable checkpoint. `on_commit(state)`, when
+    set, runs after each epoch is committed (MLflow logging: bearcat.train.epoch_callbacks)."""
 
     def __init__(self, folder, monitor: str = "val_accuracy", run_id: str | None = None,
                  state: dict | None = None):
@@ -72,6 +73,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.state["mlflow_run_id"] = run_id
         self.used_before = float(self.state.get("trained_seconds", 0.0))  # training time of earlier attempts
         self.started = time.monotonic()
+        self.on_commit = None
 
     def _trained_seconds(self) -> float:
         return self.used_before + time.monotonic() - self.started
@@ -113,6 +115,8 @@ class Checkpointer(keras.callbacks.Callback):
         write_json(self.folder / STATE_FILE, self.state, indent=1)
         if previous and previous != name:
             shutil.rmtree(self.folder / previous, ignore_errors=True)
+        if self.on_commit is not None:
+            self.on_commit(self.state)
 
 
 class EarlyStopping(keras.callbacks.Callback):

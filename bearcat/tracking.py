@@ -96,21 +96,42 @@ def download_artifacts(run_id: str, artifact_path: str, dst: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst))
 
 
-def epoch_callback():
-    """A Keras callback logging every epoch's metrics (loss, val_loss, val_accuracy...)."""
+def epoch_callback(state: dict):
+    """A Keras callback recording every epoch's metrics (loss, val_loss, val_accuracy...)
+    with a timestamp in `state`, the checkpointer's. It must run before the checkpointer,
+    which commits the record with the epoch in state.json and then sends it
+    (`log_epoch_record`). Why not log at once: an epoch killed after its log and before its
+    checkpoint was trained again on resume and logged twice, with other values."""
+    import time
+
     import keras
 
-    class MlflowEpochLogger(keras.callbacks.Callback):
+    class MlflowEpochRecorder(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) or hasattr(v, "__float__")}
+            metrics = {k: float(v) for k, v in (logs or {}).items()
+                       if isinstance(v, (int, float)) or hasattr(v, "__float__")}
             if "learning_rate" not in metrics and self.model is not None:
                 try:
                     metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
                 except Exception:  # a schedule object has no single value
                     pass
-            log_metrics(metrics, step=epoch)
+            state["epoch_log"] = {"step": int(epoch), "timestamp": int(time.time() * 1000), "metrics": metrics}
 
-    return MlflowEpochLogger()
+    return MlflowEpochRecorder()
+
+
+def log_epoch_record(state: dict) -> None:
+    """Send the last committed epoch's metrics (`state["epoch_log"]`) to the active run.
+    Sent again on resume, in case the process died between the commit and the send: the
+    same key, value, step and timestamp are stored once (MLflow's SQL store, the default,
+    drops the repeat), so every epoch is in the history exactly once."""
+    from mlflow.entities import Metric
+
+    record = state.get("epoch_log")
+    if not record:
+        return
+    metrics = [Metric(k, v, record["timestamp"], record["step"]) for k, v in sorted(record["metrics"].items())]
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
 
 
 def run_exists(run_id: str) -> bool:

@@ -50,6 +50,8 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
     status = "FAILED"
     try:
         initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
+        if state:  # the last committed epoch's metrics, in case the kill came before they were sent
+            tracking.log_epoch_record(state)
         if not state:  # a resumed run logged these when it started
             tracking.log_params(cfg)
             tracking.log_artifact(Path(cfg.paths.output_dir) / "config.yaml")
@@ -62,8 +64,9 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
 def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbacks: list, checkpointer,
                     monitor: str) -> list:
     """The per-epoch callbacks every mode trains with. Order matters: BatchNorm statistics
-    are re-estimated, val metrics computed, logged, then the checkpoint commits the epoch,
-    so a kill never leaves an epoch checkpointed but missing from MLflow."""
+    are re-estimated, val metrics computed and recorded, then the checkpoint commits the
+    epoch with its record and sends the record to MLflow. A kill before the commit retrains
+    the epoch, unlogged; after it, the resume sends the record again (stored once)."""
     from bearcat import tracking
     from bearcat.callbacks import EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
     from bearcat.optim.schedules import ResumablePlateau, TimeBudgetCosine
@@ -76,11 +79,12 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
         callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed,
                                           cfg.trainer.get("bn_calibration_chunk")))
     callbacks += [ValidationMetrics(val_metrics, int(cfg.trainer.batch_size)), *schedule_callbacks,
-                  tracking.epoch_callback()]
+                  tracking.epoch_callback(checkpointer.state)]
     stopping = cfg.callbacks.early_stopping
     if stopping.patience:  # before the checkpointer, which commits its count with the epoch
         callbacks.append(EarlyStopping(monitor, stopping.patience, stopping.min_delta, checkpointer.state))
     callbacks.append(checkpointer)
+    checkpointer.on_commit = tracking.log_epoch_record
     if cfg.trainer.get("max_minutes") and not any(isinstance(c, TimeBudgetCosine) for c in callbacks):
         callbacks.append(TimeBudget(cfg.trainer.max_minutes))
     if cfg.trainer.get("tensorboard"):

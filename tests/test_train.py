@@ -256,6 +256,42 @@ def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, ca
     assert sorted(m.step for m in history) == [0, 1]  # no epoch trained twice
 
 
+@pytest.mark.parametrize("dies", ["before sending", "after sending"])
+def test_an_epoch_killed_around_its_mlflow_log_is_logged_once(make_cfg, tmp_path, monkeypatch, dies):
+    """The process dies right after epoch 2 is checkpointed, before or after its metrics
+    reach MLflow. Resumed, every epoch is in the history once, with the values of the
+    epoch the checkpoint holds (before, an epoch killed between its log and its checkpoint
+    was trained again and logged twice)."""
+    from bearcat import tracking
+
+    send = tracking.log_epoch_record
+
+    def dying(state):
+        if state["epoch_log"]["step"] == 1:
+            if dies == "after sending":
+                send(state)
+            raise KeyboardInterrupt("killed")
+        send(state)
+
+    monkeypatch.setattr(tracking, "log_epoch_record", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg([*TINY, "trainer.epochs=3"]))
+    state = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["epoch_log"]["step"] == 1
+    client = mlflow.MlflowClient()
+    logged = sorted(m.step for m in client.get_metric_history(state["mlflow_run_id"], "loss"))
+    assert logged == ([0] if dies == "before sending" else [0, 1])
+
+    monkeypatch.setattr(tracking, "log_epoch_record", send)
+    again = train(make_cfg([f"resume={tmp_path / 'run'}"]))
+    assert again["mlflow_run_id"] == state["mlflow_run_id"]
+    history = {key: client.get_metric_history(state["mlflow_run_id"], key) for key in ("loss", "val_accuracy")}
+    for key, entries in history.items():
+        assert sorted(m.step for m in entries) == [0, 1, 2], key
+        second = next(m for m in entries if m.step == 1)
+        assert second.value == pytest.approx(state["epoch_log"]["metrics"][key])  # the checkpointed epoch's
+
+
 def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     """Patience 3: uninterrupted, training stops after epoch 4 (the best was epoch 1; a tie
     is no improvement); stopped after epoch 3 and resumed from its state.json, it also
