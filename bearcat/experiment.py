@@ -11,6 +11,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from bearcat.data.labels import Vocabulary
 from bearcat.data.pipeline import LoadedSplit, load_split
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import SPLITS, Splits
@@ -50,9 +51,15 @@ def load_sources(cfg: DictConfig) -> Splits:
         raise
 
 
-def build_vocab_and_mode(cfg: DictConfig, splits: Splits) -> Mode:
+def build_vocab_and_mode(cfg: DictConfig, splits: Splits, earlier: list[str] | None = None) -> Mode:
+    """`earlier`: a vocabulary to keep (init_from_vocabulary=true): its classes first, in
+    its order, then any the labels add. A configured charset wins over it."""
     labels = splits.labels()
-    vocab = mode_class(cfg.mode.name).make_vocabulary(labels, splits.charset or cfg.mode.get("charset"))
+    charset = splits.charset or cfg.mode.get("charset")
+    vocab = mode_class(cfg.mode.name).make_vocabulary(labels, charset)
+    if earlier and not charset:
+        kept = set(earlier)
+        vocab = Vocabulary(list(earlier) + [c for c in vocab.chars if c not in kept])
     max_length = cfg.mode.get("max_length") or max((len(x) for x in labels), default=1)
     return build_mode(cfg.mode.name, vocab, max_length, **mode_options(cfg))
 

@@ -149,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                     load_sources, predict, preprocess_config, resolve_precision, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
-    from bearcat.warmstart import FreezeBackbone, log_warm_start, warm_start
+    from bearcat.warmstart import FreezeBackbone, earlier_vocabulary, log_warm_start, warm_start
 
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
@@ -167,8 +167,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         return train_detection(cfg)
 
+    # MLflow first: the vocabulary may come from init_from, which may be a run id
+    experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     splits = load_sources(cfg)
-    mode = build_vocab_and_mode(cfg, splits)
+    mode = build_vocab_and_mode(cfg, splits, earlier_vocabulary(cfg, out_dir))
     data = load_data(cfg, splits, mode)
     train_split, val_split, test_split = (data.loaded[s] for s in ("train", "val", "test"))
     log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",
@@ -198,7 +200,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         loss = float(keras.ops.convert_to_numpy(keras.ops.mean(loss_fn(val_targets, probs))))
         return {"loss": loss, **score(mode, val_split.labels, results)}
 
-    experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     with tracked_run(cfg, experiment_id, ckpt_dir, model, f"{cfg.mode.name}-{cfg.backbone.name}",
                      cfg.backbone.name) as (run, state, initial_epoch):
         if initial_epoch == 0 and cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)

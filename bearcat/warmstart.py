@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 import keras
@@ -40,6 +41,26 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
         return tracking.download_artifacts(str(init_from), "model", workdir), str(init_from)
     except Exception as err:  # MLflow raises several types for an unknown run or artifact
         raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
+
+
+def earlier_vocabulary(cfg, out_dir: Path) -> list[str] | None:
+    """The init_from model's vocabulary when init_from_vocabulary=true, else None. Kept in
+    the run folder, so a resumed run builds the same output layer even if the earlier
+    bundle has gone meanwhile."""
+    import json
+
+    from bearcat.atomic import write_json
+    from bearcat.bundle import read_meta
+
+    if not (cfg.get("init_from") and cfg.get("init_from_vocabulary")):
+        return None
+    saved = Path(out_dir) / "init_from_vocabulary.json"
+    if cfg.get("resume") and saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))["chars"]
+    with tempfile.TemporaryDirectory() as tmp:
+        chars = list(read_meta(locate_init_bundle(cfg.init_from, tmp)[0])["vocabulary"])
+    write_json(saved, {"chars": chars, "init_from": str(cfg.init_from)}, indent=1)
+    return chars
 
 
 def output_layer(model):

@@ -151,6 +151,19 @@ def test_resume_inside_the_frozen_epochs_freezes_again(make_cfg, tmp_path):
 PRETRAIN_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"  # experiment=pretrain_generated's 36 classes
 
 
+def test_init_from_vocabulary_keeps_the_earlier_characters_and_adds_new_ones(make_cfg):
+    from bearcat.data.sources import Splits
+    from bearcat.experiment import build_vocab_and_mode
+
+    splits = Splits([("a.png", "b9Q")], [("b.png", "9b")], [("c.png", "Qb")])
+    cfg = make_cfg(["dataset=folder", "dataset.root=x"])
+    assert build_vocab_and_mode(cfg, splits).vocab.chars == list("9Qb")  # the labels' characters only
+    kept = build_vocab_and_mode(cfg, splits, list("0123456789ab")).vocab.chars
+    assert kept == list("0123456789abQ")  # the earlier model's, in its order, then what the labels add
+    splits.charset = "bQ9x"  # a configured charset (dataset.charset) wins
+    assert build_vocab_and_mode(cfg, splits, list("0123456789ab")).vocab.chars == list("bQ9x")
+
+
 def test_finetune_preset_builds_the_pretrained_model(make_cfg):
     """experiment=finetune's model is pretrain_generated's, layer for layer; the plain defaults'
     is not (another input height, two CTC steps per column): README "Few labels"."""
@@ -174,9 +187,11 @@ def test_finetune_preset_builds_the_pretrained_model(make_cfg):
 
 def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, caplog):
     """The README's loop: pretrain_generated, then experiment=finetune on a labelled folder
-    loads every layer; a fine-tune with the plain defaults names what did not load and why."""
+    loads every layer, and keeps every character of the pretrained model although the 48
+    labels lack "7"; a fine-tune with the plain defaults names what did not load and why."""
+    from bearcat.bundle import read_meta
     from bearcat.experiment import build_model, mode_options
-    from bearcat.warmstart import warm_start
+    from bearcat.warmstart import earlier_vocabulary, warm_start
 
     train(make_cfg([*TINY, "experiment=pretrain_generated"], output="pretrain"))
     labelled = tmp_path / "labelled"
@@ -185,8 +200,7 @@ def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, 
         (labelled / path.name).write_bytes(path.read_bytes())
     with caplog.at_level("WARNING", logger="bearcat.warmstart"):
         tuned = train(make_cfg([*TINY, "experiment=finetune", f"dataset.root={labelled}",
-                                f"dataset.charset={PRETRAIN_CHARS}", f"init_from={tmp_path / 'pretrain'}"],
-                               output="tuned"))
+                                f"init_from={tmp_path / 'pretrain'}"], output="tuned"))
     assert "init_from=" not in caplog.text  # nothing to warn of
     report = json.loads((tmp_path / "tuned" / "init_from.json").read_text(encoding="utf-8"))
     assert report["not_loaded"] == {} and not report["output_rebuilt"] and report["source_mode"] == "ctc"
@@ -194,6 +208,14 @@ def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, 
     params = mlflow.get_run(tuned["mlflow_run_id"]).data.params
     assert params["trainer.freeze_backbone_epochs"] == "2" and params["init_from_not_loaded_layers"] == "0"
     assert sorted(p.name for p in labelled.iterdir()) == sorted(p.name for p in swust_copy.iterdir())[:48]
+    assert "7" not in "".join(p.name.split("_")[0] for p in labelled.iterdir())
+    assert read_meta(tmp_path / "tuned" / "model")["vocabulary"] == list(PRETRAIN_CHARS)  # "7" included
+    # a resume builds the same vocabulary from the run folder, even with the pretrained bundle gone
+    (tmp_path / "pretrain").rename(tmp_path / "pretrain_moved")
+    resumed = make_cfg(["experiment=finetune", f"dataset.root={labelled}", f"init_from={tmp_path / 'pretrain'}",
+                        f"resume={tmp_path / 'tuned'}"], output="tuned")
+    assert earlier_vocabulary(resumed, tmp_path / "tuned") == list(PRETRAIN_CHARS)
+    (tmp_path / "pretrain_moved").rename(tmp_path / "pretrain")
 
     cfg = make_cfg(["dataset=folder", f"dataset.root={labelled}"])  # the plain defaults
     vocab = Vocabulary(PRETRAIN_CHARS)
