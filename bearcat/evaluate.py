@@ -67,13 +67,35 @@ def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
     return cfg
 
 
+def scored_samples(samples: list, mode, skipped: dict[str, int]) -> tuple[list, set[str]]:
+    """The (path, label) pairs to score, and the labels among them the model cannot produce
+    (a character outside its vocabulary, more characters than it emits, a class it lacks).
+    Those are scored as the failures they are, not left out: leaving them out made a
+    model that lacks a character look better than it reads the set. Only empty labels are
+    skipped (counted in `skipped`)."""
+    kept, unreachable, reasons = [], set(), {}
+    for path, label in samples:
+        problem = mode.check_label(label)
+        if problem and problem[0] == "empty label":
+            skipped["empty label"] = skipped.get("empty label", 0) + 1
+            continue
+        if problem:
+            unreachable.add(label)
+            reasons.setdefault(problem[0], []).append(f"{Path(path).name} ({problem[1]})")
+        kept.append((path, label))
+    for reason, files in reasons.items():
+        log.warning("%d labels the model cannot produce, scored as failures: %s: %s%s", len(files), reason,
+                    ", ".join(files[:5]), ", ..." if len(files) > 5 else "")
+    return kept, unreachable
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
     from bearcat.bundle import Predictor, read_meta
     from bearcat.data.pipeline import load_split
-    from bearcat.data.sources import SPLITS, Splits
-    from bearcat.experiment import filter_labels, load_sources, predict, score
+    from bearcat.data.sources import SPLITS
+    from bearcat.experiment import load_sources, predict, score
     from bearcat.gallery import prediction_gallery
 
     if int(cfg.batch_size) < 1:
@@ -94,7 +116,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.split == "all":
             samples = list(dict.fromkeys(samples))
         skipped = dict(splits.skipped)
-        samples = filter_labels(Splits(samples, [], [], splits.charset), mode, skipped).train
+        samples, unreachable = scored_samples(samples, mode, skipped)
         data = load_split(samples, pre, cfg.paths.cache_dir, desc=f"decoding {cfg.split}")
         if not len(data):
             raise ValueError(f"no usable images in the {cfg.split} split of the dataset")
@@ -102,6 +124,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = {f"test_{k}": v for k, v in score(mode, data.labels, results).items()}
     metrics["test_ms_per_image"] = ms
     metrics["test_images"] = len(data)
+    metrics["test_unreachable_labels"] = sum(label in unreachable for label in data.labels)
     metrics["test_low_confidence_fraction"] = sum(r["confidence"] < cfg.low_confidence for r in results) / len(data)
     skipped["unreadable image"] = len(data.errors)
     out_dir = Path(cfg.paths.output_dir)

@@ -214,3 +214,23 @@ def test_gradcam_heatmaps_for_a_chosen_layer(trained_run):
     assert conv_layer(model).name == last_feature_map_layer(model)
     with pytest.raises(ValueError, match="gradcam_layer=nope: no such layer"):
         conv_layer(model, "nope")
+
+
+def test_labels_the_model_cannot_produce_are_scored_as_failures(trained_run, swust_copy, tmp_path, monkeypatch):
+    """The generated-captcha model reads 0-9A-Z; swust's labels are lower case. Every image
+    is scored, those whose label holds a letter as failures (counted), none left out: leaving
+    them out made a model that lacks a character look better than it reads the set."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            f"run_id={trained_run['run_id']}", "dataset=folder", f"dataset.root={swust_copy}", "split=all",
+            "latency_images=2", f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    labels = [p.name.split("_")[0] for p in sorted(swust_copy.iterdir())]
+    beyond = sum(any(c.islower() for c in label) for label in labels)
+    assert 0 < beyond < len(labels)  # some labels are digits only
+    metrics = evaluate(cfg)
+    assert metrics["test_images"] == len(labels) == 120
+    assert metrics["test_unreachable_labels"] == beyond
+    assert metrics["test_accuracy"] <= (len(labels) - beyond) / len(labels)
+    rows = (tmp_path / "eval" / "analysis" / "predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + len(labels)
