@@ -156,6 +156,33 @@ def commit_export(stage: Path, out: Path) -> None:
             item.rename(tmp)
 
 
+def earlier_exports(out: Path, bundle: Path, meta: dict, formats: list[str]) -> dict:
+    """The `exports` entries of an earlier export of this same model into `out` (same Keras
+    file, same settings) whose files are still there, other than `formats`: exporting ONNX
+    and then TFLite of one run leaves both usable. Another model's files stay unlisted."""
+    import filecmp
+
+    from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, read_meta
+
+    if not ((out / BUNDLE_FILE).is_file() and (out / MODEL_FILE).is_file()):
+        return {}
+    try:
+        earlier = read_meta(out)
+    except ValueError:  # not JSON, or another bundle format: nothing of it is kept
+        return {}
+
+    def settings(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k not in ("exports", "mlflow_run_id")}
+
+    if settings(earlier) != settings(meta) or not filecmp.cmp(out / MODEL_FILE, bundle / MODEL_FILE, shallow=False):
+        return {}
+    kept = {fmt: entry for fmt, entry in (earlier.get("exports") or {}).items()
+            if fmt in FILES and fmt not in formats and (out / FILES[fmt]).exists()}
+    if kept:
+        log.info("kept %s from the earlier export of this model in %s", ", ".join(kept), out)
+    return kept
+
+
 def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
@@ -198,8 +225,9 @@ def export(cfg: DictConfig) -> dict:
                 shutil.copytree(bundle / RECOGNISER_DIR, stage / RECOGNISER_DIR)
             images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
             report = parity_check(stage, formats, model, mode, images, float(cfg.parity.atol))
-            meta = {**meta, "mlflow_run_id": source_run, "exports": {
-                fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}}
+            exports = earlier_exports(out, bundle, meta, formats) | {
+                fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}
+            meta = {**meta, "mlflow_run_id": source_run, "exports": exports}
             write_json(stage / BUNDLE_FILE, meta, indent=1)
             commit_export(stage, out)
         finally:

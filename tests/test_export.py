@@ -105,8 +105,11 @@ def test_export_from_checkpoint_to_the_default_folder(trained_run, tmp_path, mon
 
 
 def test_export_into_a_used_folder_replaces_only_after_parity(exported, tmp_path, monkeypatch):
-    """Exporting into a folder that holds an earlier export: the files of formats not exported
-    this time are not served; a failed parity check changes nothing in the folder."""
+    """Exporting into a folder that holds an earlier export: the formats of an earlier export
+    of the same model stay listed; another model's files are not served; a failed parity
+    check changes nothing in the folder."""
+    from bearcat.bundle import load_keras
+
     deploy = tmp_path / "deploy"
     shutil.copytree(exported["dir"], deploy)  # every format, from the fixture's export
     (deploy / "notes.txt").write_text("mine")
@@ -118,6 +121,13 @@ def test_export_into_a_used_folder_replaces_only_after_parity(exported, tmp_path
                 f"paths.cache_dir={exported['root'] / 'cache'}", *overrides]))
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    export_to("format=keras")  # the model the folder was exported from: its ONNX, TFLite... stay usable
+    assert sorted(json.loads((deploy / "bundle.json").read_text())["exports"]) == sorted(FORMATS)
+    assert load_runtime(deploy, "onnx").name == "onnx"
+
+    other = load_keras(deploy / "model.keras")  # the folder now holds another model's export
+    other.set_weights([w + 0.01 for w in other.get_weights()])
+    other.save(deploy / "model.keras")
     export_to("format=keras")
     assert list(json.loads((deploy / "bundle.json").read_text())["exports"]) == ["keras"]
     assert (deploy / "model.onnx").is_file()  # left by the earlier export, and not served:
