@@ -88,11 +88,15 @@ class Predictor:
 def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> Path:
     """The bundle folder a `model=` setting names: a bundle folder, a training run's output
     folder, an MLflow run id, or a registered model (models:/NAME/VERSION), the last two
-    fetched into `workdir` from the tracking server `mlflow_cfg` points to."""
+    fetched into `workdir` from the tracking server `mlflow_cfg` points to. A file of a
+    bundle (model.onnx, bundle.json...) names its folder; `runtime.named_runtime` then
+    runs that format."""
     if model in (None, "", "???"):
         raise ValueError(f"{key} is not set: pass {key}=<bundle or run folder>, an MLflow run id "
                          "or models:/NAME/VERSION")
     model = str(model)
+    if bundle_member(model):
+        return Path(model).parent
     from bearcat.warmstart import RUN_ID, locate_init_bundle
 
     # MLflow only for the registry or a run id: a local bundle starts without importing it,
@@ -105,6 +109,14 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
         if model.startswith("models:/"):
             return tracking.download_model(model, workdir)
     return locate_init_bundle(model, workdir, key=key)[0]
+
+
+def bundle_member(model) -> bool:
+    """True when `model` is a file (or the savedmodel/ folder) inside a bundle folder."""
+    from bearcat.runtime import FILES
+
+    path = Path(str(model))
+    return path.name in (*FILES.values(), BUNDLE_FILE) and (path.parent / BUNDLE_FILE).is_file() and path.exists()
 
 
 def predict_files(predictor, paths: list, batch_size: int = 64) -> tuple[list, list[tuple[Path, str]]]:

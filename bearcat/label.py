@@ -32,10 +32,10 @@ def build_label_app(cfg: DictConfig, workdir: str):
     predictor, name = None, None
     if cfg.get("model"):
         from bearcat.bundle import resolve_model
-        from bearcat.runtime import load_predictor
+        from bearcat.runtime import load_predictor, named_runtime
 
         folder = resolve_model(cfg.model, workdir, cfg.mlflow)
-        predictor = load_predictor(folder, cfg.runtime, cfg.threads)
+        predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads)
         name = str(cfg.model)
     queue = LabelQueue(source, out, predictor)
     return create_label_app(queue, name), queue

@@ -103,6 +103,20 @@ def available_formats(folder) -> list[str]:
     return [f for f in present if f == "keras" or f in exports] if exports else present
 
 
+def named_runtime(model, runtime: str) -> str:
+    """The runtime to use for `model=`: the format of the file it names when it names one
+    of a bundle's model files (model.onnx runs in ONNX Runtime whatever `runtime` says),
+    else `runtime`."""
+    from bearcat.bundle import bundle_member
+
+    named = {name: fmt for fmt, name in FILES.items()}.get(Path(str(model)).name)
+    if named is None or not bundle_member(model):
+        return runtime
+    if runtime not in ("auto", named):
+        log.info("model=%s names the bundle's %s model: runtime %s, not %s", model, named, named, runtime)
+    return named
+
+
 def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
     """The bundle's model in `runtime` (keras | onnx | tflite | savedmodel | auto: the
     first present of onnx, tflite, savedmodel, keras)."""

@@ -22,17 +22,22 @@ log = logging.getLogger("bearcat.serve")
 
 
 def model_name(cfg: DictConfig) -> str:
+    from bearcat.bundle import bundle_member
+
     model = str(cfg.model)  # a registered name, a run id or the folder's name
-    return cfg.name or (model.removeprefix("models:/") if model.startswith("models:/") else Path(model).resolve().name)
+    if model.startswith("models:/"):
+        return cfg.name or model.removeprefix("models:/")
+    folder = Path(model).parent if bundle_member(model) else Path(model)
+    return cfg.name or folder.resolve().name
 
 
 def build_app(cfg: DictConfig, workdir: str):
     from bearcat.bundle import resolve_model
-    from bearcat.runtime import load_predictor
+    from bearcat.runtime import load_predictor, named_runtime
     from bearcat.server.app import Limits, create_app
 
     folder = resolve_model(cfg.model, workdir, cfg.mlflow)
-    predictor = load_predictor(folder, cfg.runtime, cfg.threads)
+    predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads)
     name = model_name(cfg)
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
@@ -61,12 +66,13 @@ def main(cfg: DictConfig) -> None:
             app = build_app(cfg, workdir)
         else:  # resolve (and download) once here; each worker loads the same folder
             from bearcat.bundle import resolve_model
-            from bearcat.runtime import load_predictor
+            from bearcat.runtime import load_predictor, named_runtime
 
             folder = Path(resolve_model(cfg.model, workdir, cfg.mlflow)).resolve()
-            load_predictor(folder, cfg.runtime, cfg.threads)  # fail here, once, not in a restart loop of workers
+            runtime = named_runtime(cfg.model, cfg.runtime)
+            load_predictor(folder, runtime, cfg.threads)  # fail here, once, not in a restart loop of workers
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            resolved.update(model=str(folder), name=model_name(cfg))
+            resolved.update(model=str(folder), runtime=runtime, name=model_name(cfg))
             os.environ[WORKER_CONFIG] = json.dumps(resolved)
             app = "bearcat.serve:worker_app"
             options.update(factory=True, workers=workers)

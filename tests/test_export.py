@@ -297,6 +297,26 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
         predict(predict_cfg([f"model={exported['dir']}", f"images={bad}"]))
 
 
+def test_a_file_of_the_bundle_names_the_bundle_and_its_runtime(exported, mixed_folder):
+    """model=BUNDLE/model.tflite reads with TFLite (whatever runtime= says), bundle.json with
+    runtime=auto; the server names the model after the bundle folder."""
+    from bearcat.predict import predict
+    from bearcat.serve import model_name
+
+    folder, good = mixed_folder
+    want = [w["result"] for w in Predictor(exported["output_dir"] / "model").predict(good)]
+    for name, runtime, used in [("model.tflite", "onnx", "tflite"), ("savedmodel", "auto", "savedmodel"),
+                                ("bundle.json", "auto", "onnx")]:
+        summary = predict(predict_cfg([f"model={exported['dir'] / name}", f"images={folder}", f"runtime={runtime}",
+                                       f"out={folder.parent / (used + '.jsonl')}"]))
+        assert summary["runtime"] == used and summary["read"] == 8
+        readings = [json.loads(ln) for ln in (folder.parent / f"{used}.jsonl").read_text().splitlines()]
+        assert [r["result"] for r in readings] == want
+    assert model_name(OmegaConf.create({"model": str(exported["dir"] / "model.onnx"), "name": None})) == "export"
+    with pytest.raises(FileNotFoundError, match="model="):  # a model file outside any bundle
+        predict(predict_cfg([f"model={good[0]}", f"images={folder}"]))
+
+
 def test_predict_entry_point_prints_only_readings(exported, mixed_folder, tmp_path):
     """`python -m bearcat.predict`: stdout is one file<TAB>reading<TAB>confidence line per
     image (logs and warnings go to stderr), so it pipes into other tools."""
