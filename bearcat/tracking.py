@@ -120,18 +120,24 @@ def epoch_callback(state: dict):
     return MlflowEpochRecorder()
 
 
-def log_epoch_record(state: dict) -> None:
+def log_epoch_record(state: dict, resend: bool = False) -> None:
     """Send the last committed epoch's metrics (`state["epoch_log"]`) to the active run.
-    Sent again on resume, in case the process died between the commit and the send: the
-    same key, value, step and timestamp are stored once (MLflow's SQL store, the default,
-    drops the repeat), so every epoch is in the history exactly once."""
+    With `resend` (on resume, in case the process died between the commit and the send)
+    only the metrics not yet in the history with this step and timestamp are sent: MLflow's
+    SQL store drops a repeated entry, its file store keeps it, and every epoch must be in
+    the history exactly once."""
     from mlflow.entities import Metric
 
     record = state.get("epoch_log")
     if not record:
         return
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
     metrics = [Metric(k, v, record["timestamp"], record["step"]) for k, v in sorted(record["metrics"].items())]
-    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
+    if resend:
+        metrics = [m for m in metrics if not any((h.step, h.timestamp) == (m.step, m.timestamp)
+                                                 for h in client.get_metric_history(run_id, m.key))]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
 
 
 def run_exists(run_id: str) -> bool:

@@ -51,7 +51,7 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
     try:
         initial_epoch = resume_epoch(model, ckpt_dir, state, run.info.run_id)
         if state:  # the last committed epoch's metrics, in case the kill came before they were sent
-            tracking.log_epoch_record(state)
+            tracking.log_epoch_record(state, resend=True)
         else:  # a resumed run logged these when it started
             tracking.log_params(cfg)
             tracking.log_artifact(Path(cfg.paths.output_dir) / "config.yaml")
