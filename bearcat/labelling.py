@@ -6,7 +6,8 @@ reading of each, lowest confidence first; answers saved as copies named
 The source folder is only read. Images whose content is already in the output folder
 (labelled earlier, under any name) are not shown again, so a restart carries on where
 the last session stopped. Undo removes the copy this session made for the last answer
-and puts its image back at the front of the queue.
+and puts its image back at the front of the queue. Skip (an image a person cannot read
+either) puts it at the back of the queue, nothing saved.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class LabelQueue:
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.history: list[tuple[Item, Path]] = []  # this session's answers, for undo
+        self.skipped = 0
         self.unreadable: list[str] = []
         done = {file_md5(p) for p in self.out.iterdir() if is_image_file(p)}
         items, seen = [], set(done)
@@ -122,7 +124,8 @@ class LabelQueue:
             current = self.pending[0].to_json() if self.pending else None
             upcoming = self.pending[1].id if len(self.pending) > 1 else None
             return {"item": current, "upcoming": upcoming, "remaining": len(self.pending),
-                    "saved": len(self.history), "done_before": self.done_before, "can_undo": bool(self.history),
+                    "saved": len(self.history), "skipped": self.skipped, "done_before": self.done_before,
+                    "can_undo": bool(self.history),
                     "last": self.history[-1][1].name if self.history else None, "out": str(self.out)}
 
     def answer(self, item_id: str, answer: str) -> Path:
@@ -137,6 +140,16 @@ class LabelQueue:
             self.pending.remove(item)
             self.history.append((item, target))
             return target
+
+    def skip(self, item_id: str) -> Item:
+        """Show the image again after every other one; nothing is saved. A restart shows it
+        in its confidence order again."""
+        with self.lock:
+            item = self.find(item_id)
+            self.pending.remove(item)
+            self.pending.append(item)
+            self.skipped += 1
+            return item
 
     def accept_confident(self, threshold: float) -> list[Path]:
         """Save the model's answer, unreviewed, for every image read with a confidence of at

@@ -105,6 +105,13 @@ def test_queue_orders_saves_copies_undoes_and_resumes(unlabelled, reading_bundle
     assert undone["undone"] == {"id": second["id"], "answer": "Q7W"} and undone["item"]["id"] == second["id"]
     assert not (out / fixed["saved_as"]).exists() and sorted(p.name for p in out.iterdir()) == [name]
 
+    skipped = client.post("/api/skip", json={"id": second["id"]}).json()  # comes back after the others
+    assert skipped["skipped_name"] == want[1][0] and skipped["skipped"] == 1
+    assert skipped["item"]["name"] == want[2][0] and [it.id for it in queue.pending][-1] == second["id"]
+    assert client.post("/api/skip", json={"id": first["item"]["id"]}).status_code == 409  # answered
+    assert client.post("/api/skip", json={"name": "x"}).status_code == 422
+    assert sorted(p.name for p in out.iterdir()) == [name]  # a skip saves nothing
+
     again = LabelQueue(unlabelled, out, Predictor(reading_bundle))  # a restart: the labelled one is not shown
     assert [it.path.name for it in again.pending] == [n for n, _, _ in want[1:]] and again.done_before == 1
     client.post("/api/undo")
@@ -221,19 +228,27 @@ def test_label_page_keyboard_only_in_headless_chromium(label_server, unlabelled,
             page.keyboard.press("Backspace")
             page.keyboard.type("Q")
             page.keyboard.press("Enter")
-            for name, _, _ in want[2:]:
+            wait_for(want[2][0])
+            page.keyboard.press("Escape")  # skip: it comes back after the others
+            for name, _, _ in want[3:]:
                 wait_for(name)
+                if name == want[3][0]:
+                    assert page.inner_text("#status") == f"skipped {want[2][0]}: it comes back after the others"
+                    assert page.input_value("#answer") == want[3][1]
                 page.keyboard.press("Enter")
+            wait_for(want[2][0])
+            page.keyboard.press("Enter")
             page.wait_for_function("!document.getElementById('done').hidden")
             page.screenshot(path=str(tmp_path / "label_page.png"))
         finally:
             browser.close()
 
     names = [n for n, _ in shown]
-    assert names[:2] == [want[0][0], want[1][0]] and names[3:] == [n for n, _, _ in want[1:]]
-    confidences = [c for _, c in shown[3:]]
+    assert names[:2] == [want[0][0], want[1][0]]
+    assert names[3:] == [n for n, _, _ in want[1:]] + [want[2][0]]  # the skipped one last
+    confidences = [c for _, c in shown[3:-1]]
     assert confidences == sorted(confidences)  # least confident first
-    assert np.allclose([c for _, c in shown[3:]], [c for _, _, c in want[1:]], rtol=1e-4)
+    assert np.allclose(confidences, [c for _, _, c in want[1:]], rtol=1e-4)
     saved = {p.name for p in out.iterdir()}
     assert saved == {f"{want[0][1]}_{md5(unlabelled / want[0][0])}.png", f"K9Q_{md5(unlabelled / want[1][0])}.png"} | \
         {f"{text}_{md5(unlabelled / name)}.png" for name, text, _ in want[2:]}

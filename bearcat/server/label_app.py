@@ -1,6 +1,6 @@
 """The labelling page (`python -m bearcat.label`): `GET /` the page, `GET /api/state`
 the current image and counts, `GET /api/image/{id}` an image's bytes, `POST /api/answer`
-{"id", "answer"}, `POST /api/undo`. The queue itself is bearcat/labelling.py."""
+{"id", "answer"}, `POST /api/skip` {"id"}, `POST /api/undo`. The queue itself is bearcat/labelling.py."""
 from __future__ import annotations
 
 import mimetypes
@@ -51,6 +51,18 @@ def create_label_app(queue: LabelQueue, model_name: str | None = None) -> FastAP
         except (ValueError, FileExistsError) as err:
             raise HTTPException(400, str(err)) from None
         return {**queue.state(), "saved_as": saved.name, "model": model_name}
+
+    @app.post("/api/skip")
+    async def skip(request: Request):
+        try:
+            item_id = str((await request.json())["id"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise HTTPException(422, 'send JSON {"id": ...}') from None
+        try:
+            skipped = queue.skip(item_id)
+        except KeyError:
+            raise HTTPException(409, f"image {item_id} is not waiting for an answer (answered already?)") from None
+        return {**queue.state(), "skipped_name": skipped.path.name, "model": model_name}
 
     @app.post("/api/undo")
     def undo():
