@@ -136,6 +136,12 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, test and bundle one run (see the module docstring); returns its metrics."""
+    with tempfile.TemporaryDirectory(prefix="bearcat-init-from-") as fetched:  # init_from=RUN_ID fetched once
+        return train_in(cfg, fetched)
+
+
+def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     import keras
     from hydra.utils import instantiate
 
@@ -170,7 +176,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # MLflow first: the vocabulary may come from init_from, which may be a run id
     experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     splits = load_sources(cfg)
-    mode = build_vocab_and_mode(cfg, splits, earlier_vocabulary(cfg, out_dir))
+    mode = build_vocab_and_mode(cfg, splits, earlier_vocabulary(cfg, out_dir, fetched))
     data = load_data(cfg, splits, mode)
     train_split, val_split, test_split = (data.loaded[s] for s in ("train", "val", "test"))
     log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",
@@ -203,9 +209,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracked_run(cfg, experiment_id, ckpt_dir, model, f"{cfg.mode.name}-{cfg.backbone.name}",
                      cfg.backbone.name) as (run, state, initial_epoch):
         if initial_epoch == 0 and cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
-            with tempfile.TemporaryDirectory() as tmp:  # (also when a resume finds no epoch done yet)
-                settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["preprocess", "mode"]), resolve=True)
-                log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, tmp, settings), out_dir)
+            # (also when a resume finds no epoch done yet)
+            settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["preprocess", "mode"]), resolve=True)
+            log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, fetched, settings), out_dir)
         if not state:
             tracking.set_tags({"bearcat.precision": precision})  # what trainer.precision=auto chose
             tracking.log_artifact(training_preview(train_split.images, train_split.labels, out_dir / "preview.png",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 import keras
@@ -37,16 +36,19 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
         raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
     from bearcat import tracking
 
+    fetched = Path(workdir) / str(init_from)
+    if (fetched / "model" / BUNDLE_FILE).is_file():  # fetched into this workdir before (a run reads it twice)
+        return fetched / "model", str(init_from)
     try:
-        return tracking.download_artifacts(str(init_from), "model", workdir), str(init_from)
+        return tracking.download_artifacts(str(init_from), "model", str(fetched)), str(init_from)
     except Exception as err:  # MLflow raises several types for an unknown run or artifact
         raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
 
 
-def earlier_vocabulary(cfg, out_dir: Path) -> list[str] | None:
+def earlier_vocabulary(cfg, out_dir: Path, workdir: str) -> list[str] | None:
     """The init_from model's vocabulary when init_from_vocabulary=true, else None. Kept in
     the run folder, so a resumed run builds the same output layer even if the earlier
-    bundle has gone meanwhile."""
+    bundle has gone meanwhile. A run id's bundle is fetched into `workdir`."""
     import json
 
     from bearcat.atomic import write_json
@@ -57,8 +59,7 @@ def earlier_vocabulary(cfg, out_dir: Path) -> list[str] | None:
     saved = Path(out_dir) / "init_from_vocabulary.json"
     if cfg.get("resume") and saved.is_file():
         return json.loads(saved.read_text(encoding="utf-8"))["chars"]
-    with tempfile.TemporaryDirectory() as tmp:
-        chars = list(read_meta(locate_init_bundle(cfg.init_from, tmp)[0])["vocabulary"])
+    chars = list(read_meta(locate_init_bundle(cfg.init_from, workdir)[0])["vocabulary"])
     write_json(saved, {"chars": chars, "init_from": str(cfg.init_from)}, indent=1)
     return chars
 

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from bearcat.bundle import MODEL_FILE
+from bearcat.bundle import MODEL_FILE, read_meta
 from bearcat.data.labels import Vocabulary
 from bearcat.modes import build_mode
 from bearcat.train import train
@@ -58,7 +58,9 @@ def test_transfer_keeps_shared_characters_and_rebuilds_the_output_layer(make_cfg
     assert report["vocabulary_added"] == "az" and set(report["vocabulary_dropped"]) == set("012345678AC")
 
 
-def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path):
+def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path, monkeypatch):
+    from bearcat import tracking
+
     source = train(make_cfg(TINY, output="source"))
     run_id = source["mlflow_run_id"]
     metrics = train(make_cfg([*TINY, f"init_from={run_id}", f"dataset.charset={OTHER_CHARSET}"], output="tuned"))
@@ -74,6 +76,15 @@ def test_init_from_a_run_with_another_vocabulary(make_cfg, tmp_path):
     assert int(run.data.params["init_from_loaded_layers"]) == len(report["loaded"]) >= 6
     tuned = keras.models.load_model(f"{tmp_path}/tuned/model/{MODEL_FILE}", compile=False)
     assert tuned.get_layer("ctc_split").get_weights()[0].shape[-1] == 2 * (len(OTHER_CHARSET) + 1)
+
+    # with init_from_vocabulary the run reads the earlier bundle twice (vocabulary, weights): fetched once
+    fetches = []
+    fetch = tracking.download_artifacts
+    monkeypatch.setattr(tracking, "download_artifacts", lambda *args: fetches.append(args) or fetch(*args))
+    kept = train(make_cfg([*TINY, f"init_from={run_id}", "init_from_vocabulary=true"], output="kept"))
+    assert len(fetches) == 1 and read_meta(tmp_path / "kept" / "model")["vocabulary"] == \
+        read_meta(tmp_path / "source" / "model")["vocabulary"]
+    assert mlflow.get_run(kept["mlflow_run_id"]).data.params["init_from_output_rebuilt"] == "False"
 
 
 def test_init_from_errors_name_the_key(tmp_path):
@@ -189,7 +200,6 @@ def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, 
     """The README's loop: pretrain_generated, then experiment=finetune on a labelled folder
     loads every layer, and keeps every character of the pretrained model although the 48
     labels lack "7"; a fine-tune with the plain defaults names what did not load and why."""
-    from bearcat.bundle import read_meta
     from bearcat.experiment import build_model, mode_options
     from bearcat.warmstart import earlier_vocabulary, warm_start
 
@@ -214,7 +224,7 @@ def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, 
     (tmp_path / "pretrain").rename(tmp_path / "pretrain_moved")
     resumed = make_cfg(["experiment=finetune", f"dataset.root={labelled}", f"init_from={tmp_path / 'pretrain'}",
                         f"resume={tmp_path / 'tuned'}"], output="tuned")
-    assert earlier_vocabulary(resumed, tmp_path / "tuned") == list(PRETRAIN_CHARS)
+    assert earlier_vocabulary(resumed, tmp_path / "tuned", str(tmp_path / "fetched")) == list(PRETRAIN_CHARS)
     (tmp_path / "pretrain_moved").rename(tmp_path / "pretrain")
 
     cfg = make_cfg(["dataset=folder", f"dataset.root={labelled}"])  # the plain defaults
