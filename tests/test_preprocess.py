@@ -54,6 +54,28 @@ def test_gray_min_keeps_pale_coloured_text_dark():
         PreprocessConfig(gray="max")
 
 
+def test_gamma_darkens_a_pale_stroke_more_than_the_background():
+    """gamma=3: a pastel stroke at 235 on a 253 background is pulled apart from it (200 on
+    249); black, white and the padding stay; RGB gets the same curve per channel; threshold
+    comes after it; a gamma of 0 or less is refused naming the key."""
+    img = Image.new("L", (10, 6), 253)
+    img.paste(235, (4, 0, 6, 6))
+    img.paste(0, (0, 0, 1, 6))
+    out = preprocess(img, PreprocessConfig(height=8, width=10, gamma=3))[..., 0]
+    assert (out[1:7, 5] == 200).all() and (out[1:7, 8] == 249).all() and (out[1:7, 0] == 0).all()
+    assert (out[0] == 128).all() and (out[7] == 128).all()  # padding rows: pad_value, untouched
+    rgb = preprocess(Image.new("RGB", (4, 4), (235, 253, 255)), PreprocessConfig(height=4, width=4, channels=3, gamma=3))
+    assert tuple(rgb[2, 2]) == (200, 249, 255)
+    # 235 alone stays above a threshold of 210; after gamma 3 (200) it falls below
+    assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, threshold=210)) == 255).all()
+    assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, gamma=3, threshold=210)) == 0).all()
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"preprocess.gamma={bad}"):
+            PreprocessConfig(gamma=bad)
+    # a bundle written before the key existed prepares its images as before
+    old = PreprocessConfig.from_dict({"height": 4, "width": 4, "channels": 1, "gray": "luma", "threshold": None})
+    assert old.gamma == 1.0 and (preprocess(Image.new("L", (4, 4), 235), old) == 235).all()
+
 def test_alpha_palette_and_16bit_inputs():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent -> white
     assert (preprocess(png_bytes(rgba), PreprocessConfig(height=8, width=8)) == 255).all()

@@ -32,7 +32,8 @@ class PreprocessConfig:
     width: int = 128          # model input width, pixels
     channels: int = 1         # 1 = grayscale, 3 = RGB
     gray: str = "luma"        # channels=1: "luma" (PIL's weighted grey) | "min" (each pixel's darkest channel)
-    threshold: int | None = None  # binarise grayscale at this level (0-255); None = off
+    gamma: float = 1.0        # pixel = 255 * (pixel / 255) ** gamma; above 1 darkens pale strokes (1 = off)
+    threshold: int | None = None  # binarise grayscale at this level (0-255), after gamma; None = off
     pad_value: int = 128      # grey used to pad to the input size
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -45,6 +46,8 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.channels={self.channels}: use 1 (grayscale) or 3 (RGB)")
         if self.threshold is not None and self.channels != 1:
             raise ValueError("preprocess.threshold needs preprocess.channels=1")
+        if not float(self.gamma) > 0:
+            raise ValueError(f"preprocess.gamma={self.gamma}: must be above 0 (1 = off)")
         if min(self.height, self.width) < 1:
             raise ValueError(f"preprocess.height/width={self.height}/{self.width}: must be at least 1 pixel")
 
@@ -123,7 +126,7 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
     """Image -> uint8 array (cfg.height, cfg.width, cfg.channels).
 
     Keep the aspect ratio, scale down only if larger than the input size, centre on a
-    grey (`pad_value`) canvas, optionally grayscale (luma or darkest channel) and threshold.
+    grey (`pad_value`) canvas, optionally grayscale (luma or darkest channel), gamma and threshold.
     """
     img = load_image(source, cfg.max_pixels, name)
     try:
@@ -133,6 +136,9 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
             img = img.resize(size, Image.BILINEAR)
     except Exception as err:  # e.g. a LAB or CMYK-with-odd-profile file PIL decodes but cannot convert
         raise ImageError(f"{_label(source, name)}: cannot convert image ({type(err).__name__}: {err})") from None
+    if cfg.gamma != 1.0:  # a table per channel, so grey and RGB alike
+        table = [round(255 * (p / 255) ** cfg.gamma) for p in range(256)]
+        img = img.point(table * len(img.getbands()))
     if cfg.threshold is not None:
         img = img.point(lambda p: 255 if p >= cfg.threshold else 0)
     fill = cfg.pad_value if cfg.channels == 1 else (cfg.pad_value,) * 3
