@@ -69,8 +69,8 @@ def test_gamma_darkens_a_pale_stroke_more_than_the_background():
     # 235 alone stays above a threshold of 210; after gamma 3 (200) it falls below
     assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, threshold=210)) == 255).all()
     assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, gamma=3, threshold=210)) == 0).all()
-    for bad in (0, -1):
-        with pytest.raises(ValueError, match=f"preprocess.gamma={bad}"):
+    for bad in (0, -1, "abc"):
+        with pytest.raises(ValueError, match=f"preprocess.gamma={bad!r}"):
             PreprocessConfig(gamma=bad)
     # a bundle written before the key existed prepares its images as before
     old = PreprocessConfig.from_dict({"height": 4, "width": 4, "channels": 1, "gray": "luma", "threshold": None})

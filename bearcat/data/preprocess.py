@@ -46,8 +46,8 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.channels={self.channels}: use 1 (grayscale) or 3 (RGB)")
         if self.threshold is not None and self.channels != 1:
             raise ValueError("preprocess.threshold needs preprocess.channels=1")
-        if not float(self.gamma) > 0:
-            raise ValueError(f"preprocess.gamma={self.gamma}: must be above 0 (1 = off)")
+        if not isinstance(self.gamma, (int, float)) or not self.gamma > 0:
+            raise ValueError(f"preprocess.gamma={self.gamma!r}: a number above 0 (1 = off)")
         if min(self.height, self.width) < 1:
             raise ValueError(f"preprocess.height/width={self.height}/{self.width}: must be at least 1 pixel")
 
