@@ -57,7 +57,7 @@ def test_gray_min_keeps_pale_coloured_text_dark():
 def test_gamma_darkens_a_pale_stroke_more_than_the_background():
     """gamma=3: a pastel stroke at 235 on a 253 background is pulled apart from it (200 on
     249); black, white and the padding stay; RGB gets the same curve per channel; threshold
-    comes after it; a gamma of 0 or less is refused naming the key."""
+    comes after it; a gamma of 0 or less, or not a number, is refused naming the key."""
     img = Image.new("L", (10, 6), 253)
     img.paste(235, (4, 0, 6, 6))
     img.paste(0, (0, 0, 1, 6))
@@ -75,6 +75,7 @@ def test_gamma_darkens_a_pale_stroke_more_than_the_background():
     # a bundle written before the key existed prepares its images as before
     old = PreprocessConfig.from_dict({"height": 4, "width": 4, "channels": 1, "gray": "luma", "threshold": None})
     assert old.gamma == 1.0 and (preprocess(Image.new("L", (4, 4), 235), old) == 235).all()
+
 
 def test_alpha_palette_and_16bit_inputs():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent -> white
