@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,12 @@ def _to_mode(img: Image.Image, channels: int, gray: str = "luma") -> Image.Image
     return img.convert("L" if channels == 1 else "RGB")
 
 
+@lru_cache(maxsize=8)
+def _gamma_table(gamma: float) -> list[int]:
+    """The 256-entry curve, made once per gamma rather than for every image."""
+    return [round(255 * (p / 255) ** gamma) for p in range(256)]
+
+
 def letterbox(width: int, height: int, cfg: PreprocessConfig):
     """Where an image of this size lands on the input canvas: ((new width, new height),
     (left, top) offset, scale). Detection maps boxes with the same numbers."""
@@ -136,9 +143,8 @@ def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.nda
             img = img.resize(size, Image.BILINEAR)
     except Exception as err:  # e.g. a LAB or CMYK-with-odd-profile file PIL decodes but cannot convert
         raise ImageError(f"{_label(source, name)}: cannot convert image ({type(err).__name__}: {err})") from None
-    if cfg.gamma != 1.0:  # a table per channel, so grey and RGB alike
-        table = [round(255 * (p / 255) ** cfg.gamma) for p in range(256)]
-        img = img.point(table * len(img.getbands()))
+    if cfg.gamma != 1.0:  # the same table for each channel, so grey and RGB alike
+        img = img.point(_gamma_table(cfg.gamma) * len(img.getbands()))
     if cfg.threshold is not None:
         img = img.point(lambda p: 255 if p >= cfg.threshold else 0)
     fill = cfg.pad_value if cfg.channels == 1 else (cfg.pad_value,) * 3
