@@ -247,6 +247,54 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                 layer.momentum = m
 
 
+class AveragedWeights(keras.callbacks.Callback):
+    """Validate, checkpoint and keep the moving average of the weights (trainer.ema_momentum)
+    rather than the latest ones; training itself goes on from the latest.
+
+    The optimizer keeps the average (Keras' use_ema, updated inside the train step). At each
+    epoch's end the model's weights and the optimizer's average slots are exchanged, so the
+    callbacks after this one (BatchNorm re-estimate, validation, checkpoints) see the
+    average; at the next epoch's start they are exchanged back. An epoch checkpoint thus
+    holds the average in the model and the latest weights in the average slots: a resumed
+    run starts `swapped` and the first exchange puts it exactly where the killed run was.
+    Listed before PreciseBatchNorm, whose statistics must fit the averaged weights.
+    """
+
+    def __init__(self, swapped: bool = False):
+        super().__init__()
+        self.swapped = bool(swapped)
+
+    def _optimizer(self):
+        opt = self.model.optimizer
+        return getattr(opt, "inner_optimizer", opt)  # a loss-scale wrapper averages in its inner optimizer
+
+    def _exchange(self) -> None:
+        opt = self._optimizer()
+        for var, average in zip(opt._trainable_variables, opt._model_variables_moving_average):
+            latest = keras.ops.convert_to_numpy(var)
+            var.assign(average)
+            average.assign(latest)
+        self.swapped = not self.swapped
+
+    def on_train_begin(self, logs=None):
+        opt = self._optimizer()
+        if not getattr(opt, "use_ema", False):
+            raise ValueError("AveragedWeights needs an optimizer built with use_ema=True (trainer.ema_momentum)")
+        # fit's end would copy the average slots over the model's weights (Keras' EMA
+        # finalisation): with the average swapped in, those slots hold the latest weights, and
+        # with the backbone still frozen the lists differ in length. The checkpoints hold
+        # what is kept, so the finalisation is turned off.
+        opt.finalize_variable_values = lambda var_list: None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.swapped:
+            self._exchange()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.swapped:
+            self._exchange()
+
+
 def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
     """Keras' TensorBoard logging (trainer.tensorboard=true) into log_dir."""
     try:

@@ -154,6 +154,15 @@ def float32_model(cfg: DictConfig, mode: Mode, model):
     return plain
 
 
+def build_optimizer(cfg: DictConfig, learning_rate):
+    """cfg.optimizer with the schedule's learning rate; with trainer.ema_momentum it also
+    keeps a moving average of the weights, which bearcat.callbacks.AveragedWeights makes the
+    validated and saved model."""
+    ema = cfg.trainer.get("ema_momentum")
+    extra = {"use_ema": True, "ema_momentum": float(ema)} if ema else {}
+    return instantiate(cfg.optimizer, learning_rate=learning_rate, **extra)
+
+
 def compile_model(model, optimizer, loss, jit_compile: bool = False) -> None:
     """Compile, then create the optimizer's slots eagerly. Left to the first `fit` call,
     Keras creates them while it traces the train step, which costs far more for backbones

@@ -63,18 +63,21 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
 
 def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbacks: list, checkpointer,
                     monitor: str) -> list:
-    """The per-epoch callbacks every mode trains with. Order matters: BatchNorm statistics
-    are re-estimated, val metrics computed and recorded, then the checkpoint commits the
+    """The per-epoch callbacks every mode trains with. Order matters: the averaged weights
+    are swapped in (trainer.ema_momentum), BatchNorm statistics are re-estimated, val metrics computed and recorded, then the checkpoint commits the
     epoch with its record and sends the record to MLflow. A kill before the commit retrains
     the epoch, unlogged; after it, the resume sends the record again (stored once)."""
     from bearcat import tracking
-    from bearcat.callbacks import EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics, tensorboard
+    from bearcat.callbacks import (AveragedWeights, EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics,
+                                   tensorboard)
     from bearcat.optim.schedules import ResumablePlateau, TimeBudgetCosine
 
     for callback in schedule_callbacks:
         if isinstance(callback, ResumablePlateau):  # it commits its counts with the epoch, like early stopping
             callback.state = checkpointer.state
     callbacks = []
+    if cfg.trainer.get("ema_momentum"):  # a restored epoch checkpoint holds the average in the model
+        callbacks.append(AveragedWeights(swapped=bool(checkpointer.state.get("last"))))
     if cfg.trainer.bn_calibration_images:
         callbacks.append(PreciseBatchNorm(train_images, cfg.trainer.bn_calibration_images, cfg.trainer.seed,
                                           cfg.trainer.get("bn_calibration_chunk")))
@@ -125,6 +128,9 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
     if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
         raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
+    ema = t.get("ema_momentum")
+    if ema is not None and not (isinstance(ema, (int, float)) and not isinstance(ema, bool) and 0 < ema < 1):
+        raise ValueError(f"trainer.ema_momentum={ema}: a number between 0 and 1 (e.g. 0.99), or null")
     if t.get("max_minutes") is not None and float(t.max_minutes) <= 0:
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
@@ -143,7 +149,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     import keras
-    from hydra.utils import instantiate
 
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
@@ -151,7 +156,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
-    from bearcat.experiment import (build_model, build_vocab_and_mode, compile_model, float32_model, load_data,
+    from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model, load_data,
                                     load_sources, predict, preprocess_config, resolve_precision, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
@@ -190,7 +195,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         model = build_model(cfg, mode, precision)
         lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                                 cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
-        optimizer = instantiate(cfg.optimizer, learning_rate=lr)
+        optimizer = build_optimizer(cfg, lr)
         loss_fn = mode.loss(xla=bool(cfg.trainer.jit_compile))
         compile_model(model, optimizer, loss_fn, cfg.trainer.jit_compile)
 

@@ -134,14 +134,12 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     import shutil
     import time
 
-    from hydra.utils import instantiate
-
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer
     from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
-    from bearcat.experiment import compile_model, load_sources, preprocess_config
+    from bearcat.experiment import build_optimizer, compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
     from bearcat.train import epoch_callbacks, fit_unless_done, tracked_run
 
@@ -169,7 +167,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
     lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
-    compile_model(model, instantiate(cfg.optimizer, learning_rate=lr), detection_loss(len(mode.vocab)),
+    compile_model(model, build_optimizer(cfg, lr), detection_loss(len(mode.vocab)),
                   cfg.trainer.jit_compile)
     train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed, repeat=True)
     detector = Detector(model=model, mode=mode, pre=preprocess_config(cfg), recogniser=recogniser)
