@@ -1,0 +1,89 @@
+"""bearcat.soup: two fine-tunes of one model averaged into one bundle that reads like any
+other, scored against its parts on labelled images; models that cannot be averaged are
+refused by name."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from bearcat.bundle import Predictor, load_keras
+from bearcat.soup import soup
+from bearcat.train import train
+from tests.conftest import CONF
+
+TINY = ["debug=fast", "dataset.train_size=96", "trainer.epochs=1"]
+
+
+def soup_cfg(models, out, check=None):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="soup", overrides=[f"models=[{','.join(map(str, models))}]", f"out={out}",
+                                                      f"check={check}" if check else "check=null"])
+
+
+def labelled_folder(tmp_path) -> Path:
+    """Captchas like the tiny runs' (other seed), copied under LABEL_n.png names."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=TINY)
+    made = instantiate(cfg.dataset, train_size=4, val_size=4, test_size=24, seed=99,
+                       cache_dir=str(tmp_path / "check_cache"))
+    folder = tmp_path / "check"
+    folder.mkdir()
+    for i, (path, label) in enumerate(made.test):
+        shutil.copy2(path, folder / f"{label}_{i}{Path(path).suffix}")
+    return folder
+
+
+def test_two_fine_tunes_average_into_a_bundle_that_reads(make_cfg, trained_run, tmp_path):
+    base = trained_run["output_dir"] / "model"
+    runs = [tmp_path / f"seed{s}" for s in (1, 2)]
+    for seed, run in zip((1, 2), runs):
+        train(make_cfg([*TINY, f"init_from={base}", f"trainer.seed={seed}"], output=run.name))
+    check = labelled_folder(tmp_path)
+    summary = soup(soup_cfg(runs, tmp_path / "soup", check))
+
+    parts = [load_keras(run / "model" / "model.keras").get_weights() for run in runs]
+    mixed = load_keras(tmp_path / "soup" / "model.keras").get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(*parts))  # two different models
+    for a, b, m in zip(*parts, mixed):
+        np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-6, atol=1e-7)
+    meta = json.loads((tmp_path / "soup" / "bundle.json").read_text())
+    assert meta["soup_of"] == [str(r) for r in runs]
+    assert meta["vocabulary"] == json.loads((runs[0] / "model" / "bundle.json").read_text())["vocabulary"]
+
+    # the scores it logs are what each bundle reads on the labelled folder
+    files = sorted(check.iterdir())
+    labels = [f.name.split("_")[0] for f in files]
+
+    def accuracy(folder):
+        return np.mean([r["result"] == label for r, label in zip(Predictor(folder).predict(files), labels)])
+
+    assert summary["check_images"] == len(files) == 24
+    assert summary["model_accuracy"] == pytest.approx([accuracy(r / "model") for r in runs])
+    assert summary["soup_accuracy"] == pytest.approx(accuracy(tmp_path / "soup"))
+
+
+def test_models_that_cannot_be_averaged_are_named(trained_run, tmp_path):
+    base = trained_run["output_dir"] / "model"
+    other = tmp_path / "other"
+    shutil.copytree(base, other)
+    meta = json.loads((other / "bundle.json").read_text())
+    meta["vocabulary"] = meta["vocabulary"][:-1] + ["#"]
+    (other / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"models: {other} has another vocabulary than {base}"):
+        soup(soup_cfg([base, other], tmp_path / "out"))
+    with pytest.raises(ValueError, match="at least two models"):
+        soup(soup_cfg([base], tmp_path / "out"))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"out={used}: the folder is not empty"):
+        soup(soup_cfg([base, base], used))
+    assert (used / "keep.txt").read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="models=.*nowhere"):
+        soup(soup_cfg([base, tmp_path / "nowhere"], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
