@@ -79,16 +79,23 @@ def soup(cfg: DictConfig) -> dict:
     from bearcat.bundle import Predictor, load_keras, read_meta, resolve_model, write_bundle
     from bearcat.data.preprocess import PreprocessConfig
 
-    names = [str(m) for m in (cfg.models or [])]
+    given = cfg.models
+    names = [str(given)] if isinstance(given, str) else [str(m) for m in (given or [])]
     if len(names) < 2:
         raise ValueError(f"models={names}: name at least two models to average (bundles, run folders or run ids)")
     out = Path(str(cfg.out))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"out={out}: the folder is not empty; name a new one (nothing is overwritten)")
     with tempfile.TemporaryDirectory(prefix="bearcat-soup-") as workdir:
-        folders = [resolve_model(name, str(Path(workdir) / str(i)), cfg.mlflow, key="models")
-                   for i, name in enumerate(names)]
+        folders = []
+        for i, name in enumerate(names):  # a folder each: two run ids may hold files of the same name
+            (Path(workdir) / str(i)).mkdir()
+            folders.append(resolve_model(name, str(Path(workdir) / str(i)), cfg.mlflow, key="models"))
         metas = [read_meta(f) for f in folders]
+        for name, meta in zip(names, metas):
+            if meta["mode"].get("name") == "efficientdet":  # its bundle also holds the recogniser model
+                raise ValueError(f"models: {name} is a click-captcha (detection) bundle; bearcat.soup averages "
+                                 "text and class models only")
         models = [load_keras(Path(f) / "model.keras") for f in folders]
         check_alike(names, metas, models)
         predictors = [Predictor(f, model=m) for f, m in zip(folders, models)]

@@ -41,10 +41,11 @@ def labelled_folder(tmp_path) -> Path:
 def test_two_fine_tunes_average_into_a_bundle_that_reads(make_cfg, trained_run, tmp_path):
     base = trained_run["output_dir"] / "model"
     runs = [tmp_path / f"seed{s}" for s in (1, 2)]
-    for seed, run in zip((1, 2), runs):
-        train(make_cfg([*TINY, f"init_from={base}", f"trainer.seed={seed}"], output=run.name))
+    ids = [train(make_cfg([*TINY, f"init_from={base}", f"trainer.seed={seed}"], output=run.name))["mlflow_run_id"]
+           for seed, run in zip((1, 2), runs)]
     check = labelled_folder(tmp_path)
-    summary = soup(soup_cfg(runs, tmp_path / "soup", check))
+    models = [ids[0], runs[1]]  # an MLflow run id and a run folder
+    summary = soup(soup_cfg(models, tmp_path / "soup", check))
 
     parts = [load_keras(run / "model" / "model.keras").get_weights() for run in runs]
     mixed = load_keras(tmp_path / "soup" / "model.keras").get_weights()
@@ -52,7 +53,7 @@ def test_two_fine_tunes_average_into_a_bundle_that_reads(make_cfg, trained_run, 
     for a, b, m in zip(*parts, mixed):
         np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-6, atol=1e-7)
     meta = json.loads((tmp_path / "soup" / "bundle.json").read_text())
-    assert meta["soup_of"] == [str(r) for r in runs]
+    assert meta["soup_of"] == [str(m) for m in models]
     assert meta["vocabulary"] == json.loads((runs[0] / "model" / "bundle.json").read_text())["vocabulary"]
 
     # the scores it logs are what each bundle reads on the labelled folder
@@ -78,12 +79,23 @@ def test_models_that_cannot_be_averaged_are_named(trained_run, tmp_path):
         soup(soup_cfg([base, other], tmp_path / "out"))
     with pytest.raises(ValueError, match="at least two models"):
         soup(soup_cfg([base], tmp_path / "out"))
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):  # models=A, not a list
+        one = compose(config_name="soup", overrides=[f"models={base}", f"out={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match=f"models=\\['{base}'\\]: name at least two"):
+        soup(one)
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=f"out={used}: the folder is not empty"):
         soup(soup_cfg([base, base], used))
     assert (used / "keep.txt").read_text() == "mine"
+    boxes = tmp_path / "boxes"
+    shutil.copytree(base, boxes)
+    meta = json.loads((boxes / "bundle.json").read_text())
+    meta["mode"]["name"] = "efficientdet"
+    (boxes / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"models: {boxes} is a click-captcha"):
+        soup(soup_cfg([base, boxes], tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="models=.*nowhere"):
         soup(soup_cfg([base, tmp_path / "nowhere"], tmp_path / "out"))
     assert not (tmp_path / "out").exists()
