@@ -8,6 +8,7 @@
     python scripts/bench_few_labels.py --epochs 40 --skip-scratch  # fixed epochs, not minutes
     python scripts/bench_few_labels.py --pseudo 0.9 [--pseudo-rounds 2]   # + pseudo-labels (below)
     python scripts/bench_few_labels.py --review-train   # train on the reviewed labels too (below)
+    python scripts/bench_few_labels.py --soup-seeds 7 1   # + fine-tunes with other seeds, averaged (below)
 
 Split (fixed seed, never changes with the size): 400 test images, 50 validation images
 (used only to pick the checkpoint), and training images taken from the start of the
@@ -32,6 +33,10 @@ reviewed one is `test_accuracy_reviewed`. With --review-train the training image
 are also trained under their reviewed labels, as after the README's suspects review (the
 labelled images a fine-tuned model confidently reads otherwise, checked again by a person).
 How the list was made: docs/benchmarks.md "Wrong labels".
+
+--soup-seeds S... also fine-tunes with each of those trainer.seed values (runs fine-tune-sS-<size>)
+and averages them with the plain fine-tune into one model (`python -m bearcat.soup`, run
+soup-<size>), scored on the same test split (char accuracy is not computed for it).
 """
 from __future__ import annotations
 
@@ -124,6 +129,30 @@ def score_reviewed(model: Path, test_dir: Path, reviewed: dict[str, str]) -> dic
             "labels_corrected": sum(g != c for g, c in zip(given, checked))}
 
 
+def soup_row(out: Path, size: int, seeds: list[int], test_dir: Path, reviewed: dict[str, str]) -> dict:
+    """`python -m bearcat.soup` of the size's fine-tune and its --soup-seeds runs, scored on
+    the test split."""
+    from hydra import compose, initialize_config_dir
+
+    from bearcat.soup import soup
+
+    runs = out / "runs"
+    models = [runs / f"fine-tune-{size}" / "model", *(runs / f"fine-tune-s{s}-{size}" / "model" for s in seeds)]
+    target = runs / f"soup-{size}"
+    shutil.rmtree(target, ignore_errors=True)  # this script's own output, remade each time
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="soup", overrides=[f"models=[{','.join(map(str, models))}]", f"out={target}",
+                                                     f"check={test_dir}"])
+    start = time.monotonic()
+    summary = soup(cfg)
+    row = {"run": "soup", "images": size, "epochs": None, "test_accuracy": summary["soup_accuracy"],
+           "test_char_accuracy": None, "seconds": time.monotonic() - start, "goal": GOALS.get(size),
+           "models": [str(m) for m in models], "model_accuracy": summary["model_accuracy"]}
+    if reviewed:
+        row |= score_reviewed(target, test_dir, reviewed)
+    return row
+
+
 def run_train(overrides: list[str]) -> tuple[dict, float]:
     import keras
     from hydra import compose, initialize_config_dir
@@ -162,6 +191,8 @@ def main() -> None:
                                                      "default scripts/data/<set>_reviewed.csv if present; 'none' = off")
     ap.add_argument("--review-train", action="store_true",
                     help="train on the reviewed labels of the training images listed in --reviewed")
+    ap.add_argument("--soup-seeds", type=int, nargs="*", default=[],
+                    help="also fine-tune with these trainer.seed values and average them with the fine-tune")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for the fine-tunes and scratch runs")
     args = ap.parse_args()
 
@@ -195,6 +226,7 @@ def main() -> None:
         root, pool = make_split(Path(args.data), out / "data", size, args.test, args.val, args.seed,
                                 reviewed if args.review_train else None)
         kinds = [("fine-tune", [f"init_from={pretrained}", f"trainer.freeze_backbone_epochs={args.freeze_epochs}"])]
+        kinds += [(f"fine-tune-s{seed}", [*kinds[0][1], f"trainer.seed={seed}"]) for seed in args.soup_seeds]
         if not args.skip_scratch:
             kinds.append(("scratch", ["init_from=null", "trainer.freeze_backbone_epochs=0"]))
         if args.pseudo is not None:  # each round: the previous run reads the unlabelled rest
@@ -220,8 +252,12 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
+        if args.soup_seeds:
+            results.append(soup_row(out, size, args.soup_seeds, root / "test", reviewed))
+            print(json.dumps(results[-1]), flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    print(f"\n{'run':<10} {'images':>6} {'epochs':>6} {'test acc':>9} {'reviewed':>9} {'char acc':>9} {'goal':>5} "
+    print(f"\n{'run':<14} {'images':>6} {'epochs':>6} {'test acc':>9} {'reviewed':>9} {'char acc':>9} {'goal':>5} "
           f"{'seconds':>8}  pseudo-labels")
     for r in results:
         if r["images"] is None:
@@ -229,8 +265,9 @@ def main() -> None:
         pseudo = (f"  {r['pseudo']} of {r['unlabelled']}, precision {r['pseudo_precision']:.4f}, "
                   f"read in {r['pseudo_seconds']:.0f} s" if "pseudo" in r else "")
         checked = f"{r['test_accuracy_reviewed']:>9.4f}" if "test_accuracy_reviewed" in r else f"{'-':>9}"
-        print(f"{r['run']:<10} {r['images']:>6} {r['epochs']:>6} {r['test_accuracy']:>9.4f} {checked} "
-              f"{r['test_char_accuracy']:>9.4f} {r['goal'] or '':>5} {r['seconds']:>8.0f}{pseudo}")
+        chars = f"{r['test_char_accuracy']:>9.4f}" if r.get("test_char_accuracy") is not None else f"{'-':>9}"
+        print(f"{r['run']:<14} {r['images']:>6} {r['epochs'] or '-':>6} {r['test_accuracy']:>9.4f} {checked} "
+              f"{chars} {r['goal'] or '':>5} {r['seconds']:>8.0f}{pseudo}")
 
 
 if __name__ == "__main__":
