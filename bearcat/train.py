@@ -64,8 +64,9 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
 def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbacks: list, checkpointer,
                     monitor: str) -> list:
     """The per-epoch callbacks every mode trains with. Order matters: the averaged weights
-    are swapped in (trainer.ema_momentum), BatchNorm statistics are re-estimated, val metrics computed and recorded, then the checkpoint commits the
-    epoch with its record and sends the record to MLflow. A kill before the commit retrains
+    are swapped in (trainer.ema_momentum), BatchNorm statistics are re-estimated, val
+    metrics computed and recorded, then the checkpoint commits the epoch with its record
+    and sends the record to MLflow. A kill before the commit retrains
     the epoch, unlogged; after it, the resume sends the record again (stored once)."""
     from bearcat import tracking
     from bearcat.callbacks import (AveragedWeights, EarlyStopping, PreciseBatchNorm, TimeBudget, ValidationMetrics,
@@ -156,8 +157,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.data.augment import build_augment
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
-    from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model, load_data,
-                                    load_sources, predict, preprocess_config, resolve_precision, score)
+    from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model,
+                                    load_data, load_sources, predict, preprocess_config, resolve_precision, score)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, earlier_vocabulary, log_warm_start, warm_start

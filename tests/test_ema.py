@@ -32,13 +32,15 @@ class Steps(keras.callbacks.Callback):
 
 
 def fit(model, folder, epochs, initial_epoch=0, state=None, averaged=True):
+    """Train with a constant val score (the best checkpoint is the last epoch's); the weights
+    after every step."""
     steps = Steps()
-    callbacks = [steps, Checkpointer(folder, "val_accuracy", state=state)]
-    if averaged:
-        callbacks.insert(0, AveragedWeights(swapped=bool(state)))
     val = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_accuracy=0.5))
+    callbacks = [steps, val, Checkpointer(folder, "val_accuracy", state=state)]
+    if averaged:  # first, as in bearcat.train.epoch_callbacks
+        callbacks.insert(0, AveragedWeights(swapped=bool(state)))
     model.fit(X, Y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
-              callbacks=[val, *callbacks] if not averaged else [callbacks[0], val, *callbacks[1:]])
+              callbacks=callbacks)
     return steps.weights
 
 
@@ -74,7 +76,8 @@ def test_a_resumed_run_continues_exactly(tmp_path):
     resumed = tiny_model()
     restore_last(resumed, tmp_path / "killed", state)
     fit(resumed, tmp_path / "killed", 4, initial_epoch=2, state=state)
-    for x, y in zip(saved_weights(tmp_path / "killed" / "best.keras"), saved_weights(tmp_path / "whole" / "best.keras")):
+    resumed_best, whole_best = (saved_weights(tmp_path / run / "best.keras") for run in ("killed", "whole"))
+    for x, y in zip(resumed_best, whole_best, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
