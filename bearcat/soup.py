@@ -51,26 +51,35 @@ def check_alike(names: list[str], metas: list[dict], models: list) -> None:
             raise ValueError(f"models: {name} has other layers or weight shapes than {names[0]}")
 
 
-def labelled_images(folder: str, lowercase: bool) -> tuple[list[Path], list[str]]:
-    """The image files of a labelled folder (LABEL_anything.ext) and their labels."""
-    from bearcat.data.labels import is_image_file, label_from_name
+def labelled_arrays(folder: str, pre, lowercase: bool) -> tuple[np.ndarray, list[str], int]:
+    """A labelled folder (LABEL_anything.ext) decoded once through the models' shared
+    preprocessing: (the images that decode, their labels, the number of labelled files)."""
+    from bearcat.data.preprocess import ImageError, preprocess
+    from bearcat.data.sources import _labelled_files
 
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"check={folder}: no such folder")
-    files = sorted(p for p in root.iterdir() if is_image_file(p) and label_from_name(p))
-    if not files:
+    samples = _labelled_files(root, lowercase, {})
+    if not samples:
         raise ValueError(f"check={folder}: no labelled images (LABEL_anything.png)")
-    return files, [label_from_name(p, lowercase) for p in files]
+    arrays, labels = [], []
+    for path, label in samples:
+        try:
+            arrays.append(preprocess(path, pre))
+        except ImageError as err:  # counted as wrong for every model
+            log.warning("check: skipped %s", err)
+            continue
+        labels.append(label)
+    images = np.stack(arrays) if arrays else np.empty((0, pre.height, pre.width, pre.channels), np.uint8)
+    return images, labels, len(samples)
 
 
-def exact_match(predictor, files: list[Path], labels: list[str], lowercase: bool) -> float:
-    """Exact-match accuracy over the files that decode (one that does not counts as wrong)."""
-    from bearcat.bundle import predict_files
-
-    results, _ = predict_files(predictor, files)
-    read = [None if r is None else (r["result"].lower() if lowercase else r["result"]) for r in results]
-    return sum(r == label for r, label in zip(read, labels)) / len(labels)
+def exact_match(predictor, arrays: np.ndarray, labels: list[str], total: int, lowercase: bool) -> float:
+    """Exact-match accuracy over `total` labelled files, of which `arrays` decoded."""
+    results = predictor.predict_arrays(arrays) if len(arrays) else []
+    read = [r["result"].lower() if lowercase else r["result"] for r in results]
+    return sum(r == label for r, label in zip(read, labels)) / total
 
 
 def soup(cfg: DictConfig) -> dict:
@@ -105,12 +114,12 @@ def soup(cfg: DictConfig) -> dict:
         if cfg.get("check"):
             # a model whose vocabulary has no upper case reads case-insensitively (labels folded)
             lowercase = not any(c.isupper() for c in metas[0]["vocabulary"])
-            files, labels = labelled_images(cfg.check, lowercase)
-            scores = [exact_match(p, files, labels, lowercase) for p in predictors]
-            scores.append(exact_match(Predictor(folders[0], model=mixed), files, labels, lowercase))
+            arrays, labels, total = labelled_arrays(cfg.check, predictors[0].pre, lowercase)
+            scores = [exact_match(p, arrays, labels, total, lowercase)
+                      for p in [*predictors, Predictor(folders[0], model=mixed)]]
             for name, score in zip([*names, "soup"], scores):
-                log.info("%-60s exact match %.4f on %d images of %s", name, score, len(files), cfg.check)
-            summary |= {"check_images": len(files), "model_accuracy": scores[:-1], "soup_accuracy": scores[-1]}
+                log.info("%-60s exact match %.4f on %d images of %s", name, score, total, cfg.check)
+            summary |= {"check_images": total, "model_accuracy": scores[:-1], "soup_accuracy": scores[-1]}
         mode = predictors[0].mode
         pre = PreprocessConfig.from_dict(metas[0]["preprocess"])
         write_bundle(out, mixed, mode, pre, {"soup_of": names})
