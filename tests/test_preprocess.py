@@ -69,12 +69,25 @@ def test_gamma_darkens_a_pale_stroke_more_than_the_background():
     # 235 alone stays above a threshold of 210; after gamma 3 (200) it falls below
     assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, threshold=210)) == 255).all()
     assert (preprocess(Image.new("L", (4, 4), 235), PreprocessConfig(height=4, width=4, gamma=3, threshold=210)) == 0).all()
-    for bad in (0, -1, "abc"):
+    for bad in (0, -1, "abc", True):
         with pytest.raises(ValueError, match=f"preprocess.gamma={bad!r}"):
             PreprocessConfig(gamma=bad)
     # a bundle written before the key existed prepares its images as before
     old = PreprocessConfig.from_dict({"height": 4, "width": 4, "channels": 1, "gray": "luma", "threshold": None})
     assert old.gamma == 1.0 and (preprocess(Image.new("L", (4, 4), 235), old) == 235).all()
+
+
+def test_bad_whole_number_settings_are_refused_before_any_image():
+    """Each would otherwise pass (a bool is an int, so threshold=true binarised at 1) or fail
+    only on the first image, where it could pass for a bad image."""
+    bad = {"threshold": [True, "abc", 300, -1, 128.5], "pad_value": [300, "x", False],
+           "height": [0, 48.5, True], "width": [0, "128"], "channels": [True, 2, 1.0], "max_pixels": [0]}
+    for key, values in bad.items():
+        for value in values:
+            with pytest.raises(ValueError, match=f"preprocess.{key}={value!r}:"):
+                PreprocessConfig(**{key: value})
+    fine = PreprocessConfig(height=np.int64(8), width=8, threshold=0, pad_value=255, gamma=2)
+    assert preprocess(Image.new("L", (8, 8), 10), fine).shape == (8, 8, 1)
 
 
 def test_alpha_palette_and_16bit_inputs():
