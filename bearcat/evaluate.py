@@ -24,10 +24,13 @@ def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str
     if cfg.run_id:
         try:
             bundle = tracking.download_artifacts(cfg.run_id, "model", workdir)
-            config = tracking.download_artifacts(cfg.run_id, "config.yaml", workdir)
         except Exception as err:  # MLflow raises several types for an unknown run or artifact
-            raise ValueError(f"run_id={cfg.run_id}: cannot fetch the run's model and config.yaml from the MLflow "
+            raise ValueError(f"run_id={cfg.run_id}: cannot fetch the run's model bundle from the MLflow "
                              f"store {tracking.current_uri()} (MLFLOW_TRACKING_URI picks another store): {err}") from None
+        try:
+            config = tracking.download_artifacts(cfg.run_id, "config.yaml", workdir)
+        except Exception:  # a run without a training config (a soup of bundles): dataset= names the data
+            config = None
         return bundle, config, cfg.run_id
     if not cfg.checkpoint:
         raise ValueError("pass run_id=<MLflow run id> or checkpoint=<run output folder or bundle folder>")

@@ -10,6 +10,8 @@ on labelled images, so the gain or the loss is seen before the soup is used.
 The soup is a bundle like any other (predict, evaluate, export, serve): the first model's
 settings, the mean of every weight (BatchNorm statistics included: re-estimating them
 on the training images read no better in the measurement behind README "Few labels").
+It is also logged as an MLflow run ("soup": its sources, check= scores, the bundle), whose
+run id names the soup wherever a model is named.
 """
 from __future__ import annotations
 
@@ -82,9 +84,25 @@ def exact_match(predictor, arrays: np.ndarray, labels: list[str], total: int, lo
     return sum(r == label for r, label in zip(read, labels)) / total
 
 
+def training_config(name: str, folder: Path) -> Path | None:
+    """The training config of a model (config.yaml beside its bundle in a run folder, or its
+    MLflow run's, fetched beside the fetched bundle); None when neither exists."""
+    from bearcat import tracking
+    from bearcat.warmstart import RUN_ID
+
+    beside = Path(folder).parent / "config.yaml"
+    if not beside.is_file() and RUN_ID.match(name) and not Path(name).exists():
+        try:
+            tracking.download_artifacts(name, "config.yaml", str(beside.parent))
+        except Exception:  # a run without one (a soup of bare bundles): nothing to log
+            return None
+    return beside if beside.is_file() else None
+
+
 def soup(cfg: DictConfig) -> dict:
     """Write the averaged bundle to cfg.out; returns {"out", "models", and with check= the
     accuracy of each model and of the soup}."""
+    from bearcat import tracking
     from bearcat.bundle import Predictor, load_keras, read_meta, resolve_model, write_bundle
     from bearcat.data.preprocess import PreprocessConfig
 
@@ -122,9 +140,25 @@ def soup(cfg: DictConfig) -> dict:
             summary |= {"check_images": total, "model_accuracy": scores[:-1], "soup_accuracy": scores[-1]}
         mode = predictors[0].mode
         pre = PreprocessConfig.from_dict(metas[0]["preprocess"])
-        write_bundle(out, mixed, mode, pre, {"soup_of": names})
-    log.info("soup of %d models written to %s (python -m bearcat.predict model=%s images=...)", len(names), out, out)
-    return summary
+        # a run of its own, so the soup sits next to its parts in the MLflow UI and its run id
+        # works wherever a model is named (model=, init_from=)
+        tags = {"bearcat.task": "soup", "bearcat.mode": mode.name}
+        with tracking.start_run(tracking.setup(cfg.mlflow), run_name="soup", tags=tags) as run:
+            write_bundle(out, mixed, mode, pre, {"soup_of": names, "mlflow_run_id": run.info.run_id})
+            tracking.log_params({"models": names, "out": str(out), "check": str(cfg.get("check"))})
+            if "soup_accuracy" in summary:
+                # exact match on check=, as `test_accuracy` is on a test split; model_i is models[i]
+                tracking.log_metrics({"check_accuracy": summary["soup_accuracy"], "check_images": total,
+                                      **{f"check_accuracy_model_{i}": a for i, a in enumerate(summary["model_accuracy"])}})
+            tracking.log_artifacts(out, "model")
+            # the first model's training config: `evaluate run_id=<soup>` then scores the soup on
+            # the data its parts were trained on, and `export run_id=` checks parity on it
+            config = training_config(names[0], folders[0])
+            if config is not None:
+                tracking.log_artifact(config)
+    log.info("soup of %d models written to %s, MLflow run %s (python -m bearcat.predict model=%s images=...)",
+             len(names), out, run.info.run_id, out)
+    return summary | {"mlflow_run_id": run.info.run_id}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="soup")

@@ -5,11 +5,13 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from bearcat.bundle import Predictor, load_keras
+from bearcat.bundle import Predictor, load_keras, resolve_model
+from bearcat.evaluate import evaluate
 from bearcat.soup import soup
 from bearcat.train import train
 from tests.conftest import CONF
@@ -66,6 +68,32 @@ def test_two_fine_tunes_average_into_a_bundle_that_reads(make_cfg, trained_run, 
     assert summary["check_images"] == len(files) == 24
     assert summary["model_accuracy"] == pytest.approx([accuracy(r / "model") for r in runs])
     assert summary["soup_accuracy"] == pytest.approx(accuracy(tmp_path / "soup"))
+
+    # its MLflow run holds those scores and the bundle; the run id names the soup like a folder
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.info.run_name == "soup" and run.data.tags["bearcat.task"] == "soup"
+    assert run.data.metrics["check_accuracy"] == pytest.approx(summary["soup_accuracy"])
+    assert [run.data.metrics[f"check_accuracy_model_{i}"] for i in (0, 1)] == pytest.approx(summary["model_accuracy"])
+    assert run.data.params["models"] == str([str(m) for m in models])
+    assert meta["mlflow_run_id"] == summary["mlflow_run_id"]
+    fetched = resolve_model(summary["mlflow_run_id"], str(tmp_path / "fetched"))
+    assert fetched != tmp_path / "soup" and json.loads((fetched / "bundle.json").read_text()) == meta
+    assert accuracy(fetched) == pytest.approx(summary["soup_accuracy"])
+
+    # with its first model's training config, `evaluate run_id=<soup>` scores it on that run's
+    # test split: the same as the soup's folder with that config beside it
+    by_id = evaluate(make_cfg([f"run_id={summary['mlflow_run_id']}", "latency_images=2"], "evaluate", "eval1"))
+    shutil.copy2(runs[0] / "config.yaml", tmp_path / "config.yaml")
+    by_folder = evaluate(make_cfg([f"checkpoint={tmp_path / 'soup'}", "latency_images=2"], "evaluate", "eval2"))
+    assert by_id["test_images"] == by_folder["test_images"] > 0
+    assert by_id["test_accuracy"] == by_folder["test_accuracy"]
+    # a soup of bare bundles has no training config: evaluate asks for the data by name
+    bare = tmp_path / "bare" / "model"  # nothing beside it
+    shutil.copytree(runs[1] / "model", bare)
+    plain = soup(soup_cfg([bare, ids[0]], tmp_path / "soup2"))
+    assert "config.yaml" not in {a.path for a in mlflow.MlflowClient().list_artifacts(plain["mlflow_run_id"])}
+    with pytest.raises(ValueError, match="no dataset: pass dataset="):
+        evaluate(make_cfg([f"run_id={plain['mlflow_run_id']}"], "evaluate", "eval3"))
 
 
 def test_models_that_cannot_be_averaged_are_named(trained_run, tmp_path):
