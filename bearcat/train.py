@@ -118,14 +118,30 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
 TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
 
 
+def plan_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """Resolve trainer.epochs=auto in `cfg` (everything after reads a number; config.yaml
+    keeps `auto`, so a resume plans alike): auto_epochs, raised on a small set to make
+    auto_steps steps. Returns the epochs."""
+    t = cfg.trainer
+    if str(t.epochs) == "auto":
+        epochs = max(int(t.auto_epochs), math.ceil(int(t.auto_steps) / max(steps_per_epoch, 1)))
+        log.info("trainer.epochs=auto: %d epochs of %d steps (at least %d epochs and %d steps)", epochs,
+                 steps_per_epoch, int(t.auto_epochs), int(t.auto_steps))
+        t.epochs = epochs
+    return int(t.epochs)
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Settings that would otherwise fail late (after the data is decoded) or quietly."""
     t = cfg.trainer
     if t.get("freeze_backbone_epochs") and not cfg.get("init_from"):
         raise ValueError(f"trainer.freeze_backbone_epochs={t.freeze_backbone_epochs} would freeze a freshly "
                          "initialised backbone: set init_from=RUN (an earlier run's weights) or set it to 0")
-    for key, low in (("batch_size", 1), ("epochs", 1), ("bn_calibration_images", 0)):
-        if t.get(key) is not None and int(t[key]) < low:
+    if str(t.get("epochs")) != "auto" and not (isinstance(t.get("epochs"), int) and not isinstance(t.epochs, bool)):
+        raise ValueError(f"trainer.epochs={t.get('epochs')}: a whole number of epochs, or auto")
+    for key, low in (("batch_size", 1), ("epochs", 1), ("auto_epochs", 1), ("auto_steps", 0),
+                     ("bn_calibration_images", 0)):
+        if t.get(key) is not None and t[key] != "auto" and int(t[key]) < low:
             raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
     if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
         raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
@@ -190,6 +206,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
 
     batch_size = int(cfg.trainer.batch_size)  # global: split over the strategy's replicas
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
+    plan_epochs(cfg, steps_per_epoch)
     precision = resolve_precision(cfg.trainer.get("precision"))
     log.info("precision: %s (trainer.precision=%s)", precision, cfg.trainer.get("precision"))
     with strategy.scope():  # variables of model and optimizer on every replica

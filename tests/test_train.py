@@ -64,6 +64,28 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
     assert ev_run.data.tags["mlflow.parentRunId"] == run.info.run_id
 
 
+def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
+    """trainer.epochs=auto on a small set: enough epochs for auto_steps (96 images at 16 a
+    step: 6 steps an epoch, 15 steps -> 3 epochs), logged as the number; config.yaml keeps
+    `auto`, so a resume plans alike. An explicit number is used as given."""
+    from omegaconf import OmegaConf
+
+    from bearcat.train import check_settings, plan_epochs
+
+    cfg = make_cfg([*TINY[:2], "trainer.epochs=auto", "trainer.auto_epochs=2", "trainer.auto_steps=15"])
+    run = run_of(train(cfg))
+    assert run.data.params["trainer.epochs"] == "3"
+    assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1, 2]
+    assert OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml").trainer.epochs == "auto"
+    big = make_cfg(["trainer.epochs=auto"])  # a large set keeps auto_epochs (30)
+    assert plan_epochs(big, 1875) == 30 and big.trainer.epochs == 30
+    assert plan_epochs(make_cfg(["trainer.epochs=auto"]), 22) == 137  # 1,400 images at 64
+    assert plan_epochs(make_cfg(["trainer.epochs=5"]), 22) == 5
+    for bad in ("many", "2.5", "0", "true"):
+        with pytest.raises(ValueError, match=f"trainer.epochs={bad}:|trainer.epochs={bad.title()}:"):
+            check_settings(make_cfg([f"trainer.epochs={bad}"]))
+
+
 def snapshot(folder: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -300,7 +322,7 @@ def test_an_epoch_killed_around_its_mlflow_log_is_logged_once(make_cfg, tmp_path
 def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     """Patience 3: uninterrupted, training stops after epoch 4 (the best was epoch 1; a tie
     is no improvement); stopped after epoch 3 and resumed from its state.json, it also
-    stops after epoch 4, not 3 epochs later."""
+    stops after epoch 4, not 3 epochs later. Epochs before the model reads anything do not count."""
     import keras
 
     from bearcat.callbacks import Checkpointer, EarlyStopping, read_state, restore_last
@@ -309,7 +331,7 @@ def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
 
-    def fit(folder, epochs, state=None):
+    def fit(folder, epochs, state=None, scores=scores):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile(optimizer="adam", loss="mse")
@@ -329,6 +351,9 @@ def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     assert state["epoch"] == 3 and state["early_stopping_best"] == 0.5 and state["early_stopping_wait"] == 2
     assert fit(tmp_path / "killed", 8, state) == [4]
     assert read_state(tmp_path / "killed")["early_stopping_wait"] == 3
+    # epochs in which the model reads nothing (accuracy 0, as CTC at its start) are not
+    # counted: the count starts at epoch 5, the best; afterwards a 0 counts like any other
+    assert fit(tmp_path / "slow", 12, scores=[0, 0, 0, 0, 0.2, 0.1, 0, 0.2, 0.1, 0.1]) == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_synthetic_generation_is_cached_and_reproducible(tmp_path):

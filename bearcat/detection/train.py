@@ -141,7 +141,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import build_optimizer, compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
-    from bearcat.train import epoch_callbacks, fit_unless_done, tracked_run
+    from bearcat.train import epoch_callbacks, fit_unless_done, plan_epochs, tracked_run
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -165,6 +165,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     model = build_detector(cfg, mode)
     batch_size = int(cfg.trainer.batch_size)
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    plan_epochs(cfg, steps_per_epoch)
     lr, schedule_callbacks = build_schedule(cfg.scheduler, cfg.optimizer.learning_rate, steps_per_epoch,
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
     compile_model(model, build_optimizer(cfg, lr), detection_loss(len(mode.vocab)),
