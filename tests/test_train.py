@@ -45,6 +45,7 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
     assert len(done) == 1, "the run ends by saying where it is and what to run next"
     assert f"run folder {cfg.paths.output_dir}, MLflow run {run.info.run_id}" in done[0]
     assert f"bearcat.evaluate run_id={run.info.run_id}" in done[0]
+    assert f"bearcat.serve model={cfg.paths.output_dir} runtime=keras" in done[0]  # a run holds no ONNX
     assert f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}" in done[0]
     for key in ["loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"]:
         assert key in run.data.metrics, key
