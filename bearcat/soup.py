@@ -104,7 +104,6 @@ def soup(cfg: DictConfig) -> dict:
     accuracy of each model and of the soup}."""
     from bearcat import tracking
     from bearcat.bundle import Predictor, load_keras, read_meta, resolve_model, write_bundle
-    from bearcat.data.preprocess import PreprocessConfig
 
     given = cfg.models
     names = [str(given)] if isinstance(given, str) else [str(m) for m in (given or [])]
@@ -138,8 +137,7 @@ def soup(cfg: DictConfig) -> dict:
             for name, score in zip([*names, "soup"], scores):
                 log.info("%-60s exact match %.4f on %d images of %s", name, score, total, cfg.check)
             summary |= {"check_images": total, "model_accuracy": scores[:-1], "soup_accuracy": scores[-1]}
-        mode = predictors[0].mode
-        pre = PreprocessConfig.from_dict(metas[0]["preprocess"])
+        mode, pre = predictors[0].mode, predictors[0].pre  # the first model's, which every model shares
         # a run of its own, so the soup sits next to its parts in the MLflow UI and its run id
         # works wherever a model is named (model=, init_from=)
         tags = {"bearcat.task": "soup", "bearcat.mode": mode.name}
