@@ -10,7 +10,8 @@ still answers with its second guess, and a character no box names is clicked on 
 likeliest box left (with a low score). Boxes without candidates (per-character
 detectors) are matched greedily: the best-scored box with that name. A prompted
 character with no box to click is reported with `"x": null`, so the caller knows the
-answer is incomplete.
+answer is incomplete. A prompted character the model cannot name at all (outside its
+recogniser's classes) is refused: any click for it would be a guess.
 """
 from __future__ import annotations
 
@@ -66,6 +67,14 @@ def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
             for i, char in enumerate(prompt)]
 
 
+def check_prompt(prompt: str, detector: Detector) -> None:
+    """Refuse a prompt with characters the model cannot name, naming them."""
+    known = set(detector.names)
+    unknown = "".join(dict.fromkeys(c for c in prompt if c not in known))
+    if unknown:
+        raise ValueError(f"prompt {prompt!r}: {unknown!r} not among the {len(known)} characters this model names")
+
+
 def solve(image, prompt: str, model=None) -> list[dict]:
     """image: path, bytes or PIL image; model: a Detector or a detection bundle folder.
     -> [{"char", "x", "y", "score"}, ...] in prompt order (x, y in the image's pixels)."""
@@ -73,6 +82,7 @@ def solve(image, prompt: str, model=None) -> list[dict]:
     if detector.recogniser is None and detector.mode.class_mode == "single":
         raise ValueError("this detection bundle finds characters but cannot name them: train with "
                          "mode.recogniser=<num_classes run or bundle> or mode.class_mode=per_char")
+    check_prompt(prompt, detector)
     result = detector.predict([image])[0]
     return order_clicks(prompt, result["boxes"])
 
@@ -101,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT (missing: {', '.join(missing)})",
               file=sys.stderr)
         return 2
-    print(json.dumps(solve(args["image"], args["prompt"], args["model"]), ensure_ascii=False))
+    try:
+        clicks = solve(args["image"], args["prompt"], args["model"])
+    except ValueError as err:  # ImageError too: a bad image, prompt or bundle, named
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(clicks, ensure_ascii=False))
     return 0
 
 

@@ -112,6 +112,12 @@ def test_solver_answers_in_prompt_order(click_run):
     placed = [(c["x"], c["y"]) for c in chosen if c["x"] is not None]
     assert placed and all(p in centres for p in placed) and len(set(placed)) == len(placed)
     assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
+    # a character the recogniser has no class for is refused, named, not clicked at a guess
+    assert detector.names == list(detector.recogniser.mode.vocab.chars) and "X" not in detector.names
+    assert set(detector.names) <= set(load_sources(cfg).categories) and set(record.prompt) <= set(detector.names)
+    with pytest.raises(ValueError, match=r"'X' not among the \d+ characters this model names"):
+        solve(record.path, record.prompt[0] + "X", detector)
+    assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", "prompt=X"]) == 2
 
     # a photo stored on its side with an EXIF orientation: boxes in the upright picture's pixels
     from PIL import Image
@@ -167,7 +173,9 @@ def test_http_click_and_predict(click_run):
                             data={"prompt": record.prompt})
     assert multipart.status_code == 200 and multipart.json()["clicks"] == body["clicks"]
     assert client.post("/v1/click", json={"image": base64.b64encode(image).decode()}).status_code == 422
-    assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": "天"}).status_code == 400
+    assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": record.prompt}).status_code == 400
+    unknown = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt + "X"})
+    assert unknown.status_code == 422 and "'X' not among" in unknown.text
     predicted = client.post("/v1/predict", files={"file": ("c.png", io.BytesIO(image), "image/png")})
     assert predicted.status_code == 200 and isinstance(predicted.json()["boxes"], list)
     assert client.get("/v1/models").json()["models"][0]["mode"] == "efficientdet"

@@ -71,6 +71,14 @@ class Detector:
         self.model, self.mode, self.recogniser = model, mode, recogniser
         self.pre = pre or PreprocessConfig.from_dict(self.meta["preprocess"])
 
+    @property
+    def names(self) -> list[str]:
+        """What this bundle can call a box: its recogniser's classes, else its detector's
+        (none for one class without a recogniser)."""
+        if self.recogniser is not None:
+            return list(self.recogniser.mode.vocab.chars)
+        return [] if self.mode.class_mode == "single" else list(self.mode.vocab.chars)
+
     def detect(self, images: list, score_threshold: float | None = None, batch_size: int = 16) -> list[dict]:
         """PIL images -> results with boxes in each image's pixels."""
         out = []

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from bearcat.click import order_clicks
+from bearcat.click import check_prompt, order_clicks
 
 from bearcat.data.preprocess import ImageError, preprocess
 from bearcat.server.batcher import Batcher
@@ -250,14 +250,21 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
         if not detects:
             raise HTTPProblem(404, f"model {name!r} (mode={info['mode']}) does not answer click captchas; "
                                    "serve an efficientdet bundle for /v1/click")
+        if predictor.recogniser is None and predictor.mode.class_mode == "single":
+            raise HTTPProblem(409, f"model {name!r} finds characters but has no recogniser to name them")
         try:
             data = await image_from_request(request, limits.max_body_bytes)
             prompt = await prompt_from_request(request)
+        except (RequestError, ImageError) as err:
+            raise client_error(err) from None
+        try:
+            check_prompt(prompt, predictor)
+        except ValueError as err:  # before the model runs: no click could be right
+            raise HTTPProblem(422, str(err)) from None
+        try:
             result = (await run_in_threadpool(predictor.predict, [data]))[0]
         except (RequestError, ImageError) as err:
             raise client_error(err) from None
-        if predictor.recogniser is None and predictor.mode.class_mode == "single":
-            raise HTTPProblem(409, f"model {name!r} finds characters but has no recogniser to name them")
         return JSONResponse({"prompt": prompt, "clicks": order_clicks(prompt, result["boxes"]),
                              "boxes": result["boxes"], "time_ms": (time.perf_counter() - start) * 1000.0})
 
