@@ -207,3 +207,54 @@ def test_evaluate_scores_a_detection_run(click_run):
     assert metrics["test_map"] == pytest.approx(click_run["metrics"]["test_map"], abs=1e-6)
     assert metrics["test_click_success"] == pytest.approx(click_run["metrics"]["test_click_success"])
     assert (root / "evaluate" / "per_class_ap.json").is_file() and (root / "evaluate" / "evaluation_boxes.png").is_file()
+
+
+def test_upload_page_solves_a_click_captcha_in_headless_chromium(click_run, tmp_path):
+    """`bearcat.serve` of a detector: the page offers a prompt field; with a prompt it lists
+    the clicks in prompt order (as `solve` places them) and numbers them on the image; a
+    character the model cannot name shows the server's 422; an empty prompt reads the boxes."""
+    import math
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from bearcat.click import solve
+    from bearcat.experiment import load_sources
+    from test_serve import CHROMIUM, CHROMIUM_ARGS, http_entry_point
+
+    # a copy whose threshold lets the tiny detector's weak boxes through, so there are clicks to place
+    model = tmp_path / "model"
+    shutil.copytree(click_run["root"] / "detector" / "model", model)
+    meta = json.loads((model / "bundle.json").read_text())
+    meta["mode"]["score_threshold"] = 0.0
+    (model / "bundle.json").write_text(json.dumps(meta))
+    record = load_sources(click_run["cfg"]).test[0]
+    want = [f"{c['char']}: no box left to click" if c["x"] is None else
+            f"{c['char']} at ({math.floor(c['x'] + 0.5)}, {math.floor(c['y'] + 0.5)}), score {c['score']:.3f}"
+            for c in solve(record.path, record.prompt, model)]
+    with http_entry_point("bearcat.serve", [f"model={model}", "runtime=keras"], tmp_path / "serve.log",
+                          "/health", timeout=120) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('efficientdet')")
+            assert page.is_visible("#prompt")
+            page.fill("#prompt", record.prompt)
+            page.set_input_files("#file", str(record.path))
+            page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+            assert page.inner_text("#answer") == " ".join(record.prompt)
+            assert page.locator("#clicks li").all_inner_texts() == want and " at (" in want[0]
+            page.screenshot(path=str(tmp_path / "click.png"))
+            page.fill("#prompt", record.prompt[0] + "X")
+            page.press("#prompt", "Enter")  # a changed prompt solves the same image again
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert page.inner_text("#error").startswith("422: prompt") and "'X' not among" in page.inner_text("#error")
+            assert page.locator("#clicks li").count() == 0
+            page.fill("#prompt", "")
+            page.press("#prompt", "Enter")
+            page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+            assert page.inner_text("#error") == "" and page.locator("#clicks li").count() == 0
+        finally:
+            browser.close()
+    assert (tmp_path / "click.png").stat().st_size > 1000
