@@ -121,13 +121,19 @@ TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
 def plan_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
     """Resolve trainer.epochs=auto in `cfg` (everything after reads a number; config.yaml
     keeps `auto`, so a resume plans alike): auto_epochs, raised on a small set to make
-    auto_steps steps. Returns the epochs."""
+    auto_steps steps; then callbacks.early_stopping.patience=auto, a share of those epochs.
+    Returns the epochs."""
     t = cfg.trainer
     if str(t.epochs) == "auto":
         epochs = max(int(t.auto_epochs), math.ceil(int(t.auto_steps) / max(steps_per_epoch, 1)))
         log.info("trainer.epochs=auto: %d epochs of %d steps (at least %d epochs and %d steps)", epochs,
                  steps_per_epoch, int(t.auto_epochs), int(t.auto_steps))
         t.epochs = epochs
+    stopping = cfg.callbacks.early_stopping
+    if str(stopping.patience) == "auto":  # a share of the run, so a small set's short epochs get as much
+        stopping.patience = math.ceil(int(t.epochs) * float(stopping.patience_share))
+        log.info("callbacks.early_stopping.patience=auto: %d epochs (%s of %d)", stopping.patience,
+                 stopping.patience_share, int(t.epochs))
     return int(t.epochs)
 
 
@@ -143,6 +149,13 @@ def check_settings(cfg: DictConfig) -> None:
                      ("bn_calibration_images", 0)):
         if t.get(key) is not None and t[key] != "auto" and int(t[key]) < low:
             raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
+    stopping = cfg.callbacks.early_stopping
+    patience = stopping.get("patience")
+    if str(patience) != "auto" and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0):
+        raise ValueError(f"callbacks.early_stopping.patience={patience}: a whole number of epochs (0 = never), or auto")
+    share = stopping.get("patience_share")
+    if str(patience) == "auto" and not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1):
+        raise ValueError(f"callbacks.early_stopping.patience_share={share}: a number above 0, at most 1")
     if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
         raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
     ema = t.get("ema_momentum")

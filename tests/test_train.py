@@ -68,7 +68,8 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
 def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
     """trainer.epochs=auto on a small set: enough epochs for auto_steps (96 images at 16 a
     step: 6 steps an epoch, 15 steps -> 3 epochs), logged as the number; config.yaml keeps
-    `auto`, so a resume plans alike. An explicit number is used as given."""
+    `auto`, so a resume plans alike. An explicit number is used as given. Early stopping's
+    patience=auto is a fifth of the planned epochs, rounded up (so 6 of 30, 28 of 137)."""
     from omegaconf import OmegaConf
 
     from bearcat.train import check_settings, plan_epochs
@@ -77,14 +78,24 @@ def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
     run = run_of(train(cfg))
     assert run.data.params["trainer.epochs"] == "3"
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1, 2]
-    assert OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml").trainer.epochs == "auto"
+    assert run.data.params["callbacks.early_stopping.patience"] == "1"  # 3 x 0.2, rounded up
+    saved = OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml")
+    assert saved.trainer.epochs == "auto" and saved.callbacks.early_stopping.patience == "auto"
     big = make_cfg(["trainer.epochs=auto"])  # a large set keeps auto_epochs (30)
-    assert plan_epochs(big, 1875) == 30 and big.trainer.epochs == 30
-    assert plan_epochs(make_cfg(["trainer.epochs=auto"]), 22) == 137  # 1,400 images at 64
-    assert plan_epochs(make_cfg(["trainer.epochs=5"]), 22) == 5
+    assert plan_epochs(big, 1875) == 30 and big.trainer.epochs == 30 and big.callbacks.early_stopping.patience == 6
+    small = make_cfg(["trainer.epochs=auto"])
+    assert plan_epochs(small, 22) == 137 and small.callbacks.early_stopping.patience == 28  # 1,400 images at 64
+    fixed = make_cfg(["trainer.epochs=5", "callbacks.early_stopping.patience=3"])
+    assert plan_epochs(fixed, 22) == 5 and fixed.callbacks.early_stopping.patience == 3
     for bad in ("many", "2.5", "0", "true"):
         with pytest.raises(ValueError, match=f"trainer.epochs={bad}:|trainer.epochs={bad.title()}:"):
             check_settings(make_cfg([f"trainer.epochs={bad}"]))
+    for bad in ("soon", "2.5", "-1", "true"):
+        with pytest.raises(ValueError, match="callbacks.early_stopping.patience="):
+            check_settings(make_cfg([f"callbacks.early_stopping.patience={bad}"]))
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(ValueError, match="callbacks.early_stopping.patience_share="):
+            check_settings(make_cfg([f"callbacks.early_stopping.patience_share={bad}"]))
 
 
 def snapshot(folder: Path) -> dict:
