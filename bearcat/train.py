@@ -121,7 +121,8 @@ TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
 def plan_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
     """Resolve trainer.epochs=auto in `cfg` (everything after reads a number; config.yaml
     keeps `auto`, so a resume plans alike): auto_epochs, raised on a small set to make
-    auto_steps steps; then callbacks.early_stopping.patience=auto, a share of those epochs.
+    auto_steps steps; then callbacks.early_stopping.patience=auto, a share of those epochs
+    (never below patience_min, so a short run is not cut shorter than a fixed patience would).
     Returns the epochs."""
     t = cfg.trainer
     if str(t.epochs) == "auto":
@@ -131,9 +132,9 @@ def plan_epochs(cfg: DictConfig, steps_per_epoch: int) -> int:
         t.epochs = epochs
     stopping = cfg.callbacks.early_stopping
     if str(stopping.patience) == "auto":  # a share of the run, so a small set's short epochs get as much
-        stopping.patience = math.ceil(int(t.epochs) * float(stopping.patience_share))
-        log.info("callbacks.early_stopping.patience=auto: %d epochs (%s of %d)", stopping.patience,
-                 stopping.patience_share, int(t.epochs))
+        stopping.patience = max(int(stopping.patience_min), math.ceil(int(t.epochs) * float(stopping.patience_share)))
+        log.info("callbacks.early_stopping.patience=auto: %d epochs (%s of %d, at least %d)", stopping.patience,
+                 stopping.patience_share, int(t.epochs), int(stopping.patience_min))
     return int(t.epochs)
 
 
@@ -153,9 +154,11 @@ def check_settings(cfg: DictConfig) -> None:
     patience = stopping.get("patience")
     if str(patience) != "auto" and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0):
         raise ValueError(f"callbacks.early_stopping.patience={patience}: a whole number of epochs (0 = never), or auto")
-    share = stopping.get("patience_share")
+    share, least = stopping.get("patience_share"), stopping.get("patience_min")
     if str(patience) == "auto" and not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1):
         raise ValueError(f"callbacks.early_stopping.patience_share={share}: a number above 0, at most 1")
+    if str(patience) == "auto" and not (isinstance(least, int) and not isinstance(least, bool) and least >= 1):
+        raise ValueError(f"callbacks.early_stopping.patience_min={least}: a whole number of epochs, at least 1")
     if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
         raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
     ema = t.get("ema_momentum")

@@ -69,7 +69,8 @@ def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
     """trainer.epochs=auto on a small set: enough epochs for auto_steps (96 images at 16 a
     step: 6 steps an epoch, 15 steps -> 3 epochs), logged as the number; config.yaml keeps
     `auto`, so a resume plans alike. An explicit number is used as given. Early stopping's
-    patience=auto is a fifth of the planned epochs, rounded up (so 6 of 30, 28 of 137)."""
+    patience=auto is a fifth of the planned epochs, rounded up, at least patience_min (6 of 30,
+    28 of 137, 6 of 3; 2 of 3 with patience_min=2)."""
     from omegaconf import OmegaConf
 
     from bearcat.train import check_settings, plan_epochs
@@ -78,7 +79,7 @@ def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
     run = run_of(train(cfg))
     assert run.data.params["trainer.epochs"] == "3"
     assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1, 2]
-    assert run.data.params["callbacks.early_stopping.patience"] == "1"  # 3 x 0.2, rounded up
+    assert run.data.params["callbacks.early_stopping.patience"] == "6"  # 3 x 0.2 -> 1, raised to 6
     saved = OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml")
     assert saved.trainer.epochs == "auto" and saved.callbacks.early_stopping.patience == "auto"
     big = make_cfg(["trainer.epochs=auto"])  # a large set keeps auto_epochs (30)
@@ -87,15 +88,20 @@ def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
     assert plan_epochs(small, 22) == 137 and small.callbacks.early_stopping.patience == 28  # 1,400 images at 64
     fixed = make_cfg(["trainer.epochs=5", "callbacks.early_stopping.patience=3"])
     assert plan_epochs(fixed, 22) == 5 and fixed.callbacks.early_stopping.patience == 3
+    low = make_cfg(["trainer.epochs=3", "callbacks.early_stopping.patience_min=2"])
+    assert plan_epochs(low, 22) == 3 and low.callbacks.early_stopping.patience == 2
+    longer = make_cfg(["trainer.epochs=40"])
+    assert plan_epochs(longer, 22) == 40 and longer.callbacks.early_stopping.patience == 8
     for bad in ("many", "2.5", "0", "true"):
         with pytest.raises(ValueError, match=f"trainer.epochs={bad}:|trainer.epochs={bad.title()}:"):
             check_settings(make_cfg([f"trainer.epochs={bad}"]))
     for bad in ("soon", "2.5", "-1", "true"):
         with pytest.raises(ValueError, match="callbacks.early_stopping.patience="):
             check_settings(make_cfg([f"callbacks.early_stopping.patience={bad}"]))
-    for bad in ("0", "1.5", "x"):
-        with pytest.raises(ValueError, match="callbacks.early_stopping.patience_share="):
-            check_settings(make_cfg([f"callbacks.early_stopping.patience_share={bad}"]))
+    for key, bad in (("patience_share", "0"), ("patience_share", "1.5"), ("patience_share", "x"),
+                     ("patience_min", "0"), ("patience_min", "2.5"), ("patience_min", "true")):
+        with pytest.raises(ValueError, match=f"callbacks.early_stopping.{key}="):
+            check_settings(make_cfg([f"callbacks.early_stopping.{key}={bad}"]))
 
 
 def snapshot(folder: Path) -> dict:
