@@ -195,10 +195,11 @@ def test_plateau_keeps_counting_across_a_resume(make_cfg, tmp_path):
     val_loss figures. Killed after epoch 3 (one epoch waited) or 5 (after a halving) and resumed
     from state.json, the rates of every epoch are the uninterrupted run's."""
     from bearcat.callbacks import Checkpointer, read_state, restore_last
-    from bearcat.train import epoch_callbacks
+    from bearcat.train import epoch_callbacks, plan_epochs
 
     losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.8, 0.85, 0.85]  # val_loss of epochs 1-8
     cfg = make_cfg(["scheduler=plateau", "trainer.bn_calibration_images=0"])  # no images to calibrate on
+    plan_epochs(cfg, 1000)  # as training does before its callbacks: epochs and early stopping's patience (30, 6)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
 
