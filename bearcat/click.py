@@ -67,6 +67,11 @@ def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
             for i, char in enumerate(prompt)]
 
 
+def clean_prompt(prompt: str) -> str:
+    """The characters to click, without the spaces a pasted prompt often has ("帽 鹿 瓜")."""
+    return "".join(prompt.split())
+
+
 def check_prompt(prompt: str, detector: Detector) -> None:
     """Refuse a prompt with characters the model cannot name, naming them."""
     known = set(detector.names)
@@ -82,6 +87,7 @@ def solve(image, prompt: str, model=None) -> list[dict]:
     if detector.recogniser is None and detector.mode.class_mode == "single":
         raise ValueError("this detection bundle finds characters but cannot name them: train with "
                          "mode.recogniser=<num_classes run or bundle> or mode.class_mode=per_char")
+    prompt = clean_prompt(prompt)
     check_prompt(prompt, detector)
     result = detector.predict([image])[0]
     return order_clicks(prompt, result["boxes"])

@@ -118,6 +118,7 @@ def test_solver_answers_in_prompt_order(click_run):
     with pytest.raises(ValueError, match=r"'X' not among the \d+ characters this model names"):
         solve(record.path, record.prompt[0] + "X", detector)
     assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", "prompt=X"]) == 2
+    assert solve(record.path, " ".join(record.prompt) + " ", detector) == clicks  # spaces are not characters
 
     # a photo stored on its side with an EXIF orientation: boxes in the upright picture's pixels
     from PIL import Image
@@ -172,6 +173,9 @@ def test_http_click_and_predict(click_run):
     multipart = client.post("/v1/click", files={"file": ("c.png", io.BytesIO(image), "image/png")},
                             data={"prompt": record.prompt})
     assert multipart.status_code == 200 and multipart.json()["clicks"] == body["clicks"]
+    spaced = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": " ".join(record.prompt)})
+    assert spaced.status_code == 200 and spaced.json()["prompt"] == record.prompt
+    assert_same_clicks(spaced.json()["clicks"], body["clicks"])
     assert client.post("/v1/click", json={"image": base64.b64encode(image).decode()}).status_code == 422
     assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": record.prompt}).status_code == 400
     unknown = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt + "X"})

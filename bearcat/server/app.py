@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from bearcat.click import check_prompt, order_clicks
+from bearcat.click import check_prompt, clean_prompt, order_clicks
 
 from bearcat.data.preprocess import ImageError, preprocess
 from bearcat.server.batcher import Batcher
@@ -111,9 +111,9 @@ async def prompt_from_request(request: Request) -> str:
         prompt = json.loads(request._body).get("prompt", prompt)  # body already read and checked
     elif kind == "multipart/form-data":
         prompt = (await request.form()).get("prompt", prompt)
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str) or not clean_prompt(prompt):
         raise HTTPProblem(422, 'send the characters to click as "prompt" (JSON field, form field or ?prompt=)')
-    return prompt.strip()
+    return clean_prompt(prompt)
 
 
 def model_info(predictor, name: str) -> dict:
