@@ -73,7 +73,9 @@ def clean_prompt(prompt: str) -> str:
 
 
 def check_prompt(prompt: str, detector: Detector) -> None:
-    """Refuse a prompt with characters the model cannot name, naming them."""
+    """Refuse an empty prompt, or one with characters the model cannot name, naming them."""
+    if not prompt:
+        raise ValueError("prompt is empty: give the characters to click, in order")
     known = set(detector.names)
     unknown = "".join(dict.fromkeys(c for c in prompt if c not in known))
     if unknown:

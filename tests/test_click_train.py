@@ -119,6 +119,8 @@ def test_solver_answers_in_prompt_order(click_run):
         solve(record.path, record.prompt[0] + "X", detector)
     assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", "prompt=X"]) == 2
     assert solve(record.path, " ".join(record.prompt) + " ", detector) == clicks  # spaces are not characters
+    with pytest.raises(ValueError, match="prompt is empty"):
+        solve(record.path, "  ", detector)
 
     # a photo stored on its side with an EXIF orientation: boxes in the upright picture's pixels
     from PIL import Image
