@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bearcat.checks import is_number, is_whole_number
+
 log = logging.getLogger("bearcat.train")
 
 
@@ -144,25 +146,24 @@ def check_settings(cfg: DictConfig) -> None:
     if t.get("freeze_backbone_epochs") and not cfg.get("init_from"):
         raise ValueError(f"trainer.freeze_backbone_epochs={t.freeze_backbone_epochs} would freeze a freshly "
                          "initialised backbone: set init_from=RUN (an earlier run's weights) or set it to 0")
-    if str(t.get("epochs")) != "auto" and not (isinstance(t.get("epochs"), int) and not isinstance(t.epochs, bool)):
+    if str(t.get("epochs")) != "auto" and not is_whole_number(t.get("epochs")):
         raise ValueError(f"trainer.epochs={t.get('epochs')}: a whole number of epochs, or auto")
     for key, low in (("batch_size", 1), ("epochs", 1), ("auto_epochs", 1), ("auto_steps", 0),
                      ("bn_calibration_images", 0)):
         if t.get(key) is not None and t[key] != "auto" and int(t[key]) < low:
             raise ValueError(f"trainer.{key}={t[key]}: must be at least {low}")
     stopping = cfg.callbacks.early_stopping
-    patience = stopping.get("patience")
-    if str(patience) != "auto" and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0):
+    patience, share, least = stopping.get("patience"), stopping.get("patience_share"), stopping.get("patience_min")
+    if str(patience) != "auto" and not (is_whole_number(patience) and patience >= 0):
         raise ValueError(f"callbacks.early_stopping.patience={patience}: a whole number of epochs (0 = never), or auto")
-    share, least = stopping.get("patience_share"), stopping.get("patience_min")
-    if str(patience) == "auto" and not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1):
+    if str(patience) == "auto" and not (is_number(share) and 0 < share <= 1):
         raise ValueError(f"callbacks.early_stopping.patience_share={share}: a number above 0, at most 1")
-    if str(patience) == "auto" and not (isinstance(least, int) and not isinstance(least, bool) and least >= 1):
+    if str(patience) == "auto" and not (is_whole_number(least) and least >= 1):
         raise ValueError(f"callbacks.early_stopping.patience_min={least}: a whole number of epochs, at least 1")
     if t.get("bn_calibration_chunk") is not None and int(t.bn_calibration_chunk) < 1:
         raise ValueError(f"trainer.bn_calibration_chunk={t.bn_calibration_chunk}: at least 1, or null")
     ema = t.get("ema_momentum")
-    if ema is not None and not (isinstance(ema, (int, float)) and not isinstance(ema, bool) and 0 < ema < 1):
+    if ema is not None and not (is_number(ema) and 0 < ema < 1):
         raise ValueError(f"trainer.ema_momentum={ema}: a number between 0 and 1 (e.g. 0.99), or null")
     if t.get("max_minutes") is not None and float(t.max_minutes) <= 0:
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from bearcat.checks import is_number, is_whole_number
+
 # Refuse decompression bombs: no captcha needs more than this many pixels.
 DEFAULT_MAX_PIXELS = 20_000_000
 
@@ -25,10 +27,6 @@ GRAY_MODES = ("luma", "min")
 
 class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -45,22 +43,21 @@ class PreprocessConfig:
     def __post_init__(self):
         # Settings are checked here, once: a bad setting must never look like a bad image
         # (a data check would quarantine every file for it).
-        # bool is an int to Python, so `threshold=true` would otherwise binarise at 1
         for key, low, high in (("height", 1, None), ("width", 1, None), ("pad_value", 0, 255),
                                ("max_pixels", 1, None), ("threshold", 0, 255)):
             value = getattr(self, key)
             if key == "threshold" and value is None:
                 continue
-            if not _is_int(value) or value < low or (high is not None and value > high):
+            if not is_whole_number(value) or value < low or (high is not None and value > high):
                 span = f"{low}-{high}" if high is not None else f"at least {low}"
                 raise ValueError(f"preprocess.{key}={value!r}: a whole number, {span}")
         if self.gray not in GRAY_MODES:
             raise ValueError(f"preprocess.gray={self.gray!r}: choose one of {', '.join(GRAY_MODES)}")
-        if not _is_int(self.channels) or self.channels not in (1, 3):
+        if not is_whole_number(self.channels) or self.channels not in (1, 3):
             raise ValueError(f"preprocess.channels={self.channels!r}: use 1 (grayscale) or 3 (RGB)")
         if self.threshold is not None and self.channels != 1:
             raise ValueError("preprocess.threshold needs preprocess.channels=1")
-        if not (_is_int(self.gamma) or isinstance(self.gamma, float)) or not self.gamma > 0:
+        if not is_number(self.gamma) or not self.gamma > 0:
             raise ValueError(f"preprocess.gamma={self.gamma!r}: a number above 0 (1 = off)")
 
     @classmethod

@@ -111,9 +111,10 @@ async def prompt_from_request(request: Request) -> str:
         prompt = json.loads(request._body).get("prompt", prompt)  # body already read and checked
     elif kind == "multipart/form-data":
         prompt = (await request.form()).get("prompt", prompt)
-    if not isinstance(prompt, str) or not clean_prompt(prompt):
+    prompt = clean_prompt(prompt) if isinstance(prompt, str) else ""
+    if not prompt:
         raise HTTPProblem(422, 'send the characters to click as "prompt" (JSON field, form field or ?prompt=)')
-    return clean_prompt(prompt)
+    return prompt
 
 
 def model_info(predictor, name: str) -> dict:
