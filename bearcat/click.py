@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -67,9 +68,12 @@ def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
             for i, char in enumerate(prompt)]
 
 
-def clean_prompt(prompt: str) -> str:
-    """The characters to click, without the spaces a pasted prompt often has ("帽 鹿 瓜")."""
-    return "".join(prompt.split())
+def clean_prompt(prompt: str, names=()) -> str:
+    """The characters to click, without the spaces and separators a pasted prompt often has
+    ("帽 鹿 瓜", "帽,鹿,瓜", "【帽】【鹿】【瓜】"): whitespace, and punctuation the model does not
+    name (`names`; a model trained to click a comma keeps it)."""
+    keep = set(names)
+    return "".join(c for c in prompt if c in keep or not (c.isspace() or unicodedata.category(c).startswith("P")))
 
 
 def check_prompt(prompt: str, detector: Detector) -> None:
@@ -89,7 +93,7 @@ def solve(image, prompt: str, model=None) -> list[dict]:
     if detector.recogniser is None and detector.mode.class_mode == "single":
         raise ValueError("this detection bundle finds characters but cannot name them: train with "
                          "mode.recogniser=<num_classes run or bundle> or mode.class_mode=per_char")
-    prompt = clean_prompt(prompt)
+    prompt = clean_prompt(prompt, detector.names)
     check_prompt(prompt, detector)
     result = detector.predict([image])[0]
     return order_clicks(prompt, result["boxes"])

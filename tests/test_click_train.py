@@ -86,7 +86,7 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
 
 
 def test_solver_answers_in_prompt_order(click_run):
-    from bearcat.click import main, order_clicks, solve
+    from bearcat.click import clean_prompt, main, order_clicks, solve
     from bearcat.detection.predictor import Detector
 
     root, cfg = click_run["root"], click_run["cfg"]
@@ -119,6 +119,13 @@ def test_solver_answers_in_prompt_order(click_run):
         solve(record.path, record.prompt[0] + "X", detector)
     assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", "prompt=X"]) == 2
     assert solve(record.path, " ".join(record.prompt) + " ", detector) == clicks  # spaces are not characters
+    # nor are the separators of a pasted prompt, when the model does not name them
+    assert not set(",，、【】“”") & set(detector.names)
+    assert solve(record.path, "，".join(record.prompt), detector) == clicks
+    assert solve(record.path, "".join(f"【{c}】" for c in record.prompt), detector) == clicks
+    assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}",
+                 "prompt=" + ", ".join(record.prompt)]) == 0
+    assert clean_prompt("a,b、c", names="abc,") == "a,bc"  # a comma the model names is a character
     with pytest.raises(ValueError, match="prompt is empty"):
         solve(record.path, "  ", detector)
 
@@ -178,6 +185,10 @@ def test_http_click_and_predict(click_run):
     spaced = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": " ".join(record.prompt)})
     assert spaced.status_code == 200 and spaced.json()["prompt"] == record.prompt
     assert_same_clicks(spaced.json()["clicks"], body["clicks"])
+    quoted = client.post("/v1/click", data={"prompt": "、".join(f"“{c}”" for c in record.prompt)},
+                         files={"file": ("c.png", io.BytesIO(image), "image/png")})
+    assert quoted.status_code == 200 and quoted.json()["prompt"] == record.prompt
+    assert client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": "，、"}).status_code == 422
     assert client.post("/v1/click", json={"image": base64.b64encode(image).decode()}).status_code == 422
     assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": record.prompt}).status_code == 400
     unknown = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt + "X"})

@@ -103,15 +103,16 @@ async def image_from_request(request: Request, limit: int) -> bytes:
                            '{"image": "<base64>"}, multipart/form-data with a "file", or image/* bytes')
 
 
-async def prompt_from_request(request: Request) -> str:
-    """The click prompt: JSON field "prompt", multipart field "prompt" or ?prompt=..."""
+async def prompt_from_request(request: Request, names=()) -> str:
+    """The click prompt: JSON field "prompt", multipart field "prompt" or ?prompt=...,
+    cleaned of separators the model does not name (`clean_prompt`)."""
     prompt = request.query_params.get("prompt")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         prompt = json.loads(request._body).get("prompt", prompt)  # body already read and checked
     elif kind == "multipart/form-data":
         prompt = (await request.form()).get("prompt", prompt)
-    prompt = clean_prompt(prompt) if isinstance(prompt, str) else ""
+    prompt = clean_prompt(prompt, names) if isinstance(prompt, str) else ""
     if not prompt:
         raise HTTPProblem(422, 'send the characters to click as "prompt" (JSON field, form field or ?prompt=)')
     return prompt
@@ -255,7 +256,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
             raise HTTPProblem(409, f"model {name!r} finds characters but has no recogniser to name them")
         try:
             data = await image_from_request(request, limits.max_body_bytes)
-            prompt = await prompt_from_request(request)
+            prompt = await prompt_from_request(request, predictor.names)
         except (RequestError, ImageError) as err:
             raise client_error(err) from None
         try:
