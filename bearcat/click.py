@@ -90,7 +90,7 @@ def solve(image, prompt: str, model=None) -> list[dict]:
     """image: path, bytes or PIL image; model: a Detector or a detection bundle folder.
     -> [{"char", "x", "y", "score"}, ...] in prompt order (x, y in the image's pixels)."""
     detector = model if isinstance(model, Detector) else _detector(str(model))
-    if detector.recogniser is None and detector.mode.class_mode == "single":
+    if not detector.names:  # one class and no recogniser
         raise ValueError("this detection bundle finds characters but cannot name them: train with "
                          "mode.recogniser=<num_classes run or bundle> or mode.class_mode=per_char")
     prompt = clean_prompt(prompt, detector.names)

@@ -193,6 +193,15 @@ def test_http_click_and_predict(click_run):
     assert client.post("/v1/click", json={"image": "bm90IGFuIGltYWdl", "prompt": record.prompt}).status_code == 400
     unknown = client.post("/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt + "X"})
     assert unknown.status_code == 422 and "'X' not among" in unknown.text
+    # the detector alone (one class, no recogniser) names nothing: no prompt can be matched
+    bare = Detector(click_run["root"] / "detector" / "model")
+    bare.recogniser = None
+    assert bare.names == []
+    with pytest.raises(ValueError, match="cannot name them"):
+        solve(record.path, record.prompt, bare)
+    refused = TestClient(create_app(bare, "bare")).post(
+        "/v1/click", json={"image": base64.b64encode(image).decode(), "prompt": record.prompt})
+    assert refused.status_code == 409 and "no recogniser" in refused.text
     predicted = client.post("/v1/predict", files={"file": ("c.png", io.BytesIO(image), "image/png")})
     assert predicted.status_code == 200 and isinstance(predicted.json()["boxes"], list)
     assert client.get("/v1/models").json()["models"][0]["mode"] == "efficientdet"

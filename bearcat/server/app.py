@@ -252,7 +252,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
         if not detects:
             raise HTTPProblem(404, f"model {name!r} (mode={info['mode']}) does not answer click captchas; "
                                    "serve an efficientdet bundle for /v1/click")
-        if predictor.recogniser is None and predictor.mode.class_mode == "single":
+        if not predictor.names:  # one class and no recogniser: nothing to match a prompt to
             raise HTTPProblem(409, f"model {name!r} finds characters but has no recogniser to name them")
         try:
             data = await image_from_request(request, limits.max_body_bytes)
