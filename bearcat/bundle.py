@@ -72,8 +72,15 @@ class Predictor:
     def predict_arrays(self, arrays: np.ndarray, batch_size: int = 64) -> list[dict]:
         out = []
         for i in range(0, len(arrays), batch_size):
-            probs = self.model.predict_on_batch(arrays[i:i + batch_size].astype(np.float32))
-            out += self.mode.decode(np.asarray(probs))
+            batch = arrays[i:i + batch_size].astype(np.float32)
+            n = len(batch)
+            if i and n < batch_size:
+                # the last of several batches, padded to the others' size: Keras then runs the
+                # one graph it traced for them instead of tracing another (TensorFlow warns
+                # of the retracing when several models read in turn, as bearcat.soup's check does)
+                batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), np.float32)])
+            probs = self.model.predict_on_batch(batch)
+            out += self.mode.decode(np.asarray(probs)[:n])
         return out
 
     def predict(self, images, batch_size: int = 64) -> list[dict]:

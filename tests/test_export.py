@@ -56,6 +56,27 @@ def test_every_runtime_reads_like_the_training_bundle(exported, runtime):
     assert all(g["time_ms"] > 0 for g in got)
 
 
+def test_the_last_short_batch_is_padded_to_the_traced_size(exported):
+    """Ten images in batches of four: the model sees three batches of four (the last padded,
+    so Keras runs the graph it already traced) and the readings are those of one image at a time."""
+    predictor = Predictor(exported["output_dir"] / "model")
+    arrays = np.stack([preprocess(f, predictor.pre) for f in sample_files(exported, 10)])
+    shapes, predict_on_batch = [], predictor.model.predict_on_batch
+
+    def recording(batch):
+        shapes.append(batch.shape[0])
+        return predict_on_batch(batch)
+
+    predictor.model.predict_on_batch = recording
+    got = predictor.predict_arrays(arrays, batch_size=4)
+    assert shapes == [4, 4, 4]
+    shapes.clear()
+    one_by_one = [predictor.predict_arrays(a[None], batch_size=4)[0] for a in arrays]
+    assert shapes == [1] * 10  # a single short batch is not padded: nothing traced to match
+    assert [g["result"] for g in got] == [o["result"] for o in one_by_one]
+    np.testing.assert_allclose([g["confidence"] for g in got], [o["confidence"] for o in one_by_one], atol=1e-5)
+
+
 def test_parity_check_fails_loudly_on_a_different_model(exported):
     import keras
 
