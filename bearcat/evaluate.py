@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat.bundle import Predictor, read_meta
     from bearcat.data.pipeline import load_split
     from bearcat.data.sources import SPLITS
-    from bearcat.experiment import load_sources, predict, score
+    from bearcat.experiment import load_sources, predict, test_metrics
     from bearcat.gallery import prediction_gallery
 
     if int(cfg.batch_size) < 1:
@@ -124,11 +124,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if not len(data):
             raise ValueError(f"no usable images in the {cfg.split} split of the dataset")
         results, ms = predict(predictor.model, mode, data.images, cfg.batch_size)
-    metrics = {f"test_{k}": v for k, v in score(mode, data.labels, results).items()}
-    metrics["test_ms_per_image"] = ms
+    metrics = test_metrics(mode, data.labels, results, ms, cfg.low_confidence)
     metrics["test_images"] = len(data)
     metrics["test_unreachable_labels"] = sum(label in unreachable for label in data.labels)
-    metrics["test_low_confidence_fraction"] = sum(r["confidence"] < cfg.low_confidence for r in results) / len(data)
     skipped["unreadable image"] = len(data.errors)
     out_dir = Path(cfg.paths.output_dir)
     deep, deep_artifacts = deep_evaluation(cfg, predictor, data, results, out_dir)  # bearcat/analysis.py

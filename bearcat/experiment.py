@@ -194,3 +194,14 @@ def score(mode: Mode, truths: list[str], results: list[dict]) -> dict[str, float
                    "top5_accuracy": sum(t in r.get("top5", (r["result"],)) for t, r in zip(truths, results))
                    / max(1, len(truths))}
     return metrics
+
+
+def test_metrics(mode: Mode, truths: list[str], results: list[dict], ms: float,
+                 low_confidence: float) -> dict[str, float]:
+    """A text or tile run's test_* metrics (train and evaluate log them; check_settings
+    reads their names off a one-image probe to check optimized_metric before training)."""
+    metrics = {f"test_{k}": v for k, v in score(mode, truths, results).items()}
+    metrics["test_ms_per_image"] = ms
+    metrics["test_low_confidence_fraction"] = (sum(r["confidence"] < low_confidence for r in results)
+                                               / max(1, len(results)))
+    return metrics

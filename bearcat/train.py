@@ -173,6 +173,24 @@ def check_settings(cfg: DictConfig) -> None:
         # a detector reports mAP and click success, not text accuracies: say so now, not after training
         raise ValueError(f"optimized_metric={cfg.optimized_metric}: a detection run reports best_val_map, test_map, "
                          "test_map50 and test_click_success; set optimized_metric=best_val_map (experiment=click does)")
+    if cfg.mode.name != "efficientdet":
+        # a misspelt metric would otherwise end the run (or a sweep's first job) after its training
+        names = run_metric_names(cfg)
+        if cfg.optimized_metric not in names:
+            raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "
+                             f"choose one of {names}")
+
+
+def run_metric_names(cfg: DictConfig) -> list[str]:
+    """What a text or tile run returns, before it trains: its test_* metrics, named from a
+    one-image probe of the same function, and best_<callbacks.monitor>."""
+    from bearcat.experiment import test_metrics
+    from bearcat.modes.base import mode_class
+
+    # the probe's scoring reads only the class attribute `text`, so the mode's class stands in for a mode
+    probe = test_metrics(mode_class(cfg.mode.name), ["a"], [{"result": "a", "confidence": 1.0, "top5": ["a"]}],
+                         ms=0.0, low_confidence=0.5)
+    return sorted([*probe, f"best_{cfg.callbacks.monitor}"])
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -191,7 +209,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
     from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model,
-                                    load_data, load_sources, predict, preprocess_config, resolve_precision, score)
+                                    load_data, load_sources, predict, preprocess_config, resolve_precision, score,
+                                    test_metrics)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, earlier_vocabulary, log_warm_start, warm_start
@@ -278,10 +297,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
             model = load_keras(best)
         model = float32_model(cfg, mode, model)  # tested, exported and served as float32 whatever it trained in
         results, ms = predict(model, mode, test_split.images)
-        metrics = {f"test_{k}": v for k, v in score(mode, test_split.labels, results).items()}
-        metrics["test_ms_per_image"] = ms
-        low = sum(r["confidence"] < cfg.low_confidence for r in results)
-        metrics["test_low_confidence_fraction"] = low / max(1, len(results))
+        metrics = test_metrics(mode, test_split.labels, results, ms, cfg.low_confidence)
         metrics |= checkpointer.best_metrics()  # e.g. best_val_accuracy: what sweeps should select on
         tracking.log_metrics(metrics)
         log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})

@@ -19,7 +19,7 @@ from bearcat.evaluate import evaluate
 from bearcat.experiment import build_model, mode_options
 from bearcat.modes import build_mode
 from bearcat.modes.ordinary import interval_confidence
-from bearcat.train import train
+from bearcat.train import run_metric_names, train
 
 VOCAB = Vocabulary("ABC")
 
@@ -39,6 +39,8 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
         assert key in logged, key
     assert 0.0 <= logged["test_accuracy"] <= 1.0
     assert logged["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # what optimized_metric is checked against before training is what the run returned
+    assert run_metric_names(cfg) == sorted(set(metrics) - {"mlflow_run_id"})
     # the bundle serves the mode it was trained with
     predictor = Predictor(Path(cfg.paths.output_dir) / "model")
     assert predictor.mode.name == mode
@@ -49,8 +51,10 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
 
 
 def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
-    metrics = train(make_cfg(["debug=fast", "mode=num_classes", "dataset=tiles", "backbone=cnn_small"]))
+    cfg = make_cfg(["debug=fast", "mode=num_classes", "dataset=tiles", "backbone=cnn_small"])
+    metrics = train(cfg)
     logged = logged_metrics(metrics)
+    assert run_metric_names(cfg) == sorted(set(metrics) - {"mlflow_run_id"})  # no test_cer to optimize here
     assert {"test_accuracy", "test_top5_accuracy", "val_accuracy"} <= set(logged)
     assert "test_char_accuracy" not in logged  # not a text mode
     assert 0.0 <= logged["test_accuracy"] <= logged["test_top5_accuracy"] <= 1.0

@@ -191,6 +191,11 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("trainer.max_minutes=0", "trainer.max_minutes=0"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
     ("mode=efficientdet", "optimized_metric=best_val_accuracy: a detection run reports"),
+    # a misspelt or unreported metric: named before training, not after it
+    ("optimized_metric=test_acuracy", r"optimized_metric=test_acuracy: not a metric of this run; choose one of "
+                                      r"\['best_val_accuracy', 'test_accuracy', 'test_cer'"),
+    ("callbacks.monitor=val_loss", r"optimized_metric=best_val_accuracy: not a metric of this run; "
+                                   r"choose one of \['best_val_loss'"),
 ])
 def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
