@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from bearcat.atomic import remove_stale, replacing, write_json
+from bearcat.metrics import lower_is_better
 
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,9 @@ class ValidationMetrics(keras.callbacks.Callback):
             logs.update({f"val_{k}": v for k, v in self.evaluate_fn().items()})
 
 
-LOWER_IS_BETTER = ("val_loss", "val_cer")
-
-
 def better_direction(monitor: str) -> str:
     """'min' for a loss or an error rate, else 'max' (accuracy, mAP)."""
-    return "min" if monitor in LOWER_IS_BETTER else "max"
+    return "min" if lower_is_better(monitor) else "max"
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -129,7 +127,7 @@ def reads_nothing(monitor: str, value: float) -> bool:
     if monitor not in NOTHING_YET:  # val_loss: no such floor
         return False
     floor = NOTHING_YET[monitor]
-    return value >= floor if monitor in LOWER_IS_BETTER else value <= floor
+    return value >= floor if lower_is_better(monitor) else value <= floor
 
 
 class EarlyStopping(keras.callbacks.Callback):

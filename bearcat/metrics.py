@@ -1,6 +1,14 @@
 """Text metrics: exact match, character accuracy and character error rate (CER)."""
 from __future__ import annotations
 
+# A metric whose name ends so is better lower (val_loss, test_cer, best_val_cer, test_ms_per_image...);
+# every other one Bearcat reports (accuracies, mAP, click success) is better higher.
+LOWER_IS_BETTER_ENDINGS = ("loss", "cer", "ms_per_image", "low_confidence_fraction")
+
+
+def lower_is_better(metric: str) -> bool:
+    return str(metric).endswith(LOWER_IS_BETTER_ENDINGS)
+
 
 def edit_ops(truth: str, pred: str) -> tuple[int, int, int, int]:
     """Levenshtein alignment -> (matches, substitutions, deletions, insertions)."""

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat.checks import is_number, is_whole_number
+from bearcat.metrics import lower_is_better
 
 log = logging.getLogger("bearcat.train")
 
@@ -319,8 +320,38 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     return metrics
 
 
+def sweep_directions() -> dict[str, str]:
+    """{config key: maximize | minimize}: how this multirun ranks optimized_metric (the sweep
+    summary's callback and, with hparams_search=optuna, the sweeper); {} outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hc = HydraConfig.get()
+    found = {}
+    summary = hc.callbacks.get("mlflow_sweep")
+    if summary is not None and summary.get("direction") is not None:
+        found["hydra.callbacks.mlflow_sweep.direction"] = str(summary.direction)
+    if isinstance(hc.sweeper.get("direction"), str):  # Optuna's; a list is a multi-objective study
+        found["hydra.sweeper.direction"] = hc.sweeper.direction
+    return found
+
+
+def check_sweep_direction(metric: str, directions: dict[str, str]) -> None:
+    """A sweep that maximizes a loss or an error rate (or minimizes an accuracy) would pick its
+    worst job as the best without a word: stop before the first job trains."""
+    want = "minimize" if lower_is_better(metric) else "maximize"
+    for key, value in directions.items():
+        if value != want:
+            raise ValueError(f"{key}={value} with optimized_metric={metric}, which is better "
+                             f"{'lower' if want == 'minimize' else 'higher'}: the sweep would rank its worst "
+                             f"job first; set {key}={want}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    check_sweep_direction(cfg.optimized_metric, sweep_directions())
     metrics = train(cfg)
     if cfg.optimized_metric not in metrics:
         raise KeyError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "

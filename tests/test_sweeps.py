@@ -138,6 +138,29 @@ def test_bad_sweep_settings_name_the_key(tmp_path):
     assert "optimized_metric=test_acuracy: not a metric of this run" in proc.stderr
 
 
+def test_a_sweep_ranking_a_metric_the_wrong_way_stops_before_training(tmp_path):
+    from bearcat.train import check_sweep_direction
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "optimized_metric=test_cer", "trainer.seed=1,2",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"mlflow.artifact_root={tmp_path / 'artifacts'}",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode != 0
+    assert ("hydra.callbacks.mlflow_sweep.direction=maximize with optimized_metric=test_cer, which is better lower"
+            in proc.stderr and "set hydra.callbacks.mlflow_sweep.direction=minimize" in proc.stderr)
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing trained
+    # the right direction passes, for the summary's callback and Optuna's sweeper alike
+    check_sweep_direction("test_cer", {"hydra.callbacks.mlflow_sweep.direction": "minimize",
+                                       "hydra.sweeper.direction": "minimize"})
+    check_sweep_direction("best_val_map", {"hydra.sweeper.direction": "maximize"})
+    with pytest.raises(ValueError, match="hydra.sweeper.direction=minimize with optimized_metric=best_val_accuracy, "
+                                         "which is better higher"):
+        check_sweep_direction("best_val_accuracy", {"hydra.sweeper.direction": "minimize"})
+    with pytest.raises(ValueError, match="set hydra.sweeper.direction=minimize"):
+        check_sweep_direction("best_val_loss", {"hydra.sweeper.direction": "maximize"})
+
+
 def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.min_length=4,0",  # 0: a bad setting
