@@ -170,12 +170,16 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
         raise ValueError(f"callbacks.monitor={cfg.callbacks.monitor}: choose one of {', '.join(TEXT_MONITORS)}")
-    if cfg.mode.name == "efficientdet" and not any(k in str(cfg.optimized_metric) for k in ("map", "click")):
-        # a detector reports mAP and click success, not text accuracies: say so now, not after training
-        raise ValueError(f"optimized_metric={cfg.optimized_metric}: a detection run reports best_val_map, test_map, "
-                         "test_map50 and test_click_success; set optimized_metric=best_val_map (experiment=click does)")
-    if cfg.mode.name != "efficientdet":
-        # a misspelt metric would otherwise end the run (or a sweep's first job) after its training
+    # a misspelt or unreported metric would otherwise end the run (or a sweep's first job) after its training
+    if cfg.mode.name == "efficientdet":
+        from bearcat.detection.train import detection_metric_names
+
+        names = detection_metric_names(cfg)
+        if cfg.optimized_metric not in names:
+            raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this detection run; "
+                             f"choose one of {names} (experiment=click sets best_val_map; test_click_success "
+                             "needs characters named: mode.recogniser or mode.class_mode=per_char)")
+    else:
         names = run_metric_names(cfg)
         if cfg.optimized_metric not in names:
             raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "

@@ -70,6 +70,10 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
     metrics, root = click_run["metrics"], click_run["root"]
     for key in ("test_map", "test_map50", "test_map_boxes", "test_map50_boxes", "test_click_success"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    # what check_settings accepts as optimized_metric before training is what the run returned
+    from bearcat.detection.train import detection_metric_names
+
+    assert detection_metric_names(click_run["cfg"]) == sorted(k for k in metrics if k != "mlflow_run_id")
     run = mlflow.MlflowClient(click_run["uri"]).get_run(metrics["mlflow_run_id"])
     assert run.data.metrics["test_map"] == pytest.approx(metrics["test_map"])
     assert "test_map50" in run.data.metrics and "val_map" in run.data.metrics

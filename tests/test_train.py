@@ -190,7 +190,10 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
     ("trainer.max_minutes=0", "trainer.max_minutes=0"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
-    ("mode=efficientdet", "optimized_metric=best_val_accuracy: a detection run reports"),
+    ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
+                          r"choose one of \['best_val_map', 'test_map'"),
+    # click success needs named characters: a single-class detector without a recogniser has none
+    ("experiment=click optimized_metric=test_click_success", "optimized_metric=test_click_success: not a metric"),
     # a misspelt or unreported metric: named before training, not after it
     ("optimized_metric=test_acuracy", r"optimized_metric=test_acuracy: not a metric of this run; choose one of "
                                       r"\['best_val_accuracy', 'test_accuracy', 'test_cer'"),
@@ -199,7 +202,7 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
 ])
 def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        train(make_cfg(["debug=fast", override]))
+        train(make_cfg(["debug=fast", *override.split()]))
     assert not (tmp_path / "cache").exists()  # stopped before generating or decoding anything
 
 

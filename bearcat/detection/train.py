@@ -58,6 +58,21 @@ def load_records(cfg: DictConfig, records: list, mode, split: str):
     return loaded.images, np.stack(targets), kept, len(loaded.errors)
 
 
+def names_characters(cfg: DictConfig) -> bool:
+    """Whether the detector's boxes carry characters (a recogniser, or one class per
+    character): only then are per-character mAP and click success measured."""
+    return bool(cfg.mode.get("recogniser")) or cfg.mode.class_mode == "per_char"
+
+
+def detection_metric_names(cfg: DictConfig) -> list[str]:
+    """What a detection run returns, before it trains (check_settings compares
+    optimized_metric with it; a test compares it with a real run's metrics)."""
+    scored = ["map", "map50", "map75"]
+    if names_characters(cfg):
+        scored += ["map_boxes", "map50_boxes", "click_success"]
+    return sorted([*(f"test_{k}" for k in scored), "test_ms_per_image", f"best_{cfg.mode.monitor}"])
+
+
 def score_detections(detector: Detector, records: list, categories: list[str],
                      score_threshold: float = 0.05) -> tuple[dict, dict, list[dict]]:
     """-> (metrics, pycocotools scores incl. per-class AP, predictions). mAP is per
