@@ -177,7 +177,7 @@ def test_init_from_vocabulary_keeps_the_earlier_characters_and_adds_new_ones(mak
 
 def test_finetune_preset_builds_the_pretrained_model(make_cfg):
     """experiment=finetune's model is pretrain_generated's, layer for layer; the plain defaults'
-    is not (another input height, two CTC steps per column): README "Few labels"."""
+    is not (grey input, another input height, two CTC steps per column): README "Few labels"."""
     from bearcat.experiment import build_model, mode_options
 
     vocab = Vocabulary(PRETRAIN_CHARS)
@@ -193,7 +193,9 @@ def test_finetune_preset_builds_the_pretrained_model(make_cfg):
     plain = transfer_weights(model(["dataset=folder", "dataset.root=x"]), pretrained, vocab.chars, vocab.chars)
     assert plain["output_rebuilt"] and plain["output_layer"] == "ctc_split"
     assert plain["not_loaded"] == {"ctc_split": "no layer of this name in the earlier model (its output layer: "
-                                                "ctc_probs)"}
+                                                "ctc_probs)",
+                                   # grey input against the pretrained colour: the first convolution differs
+                                   "block0_0_conv": "shape mismatch: (3, 3, 3, 32) -> (3, 3, 1, 32)"}
 
 
 def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, caplog):
@@ -238,6 +240,8 @@ def test_finetune_from_a_pretrain_generated_run(make_cfg, swust_copy, tmp_path, 
     assert report["output_rebuilt"] and "ctc_split" in report["not_loaded"]
     assert "output layer starts from scratch although the vocabulary is the same" in caplog.text
     assert "images prepared otherwise" in caplog.text and "preprocess.height 32 -> 36" in caplog.text
+    # the pretrained model reads colour, the plain defaults grey: its first convolution cannot load
+    assert "block0_0_conv" in report["not_loaded"] and "preprocess.channels 3 -> 1" in caplog.text
 
 
 def test_freezing_without_init_from_is_refused(make_cfg):

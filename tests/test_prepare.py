@@ -314,7 +314,7 @@ def test_generate_draws_the_images_training_draws(make_cfg, tmp_path):
     from hydra.utils import instantiate
 
     opts = ["experiment=pretrain_generated", "dataset.train_size=8", "dataset.val_size=2", "dataset.test_size=2",
-            "+dataset.style.pale_fraction=0.5", "dataset.train_focus_chars=xyz", "dataset.train_focus_weight=4",
+            "dataset.style.pale_fraction=0.5", "dataset.train_focus_chars=xyz", "dataset.train_focus_weight=4",
             "dataset.workers=1"]
     gen = tmp_path / "gen"
     prepare(make_cfg(["action=generate", f"generate.output={gen}", *opts], config_name="prepare"))

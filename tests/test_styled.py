@@ -75,7 +75,7 @@ def test_train_focus_chars_skew_the_train_split_only(make_cfg, tmp_path):
 
 def test_pale_fraction_draws_glyphs_close_to_white(make_cfg, tmp_path):
     """dataset.style.pale_fraction=1 draws every glyph (and the arc in its colour) as a pastel:
-    no pixel darker than 40% of black mixed into white; the preset's own colours are darker."""
+    no pixel darker than 40% of black mixed into white; without pastels the preset's colours are darker."""
     import numpy as np
 
     quiet = [*SMALL, "dataset.style.noise_lines=0", "dataset.style.noise_dots=0"]  # the dark strokes and dots
@@ -84,8 +84,8 @@ def test_pale_fraction_draws_glyphs_close_to_white(make_cfg, tmp_path):
         splits = instantiate(make_cfg([*quiet, *overrides]).dataset, cache_dir=str(tmp_path / cache), _convert_="all")
         return [int(np.asarray(Image.open(p).convert("L")).min()) for p, _ in splits.train]
 
-    pale = darkest(["+dataset.style.pale_fraction=1.0"], "pale")
-    plain = darkest([], "plain")
+    pale = darkest(["dataset.style.pale_fraction=1.0"], "pale")
+    plain = darkest(["dataset.style.pale_fraction=0"], "plain")
     assert min(pale) >= 150, pale  # 255 - 0.4 * 255 = 153 at the darkest pastel
     assert sum(d < 150 for d in plain) >= len(plain) // 2, plain
     from bearcat.data.sources import synthetic_settings
