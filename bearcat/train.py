@@ -171,24 +171,22 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
         raise ValueError(f"callbacks.monitor={cfg.callbacks.monitor}: choose one of {', '.join(TEXT_MONITORS)}")
     # a misspelt or unreported metric would otherwise end the run (or a sweep's first job) after its training
-    if cfg.mode.name == "efficientdet":
-        from bearcat.detection.train import detection_metric_names
-
-        names = detection_metric_names(cfg)
-        if cfg.optimized_metric not in names:
-            raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this detection run; "
-                             f"choose one of {names} (experiment=click sets best_val_map; test_click_success "
-                             "needs characters named: mode.recogniser or mode.class_mode=per_char)")
-    else:
-        names = run_metric_names(cfg)
-        if cfg.optimized_metric not in names:
-            raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "
-                             f"choose one of {names}")
+    names = run_metric_names(cfg)
+    if cfg.optimized_metric not in names:
+        detection = cfg.mode.name == "efficientdet"
+        hint = (" (experiment=click sets best_val_map; test_click_success needs characters named: "
+                "mode.recogniser or mode.class_mode=per_char)") if detection else ""
+        raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this "
+                         f"{'detection ' if detection else ''}run; choose one of {names}{hint}")
 
 
 def run_metric_names(cfg: DictConfig) -> list[str]:
-    """What a text or tile run returns, before it trains: its test_* metrics, named from a
-    one-image probe of the same function, and best_<callbacks.monitor>."""
+    """What a run returns, before it trains. A text or tile run: its test_* metrics, named
+    from a one-image probe of the same function, and best_<callbacks.monitor>."""
+    if cfg.mode.name == "efficientdet":
+        from bearcat.detection.train import detection_metric_names
+
+        return detection_metric_names(cfg)
     from bearcat.experiment import test_metrics
     from bearcat.modes.base import mode_class
 
@@ -330,9 +328,11 @@ def sweep_directions() -> dict[str, str]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
     found = {}
     summary = hc.callbacks.get("mlflow_sweep")
     if summary is not None and summary.get("direction") is not None:

@@ -58,17 +58,17 @@ def load_records(cfg: DictConfig, records: list, mode, split: str):
     return loaded.images, np.stack(targets), kept, len(loaded.errors)
 
 
-def names_characters(cfg: DictConfig) -> bool:
+def names_characters(has_recogniser: bool, class_mode: str) -> bool:
     """Whether the detector's boxes carry characters (a recogniser, or one class per
     character): only then are per-character mAP and click success measured."""
-    return bool(cfg.mode.get("recogniser")) or cfg.mode.class_mode == "per_char"
+    return has_recogniser or class_mode == "per_char"
 
 
 def detection_metric_names(cfg: DictConfig) -> list[str]:
     """What a detection run returns, before it trains (check_settings compares
     optimized_metric with it; a test compares it with a real run's metrics)."""
     scored = ["map", "map50", "map75"]
-    if names_characters(cfg):
+    if names_characters(bool(cfg.mode.get("recogniser")), cfg.mode.class_mode):
         scored += ["map_boxes", "map50_boxes", "click_success"]
     return sorted([*(f"test_{k}" for k in scored), "test_ms_per_image", f"best_{cfg.mode.monitor}"])
 
@@ -85,7 +85,7 @@ def score_detections(detector: Detector, records: list, categories: list[str],
 
     images = [Image.open(r.path).convert("RGB") for r in records]
     results = detector.detect(images, score_threshold)
-    named = detector.recogniser is not None or detector.mode.class_mode == "per_char"
+    named = names_characters(detector.recogniser is not None, detector.mode.class_mode)
     boxes = [r["boxes"] for r in results]
     scores = evaluate_detections(records, boxes, categories, class_agnostic=not named)
     metrics = {"map": scores["map"], "map50": scores["map50"], "map75": scores["map75"]}
