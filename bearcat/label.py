@@ -37,7 +37,7 @@ def build_label_app(cfg: DictConfig, workdir: str):
         folder = resolve_model(cfg.model, workdir, cfg.mlflow)
         predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads)
         name = str(cfg.model)
-    queue = LabelQueue(source, out, predictor)
+    queue = LabelQueue(source, out, predictor, labels_file=cfg.get("labels_file"))
     return create_label_app(queue, name), queue
 
 

@@ -1,7 +1,10 @@
 """The labelling queue behind `python -m bearcat.label`: unlabelled images, the model's
 reading of each, lowest confidence first; answers saved as copies named
 `ANSWER_<md5 of the file>.<ext>` in the output folder (the folder-dataset convention, so
-`dataset=folder dataset.root=OUT` trains on them at once).
+`dataset=folder dataset.root=OUT` trains on them at once). With a labels list
+(`labels_file=labels.csv`), the copies are named `<md5>.<ext>` and each answer is a row of
+that CSV file in OUT instead, so answers may hold characters no file name can (`_ / * ?`);
+`dataset.labels_file=labels.csv` trains on them.
 
 The source folder is only read. Images whose content is already in the output folder
 (labelled earlier, under any name) are not shown again, so a restart carries on where
@@ -11,7 +14,9 @@ either) puts it at the back of the queue, nothing saved.
 """
 from __future__ import annotations
 
+import csv
 import logging
+import os
 import shutil
 import threading
 import unicodedata
@@ -19,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bearcat.atomic import replacing
-from bearcat.data.labels import file_md5, is_image_file
+from bearcat.data.labels import LabelsFile, file_md5, is_image_file
 
 log = logging.getLogger(__name__)
 
 FORBIDDEN = set('_/\\:*?"<>|')  # "_" ends the label in a file name; the rest are not file-name safe
 MAX_ANSWER_BYTES = 120  # UTF-8 bytes: with "_<md5>.ext" and the temporary name's extras, well under 255
+LIST_HEADER = ["file", "label"]
 
 
 @dataclass
@@ -38,31 +44,67 @@ class Item:
         return {"id": self.id, "name": self.path.name, "prediction": self.prediction, "confidence": self.confidence}
 
 
-def check_answer(answer: str) -> str:
+def check_answer(answer: str, in_name: bool = True) -> str:
+    """The answer as saved; `in_name`: it becomes part of a file name (no labels list)."""
     answer = (answer or "").strip()
     if not answer:
         raise ValueError("empty answer: type the characters of the image")
-    bad = sorted(set(answer) & FORBIDDEN)
-    if bad or answer.startswith("."):
-        raise ValueError(f"answer {answer!r}: cannot be part of a file name label ({''.join(bad) or 'leading .'})")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in answer):
         raise ValueError(f"answer {answer!r}: control characters cannot be part of a label")
+    if not in_name:
+        return answer
+    bad = sorted(set(answer) & FORBIDDEN)
+    if bad or answer.startswith("."):
+        raise ValueError(f"answer {answer!r}: cannot be part of a file name label ({''.join(bad) or 'leading .'}); "
+                         "labels_file=labels.csv saves answers in a list instead")
     if len(answer.encode("utf-8")) > MAX_ANSWER_BYTES:
         raise ValueError(f"answer of {len(answer)} characters: longer than a file name label can be "
                          f"({MAX_ANSWER_BYTES} bytes in UTF-8)")
     return answer
 
 
+def open_list(path: Path) -> Path:
+    """A labels list answers can be appended to: new, or a CSV whose header is file,label."""
+    if path.exists() and path.stat().st_size:
+        LabelsFile(path, key="labels_file")  # readable, one label per file (else a clear error)
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        if header != LIST_HEADER:
+            raise ValueError(f"labels_file={path}: header {header}, answers are appended as {','.join(LIST_HEADER)}")
+    return path
+
+
+def append_row(path: Path, name: str, label: str) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(LIST_HEADER)
+        writer.writerow([name, label])
+        handle.flush()
+        os.fsync(handle.fileno())  # an answer typed is an answer kept, even if the machine stops
+
+
+def drop_rows(path: Path, name: str) -> None:
+    """The list without the rows of `name` (undo), replaced in one rename."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows[:1] + [r for r in rows[1:] if not r or r[0] != name])
+
+
 class LabelQueue:
-    def __init__(self, source, out, predictor=None, batch_size: int = 64):
+    def __init__(self, source, out, predictor=None, batch_size: int = 64, labels_file: str | None = None):
         self.source, self.out = Path(source), Path(out)
         if not self.source.is_dir():
             raise FileNotFoundError(f"dir={source}: folder not found")
         if self.out.resolve() == self.source.resolve():
             raise ValueError(f"out={out}: must differ from dir= (the source folder is never changed)")
         self.out.mkdir(parents=True, exist_ok=True)
+        # answers as rows of a CSV list in out (relative names) instead of in the file names
+        self.listing = open_list(self.out / labels_file) if labels_file else None
         self.lock = threading.Lock()
-        self.history: list[tuple[Item, Path]] = []  # this session's answers, for undo
+        self.history: list[tuple[Item, Path, str]] = []  # this session's answers, for undo
         self.skipped = 0
         self.unreadable: list[str] = []
         done = {file_md5(p) for p in self.out.iterdir() if is_image_file(p)}
@@ -126,19 +168,32 @@ class LabelQueue:
             return {"item": current, "upcoming": upcoming, "remaining": len(self.pending),
                     "saved": len(self.history), "skipped": self.skipped, "done_before": self.done_before,
                     "can_undo": bool(self.history),
-                    "last": self.history[-1][1].name if self.history else None, "out": str(self.out)}
+                    "last": self._last(), "out": str(self.out)}
+
+    def _last(self) -> str | None:
+        if not self.history:
+            return None
+        _, target, answer = self.history[-1]
+        return f"{answer} ({target.name} in {self.listing.name})" if self.listing else target.name
 
     def answer(self, item_id: str, answer: str) -> Path:
-        answer = check_answer(answer)
+        answer = check_answer(answer, in_name=self.listing is None)
         with self.lock:
             item = self.find(item_id)
-            target = self.out / f"{answer}_{item.id}{item.path.suffix.lower()}"
+            suffix = item.path.suffix.lower()
+            target = self.out / (f"{item.id}{suffix}" if self.listing else f"{answer}_{item.id}{suffix}")
             if target.exists():
                 raise FileExistsError(f"{target} already exists")
             with replacing(target) as tmp:
                 shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
+            if self.listing:
+                try:
+                    append_row(self.listing, target.name, answer)
+                except OSError:
+                    target.unlink(missing_ok=True)  # no row, no copy: the image stays in the queue
+                    raise
             self.pending.remove(item)
-            self.history.append((item, target))
+            self.history.append((item, target, answer))
             return target
 
     def skip(self, item_id: str) -> Item:
@@ -171,7 +226,9 @@ class LabelQueue:
         with self.lock:
             if not self.history:
                 return None
-            item, target = self.history.pop()
+            item, target, answer = self.history.pop()
+            if self.listing:
+                drop_rows(self.listing, target.name)
             target.unlink(missing_ok=True)
             self.pending.insert(0, item)
-            return {"id": item.id, "answer": target.name.split("_", 1)[0]}
+            return {"id": item.id, "answer": answer}

@@ -42,12 +42,23 @@ def do_generate(cfg: DictConfig) -> dict:
     return generate(cfg.generate.output, sizes, settings, cfg.workers)
 
 
+def _labels_list(cfg: DictConfig):
+    """dataset.labels_file as training reads it (None: labels from the file names)."""
+    from pathlib import Path
+
+    from bearcat.data.sources import labels_list
+
+    d = cfg.dataset
+    return labels_list(d.get("labels_file"), d.get("label_column", "label"), Path(_root(cfg)),
+                       d.get("class_folders", False))
+
+
 def do_split(cfg: DictConfig) -> dict:
     from bearcat.data.tools import split_folder
 
     d = cfg.dataset
     return split_folder(_root(cfg), cfg.split.output, d.get("val_ratio", 0.1), d.get("test_ratio", 0.1),
-                        d.get("split_seed", 0), move=cfg.split.move)
+                        d.get("split_seed", 0), move=cfg.split.move, listed=_labels_list(cfg))
 
 
 def do_check(cfg: DictConfig) -> dict:
@@ -57,7 +68,7 @@ def do_check(cfg: DictConfig) -> dict:
     d = cfg.dataset
     report = check_folder(_root(cfg), preprocess_config(cfg), charset=d.get("charset"),
                           lowercase=d.get("lowercase", False), class_folders=d.get("class_folders", False),
-                          move_bad=cfg.check.quarantine, workers=cfg.workers)
+                          move_bad=cfg.check.quarantine, workers=cfg.workers, listed=_labels_list(cfg))
     print(format_report(report, cfg.check.listed))
     return report
 

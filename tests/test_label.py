@@ -119,6 +119,48 @@ def test_queue_orders_saves_copies_undoes_and_resumes(unlabelled, reading_bundle
     assert snapshot(unlabelled) == before
 
 
+def test_answers_in_a_labels_list_may_hold_any_character(unlabelled, reading_bundle, tmp_path):
+    """labels_file=labels.csv: copies named <md5>.<ext>, answers as rows of the list, so a
+    maths captcha's "3/4*" or "a_b" can be saved; undo takes back the row and the copy; the
+    folder source reads the list."""
+    import csv
+
+    from bearcat.data.sources import folder
+
+    before = snapshot(unlabelled)
+    out = tmp_path / "labelled"
+    queue = LabelQueue(unlabelled, out, Predictor(reading_bundle), labels_file="labels.csv")
+    client = TestClient(create_label_app(queue, "reading"))
+    answers = ["3/4*", "a_b", ".5?", "x\\y"]
+    saved = []
+    for answer in answers:
+        item = client.get("/api/state").json()["item"]
+        reply = client.post("/api/answer", json={"id": item["id"], "answer": f" {answer} "})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["saved_as"] == f"{item['id']}.png"
+        assert reply.json()["last"] == f"{answer} ({item['id']}.png in labels.csv)"
+        saved.append((item["id"], answer))
+    item = client.get("/api/state").json()["item"]
+    assert client.post("/api/answer", json={"id": item["id"], "answer": "Q7\nW"}).status_code == 400
+    assert client.post("/api/undo").json()["undone"] == {"id": saved[-1][0], "answer": answers[-1]}
+    with open(out / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["file", "label"]] + [[f"{i}.png", a] for i, a in saved[:-1]]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i, _ in saved[:-1]] + ["labels.csv"])
+    for image_id, _ in saved[:-1]:
+        assert md5(out / f"{image_id}.png") == image_id  # byte-identical copies
+
+    again = LabelQueue(unlabelled, out, labels_file="labels.csv")  # a restart appends to the same list
+    assert len(again.pending) == IMAGES - 3 and again.done_before == 3
+    splits = folder(str(out), labels_file="labels.csv", val_ratio=0, test_ratio=0)
+    assert sorted(label for _, label in splits.train) == sorted(answers[:-1])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "labels.csv").write_text("name,text\na.png,ab\n")
+    with pytest.raises(ValueError, match="labels_file=.*labels.csv: no 'file' column"):
+        LabelQueue(unlabelled, tmp_path / "other", labels_file="labels.csv")
+    assert snapshot(unlabelled) == before
+
+
 def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
     from bearcat.label import build_label_app
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bearcat.atomic import write_json
-from bearcat.data.labels import is_image_file, label_from_name, normalize_charset
+from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
 from bearcat.data.sources import QUARANTINE, SPLITS
@@ -139,19 +139,25 @@ def quarantine(root: Path, bad: list[dict]) -> list[dict]:
 
 
 def _label_problems(root: Path, infos: list[dict], lowercase: bool, charset: str | None,
-                    class_folders: bool) -> tuple[dict, list]:
+                    class_folders: bool, listed: LabelsFile | None = None) -> tuple[dict, list]:
     """Labels, unlabelled names, characters outside the charset, case mixes."""
     labels, no_label, outside = {}, [], []
     charset = normalize_charset(charset)
     allowed = set(charset.lower() if lowercase and charset else charset or "")
     for info in infos:
         path = Path(info["path"])
-        label = path.parent.name if class_folders else label_from_name(path, lowercase)
+        if listed:
+            label = listed.label(path, root, lowercase)
+        else:
+            label = path.parent.name if class_folders else label_from_name(path, lowercase)
         if class_folders and lowercase:
             label = label.lower()
         if not label:
             no_label.append(str(path))
-            log.warning("%s: file name holds no label (expected LABEL_anything%s)", path, path.suffix)
+            if listed:
+                log.warning("%s: no label in %s", path, listed.path)
+            else:
+                log.warning("%s: file name holds no label (expected LABEL_anything%s)", path, path.suffix)
             continue
         labels[str(path)] = label
         bad = sorted(set(label) - allowed) if charset else []
@@ -178,8 +184,10 @@ def _duplicates(infos: list[dict], labels: dict, root: Path) -> dict:
 
 
 def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = None, lowercase: bool = False,
-                 class_folders: bool = False, move_bad: bool = True, workers: int | None = None) -> dict:
-    """Check every image under root (train/val/test or flat); return the report."""
+                 class_folders: bool = False, move_bad: bool = True, workers: int | None = None,
+                 listed: LabelsFile | None = None) -> dict:
+    """Check every image under root (train/val/test or flat); return the report. With a
+    labels list, labels come from it, and its rows that name no image are reported."""
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"dataset.root={root}: folder not found")
@@ -192,7 +200,8 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
     for item in bad:
         log.warning("unreadable: %s", item["error"])
     moved = quarantine(base, bad) if move_bad else []
-    labels, (no_label, outside, both_cases, mixed) = _label_problems(base, good, lowercase, charset, class_folders)
+    labels, (no_label, outside, both_cases, mixed) = _label_problems(base, good, lowercase, charset, class_folders,
+                                                                    listed)
     widths, heights = [i["width"] for i in good], [i["height"] for i in good]
     lengths = Counter(len(v) for v in labels.values())
     converted = [{"file": i["path"], "note": n} for i in good for n in i["notes"]]
@@ -219,6 +228,9 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
         "charset": "".join(sorted(set("".join(labels.values())))),
         "no_label": len(no_label),
         "no_label_files": no_label,
+        "labels_file": str(listed.path) if listed else None,
+        # rows of the list with no readable image (a typo, or a file moved to quarantine/)
+        "listed_without_image": listed.unused() if listed else [],
         "outside_charset": len(outside),
         "outside_charset_files": outside,
         "letters_in_both_cases": "".join(both_cases),
@@ -263,7 +275,9 @@ def format_report(r: dict, max_listed: int = 10) -> str:
         ("duplicates", f"{len(dup['groups'])} groups, {dup['extra_copies']} extra copies, "
                        f"{len(dup['conflicting_labels'])} with different labels, "
                        f"{len(dup['across_splits'])} across splits"),
-        ("no label", f"{r['no_label']}"),
+        ("no label", f"{r['no_label']}" + (f" (labels from {r['labels_file']}; "
+                                            f"{len(r['listed_without_image'])} of its rows name no readable image)"
+                                            if r["labels_file"] else "")),
         ("outside charset", f"{r['outside_charset']}"),
         ("case", f"{r['mixed_case_labels']} labels mix cases; letters in both cases: "
                  f"{r['letters_in_both_cases'] or '-'}"
@@ -272,7 +286,8 @@ def format_report(r: dict, max_listed: int = 10) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"check of {r['root']}"] + [f"  {k:<{width}}  {v}" for k, v in rows]
     problems = ([f"{i['reason']} (unreadable)" for i in r["unreadable_files"]]
-                + [f"{f}: no label in the file name" for f in r["no_label_files"]]
+                + [f"{f}: no label in " + (r["labels_file"] or "the file name") for f in r["no_label_files"]]
+                + [f"{r['labels_file']}: {f}: no such readable image" for f in r["listed_without_image"]]
                 + [f"{o['file']}: characters outside the charset: {o['characters']}" for o in r["outside_charset_files"]]
                 + [f"same content: {' = '.join(g)}" for g in dup["groups"]]
                 + [f"{c['file']}: {c['note']}" for c in r["converted"]])

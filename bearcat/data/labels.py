@@ -1,10 +1,13 @@
 """Labels from file names, and the vocabulary that maps characters to class ids.
 
 Convention (shared by every folder tool): the label is the file name before the first
-``_``; a name without ``_`` uses its whole stem. ``a3Kx_5f2b9c.png`` -> ``a3Kx``.
+``_``; a name without ``_`` uses its whole stem. ``a3Kx_5f2b9c.png`` -> ``a3Kx``. A labels
+file (`LabelsFile`, ``dataset.labels_file``) replaces the names where they cannot hold the
+label.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import unicodedata
@@ -20,10 +23,69 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 def label_from_name(path: str | Path, lowercase: bool = False) -> str:
     """Label encoded in a file name; '' when the name holds none (e.g. '_x.png')."""
     stem = Path(path).stem
-    label = stem.split("_", 1)[0] if "_" in stem else stem
+    return clean_label(stem.split("_", 1)[0] if "_" in stem else stem, lowercase)
+
+
+def clean_label(label: str, lowercase: bool = False) -> str:
     # NFC so that a Chinese or accented label typed on another OS compares equal.
     label = unicodedata.normalize("NFC", label)
     return label.lower() if lowercase else label
+
+
+class LabelsFile:
+    """Labels listed in a CSV file instead of file names: for labels a file name cannot hold
+    (`_`, `/`, or `*` `?` on Windows, as in maths captchas) and for sets that ship a list.
+
+    The header row names a `file` column and the label column (default `label`; other
+    columns are ignored). `file` is the image's path relative to the data folder
+    (`train/x.png`) or its bare name (`x.png`, found in any split folder, so the list still
+    fits after `prepare action=split`). Spaces around a label are dropped, inside it kept.
+    """
+
+    def __init__(self, path: str | Path, column: str = "label", key: str = "dataset.labels_file"):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{key}={path}: file not found")
+        self.labels: dict[str, str] = {}
+        lines: dict[str, int] = {}
+        # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
+        with open(self.path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            for name in ("file", column):
+                if name not in header:
+                    which = "the file column" if name == "file" else f"the label column (dataset.label_column={column})"
+                    raise ValueError(f"{key}={path}: no {name!r} column, {which}; header: {header}")
+            for row in reader:
+                name, label = _file_key(row["file"] or ""), (row[column] or "").strip()
+                if not name:
+                    continue
+                if name in self.labels and self.labels[name] != label:
+                    raise ValueError(f"{key}={path}: {name} has two labels, {self.labels[name]!r} "
+                                     f"(line {lines[name]}) and {label!r} (line {reader.line_num})")
+                self.labels[name], lines[name] = label, reader.line_num
+        self.used: set[str] = set()
+
+    def label(self, image: str | Path, root: str | Path, lowercase: bool = False) -> str:
+        """The listed label of an image under root; '' when it is not listed (or blank)."""
+        image = Path(image)
+        for name in (_file_key(image.relative_to(root).as_posix()), image.name):
+            if name in self.labels:
+                self.used.add(name)
+                return clean_label(self.labels[name], lowercase)
+        return ""
+
+    def unused(self) -> list[str]:
+        """Rows whose image was not found (e.g. a typo, or a file quarantined by the check)."""
+        return sorted(set(self.labels) - self.used)
+
+
+def _file_key(name: str) -> str:
+    """One spelling of a listed path: forward slashes, no leading './'."""
+    name = name.strip().replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def normalize_charset(charset: str | None) -> str | None:

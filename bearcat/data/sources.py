@@ -3,8 +3,8 @@ it never knows about the model.
 
 - `synthetic`: captchas drawn with the `captcha` library, generated once into a cache
   folder keyed by every setting that changes the images, then reused.
-- `folder`: the user's own folder of `LABEL_anything.png` files (read only, never
-  modified).
+- `folder`: the user's own folder of `LABEL_anything.png` files, or of images listed with
+  their labels in a CSV file (read only, never modified).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
-from bearcat.data.labels import file_md5, is_image_file, label_from_name, normalize_charset
+from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,23 @@ def _labelled_files(folder: Path, lowercase: bool, skipped: dict[str, int]) -> l
     return samples
 
 
+def _listed_files(folder: Path, root: Path, listed: LabelsFile, lowercase: bool,
+                  skipped: dict[str, int]) -> list[tuple[str, str]]:
+    samples, unlisted = [], []
+    for path in sorted(folder.iterdir()):
+        if is_image_file(path):
+            label = listed.label(path, root, lowercase)
+            if label:
+                samples.append((str(path), label))
+            else:
+                unlisted.append(path.name)
+    if unlisted:  # one line, not one per file: a list may cover a few images of a large folder
+        log.warning("%d images in %s have no label in %s (e.g. %s); skipped", len(unlisted), folder,
+                    listed.path, ", ".join(unlisted[:5]))
+        skipped["not in labels file"] = skipped.get("not in labels file", 0) + len(unlisted)
+    return samples
+
+
 def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
     samples = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != QUARANTINE):
@@ -257,6 +274,20 @@ def _extra_train(folders, labelled: list, collect, skipped: dict[str, int]) -> l
     return kept
 
 
+def labels_list(labels_file: str | None, column: str, root: Path, class_folders: bool = False) -> LabelsFile | None:
+    """The configured labels list; a relative path not found from the working directory is
+    looked up in dataset.root (`dataset.labels_file=labels.csv` for a list inside the folder)."""
+    if labels_file in (None, ""):
+        return None
+    if class_folders:
+        raise ValueError("dataset.labels_file and dataset.class_folders=true exclude each other: "
+                         "a class folder's name is its images' label")
+    path = Path(labels_file)
+    if not path.is_file() and not path.is_absolute() and (root / path).is_file():
+        path = root / path
+    return LabelsFile(path, column=column or "label")
+
+
 def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int):
     """Deterministic shuffle-and-cut; the same files and seed always give the same split."""
     order = sorted(samples)
@@ -268,9 +299,10 @@ def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int)
 
 def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_ratio: float = 0.1,
            test_ratio: float = 0.1, charset: str | None = None, class_folders: bool = False,
-           extra_train=(), **_ignored) -> Splits:
+           extra_train=(), labels_file: str | None = None, label_column: str = "label", **_ignored) -> Splits:
     """A user's folder: `train/ val/ test/` used as they are, or a flat folder split
-    80/10/10 (by default) with a fixed seed. With `class_folders`, one sub-folder per class.
+    80/10/10 (by default) with a fixed seed. With `class_folders`, one sub-folder per class;
+    with `labels_file`, the labels of a CSV list instead of the file names.
     The labelled images of every `extra_train` folder join the training split only (e.g.
     pseudo-labels from `python -m bearcat.label accept_above=...`): never val or test."""
     if root in (None, "", "???"):
@@ -279,8 +311,11 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
     if not base.is_dir():
         raise FileNotFoundError(f"dataset.root={root}: folder not found")
     skipped: dict[str, int] = {}
-    collect = (lambda d: _class_folder_files(d, lowercase)) if class_folders else \
+    named = (lambda d: _class_folder_files(d, lowercase)) if class_folders else \
         (lambda d: _labelled_files(d, lowercase, skipped))
+    listed = labels_list(labels_file, label_column, base, class_folders)
+    # the list names images of dataset.root; extra_train folders keep their file-name labels
+    collect = (lambda d: _listed_files(d, base, listed, lowercase, skipped)) if listed else named
     if (base / "train").is_dir():
         train = collect(base / "train")
         val = collect(base / "val") if (base / "val").is_dir() else []
@@ -292,11 +327,15 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
             test = val
     else:
         train, val, test = split_samples(collect(base), val_ratio, test_ratio, split_seed)
+    if listed and listed.unused():
+        missing = listed.unused()
+        log.warning("%d rows of %s name no image in %s (e.g. %s)", len(missing), listed.path, base,
+                    ", ".join(missing[:5]))
     if extra_train:
-        train = train + _extra_train(extra_train, train + val + test, collect, skipped)
+        train = train + _extra_train(extra_train, train + val + test, named, skipped)
     if not train:
-        raise ValueError(f"dataset.root={root}: no labelled images found "
-                         f"(expected files like LABEL_anything.png in it or in train/)")
+        expected = f"images listed in {listed.path}" if listed else "files like LABEL_anything.png"
+        raise ValueError(f"dataset.root={root}: no labelled images found (expected {expected} in it or in train/)")
     if charset:
         charset = normalize_charset(charset)
         charset = charset.lower() if lowercase else charset

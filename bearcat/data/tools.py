@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from bearcat.data.labels import is_image_file, label_from_name
+from bearcat.data.labels import LabelsFile, is_image_file, label_from_name
 from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, split_samples, synthetic_settings
 
 log = logging.getLogger(__name__)
@@ -30,22 +30,26 @@ def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers:
 
 
 def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, test_ratio: float,
-                 seed: int, move: bool = False) -> dict:
+                 seed: int, move: bool = False, listed: LabelsFile | None = None) -> dict:
     """Copy (or move, when asked) the labelled images of a flat folder into
     output/{train,val,test}/. The split is the same one training makes of the flat folder
     with the same seed and ratios. An existing file of the same name is never overwritten:
-    it is left, and counted."""
+    it is left, and counted. With a labels list, its images are the labelled ones; names
+    are kept, so the list still fits the split folder (it matches bare names too)."""
     src = Path(root)
     if not src.is_dir():
         raise FileNotFoundError(f"dataset.root={root}: folder not found")
     dst = Path(output) if output else src
     files = sorted(p for p in src.iterdir() if is_image_file(p))
-    samples = [(str(p), label_from_name(p)) for p in files if label_from_name(p)]
-    unlabelled = [str(p) for p in files if not label_from_name(p)]
+    labels = {p: listed.label(p, src) if listed else label_from_name(p) for p in files}
+    samples = [(str(p), labels[p]) for p in files if labels[p]]
+    unlabelled = [str(p) for p in files if not labels[p]]
+    where = f"no label in {listed.path}" if listed else "file name holds no label"
     for path in unlabelled:
-        log.warning("%s: file name holds no label; left where it is", path)
+        log.warning("%s: %s; left where it is", path, where)
     if not samples:
-        raise ValueError(f"dataset.root={root}: no labelled images (LABEL_anything.png) directly in it to split")
+        expected = f"images listed in {listed.path}" if listed else "labelled images (LABEL_anything.png)"
+        raise ValueError(f"dataset.root={root}: no {expected} directly in it to split")
     parts = dict(zip(SPLITS, split_samples(samples, val_ratio, test_ratio, seed)))
     done = {s: 0 for s in SPLITS}
     exists = []
