@@ -4,7 +4,10 @@ shared set) under plain names; nothing in the user's folder changes."""
 import csv
 import json
 import logging
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -16,6 +19,7 @@ from bearcat.data.sources import folder
 from bearcat.evaluate import evaluate
 from bearcat.prepare import prepare
 from bearcat.train import train
+from tests.conftest import ROOT
 from tests.test_prepare import all_files
 
 
@@ -151,3 +155,23 @@ def test_check_and_split_use_the_list(make_cfg, swust_copy, tmp_path):
     shards = packed(str(tmp_path / "packed"))
     assert sorted(shards.labels()) == sorted(flat.labels())
 
+
+def test_the_maths_example_writes_images_and_their_list_and_never_overwrites(tmp_path):
+    """scripts/make_maths_captchas.py: expressions drawn by the captcha library, labels in
+    labels.csv; the folder source reads them with every operator in the vocabulary."""
+    out = tmp_path / "maths"
+    script = [sys.executable, str(ROOT / "scripts" / "make_maths_captchas.py"), "--out", str(out), "--count", "40"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    splits = folder(str(out), labels_file="labels.csv")
+    labels = splits.labels()
+    assert len(labels) == 40 and all(label.endswith("=?") for label in labels)
+    assert set("+-*/") <= set("".join(labels))
+    for label in labels:  # each expression as drawn, its result a whole number
+        a, op, b = re.fullmatch(r"(\d+)([-+*/])(\d+)=\?", label).groups()
+        assert op != "/" or int(a) % int(b) == 0
+        assert op != "-" or int(a) >= int(b)
+    before = all_files(out)
+    again = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "already holds images or labels.csv" in again.stderr
+    assert all_files(out) == before
