@@ -95,6 +95,36 @@ def test_the_folder_source_takes_labels_from_the_list(swust_copy, tmp_path, capl
         folder(str(data), labels_file=str(tmp_path / "other.csv"))
 
 
+def test_a_list_folder_as_extra_train_and_a_list_never_read_by_mistake(swust_copy, tmp_path, caplog):
+    """The labelling tool's list output (<md5>.png + labels.csv) joins training as
+    extra_train=[DIR/labels.csv]; given as a folder read by name, each image would be
+    labelled with its hash: refused, naming the list. A stray list beside LABEL_* images
+    is only warned about."""
+    files = sorted(swust_copy.iterdir())
+    named = tmp_path / "named"
+    named.mkdir()
+    for p in files[:30]:
+        shutil.copy2(p, named / p.name)
+    answers = tmp_path / "answers"
+    labels = plain_names(swust_copy, answers, 40)
+    extra = {name: labels[name] for name in sorted(labels)[30:]}  # images 30-39: not in `named`
+    write_csv(answers / "labels.csv", extra.items())  # the tool lists only what was answered
+
+    both = folder(str(named), extra_train=[str(answers / "labels.csv")])
+    plain = folder(str(named))
+    assert both.train[len(plain.train):] == [(str(answers / n), lab) for n, lab in extra.items()]
+    assert both.skipped == {"not in labels file": 30}
+    with pytest.raises(ValueError, match=r"dataset.extra_train: .*answers holds the labels list labels.csv and no "
+                                         r"image named LABEL_\*: pass dataset.extra_train=\[.*answers/labels.csv\]"):
+        folder(str(named), extra_train=[str(answers)])
+    with pytest.raises(ValueError, match=r"holds the labels list labels.csv .*pass dataset.labels_file=labels.csv"):
+        folder(str(answers))
+    write_csv(named / "notes.csv", [["x.png", "ab"]])
+    with caplog.at_level(logging.WARNING):
+        assert folder(str(named)).train == plain.train  # labels still from the names
+    assert "holds the labels list notes.csv, not read" in caplog.text
+
+
 def test_training_and_evaluation_read_labels_no_file_name_can_hold(make_cfg, swust_copy, tmp_path):
     data = tmp_path / "maths"
     labels = plain_names(swust_copy, data, 60)

@@ -254,16 +254,22 @@ def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
     return samples
 
 
-def _extra_train(folders, labelled: list, collect, skipped: dict[str, int]) -> list[tuple[str, str]]:
-    """The samples of the `extra_train` folders, less every image whose content is already
-    in dataset.root (any split): a person's label wins over a pseudo-label, and a copy of a
-    val or test image must not train the model."""
+def _extra_train(folders, labelled: list, collect, read_list, skipped: dict[str, int]) -> list[tuple[str, str]]:
+    """The samples of the `extra_train` folders (or labels lists: the images of a list's
+    folder that it names), less every image whose content is already in dataset.root (any
+    split): a person's label wins over a pseudo-label, and a copy of a val or test image must
+    not train the model."""
     known = {file_md5(path) for path, _ in labelled}
     kept = []
     for extra in folders:
-        if not Path(extra).is_dir():
+        extra = Path(extra)
+        if extra.suffix.lower() == ".csv" and extra.is_file():
+            more = read_list(extra)
+        elif not extra.is_dir():
             raise FileNotFoundError(f"dataset.extra_train: {extra}: folder not found")
-        more = collect(Path(extra))
+        else:
+            _unread_list(extra, "dataset.extra_train", f"dataset.extra_train=[{extra}/LIST]")
+            more = collect(extra)
         fresh = [(path, label) for path, label in more if file_md5(path) not in known]
         if len(fresh) < len(more):
             key = "extra_train image already in dataset.root"
@@ -272,6 +278,22 @@ def _extra_train(folders, labelled: list, collect, skipped: dict[str, int]) -> l
                  len(fresh), extra, len(more) - len(fresh))
         kept += fresh
     return kept
+
+
+def _unread_list(folder: Path, key: str, remedy: str) -> None:
+    """A folder read by file names that holds a labels list (a CSV whose header starts with
+    file,label, as `bearcat.label labels_file=` writes): when no image name there holds a
+    label (`<md5>.png`), reading names would label each image with its hash, so stop."""
+    lists = [p.name for p in sorted(folder.glob("*.csv"))
+             if p.read_bytes()[:64].decode("utf-8-sig", "replace").startswith("file,label")]
+    if not lists:
+        return
+    images = [p for p in folder.iterdir() if is_image_file(p)]
+    if images and not any("_" in p.stem for p in images):
+        raise ValueError(f"{key}: {folder} holds the labels list {lists[0]} and no image named LABEL_*: "
+                         f"pass {remedy.replace('LIST', lists[0])} to read the labels from it")
+    log.warning("%s: %s holds the labels list %s, not read: labels come from the file names (%s reads it)",
+                key, folder, lists[0], remedy.replace("LIST", lists[0]))
 
 
 def labels_list(labels_file: str | None, column: str, root: Path, class_folders: bool = False) -> LabelsFile | None:
@@ -314,8 +336,13 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
     named = (lambda d: _class_folder_files(d, lowercase)) if class_folders else \
         (lambda d: _labelled_files(d, lowercase, skipped))
     listed = labels_list(labels_file, label_column, base, class_folders)
-    # the list names images of dataset.root; extra_train folders keep their file-name labels
+    # the list names images of dataset.root; extra_train folders are read by name unless
+    # given as a list of their own
     collect = (lambda d: _listed_files(d, base, listed, lowercase, skipped)) if listed else named
+    if not listed and not class_folders:
+        for where, remedy in ((base, "dataset.labels_file=LIST"), (base / "train", "dataset.labels_file=train/LIST")):
+            if where.is_dir():
+                _unread_list(where, f"dataset.root={root}", remedy)
     if (base / "train").is_dir():
         train = collect(base / "train")
         val = collect(base / "val") if (base / "val").is_dir() else []
@@ -332,7 +359,14 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
         log.warning("%d rows of %s name no image in %s (e.g. %s)", len(missing), listed.path, base,
                     ", ".join(missing[:5]))
     if extra_train:
-        train = train + _extra_train(extra_train, train + val + test, named, skipped)
+        if class_folders and any(str(e).lower().endswith(".csv") for e in extra_train):
+            raise ValueError("dataset.extra_train: a labels list and dataset.class_folders=true exclude each other")
+
+        def read_list(path: Path) -> list[tuple[str, str]]:  # an extra list names images of its own folder
+            extra_list = LabelsFile(path, column=label_column, key="dataset.extra_train")
+            return _listed_files(path.parent, path.parent, extra_list, lowercase, skipped)
+
+        train = train + _extra_train(extra_train, train + val + test, named, read_list, skipped)
     if not train:
         expected = f"images listed in {listed.path}" if listed else "files like LABEL_anything.png"
         raise ValueError(f"dataset.root={root}: no labelled images found (expected {expected} in it or in train/)")
