@@ -63,15 +63,17 @@ def check_answer(answer: str, in_name: bool = True) -> str:
     return answer
 
 
-def open_list(path: Path) -> Path:
-    """A labels list answers can be appended to: new, or a CSV whose header is file,label."""
-    if path.exists() and path.stat().st_size:
-        LabelsFile(path, key="labels_file")  # readable, one label per file (else a clear error)
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
-        if header != LIST_HEADER:
-            raise ValueError(f"labels_file={path}: header {header}, answers are appended as {','.join(LIST_HEADER)}")
-    return path
+def read_list(path: Path) -> dict[str, str]:
+    """The rows of a labels list answers can be appended to ({} when new): a CSV whose
+    header is file,label, one label per file (else a clear error)."""
+    if not path.exists() or not path.stat().st_size:
+        return {}
+    rows = LabelsFile(path, key="labels_file").labels
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    if header != LIST_HEADER:
+        raise ValueError(f"labels_file={path}: header {header}, answers are appended as {','.join(LIST_HEADER)}")
+    return rows
 
 
 def append_row(path: Path, name: str, label: str) -> None:
@@ -102,12 +104,21 @@ class LabelQueue:
             raise ValueError(f"out={out}: must differ from dir= (the source folder is never changed)")
         self.out.mkdir(parents=True, exist_ok=True)
         # answers as rows of a CSV list in out (relative names) instead of in the file names
-        self.listing = open_list(self.out / labels_file) if labels_file else None
+        self.listing = self.out / labels_file if labels_file else None
+        rows = read_list(self.listing) if self.listing else {}
         self.lock = threading.Lock()
         self.history: list[tuple[Item, Path, str]] = []  # this session's answers, for undo
         self.skipped = 0
         self.unreadable: list[str] = []
-        done = {file_md5(p) for p in self.out.iterdir() if is_image_file(p)}
+        saved = [p for p in self.out.iterdir() if is_image_file(p)]
+        if self.listing:
+            named = [p.name for p in saved if "_" in p.stem]
+            if named:  # the list would not name them: training on it would skip them
+                raise ValueError(f"out={out} holds images named by their label ({named[0]}, ...): answers in a "
+                                 "labels list go to a folder of their own")
+            # a copy without its row (stopped between the two writes) is not done: asked again
+            saved = [p for p in saved if rows.get(p.name)]
+        done = {file_md5(p) for p in saved}
         items, seen = [], set(done)
         for path in sorted(self.source.iterdir()):
             if not is_image_file(path):
@@ -182,10 +193,11 @@ class LabelQueue:
             item = self.find(item_id)
             suffix = item.path.suffix.lower()
             target = self.out / (f"{item.id}{suffix}" if self.listing else f"{answer}_{item.id}{suffix}")
-            if target.exists():
+            if target.exists() and not self.listing:
                 raise FileExistsError(f"{target} already exists")
-            with replacing(target) as tmp:
-                shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
+            if not target.exists():  # with a list, an existing <md5> copy holds these very bytes
+                with replacing(target) as tmp:
+                    shutil.copyfile(item.path, tmp)  # copy, never move: the source stays as it is
             if self.listing:
                 try:
                     append_row(self.listing, target.name, answer)

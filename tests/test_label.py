@@ -152,12 +152,24 @@ def test_answers_in_a_labels_list_may_hold_any_character(unlabelled, reading_bun
 
     again = LabelQueue(unlabelled, out, labels_file="labels.csv")  # a restart appends to the same list
     assert len(again.pending) == IMAGES - 3 and again.done_before == 3
+    # stopped between the copy and its row: the image is asked again, its answer then listed
+    item = again.pending[0]
+    shutil.copyfile(item.path, out / f"{item.id}.png")
+    resumed = LabelQueue(unlabelled, out, labels_file="labels.csv")
+    assert resumed.pending[0].id == item.id and resumed.done_before == 3
+    resumed.answer(item.id, "7+2")
     splits = folder(str(out), labels_file="labels.csv", val_ratio=0, test_ratio=0)
-    assert sorted(label for _, label in splits.train) == sorted(answers[:-1])
+    assert sorted(label for _, label in splits.train) == sorted(answers[:-1] + ["7+2"])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "labels.csv").write_text("name,text\na.png,ab\n")
     with pytest.raises(ValueError, match="labels_file=.*labels.csv: no 'file' column"):
         LabelQueue(unlabelled, tmp_path / "other", labels_file="labels.csv")
+    (tmp_path / "other" / "labels.csv").write_text("file,label,note\na.png,ab,x\n")
+    with pytest.raises(ValueError, match=r"header \['file', 'label', 'note'\], answers are appended as file,label"):
+        LabelQueue(unlabelled, tmp_path / "other", labels_file="labels.csv")
+    shutil.copyfile(out / f"{saved[0][0]}.png", tmp_path / "other" / "ab12_x.png")
+    with pytest.raises(ValueError, match="holds images named by their label .ab12_x.png, ...."):
+        LabelQueue(unlabelled, tmp_path / "other", labels_file="new.csv")
     assert snapshot(unlabelled) == before
 
 

@@ -68,7 +68,7 @@ def test_a_labels_file_is_read_by_path_or_name_and_refuses_what_it_cannot_read(t
     write_csv(tmp_path / "header.csv", [["a.png", "ab"]], header=("name", "text"))
     with pytest.raises(ValueError, match=r"header.csv: no 'file' column.*header: \['name', 'text'\]"):
         LabelsFile(tmp_path / "header.csv")
-    with pytest.raises(ValueError, match=r"no 'answer' column, the label column \(dataset.label_column=answer\)"):
+    with pytest.raises(ValueError, match=r"no 'answer' column \(dataset.label_column=answer\)"):
         LabelsFile(listed, column="answer")
     with pytest.raises(FileNotFoundError, match="dataset.labels_file=.*nowhere.csv: file not found"):
         LabelsFile(tmp_path / "nowhere.csv")

@@ -54,8 +54,8 @@ class LabelsFile:
             header = reader.fieldnames or []
             for name in ("file", column):
                 if name not in header:
-                    which = "the file column" if name == "file" else f"the label column (dataset.label_column={column})"
-                    raise ValueError(f"{key}={path}: no {name!r} column, {which}; header: {header}")
+                    which = "the images' names" if name == "file" else f"dataset.label_column={column}"
+                    raise ValueError(f"{key}={path}: no {name!r} column ({which}); header: {header}")
             for row in reader:
                 name, label = _file_key(row["file"] or ""), (row[column] or "").strip()
                 if not name:

@@ -291,7 +291,8 @@ def _unread_list(folder: Path, key: str, remedy: str) -> None:
     images = [p for p in folder.iterdir() if is_image_file(p)]
     if images and not any("_" in p.stem for p in images):
         raise ValueError(f"{key}: {folder} holds the labels list {lists[0]} and no image named LABEL_*: "
-                         f"pass {remedy.replace('LIST', lists[0])} to read the labels from it")
+                         f"pass {remedy.replace('LIST', lists[0])} to read the labels from it (or move the "
+                         "list out of the folder to read labels from the file names)")
     log.warning("%s: %s holds the labels list %s, not read: labels come from the file names (%s reads it)",
                 key, folder, lists[0], remedy.replace("LIST", lists[0]))
 
