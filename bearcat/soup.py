@@ -54,17 +54,15 @@ def check_alike(names: list[str], metas: list[dict], models: list) -> None:
 
 
 def labelled_arrays(folder: str, pre, lowercase: bool) -> tuple[np.ndarray, list[str], int]:
-    """A labelled folder (LABEL_anything.ext) decoded once through the models' shared
+    """A labelled folder (LABEL_anything.ext; or a labels list, standing for the images of
+    its folder that it names) decoded once through the models' shared
     preprocessing: (the images that decode, their labels, the number of labelled files)."""
     from bearcat.data.preprocess import ImageError, preprocess
-    from bearcat.data.sources import _labelled_files
+    from bearcat.data.sources import labelled_images
 
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"check={folder}: no such folder")
-    samples = _labelled_files(root, lowercase, {})
+    samples = labelled_images(Path(folder), lowercase, {}, "check", "check=" + str(Path(folder) / "LIST"))
     if not samples:
-        raise ValueError(f"check={folder}: no labelled images (LABEL_anything.png)")
+        raise ValueError(f"check={folder}: no labelled images (LABEL_anything.png, or listed in a labels list)")
     arrays, labels = [], []
     for path, label in samples:
         try:

@@ -119,6 +119,14 @@ def test_a_list_folder_as_extra_train_and_a_list_never_read_by_mistake(swust_cop
         folder(str(named), extra_train=[str(answers)])
     with pytest.raises(ValueError, match=r"holds the labels list labels.csv .*pass dataset.labels_file=labels.csv"):
         folder(str(answers))
+    # the soup's check= reads a list the same way: the images it names, with its labels
+    from bearcat.data.preprocess import PreprocessConfig
+    from bearcat.soup import labelled_arrays
+    arrays, checked, total = labelled_arrays(str(answers / "labels.csv"), PreprocessConfig(height=32, width=96),
+                                             lowercase=False)
+    assert sorted(checked) == sorted(extra.values()) and total == len(arrays) == 10
+    with pytest.raises(ValueError, match=r"check: .*answers holds the labels list labels.csv .*pass check=.*labels.csv"):
+        labelled_arrays(str(answers), PreprocessConfig(height=32, width=96), lowercase=False)
     write_csv(named / "notes.csv", [["x.png", "ab"]])
     with caplog.at_level(logging.WARNING):
         assert folder(str(named)).train == plain.train  # labels still from the names

@@ -254,22 +254,14 @@ def _class_folder_files(folder: Path, lowercase: bool) -> list[tuple[str, str]]:
     return samples
 
 
-def _extra_train(folders, labelled: list, collect, read_list, skipped: dict[str, int]) -> list[tuple[str, str]]:
-    """The samples of the `extra_train` folders (or labels lists: the images of a list's
-    folder that it names), less every image whose content is already in dataset.root (any
-    split): a person's label wins over a pseudo-label, and a copy of a val or test image must
-    not train the model."""
+def _extra_train(entries, labelled: list, read, skipped: dict[str, int]) -> list[tuple[str, str]]:
+    """The samples of the `extra_train` folders (or labels lists), less every image whose
+    content is already in dataset.root (any split): a person's label wins over a
+    pseudo-label, and a copy of a val or test image must not train the model."""
     known = {file_md5(path) for path, _ in labelled}
     kept = []
-    for extra in folders:
-        extra = Path(extra)
-        if extra.suffix.lower() == ".csv" and extra.is_file():
-            more = read_list(extra)
-        elif not extra.is_dir():
-            raise FileNotFoundError(f"dataset.extra_train: {extra}: folder not found")
-        else:
-            _unread_list(extra, "dataset.extra_train", f"dataset.extra_train=[{extra}/LIST]")
-            more = collect(extra)
+    for extra in entries:
+        more = read(Path(extra))
         fresh = [(path, label) for path, label in more if file_md5(path) not in known]
         if len(fresh) < len(more):
             key = "extra_train image already in dataset.root"
@@ -278,6 +270,21 @@ def _extra_train(folders, labelled: list, collect, read_list, skipped: dict[str,
                  len(fresh), extra, len(more) - len(fresh))
         kept += fresh
     return kept
+
+
+def labelled_images(entry: Path, lowercase: bool, skipped: dict[str, int], key: str, remedy: str,
+                    column: str = "label") -> list[tuple[str, str]]:
+    """(path, label) of a folder's images, labelled by file name; or, when `entry` is a
+    labels list (.csv), of the images of its folder that it names. `key` names the setting
+    in errors, `remedy` (with LIST for the list's name) the setting that would read a list
+    found in a folder."""
+    if entry.suffix.lower() == ".csv" and entry.is_file():
+        listed = LabelsFile(entry, column=column, key=key)
+        return _listed_files(entry.parent, entry.parent, listed, lowercase, skipped)
+    if not entry.is_dir():
+        raise FileNotFoundError(f"{key}: {entry}: folder not found")
+    _unread_list(entry, key, remedy)
+    return _labelled_files(entry, lowercase, skipped)
 
 
 def _unread_list(folder: Path, key: str, remedy: str) -> None:
@@ -334,12 +341,16 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
     if not base.is_dir():
         raise FileNotFoundError(f"dataset.root={root}: folder not found")
     skipped: dict[str, int] = {}
-    named = (lambda d: _class_folder_files(d, lowercase)) if class_folders else \
-        (lambda d: _labelled_files(d, lowercase, skipped))
     listed = labels_list(labels_file, label_column, base, class_folders)
-    # the list names images of dataset.root; extra_train folders are read by name unless
-    # given as a list of their own
-    collect = (lambda d: _listed_files(d, base, listed, lowercase, skipped)) if listed else named
+
+    def collect(d: Path) -> list[tuple[str, str]]:
+        # the list names images of dataset.root; extra_train entries are read by labelled_images
+        if listed:
+            return _listed_files(d, base, listed, lowercase, skipped)
+        if class_folders:
+            return _class_folder_files(d, lowercase)
+        return _labelled_files(d, lowercase, skipped)
+
     if not listed and not class_folders:
         for where, remedy in ((base, "dataset.labels_file=LIST"), (base / "train", "dataset.labels_file=train/LIST")):
             if where.is_dir():
@@ -360,14 +371,15 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
         log.warning("%d rows of %s name no image in %s (e.g. %s)", len(missing), listed.path, base,
                     ", ".join(missing[:5]))
     if extra_train:
-        if class_folders and any(str(e).lower().endswith(".csv") for e in extra_train):
-            raise ValueError("dataset.extra_train: a labels list and dataset.class_folders=true exclude each other")
+        def read(entry: Path) -> list[tuple[str, str]]:
+            if class_folders:
+                if not entry.is_dir():
+                    raise FileNotFoundError(f"dataset.extra_train: {entry}: folder not found (class folders)")
+                return _class_folder_files(entry, lowercase)
+            return labelled_images(entry, lowercase, skipped, "dataset.extra_train",
+                                   f"dataset.extra_train=[{entry}/LIST]", label_column)
 
-        def read_list(path: Path) -> list[tuple[str, str]]:  # an extra list names images of its own folder
-            extra_list = LabelsFile(path, column=label_column, key="dataset.extra_train")
-            return _listed_files(path.parent, path.parent, extra_list, lowercase, skipped)
-
-        train = train + _extra_train(extra_train, train + val + test, named, read_list, skipped)
+        train = train + _extra_train(extra_train, train + val + test, read, skipped)
     if not train:
         expected = f"images listed in {listed.path}" if listed else "files like LABEL_anything.png"
         raise ValueError(f"dataset.root={root}: no labelled images found (expected {expected} in it or in train/)")
