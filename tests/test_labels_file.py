@@ -37,7 +37,7 @@ def write_csv(path: Path, rows, header=("file", "label"), bom=False) -> Path:
 
 
 def plain_names(src: Path, dst: Path, n: int) -> dict[str, str]:
-    """n images copied as img_000.jpg, ...; {new name: its label as a maths label}."""
+    """n images copied as img000.jpg, img001.jpg, ...; {new name: its label as a maths label}."""
     dst.mkdir(parents=True)
     labels = {}
     for i, path in enumerate(sorted(src.iterdir())[:n]):
@@ -196,7 +196,7 @@ def test_check_and_split_use_the_list(make_cfg, swust_copy, tmp_path):
 
 def test_the_maths_example_writes_images_and_their_list_and_never_overwrites(tmp_path):
     """scripts/make_maths_captchas.py: expressions drawn by the captcha library, labels in
-    labels.csv; the folder source reads them with every operator in the vocabulary."""
+    labels.csv; the folder source reads them, every operator among the labels."""
     out = tmp_path / "maths"
     script = [sys.executable, str(ROOT / "scripts" / "make_maths_captchas.py"), "--out", str(out), "--count", "40"]
     done = subprocess.run(script, capture_output=True, text=True, timeout=120)
