@@ -291,8 +291,7 @@ def _unread_list(folder: Path, key: str, remedy: str) -> None:
     """A folder read by file names that holds a labels list (a CSV whose header starts with
     file,label, as `bearcat.label labels_file=` writes): when no image name there holds a
     label (`<md5>.png`), reading names would label each image with its hash, so stop."""
-    lists = [p.name for p in sorted(folder.glob("*.csv"))
-             if p.read_bytes()[:64].decode("utf-8-sig", "replace").startswith("file,label")]
+    lists = [p.name for p in sorted(folder.glob("*.csv")) if _header_is_file_label(p)]
     if not lists:
         return
     images = [p for p in folder.iterdir() if is_image_file(p)]
@@ -302,6 +301,11 @@ def _unread_list(folder: Path, key: str, remedy: str) -> None:
                          "list out of the folder to read labels from the file names)")
     log.warning("%s: %s holds the labels list %s, not read: labels come from the file names (%s reads it)",
                 key, folder, lists[0], remedy.replace("LIST", lists[0]))
+
+
+def _header_is_file_label(path: Path) -> bool:
+    with open(path, "rb") as handle:  # the first bytes only: a list may be large
+        return handle.read(64).decode("utf-8-sig", "replace").startswith("file,label")
 
 
 def labels_list(labels_file: str | None, column: str, root: Path, class_folders: bool = False) -> LabelsFile | None:
