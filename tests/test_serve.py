@@ -306,6 +306,22 @@ def test_client_example_prints_answers_and_accuracy(server, expected, tmp_path):
     assert f"accuracy: {right}/{len(files)} = {right / len(files):.4f}" in out.stdout
     assert out.stdout.count(".png:") == len(files)
 
+    # the same images under plain names, their labels in a list (one image left out of it)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rows = ["file,label"]
+    for i, f in enumerate(files):
+        (plain / f"{i}.png").write_bytes(f.read_bytes())
+        rows += [f"{i}.png,{f.name.split('_')[0]}"] if i else []
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    listed = subprocess.run([sys.executable, str(ROOT / "scripts" / "client_example.py"), str(plain), "--url", server,
+                             "--labels-file", str(tmp_path / "labels.csv")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert listed.returncode == 0, listed.stderr
+    right = sum(w["result"] == f.name.split("_")[0] for f, w in list(zip(files, want))[1:])
+    assert f"accuracy: {right}/{len(files) - 1} = {right / (len(files) - 1):.4f}" in listed.stdout
+    assert listed.stdout.count(".png:") == len(files) - 1 and " 0.png:" not in listed.stdout
+
 
 def test_upload_page_in_headless_chromium(server, expected, tmp_path):
     from playwright.sync_api import sync_playwright
