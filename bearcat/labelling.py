@@ -68,12 +68,11 @@ def read_list(path: Path) -> dict[str, str]:
     header is file,label, one label per file (else a clear error)."""
     if not path.exists() or not path.stat().st_size:
         return {}
-    rows = LabelsFile(path, key="labels_file").labels
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
-    if header != LIST_HEADER:
-        raise ValueError(f"labels_file={path}: header {header}, answers are appended as {','.join(LIST_HEADER)}")
-    return rows
+    listed = LabelsFile(path, key="labels_file")
+    if listed.header != LIST_HEADER:
+        raise ValueError(f"labels_file={path}: header {listed.header}, answers are appended as "
+                         f"{','.join(LIST_HEADER)}")
+    return listed.labels
 
 
 def append_row(path: Path, name: str, label: str) -> None:

@@ -51,7 +51,7 @@ class LabelsFile:
         # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
         with open(self.path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
+            header = self.header = list(reader.fieldnames or [])
             for name in ("file", column):
                 if name not in header:
                     which = "the images' names" if name == "file" else f"dataset.label_column={column}"
