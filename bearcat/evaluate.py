@@ -39,10 +39,27 @@ def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str
         raise FileNotFoundError(f"checkpoint={path}: not found")
     if (path / BUNDLE_FILE).is_file():
         config = path.parent / "config.yaml"
-        return path, config if config.is_file() else None, None
+        if config.is_file():
+            return path, config, None
+        return path, *_run_config(path, workdir)
     if (path / "model" / BUNDLE_FILE).is_file():
         return path / "model", path / "config.yaml", None
     raise FileNotFoundError(f"checkpoint={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+
+
+def _run_config(bundle: Path, workdir: str) -> tuple[Path | None, str | None]:
+    """An export bundle lies away from its run's folder: (the training config, the run id)
+    from the MLflow run its bundle.json names, when that run is in the store."""
+    from bearcat import tracking
+    from bearcat.bundle import read_meta
+
+    run_id = read_meta(bundle).get("mlflow_run_id")
+    if not run_id:
+        return None, None
+    try:
+        return tracking.download_artifacts(run_id, "config.yaml", workdir), run_id
+    except Exception:  # another store, or a run without a training config: dataset= names the data
+        return None, None
 
 
 def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
@@ -100,6 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat.data.sources import SPLITS
     from bearcat.experiment import load_sources, predict, test_metrics
     from bearcat.gallery import prediction_gallery
+    from bearcat.runtime import load_predictor
 
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
@@ -107,10 +125,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)
         if read_meta(bundle)["mode"]["name"] == "efficientdet":  # boxes: scored by mAP
+            if cfg.runtime != "keras":
+                raise ValueError(f"runtime={cfg.runtime}: detection models are scored in Keras (runtime=keras)")
             from bearcat.detection.evaluate import evaluate_detection
 
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
-        predictor = Predictor(bundle)
+        runtime = str(cfg.runtime)
+        if runtime != "keras" and cfg.gradcam:
+            raise ValueError(f"gradcam=true explains the Keras model: it needs runtime=keras, not runtime={runtime}")
+        # Another runtime scores an exported format (e.g. the 8-bit tflite_int8) on the same images.
+        predictor = Predictor(bundle) if runtime == "keras" else load_predictor(bundle, runtime)
         cfg = evaluation_config(cfg, train_config, predictor.meta)
         mode, pre = predictor.mode, predictor.pre
         splits = load_sources(cfg)
@@ -134,12 +158,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     gallery = prediction_gallery(data.images, data.labels, results, out_dir / "predictions" / "evaluation_gallery.png",
                                  max_items=cfg.gallery_size)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split)}
+    tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split), "bearcat.runtime": runtime}
     if source_run:
         tags["bearcat.source_run_id"] = source_run
     with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=source_run) as run:
         tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-                             "split": cfg.split, "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run)})
+                             "split": cfg.split, "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run),
+                             "runtime": runtime})
         tracking.log_metrics(metrics | {f"skipped_{k.replace(' ', '_')}": v for k, v in skipped.items()})
         tracking.log_artifact(gallery, "predictions")
         tracking.log_artifact(out_dir / "metrics.json")

@@ -17,8 +17,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # format name -> file or folder inside an export bundle
-FILES = {"keras": "model.keras", "savedmodel": "savedmodel", "onnx": "model.onnx", "tflite": "model.tflite"}
-FORMATS = tuple(FILES)
+FILES = {"keras": "model.keras", "savedmodel": "savedmodel", "onnx": "model.onnx", "tflite": "model.tflite",
+         "tflite_int8": "model.int8.tflite"}
+# Weights stored as 8-bit integers: a smaller, faster model whose outputs only approximate
+# the Keras model's, so it is exported and run only when named, never by `all` or `auto`.
+QUANTIZED = ("tflite_int8",)
+FORMATS = tuple(f for f in FILES if f not in QUANTIZED)  # format=all: the exact ones
 
 
 class KerasRuntime:
@@ -56,7 +60,8 @@ class TFLiteRuntime:
 
     name = "tflite"
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, name: str = "tflite"):
+        self.name = name  # tflite or tflite_int8: the same interpreter reads both
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             import tensorflow as tf
@@ -89,7 +94,8 @@ class SavedModelRuntime:
         return np.asarray(out)
 
 
-RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime, "savedmodel": SavedModelRuntime}
+RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime, "savedmodel": SavedModelRuntime,
+            "tflite_int8": lambda path, threads: TFLiteRuntime(path, threads, name="tflite_int8")}
 
 
 def available_formats(folder) -> list[str]:
@@ -118,8 +124,8 @@ def named_runtime(model, runtime: str) -> str:
 
 
 def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
-    """The bundle's model in `runtime` (keras | onnx | tflite | savedmodel | auto: the
-    first present of onnx, tflite, savedmodel, keras)."""
+    """The bundle's model in `runtime` (keras | onnx | tflite | savedmodel | tflite_int8 |
+    auto: the first present of onnx, tflite, savedmodel, keras; never the quantized one)."""
     folder = Path(folder)
     if runtime == "auto":
         present = available_formats(folder)

@@ -1,8 +1,10 @@
 """Export: bundle layout, parity of every format with Keras, loud failure on mismatch,
-MLflow pyfunc registration, and the entry point's errors."""
+MLflow pyfunc registration, the entry point's errors, and the 8-bit TFLite model (its
+parity by agreement, its runtime in predict, evaluate and the server)."""
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 from bearcat.bundle import Predictor, read_meta
 from bearcat.data.preprocess import preprocess
 from bearcat.export import ParityError, chosen_formats, export, parity_check
-from bearcat.runtime import FORMATS, load_predictor, load_runtime
+from bearcat.runtime import FORMATS, load_predictor, load_runtime, named_runtime
 from conftest import CONF
 
 
@@ -356,3 +358,117 @@ def test_predict_entry_point_prints_only_readings(exported, mixed_folder, tmp_pa
     assert [Path(ln.split("\t")[0]).name for ln in lines] == [p.name for p in good]
     assert all(len(ln.split("\t")) == 3 and 0.0 <= float(ln.split("\t")[2]) <= 1.0 for ln in lines)
     assert "empty.png" in proc.stderr and "notes.png" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def int8_export(exported, tmp_path_factory):
+    """The fixture's export folder (every exact format) copied, with tflite_int8 added to it."""
+    folder = tmp_path_factory.mktemp("int8") / "bundle"
+    shutil.copytree(exported["dir"], folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            summary = export(compose(config_name="export", overrides=[
+                f"run_id={exported['run_id']}", "format=tflite_int8", f"output_dir={folder}",
+                f"paths.output_dir={folder.parent / 'job'}", f"paths.cache_dir={exported['root'] / 'cache'}"]))
+    return {**exported, "int8": folder, "int8_summary": summary}
+
+
+def test_int8_tflite_is_smaller_reads_like_keras_and_is_chosen_only_by_name(int8_export):
+    folder = int8_export["int8"]
+    assert (folder / "model.int8.tflite").stat().st_size < 0.5 * (folder / "model.tflite").stat().st_size
+    meta = read_meta(folder)
+    assert sorted(meta["exports"]) == sorted([*FORMATS, "tflite_int8"])  # the exact formats stay listed
+    parity = meta["exports"]["tflite_int8"]["parity"]
+    assert parity == int8_export["int8_summary"]["parity"]["tflite_int8"]
+    assert parity["agreement"] == 1 - parity["different_results"] / parity["images"] >= 0.9
+    assert 0 < parity["max_abs_diff"] < 0.5  # approximate outputs, not another model's
+
+    files = sample_files(int8_export, 16)
+    want = Predictor(int8_export["output_dir"] / "model").predict(files)
+    predictor = load_predictor(folder, "tflite_int8")
+    assert predictor.runtime == "tflite_int8"
+    got = predictor.predict(files)
+    same = sum(g["result"] == w["result"] for g, w in zip(got, want))
+    assert same >= 0.75 * len(files), (same, [(g["result"], w["result"]) for g, w in zip(got, want)])
+    np.testing.assert_allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=0.2)
+    assert load_predictor(folder, "auto").runtime == "onnx"  # never picked for the exact model
+    assert named_runtime(folder / "model.int8.tflite", "auto") == "tflite_int8"
+    with pytest.raises(FileNotFoundError, match="has no tflite_int8 model"):
+        load_runtime(int8_export["dir"], "tflite_int8")
+
+
+def test_int8_parity_counts_agreement(int8_export, make_cfg):
+    import keras
+
+    folder = int8_export["int8"]
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    predictor = Predictor(folder, model=model)
+    images = np.stack([preprocess(f, predictor.pre) for f in sample_files(int8_export)])
+    report = parity_check(folder, ["tflite_int8"], model, predictor.mode, images, atol=1e-4, agreement=0.5)
+    assert report["tflite_int8"]["max_abs_diff"] > 1e-4  # the exact formats' tolerance does not apply
+
+    class ClassesShifted:
+        """A reference that reads other strings: each class's probability moved to the next class."""
+
+        def predict_on_batch(self, x):
+            return np.roll(np.asarray(model.predict_on_batch(x)), 1, axis=-1)
+
+    with pytest.raises(ParityError, match=r"tflite_int8 export reads 0\.\d+ of 8 images as the Keras model does "
+                                          r"\(parity.quantized_agreement=0.5\); image \d+: keras "):
+        parity_check(folder, ["tflite_int8"], ClassesShifted(), predictor.mode, images, atol=1e-4, agreement=0.5)
+    with pytest.raises(ValueError, match="parity.quantized_agreement=1.5"):
+        export(make_cfg([f"checkpoint={folder}", "parity.quantized_agreement=1.5"], config_name="export"))
+    assert chosen_formats("all") == list(FORMATS) and "tflite_int8" not in FORMATS
+    assert chosen_formats("all,tflite_int8") == [*FORMATS, "tflite_int8"]
+
+
+def test_evaluate_scores_each_runtime_of_an_export_bundle(int8_export, tmp_path, monkeypatch):
+    """checkpoint=<export folder> finds its run's data through bundle.json; ONNX scores
+    exactly what Keras scores, the 8-bit model what it reads itself."""
+    import mlflow
+
+    from bearcat.evaluate import evaluate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", int8_export["tracking_uri"])
+    folder = int8_export["int8"]
+
+    def scores(runtime: str, *extra) -> dict:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return evaluate(compose(config_name="evaluate", overrides=[
+                f"checkpoint={folder}", f"runtime={runtime}", "latency_images=3", *extra,
+                f"paths.output_dir={tmp_path / runtime}", f"paths.cache_dir={int8_export['root'] / 'cache'}"]))
+
+    keras_scores, onnx_scores, int8_scores = scores("keras"), scores("onnx"), scores("tflite_int8")
+    test_size = OmegaConf.load(f"{CONF}/debug/fast.yaml").dataset.test_size
+    assert keras_scores["test_images"] == onnx_scores["test_images"] == int8_scores["test_images"] == test_size
+    for key in ("test_accuracy", "test_char_accuracy", "test_cer"):
+        assert onnx_scores[key] == pytest.approx(keras_scores[key]), key
+    with (tmp_path / "tflite_int8" / "analysis" / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    files, labels = [Path(r["file"]) for r in rows], [r["label"] for r in rows]
+    own = load_predictor(folder, "tflite_int8").predict(files)
+    assert int8_scores["test_accuracy"] == pytest.approx(np.mean([o["result"] == t for o, t in zip(own, labels)]))
+    run = mlflow.tracking.MlflowClient(int8_export["tracking_uri"]).get_run(int8_scores["mlflow_run_id"])
+    assert run.data.params["runtime"] == "tflite_int8"
+    assert run.data.tags["mlflow.parentRunId"] == int8_export["run_id"]  # found through bundle.json
+    with pytest.raises(ValueError, match="gradcam=true .* needs runtime=keras"):
+        scores("onnx", "gradcam=true")
+
+
+def test_the_server_answers_with_the_int8_model(int8_export):
+    from fastapi.testclient import TestClient
+
+    from bearcat.server.app import Limits, create_app
+
+    folder = int8_export["int8"]
+    files = sample_files(int8_export, 6)
+    want = load_predictor(folder, "tflite_int8").predict(files)
+    app = create_app(load_predictor(folder, "tflite_int8"), "int8", Limits(max_body_bytes=200_000, max_pixels=1_000_000))
+    with TestClient(app) as client:
+        assert client.get("/health").json()["runtime"] == "tflite_int8"
+        for path, w in zip(files, want):
+            r = client.post("/v1/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+            assert r.json()["result"] == w["result"]
+            assert r.json()["confidence"] == pytest.approx(w["confidence"], abs=1e-6)
