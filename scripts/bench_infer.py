@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split-seed", type=int, default=0, help="as dataset.split_seed in training")
     ap.add_argument("--val-ratio", type=float, default=0.1, help="as dataset.val_ratio in training")
     ap.add_argument("--test-ratio", type=float, default=0.1, help="as dataset.test_ratio in training")
-    ap.add_argument("--runtimes", default="onnx", help="comma-separated: onnx,tflite,savedmodel,keras")
+    ap.add_argument("--runtimes", default="onnx", help="comma-separated: onnx,tflite,tflite_int8,savedmodel,keras")
     ap.add_argument("--threads", type=int, default=1, help="threads per model call (0 = runtime's choice)")
     ap.add_argument("--ddddocr", action="store_true", help="also run ddddocr on the same images")
     ap.add_argument("--limit", type=int, default=0, help="use at most this many images (0 = all)")
@@ -126,10 +126,10 @@ def main(argv=None) -> int:
         rows.append(bench_ddddocr(samples, args.lowercase))
     name = args.data.name if args.data else Path(samples[0][0]).parent.name
     print(f"{name}, split {args.split}, {len(samples)} images, {os.cpu_count()} CPUs ({platform.machine()})")
-    print(f"{'model':<18}{'accuracy':>9}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'model ms':>10}")
+    print(f"{'model':<21}{'accuracy':>9}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'model ms':>10}")
     for r in rows:
         model_ms = f"{r['model_ms_p50']:>10.2f}" if "model_ms_p50" in r else f"{'':>10}"
-        print(f"{r['name']:<18}{r['accuracy']:>9.4f}{r['ms_p50']:>9.2f}{r['ms_p95']:>9.2f}{r['ms_mean']:>9.2f}{model_ms}")
+        print(f"{r['name']:<21}{r['accuracy']:>9.4f}{r['ms_p50']:>9.2f}{r['ms_p95']:>9.2f}{r['ms_mean']:>9.2f}{model_ms}")
     if args.ddddocr:
         ours, theirs = rows[0], rows[-1]
         print(f"latency ratio {ours['name']} / ddddocr (p50): {ours['ms_p50'] / theirs['ms_p50']:.3f}; "
