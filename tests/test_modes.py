@@ -1,6 +1,6 @@
 """Recognition modes: every mode x cnn_small trains one tiny epoch and logs test_accuracy to
-MLflow; each mode's labels, decoding and confidence rule; num_classes on generated tiles
-and on one sub-folder per class."""
+MLflow (and exports to 8-bit TFLite); each mode's labels, decoding and confidence rule;
+num_classes on generated tiles and on one sub-folder per class."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,18 @@ from bearcat.modes.ordinary import interval_confidence
 from bearcat.train import run_metric_names, train
 
 VOCAB = Vocabulary("ABC")
+
+
+def int8_reads(make_cfg, run_dir: Path, images: list[Path]) -> list[dict]:
+    """The run exported as `tflite_int8` (its parity check passed), read back through it."""
+    from bearcat.export import export
+    from bearcat.runtime import load_predictor
+
+    out = run_dir.parent / "int8"
+    summary = export(make_cfg([f"checkpoint={run_dir}", "format=tflite_int8", f"output_dir={out}"],
+                              config_name="export", output="export"))
+    assert summary["parity"]["tflite_int8"]["agreement"] >= 0.9
+    return load_predictor(out, "tflite_int8").predict(images)
 
 
 def logged_metrics(metrics) -> dict:
@@ -48,6 +60,9 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
     (out,) = predictor.predict([image])
     assert set(out) == {"result", "confidence", "time_ms"} and 0.0 <= out["confidence"] <= 1.0
     assert set(out["result"]) <= set(predictor.mode.vocab.chars)
+    # every text mode exports to 8-bit TFLite and reads through it
+    (small,) = int8_reads(make_cfg, Path(cfg.paths.output_dir), [image])
+    assert set(small) == set(out) and set(small["result"]) <= set(predictor.mode.vocab.chars)
 
 
 def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
@@ -69,6 +84,10 @@ def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
     assert {r["truth"] for r in per_class} <= set(SHAPES) and sum(r["count"] for r in per_class) == ev["test_images"]
     assert sum(r["right"] for r in per_class) == round(ev["test_accuracy"] * ev["test_images"])
     assert not (analysis / "by_length.json").exists() and not (analysis / "per_character.json").exists()
+    # the classifier exports to 8-bit TFLite too, and answers with its classes and top-5
+    image = next((Path(cfg.paths.cache_dir) / "tiles").glob("*/test/*.png"))
+    (small,) = int8_reads(make_cfg, Path(cfg.paths.output_dir), [image])
+    assert small["result"] in SHAPES and len(small["top5"]) == 5
 
 
 @pytest.mark.slow
