@@ -288,3 +288,21 @@ def test_upload_page_solves_a_click_captcha_in_headless_chromium(click_run, tmp_
         finally:
             browser.close()
     assert (tmp_path / "click.png").stat().st_size > 1000
+
+
+def test_tflite_int8_export_of_a_detector_reads_boxes(click_run):
+    """A detector exports to 8-bit TFLite (parity by agreement on its boxes) and detects through it."""
+    from bearcat.export import export
+    from bearcat.experiment import load_sources
+    from bearcat.runtime import load_predictor
+
+    root = click_run["root"]
+    summary = _run_job(click_run, export, "export", ["format=tflite_int8", f"output_dir={root / 'int8'}",
+                                                    "parity.images=4"])
+    assert summary["parity"]["tflite_int8"]["agreement"] >= 0.9
+    # the backbone's weights in 8 bits: under a third of the Keras file
+    assert (root / "int8" / "model.int8.tflite").stat().st_size < 0.35 * (root / "int8" / "model.keras").stat().st_size
+    predictor = load_predictor(root / "int8", "tflite_int8")
+    assert predictor.detects and predictor.runtime == "tflite_int8"
+    record = load_sources(click_run["cfg"]).test[0]
+    assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
