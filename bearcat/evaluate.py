@@ -125,8 +125,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)
         if read_meta(bundle)["mode"]["name"] == "efficientdet":  # boxes: scored by mAP
-            if cfg.runtime != "keras":
-                raise ValueError(f"runtime={cfg.runtime}: detection models are scored in Keras (runtime=keras)")
             from bearcat.detection.evaluate import evaluate_detection
 
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)

@@ -304,5 +304,17 @@ def test_tflite_int8_export_of_a_detector_reads_boxes(click_run):
     assert (root / "int8" / "model.int8.tflite").stat().st_size < 0.35 * (root / "int8" / "model.keras").stat().st_size
     predictor = load_predictor(root / "int8", "tflite_int8")
     assert predictor.detects and predictor.runtime == "tflite_int8"
-    record = load_sources(click_run["cfg"]).test[0]
-    assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
+    records = load_sources(click_run["cfg"]).test
+    assert isinstance(predictor.predict([records[0].path])[0]["boxes"], list)
+    # evaluate scores the 8-bit detector itself: the mAP its own predictions give
+    from bearcat.detection.train import score_detections
+    from bearcat.evaluate import evaluate
+
+    metrics = _run_job(click_run, evaluate, "evaluate", [f"checkpoint={root / 'int8'}", "runtime=tflite_int8"])
+    scored, _, _ = score_detections(predictor, records, load_sources(click_run["cfg"]).categories)
+    assert metrics["test_images"] == 6
+    assert metrics["test_map"] == pytest.approx(scored["map"], abs=1e-9)
+    import mlflow
+
+    params = mlflow.tracking.MlflowClient(click_run["uri"]).get_run(metrics["mlflow_run_id"]).data.params
+    assert params["runtime"] == "tflite_int8" and params["checkpoint"] == str(root / "int8")

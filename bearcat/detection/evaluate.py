@@ -19,7 +19,13 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     from bearcat.evaluate import evaluation_config
     from bearcat.experiment import load_sources
 
-    detector = Detector(bundle)
+    runtime = str(cfg.get("runtime", "keras"))
+    if runtime == "keras":
+        detector = Detector(bundle)
+    else:  # an exported format of the detector (its recogniser runs in Keras unless exported too)
+        from bearcat.runtime import load_predictor
+
+        detector = load_predictor(bundle, runtime)
     cfg = evaluation_config(cfg, train_config, detector.meta)
     splits = load_sources(cfg)
     if not hasattr(splits, "categories"):
@@ -39,13 +45,14 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     per_class.write_text(json.dumps(scores["per_class_ap"], ensure_ascii=False, indent=1), encoding="utf-8")
     gallery = detection_gallery(records, results, out_dir / "evaluation_boxes.png", count=cfg.gallery_size)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split)}
+    tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split), "bearcat.runtime": runtime}
     if source_run:
         tags["bearcat.source_run_id"] = source_run
     parent = source_run if source_run and tracking.run_exists(source_run) else None
     with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=parent) as run:
         tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True), "split": cfg.split,
-                             "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run)})
+                             "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run),
+                             "runtime": runtime})
         tracking.log_metrics(metrics)
         for path in (per_class, gallery, out_dir / "metrics.json"):
             tracking.log_artifact(path, "predictions")
