@@ -291,7 +291,12 @@ def test_upload_page_solves_a_click_captcha_in_headless_chromium(click_run, tmp_
 
 
 def test_tflite_int8_export_of_a_detector_reads_boxes(click_run):
-    """A detector exports to 8-bit TFLite (parity by agreement on its boxes) and detects through it."""
+    """A detector exports to 8-bit TFLite (parity by agreement on its boxes), detects through
+    it, and `evaluate runtime=tflite_int8` scores it."""
+    import mlflow
+
+    from bearcat.detection.train import score_detections
+    from bearcat.evaluate import evaluate
     from bearcat.export import export
     from bearcat.experiment import load_sources
     from bearcat.runtime import load_predictor
@@ -307,14 +312,9 @@ def test_tflite_int8_export_of_a_detector_reads_boxes(click_run):
     records = load_sources(click_run["cfg"]).test
     assert isinstance(predictor.predict([records[0].path])[0]["boxes"], list)
     # evaluate scores the 8-bit detector itself: the mAP its own predictions give
-    from bearcat.detection.train import score_detections
-    from bearcat.evaluate import evaluate
-
     metrics = _run_job(click_run, evaluate, "evaluate", [f"checkpoint={root / 'int8'}", "runtime=tflite_int8"])
     scored, _, _ = score_detections(predictor, records, load_sources(click_run["cfg"]).categories)
     assert metrics["test_images"] == 6
     assert metrics["test_map"] == pytest.approx(scored["map"], abs=1e-9)
-    import mlflow
-
     params = mlflow.tracking.MlflowClient(click_run["uri"]).get_run(metrics["mlflow_run_id"]).data.params
     assert params["runtime"] == "tflite_int8" and params["checkpoint"] == str(root / "int8")
