@@ -472,3 +472,21 @@ def test_the_server_answers_with_the_int8_model(int8_export):
             assert r.status_code == 200, r.text
             assert r.json()["result"] == w["result"]
             assert r.json()["confidence"] == pytest.approx(w["confidence"], abs=1e-6)
+
+
+def test_quantized_parity_matches_boxes_in_any_order_within_a_few_pixels():
+    from bearcat.export import close_answers
+
+    def box(label, x1, y1):
+        return {"label": label, "score": 0.9, "x1": x1, "y1": y1, "x2": x1 + 20.0, "y2": y1 + 20.0}
+
+    keras_boxes = {"result": "AB", "boxes": [box("A", 42.4, 93.0), box("B", 42.6, 33.0)]}
+    swapped = {"result": "BA", "boxes": [box("B", 42.4, 33.0), box("A", 42.6, 94.5)]}  # order and 1.5 px
+    assert close_answers(keras_boxes, swapped, box_pixels=2)
+    assert not close_answers(keras_boxes, swapped, box_pixels=1)
+    assert not close_answers(keras_boxes, {"result": "AA", "boxes": [box("A", 42.4, 93.0), box("A", 42.6, 33.0)]}, 2)
+    assert not close_answers(keras_boxes, {"result": "A", "boxes": [box("A", 42.4, 93.0)]}, 2)
+    assert close_answers({"result": "", "boxes": []}, {"result": "", "boxes": []}, 2)
+    # text models: the string itself
+    assert close_answers({"result": "x7k", "confidence": 0.9}, {"result": "x7k", "confidence": 0.8}, 2)
+    assert not close_answers({"result": "x7k"}, {"result": "x7K"}, 2)
