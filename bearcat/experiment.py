@@ -2,6 +2,7 @@
 evaluate (and later export/serve) so each entry point stays a few lines."""
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -41,10 +42,16 @@ def mode_options(cfg: DictConfig) -> dict:
 
 
 def load_sources(cfg: DictConfig) -> Splits:
+    """The dataset's splits. A source that takes `preprocess` (one that draws its images) is
+    given the run's preprocess settings, to preprocess images while it has them in memory."""
     from hydra.errors import InstantiationException
+    from hydra.utils import get_method
 
+    extra = {}
+    if "preprocess" in inspect.signature(get_method(cfg.dataset._target_)).parameters:
+        extra["preprocess"] = preprocess_config(cfg).to_dict()
     try:
-        return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all")
+        return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all", **extra)
     except InstantiationException as err:  # show the source's own message, not Hydra's wrapper
         if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
             raise err.__cause__ from None

@@ -5,6 +5,9 @@
     python scripts/bench_data.py --folder data/mysite # your own images instead
 
 Measures, in images per second:
+  cold      a run's data on an empty cache (generated captchas only): draw the images, then
+            decode the files (as before 2026-12-05), against preprocessing each image while
+            it is drawn (what `python -m bearcat.train` does now); both give the same arrays;
   load      decode + preprocess every image once (what a run does before its first epoch),
             from the image folder, from packed TFRecords (encoding=file and raw) and from
             the decoded-array cache;
@@ -34,7 +37,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from bearcat.data.labels import is_image_file, label_from_name  # noqa: E402
 from bearcat.data.pack import pack, packed  # noqa: E402
 from bearcat.data.pipeline import load_split, make_dataset  # noqa: E402
-from bearcat.data.sources import Splits  # noqa: E402
+from bearcat.data.sources import Splits, synthetic  # noqa: E402
 from bearcat.data.tools import generate  # noqa: E402
 
 
@@ -60,6 +63,30 @@ def sample_images(args, cfg, work: Path) -> list[tuple[str, str]]:
             generate(gen, {"train": args.images, "val": 0, "test": 0}, settings)
         files = sorted((gen / "train").iterdir())
     return [(str(p), label_from_name(p)) for p in files[:args.images] if label_from_name(p)]
+
+
+def cold_rates(cfg, pre, n: int, scratch: Path) -> dict[str, float]:
+    """Images/s of a cold run's data: drawn then decoded, and preprocessed as drawn (each
+    into its own empty cache, the same images)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset.pop("_target_")
+    dataset.update(train_size=n, val_size=0, test_size=0)
+    rows, arrays = {}, []
+    for name, given in (("cold: draw, then decode the files", None),
+                        ("cold: draw, preprocessed while drawn", pre.to_dict())):
+        cache = str(scratch / f"cold_{len(arrays)}")
+
+        def run():
+            return load_split(synthetic(**dataset, cache_dir=cache, preprocess=given).train, pre, cache, desc="")
+
+        loaded, sec = timed(run)
+        rows[name] = n / sec
+        arrays.append(loaded.images)
+    assert np.array_equal(*arrays), "both ways must give the same pixels"
+    return rows
 
 
 def epoch_rate(images, targets, batch, augment, passes: int) -> float:
@@ -110,7 +137,7 @@ def main() -> None:
     n = len(samples)
     scratch = work / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)  # only this script's own packed shards and caches
-    rows = {}
+    rows = {} if args.folder else cold_rates(cfg, pre, args.images, scratch)
 
     folder_split, sec = timed(lambda: load_split(samples, pre, None, desc=""))
     rows["load: image folder"] = n / sec

@@ -397,6 +397,51 @@ def test_synthetic_generation_is_cached_and_reproducible(tmp_path):
     assert {p: Path(p).stat().st_mtime_ns for p, _ in again.train} == stamp
 
 
+def test_generated_images_are_preprocessed_as_they_are_drawn(tmp_path):
+    """A source that draws its images preprocesses them while they are in memory and writes
+    the array cache training reads: the arrays equal decoding the saved files, in worker
+    processes (400 images: parallel_map's threshold) and in-process alike."""
+    from bearcat.data.pipeline import cache_file, load_split
+    from bearcat.data.preprocess import PreprocessConfig
+    from bearcat.data.sources import synthetic
+
+    pre = PreprocessConfig(height=20, width=48, gamma=1.5)
+    args = dict(charset="AbC12", min_length=2, max_length=3, image_width=80, image_height=30, val_size=4,
+                test_size=0, seed=7, lowercase=True, cache_dir=str(tmp_path / "cache"))
+    splits = synthetic(**args, train_size=400, workers=2, preprocess=pre.to_dict())
+    assert len(splits.train) == 400 and splits.test == []
+    assert all(label == label.lower() for label in splits.labels())  # the cache is keyed by folded labels
+    for samples in (splits.train, splits.val):
+        stored = load_split(samples, pre, args["cache_dir"])  # read from the cache
+        decoded = load_split(samples, pre, None)  # the files, decoded again
+        assert cache_file(samples, pre, args["cache_dir"]).is_file()
+        assert stored.images.shape == (len(samples), 20, 48, 1) and stored.images.dtype == np.uint8
+        assert np.array_equal(stored.images, decoded.images)
+        assert stored.labels == decoded.labels and stored.paths == decoded.paths == [p for p, _ in samples]
+    # another preprocessing of the same drawn files is not in the cache: decoded as before
+    other = PreprocessConfig(height=24, width=48)
+    assert not cache_file(splits.val, other, args["cache_dir"]).exists()
+    assert load_split(splits.val, other, args["cache_dir"]).images.shape == (4, 24, 48, 1)
+
+
+def test_a_cold_run_does_not_decode_the_captchas_it_drew(make_cfg, monkeypatch):
+    """load_sources hands the run's preprocess settings to the generated source, so load_data
+    finds every split in the array cache and decodes no file."""
+    import bearcat.data.pipeline as pipeline
+    from bearcat.experiment import build_vocab_and_mode, load_data, load_sources
+
+    cfg = make_cfg(["debug=fast", "preprocess.height=24", "preprocess.width=64"])
+    splits = load_sources(cfg)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded files the generator had preprocessed")
+
+    monkeypatch.setattr(pipeline, "parallel_map", no_decoding)
+    data = load_data(cfg, splits, build_vocab_and_mode(cfg, splits))
+    assert {s: len(data.loaded[s]) for s in ("train", "val", "test")} == {"train": 64, "val": 16, "test": 16}
+    assert data.loaded["train"].images.shape[1:] == (24, 64, 1)
+
+
 def test_redrawing_a_captcha_never_rewrites_a_file_in_place(tmp_path):
     """Two sweep jobs on a cold cache draw the same files: the second must not truncate the
     file the first is already reading. Each drawing is a new file renamed into place, so an

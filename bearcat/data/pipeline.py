@@ -48,17 +48,29 @@ class LoadedSplit:
         return len(self.labels)
 
 
+def cache_file(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir: str | None) -> Path | None:
+    """Where the preprocessed arrays of these samples are cached (None: no cache)."""
+    if not cache_dir or not samples:
+        return None
+    return Path(cache_dir) / "arrays" / f"{_cache_key(samples, cfg)}.npz"
+
+
+def save_split(cache: Path, split: LoadedSplit) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"labels": split.labels, "paths": split.paths, "errors": split.errors}, ensure_ascii=False)
+    with replacing(cache, keep_suffix=True) as tmp:  # np.savez adds .npz to other names
+        np.savez(tmp, images=split.images, meta=np.array(meta))
+
+
 def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir: str | None,
                desc: str = "decoding", workers: int | None = None) -> LoadedSplit:
     """Decode + preprocess every (path, label); unreadable files are warned about, counted
     and left where they are."""
-    cache = None
-    if cache_dir and samples:
-        cache = Path(cache_dir) / "arrays" / f"{_cache_key(samples, cfg)}.npz"
-        if cache.exists():
-            with np.load(cache, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                return LoadedSplit(z["images"], meta["labels"], meta["paths"], meta["errors"])
+    cache = cache_file(samples, cfg, cache_dir)
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return LoadedSplit(z["images"], meta["labels"], meta["paths"], meta["errors"])
     if samples and is_ref(samples[0][0]):  # packed TFRecords (dataset=packed)
         results = decode_refs(samples, cfg, workers, desc)
     else:
@@ -76,10 +88,7 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
     split = LoadedSplit(stacked, labels, paths, errors)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"labels": labels, "paths": paths, "errors": errors}, ensure_ascii=False)
-        with replacing(cache, keep_suffix=True) as tmp:  # np.savez adds .npz to other names
-            np.savez(tmp, images=stacked, meta=np.array(meta))
+        save_split(cache, split)
     return split
 
 

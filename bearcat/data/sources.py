@@ -104,9 +104,10 @@ def _captcha_generator(s: dict):
     return _GENERATORS[key]
 
 
-def _generate_one(job) -> str:
-    """Draw one captcha; deterministic in (seed, split, index) whatever the worker."""
-    out_dir, split, index, s = job
+def _draw(job):
+    """Draw one captcha and save it: (its path, the image). Deterministic in (seed, split,
+    index) whatever the worker."""
+    out_dir, split, index, s = job[:4]
     key = f"{s['seed']}/{split}/{index}"
     rng = random.Random(key)
     weights = s.get("train_char_weights") if split == "train" else None  # val/test: the plain task
@@ -118,12 +119,27 @@ def _generate_one(job) -> str:
     captcha.image.secrets = _SeededSecrets(random.Random(f"{key}/draw"))
     name = hashlib.sha1(key.encode()).hexdigest()[:10]
     path = Path(out_dir) / split / f"{label}_{name}.png"
+    image = _captcha_generator(s).generate_image(label)
     # Written under a per-process name, then renamed: parallel sweep jobs on a cold cache draw
     # the same files, and writing in place would truncate a file another job is already reading.
     with replacing(path) as tmp:
         # compress_level 1: lossless like the default, several times faster to write.
-        _captcha_generator(s).generate_image(label).save(tmp, format="PNG", compress_level=1)
-    return str(path)
+        image.save(tmp, format="PNG", compress_level=1)
+    return str(path), image
+
+
+def _generate_one(job) -> str:
+    return _draw(job)[0]
+
+
+def _generate_preprocessed(job) -> tuple[str, object]:
+    """_generate_one, and the image preprocessed while still in memory (the job's 5th item:
+    the preprocess settings). The PNG is lossless, so this is the array decoding the file
+    gives, for about a tenth of the time (0.06 against 0.54 ms an image)."""
+    from bearcat.data.preprocess import PreprocessConfig, preprocess
+
+    path, image = _draw(job)
+    return path, preprocess(image, PreprocessConfig(**job[4]))
 
 
 def font_files(fonts: list[str] | None) -> list[str]:
@@ -181,20 +197,45 @@ def synthetic_settings(charset: str, min_length: int, max_length: int, image_wid
     return settings
 
 
-def generate_split(root, split: str, size: int, settings: dict, workers: int | None = None) -> list[str]:
-    """Draw `size` captchas into root/split/ in parallel; their paths, in index order."""
+def _draw_split(root, split: str, size: int, settings: dict, workers: int | None, fn, extra: tuple = ()) -> list:
     (Path(root) / split).mkdir(parents=True, exist_ok=True)
     remove_stale(Path(root) / split)  # what a killed drawing left half written
-    jobs = [(str(root), split, i, settings) for i in range(size)]
-    return parallel_map(_generate_one, jobs, desc=f"generating {split} captchas", workers=workers)
+    jobs = [(str(root), split, i, settings, *extra) for i in range(size)]
+    return parallel_map(fn, jobs, desc=f"generating {split} captchas", workers=workers)
+
+
+def generate_split(root, split: str, size: int, settings: dict, workers: int | None = None) -> list[str]:
+    """Draw `size` captchas into root/split/ in parallel; their paths, in index order."""
+    return _draw_split(root, split, size, settings, workers, _generate_one)
+
+
+def _generate_and_store(root, split: str, size: int, settings: dict, workers: int | None, lowercase: bool,
+                        preprocess: dict, cache_dir: str) -> list[str]:
+    """generate_split, and the preprocessed images written to the array cache that training
+    reads (bearcat/data/pipeline.py), so a cold run does not decode every file it just drew."""
+    import numpy as np
+
+    from bearcat.data.pipeline import LoadedSplit, cache_file, save_split
+    from bearcat.data.preprocess import PreprocessConfig
+
+    drawn = _draw_split(root, split, size, settings, workers, _generate_preprocessed, (preprocess,))
+    paths = [path for path, _ in drawn]
+    labels = [label_from_name(path, lowercase) for path in paths]
+    cache = cache_file(list(zip(paths, labels)), PreprocessConfig(**preprocess), cache_dir)
+    if cache is not None:
+        save_split(cache, LoadedSplit(np.stack([arr for _, arr in drawn]), labels, paths, []))
+    return paths
 
 
 def synthetic(charset: str, min_length: int, max_length: int, image_width: int, image_height: int,
               train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
               fonts: list[str] | None = None, font_sizes: list[int] | None = None,
               lowercase: bool = False, workers: int | None = None, style: dict | None = None,
-              train_focus_chars: str | None = None, train_focus_weight: float = 1.0, **_ignored) -> Splits:
-    """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`."""
+              train_focus_chars: str | None = None, train_focus_weight: float = 1.0,
+              preprocess: dict | None = None, **_ignored) -> Splits:
+    """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`. `preprocess`
+    (the run's preprocess settings, passed by bearcat.experiment.load_sources): images drawn
+    now are also preprocessed as they are drawn, into the run's array cache."""
     settings = synthetic_settings(charset, min_length, max_length, image_width, image_height, seed, fonts,
                                   font_sizes, style, train_focus_chars, train_focus_weight)
     charset = settings["charset"]
@@ -205,8 +246,13 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
     out: dict[str, list[tuple[str, str]]] = {}
     for split in SPLITS:
         (root / split).mkdir(parents=True, exist_ok=True)
-        paths = cached_paths(root / f"{split}.{sizes[split]}.done",
-                             lambda: generate_split(root, split, sizes[split], settings, workers))
+
+        def make(split=split):
+            if preprocess is None:
+                return generate_split(root, split, sizes[split], settings, workers)
+            return _generate_and_store(root, split, sizes[split], settings, workers, lowercase, preprocess, cache_dir)
+
+        paths = cached_paths(root / f"{split}.{sizes[split]}.done", make)
         out[split] = [(p, label_from_name(p, lowercase)) for p in paths]
     log.info("synthetic data in %s: %s", root, {k: len(v) for k, v in out.items()})
     folded = "".join(dict.fromkeys(charset.lower())) if lowercase else charset  # "aA" -> "a"
