@@ -129,6 +129,7 @@ def _draw(job):
 
 
 def _generate_one(job) -> str:
+    """Draw one captcha into its file; its path."""
     return _draw(job)[0]
 
 
