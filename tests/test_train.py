@@ -189,6 +189,11 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("trainer.batch_size=0", "trainer.batch_size=0: must be at least 1"),
     ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
     ("trainer.max_minutes=0", "trainer.max_minutes=0"),
+    ("optimizer.learning_rate=abc", r"optimizer.learning_rate=abc: a number above 0"),
+    ("optimizer.learning_rate=-0.001", r"optimizer.learning_rate=-0.001: a number above 0"),
+    ("dataset.train_size=-5", "dataset.train_size=-5: a whole number of images, at least 1"),
+    ("dataset.test_size=2.5", "dataset.test_size=2.5: a whole number of images, at least 0"),
+    ("dataset=tiles mode=num_classes dataset.val_size=-1", "dataset.val_size=-1: a whole number of images"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
     ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
                           r"choose one of \['best_val_map', 'test_map'"),
