@@ -6,8 +6,9 @@
 
 Measures, in images per second:
   cold      a run's data on an empty cache (generated captchas only): draw the images, then
-            decode the files (as before 2026-12-05), against preprocessing each image while
-            it is drawn (what `python -m bearcat.train` does now); both give the same arrays;
+            decode the files (as runs did before commit 885460d), against preprocessing each
+            image while it is drawn (what `python -m bearcat.train` does now); both must give
+            the same arrays;
   load      decode + preprocess every image once (what a run does before its first epoch),
             from the image folder, from packed TFRecords (encoding=file and raw) and from
             the decoded-array cache;
