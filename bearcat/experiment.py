@@ -47,8 +47,14 @@ def load_sources(cfg: DictConfig) -> Splits:
     from hydra.errors import InstantiationException
     from hydra.utils import get_method
 
-    extra = {}
-    if "preprocess" in inspect.signature(get_method(cfg.dataset._target_)).parameters:
+    extra, target = {}, cfg.dataset.get("_target_")
+    if not target:
+        raise ValueError("dataset._target_ is not set: choose a dataset (dataset=synthetic|folder|packed|tiles|click|voc)")
+    try:
+        source = get_method(target)
+    except Exception as err:  # Hydra's message runs over several lines; its first names the trouble
+        raise ValueError(f"dataset._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
+    if "preprocess" in inspect.signature(source).parameters:
         extra["preprocess"] = preprocess_config(cfg).to_dict()
     try:
         return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all", **extra)

@@ -194,6 +194,8 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("dataset.train_size=-5", "dataset.train_size=-5: a whole number of images, at least 1"),
     ("dataset.test_size=2.5", "dataset.test_size=2.5: a whole number of images, at least 0"),
     ("dataset=tiles mode=num_classes dataset.val_size=-1", "dataset.val_size=-1: a whole number of images"),
+    ("~dataset._target_", r"dataset._target_ is not set: choose a dataset"),
+    ("dataset._target_=bearcat.data.sources.nothing", r"dataset._target_=bearcat.data.sources.nothing: cannot be imported"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
     ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
                           r"choose one of \['best_val_map', 'test_map'"),
