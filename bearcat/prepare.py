@@ -27,7 +27,7 @@ def _root(cfg: DictConfig) -> str:
 def do_generate(cfg: DictConfig) -> dict:
     import inspect
 
-    from bearcat.data.sources import synthetic_settings
+    from bearcat.data.sources import split_sizes, synthetic_settings
     from bearcat.data.tools import generate
 
     d = cfg.dataset
@@ -38,7 +38,7 @@ def do_generate(cfg: DictConfig) -> dict:
     # the same images here and in training's cache (tested), whatever keys are added later.
     values = OmegaConf.to_container(d, resolve=True)
     settings = {k: values[k] for k in inspect.signature(synthetic_settings).parameters if k in values}
-    sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
+    sizes = split_sizes(d.train_size, d.val_size, d.test_size)
     return generate(cfg.generate.output, sizes, settings, cfg.workers)
 
 

@@ -169,11 +169,10 @@ def check_settings(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("learning_rate")
     if not (is_number(lr) and lr > 0):
         raise ValueError(f"optimizer.learning_rate={lr}: a number above 0 (e.g. 0.001)")
-    sizes = {key: cfg.dataset.get(key) for key in ("train_size", "val_size", "test_size") if key in cfg.dataset}
-    for key, size in sizes.items():  # generated sets: a negative size would draw nothing and fail later, unnamed
-        if not (is_whole_number(size) and size >= (1 if key == "train_size" else 0)):
-            raise ValueError(f"dataset.{key}={size}: a whole number of images, at least "
-                             f"{1 if key == 'train_size' else 0}")
+    if "train_size" in cfg.dataset:  # a generated set: its sizes, before anything is drawn
+        from bearcat.data.sources import split_sizes
+
+        split_sizes(cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size, least_train=1)
     if t.get("max_minutes") is not None and float(t.max_minutes) <= 0:
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:

@@ -133,6 +133,11 @@ def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
     assert len(names) == 20 and all(set(n.split("_")[0]) <= set("AB12") for n in names)
     with pytest.raises(FileExistsError, match=r"generate.output=.*already holds images"):
         prepare(make_cfg(opts, config_name="prepare"))
+    # a size no split can have is named, and nothing is drawn (it was a silent empty split)
+    bad = tmp_path / "bad"
+    with pytest.raises(ValueError, match=r"dataset.val_size=-3: a whole number of images, at least 0"):
+        prepare(make_cfg([*opts[:1], f"generate.output={bad}", *opts[2:], "dataset.val_size=-3"], config_name="prepare"))
+    assert not bad.exists()
 
     flat = tmp_path / "flat"
     flat.mkdir()

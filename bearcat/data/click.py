@@ -22,7 +22,7 @@ from bearcat.atomic import replacing
 from bearcat.data.fonts import find_cjk_font
 from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import IMAGE_EXTENSIONS
-from bearcat.data.sources import SPLITS
+from bearcat.data.sources import SPLITS, split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -352,13 +352,13 @@ def click(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: 
 
     s = click_settings(width, height, charset, targets, distractors, char_size, rotation, background,
                        background_dir, font, seed, crops, crop_size)
+    sizes = split_sizes(train_size, val_size, test_size)
     root = settings_root(cache_dir, "click", s)
     categories = list(s["charset"])
 
     def index_file(split, results):
         write_coco([record_from_dict(d) for d in results], categories, root / f"{split}.json")
 
-    sizes = {"train": train_size, "val": val_size, "test": test_size}
     drawn = generate_splits(root, sizes, _draw_captcha, s, "click captchas", workers, finish=index_file)
     out = {split: [record_from_dict(d) for d in drawn[split]] for split in SPLITS}
     for split in SPLITS:  # another split size drawn since into the same folder rewrote {split}.json

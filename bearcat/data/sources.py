@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
+from bearcat.checks import is_whole_number
 from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 QUARANTINE = "quarantine"
+
+
+def split_sizes(train_size, val_size, test_size, least_train: int = 0) -> dict[str, int]:
+    """{split: images} of a generated set, checked: whole numbers, at least 0 (the train split
+    at least `least_train`: training needs 1). A negative or fractional size would otherwise
+    draw nothing, or fewer images, without a word."""
+    sizes = {"train": train_size, "val": val_size, "test": test_size}
+    for split, size in sizes.items():
+        least = least_train if split == "train" else 0
+        if not (is_whole_number(size) and size >= least):
+            raise ValueError(f"dataset.{split}_size={size}: a whole number of images, at least {least}")
+    return {split: int(size) for split, size in sizes.items()}
 
 
 @dataclass
@@ -237,10 +250,10 @@ def synthetic(charset: str, min_length: int, max_length: int, image_width: int, 
     """Generated captchas, cached under `cache_dir/synthetic/<settings hash>/`. `preprocess`
     (the run's preprocess settings, passed by bearcat.experiment.load_sources): images drawn
     now are also preprocessed as they are drawn, into the run's array cache."""
+    sizes = split_sizes(train_size, val_size, test_size)
     settings = synthetic_settings(charset, min_length, max_length, image_width, image_height, seed, fonts,
                                   font_sizes, style, train_focus_chars, train_focus_weight)
     charset = settings["charset"]
-    sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
     root = Path(cache_dir) / "synthetic" / _synthetic_key(settings)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "settings.json", settings, indent=1)  # parallel sweep jobs share the cache

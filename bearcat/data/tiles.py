@@ -12,7 +12,7 @@ from pathlib import Path
 from bearcat.atomic import replacing
 from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import label_from_name
-from bearcat.data.sources import SPLITS, Splits
+from bearcat.data.sources import SPLITS, Splits, split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def tiles(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: 
     if tile_size < 16:
         raise ValueError(f"dataset.tile_size={tile_size}: need at least 16 pixels")
     settings = dict(classes=sorted(set(classes)), tile_size=int(tile_size), noise=float(noise), seed=int(seed))
+    sizes = split_sizes(train_size, val_size, test_size)
     root = settings_root(cache_dir, "tiles", settings)
-    sizes = {"train": train_size, "val": val_size, "test": test_size}
     paths = generate_splits(root, sizes, _draw_tile, settings, "tiles", workers)
     out = {split: [(p, label_from_name(p)) for p in paths[split]] for split in SPLITS}
     log.info("tiles in %s: %s", root, {k: len(v) for k, v in out.items()})
