@@ -34,7 +34,7 @@ def random_batch_model(overrides: list[str], count: int | None = None):
     cfg = compose_train(["paths.output_dir=/tmp/bench_step", *overrides])
     charset = str(cfg.dataset.get("charset") or "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     length = int(cfg.mode.get("max_length") or cfg.dataset.get("max_length") or 6)
-    mode = build_mode(cfg.mode.name, Vocabulary(charset), length, **mode_options(cfg))
+    mode = build_mode(cfg.mode.name, Vocabulary(charset), length, **mode_options(cfg, cfg.dataset.get("train_size")))
     rng = np.random.default_rng(0)
     pre = cfg.preprocess
     count = int(count or cfg.trainer.batch_size)

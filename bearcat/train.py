@@ -166,6 +166,17 @@ def check_settings(cfg: DictConfig) -> None:
     ema = t.get("ema_momentum")
     if ema is not None and not (is_number(ema) and 0 < ema < 1):
         raise ValueError(f"trainer.ema_momentum={ema}: a number between 0 and 1 (e.g. 0.99), or null")
+    m = cfg.mode
+    for key in ("dropout", "small_set_dropout"):  # Keras would only say "rate must be a scalar tensor..."
+        value = m.get(key)
+        if value is not None and not (key == "dropout" and str(value) == "auto") and \
+                not (is_number(value) and 0 <= value < 1):
+            raise ValueError(f"mode.{key}={value}: a fraction from 0 up to (not including) 1"
+                             + (", or auto" if key == "dropout" else ""))
+    if str(m.get("dropout")) == "auto" and not (is_whole_number(m.get("small_set_images"))
+                                                 and m.small_set_images >= 0):
+        raise ValueError(f"mode.small_set_images={m.get('small_set_images')}: a whole number of training images "
+                         "(mode.dropout=auto uses mode.small_set_dropout below it)")
     lr = cfg.optimizer.get("learning_rate")
     if not (is_number(lr) and lr > 0):
         raise ValueError(f"optimizer.learning_rate={lr}: a number above 0 (e.g. 0.001)")
@@ -245,6 +256,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     experiment_id = tracking.setup(cfg.mlflow, uri=None if chief else f"sqlite:///{out_dir.resolve()}/worker_mlflow.db")
     splits = load_sources(cfg)
     mode = build_vocab_and_mode(cfg, splits, earlier_vocabulary(cfg, out_dir, fetched))
+    if str(cfg.mode.get("dropout")) == "auto":  # the number used, for MLflow and warm starts (config.yaml keeps auto)
+        cfg.mode.dropout = mode.options["dropout"]
     data = load_data(cfg, splits, mode)
     train_split, val_split, test_split = (data.loaded[s] for s in ("train", "val", "test"))
     log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",

@@ -104,6 +104,32 @@ def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
             check_settings(make_cfg([f"callbacks.early_stopping.{key}={bad}"]))
 
 
+def test_ctc_tiny_dropout_auto_follows_the_training_split_size(make_cfg, caplog):
+    """mode.dropout=auto (ctc_tiny's default): small_set_dropout below small_set_images
+    training images, else none. The bundle records the number used (serving and warm starts
+    rebuild that model) and so does MLflow; config.yaml keeps `auto`, so a resume decides alike."""
+    import keras
+    from omegaconf import OmegaConf
+
+    from bearcat.bundle import load_keras, read_meta
+
+    built = {}
+    for below in ("default", "10"):  # 96 training images: a small set, then (below 10) a large one
+        extra = [] if below == "default" else [f"mode.small_set_images={below}"]
+        cfg = make_cfg([*TINY, "mode=ctc_tiny", *extra], output=f"below{below}")
+        with caplog.at_level("INFO", logger="bearcat.experiment"):
+            run = run_of(train(cfg))
+        out = Path(cfg.paths.output_dir)
+        model = load_keras(out / "model" / "model.keras")
+        built[below] = (read_meta(out / "model")["mode"]["dropout"],
+                        [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)])
+        assert run.data.params["mode.dropout"] == str(built[below][0])  # MLflow: the number used
+        assert OmegaConf.load(out / "config.yaml").mode.dropout == "auto"
+        keras.backend.clear_session()
+    assert built == {"default": (0.3, [0.3]), "10": (0.0, [])}
+    assert "mode.dropout=auto: 0.3 (96 training images" in caplog.text
+
+
 def snapshot(folder: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -197,6 +223,10 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("~dataset._target_", r"dataset._target_ is not set: choose a dataset"),
     ("dataset._target_=bearcat.data.sources.nothing", r"dataset._target_=bearcat.data.sources.nothing: cannot be imported"),
     ("callbacks.monitor=val_acc", "callbacks.monitor=val_acc: choose one of"),
+    ("mode=ctc_tiny mode.dropout=1.5", r"mode.dropout=1.5: a fraction from 0 up to \(not including\) 1, or auto"),
+    ("mode.dropout=some", r"mode.dropout=some: a fraction"),
+    ("mode=ctc_tiny mode.small_set_dropout=-0.1", r"mode.small_set_dropout=-0.1: a fraction"),
+    ("mode=ctc_tiny mode.small_set_images=many", r"mode.small_set_images=many: a whole number of training images"),
     ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
                           r"choose one of \['best_val_map', 'test_map'"),
     # click success needs named characters: a single-class detector without a recogniser has none
