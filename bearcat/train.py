@@ -177,6 +177,12 @@ def check_settings(cfg: DictConfig) -> None:
                                                  and m.small_set_images >= 0):
         raise ValueError(f"mode.small_set_images={m.get('small_set_images')}: a whole number of training images "
                          "(mode.dropout=auto uses mode.small_set_dropout below it)")
+    unroll = m.get("rnn_unroll")
+    if unroll is not None and not isinstance(unroll, bool) and str(unroll) != "auto":
+        raise ValueError(f"mode.rnn_unroll={unroll}: true, false or auto")
+    if str(unroll) == "auto" and not (is_whole_number(m.get("unroll_min_steps")) and m.unroll_min_steps >= 0):
+        raise ValueError(f"mode.unroll_min_steps={m.get('unroll_min_steps')}: a whole number of training steps "
+                         "(mode.rnn_unroll=auto unrolls from it)")
     lr = cfg.optimizer.get("learning_rate")
     if not (is_number(lr) and lr > 0):
         raise ValueError(f"optimizer.learning_rate={lr}: a number above 0 (e.g. 0.001)")
@@ -230,8 +236,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
     from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model,
-                                    load_data, load_sources, predict, preprocess_config, resolve_precision, score,
-                                    test_metrics)
+                                    load_data, load_sources, plan_unroll, predict, preprocess_config,
+                                    resolve_precision, score, test_metrics)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, earlier_vocabulary, log_warm_start, warm_start
@@ -265,7 +271,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
 
     batch_size = int(cfg.trainer.batch_size)  # global: split over the strategy's replicas
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
-    plan_epochs(cfg, steps_per_epoch)
+    plan_unroll(cfg, mode, plan_epochs(cfg, steps_per_epoch) * steps_per_epoch)
     precision = resolve_precision(cfg.trainer.get("precision"))
     log.info("precision: %s (trainer.precision=%s)", precision, cfg.trainer.get("precision"))
     with strategy.scope():  # variables of model and optimizer on every replica

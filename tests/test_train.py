@@ -130,6 +130,36 @@ def test_ctc_tiny_dropout_auto_follows_the_training_split_size(make_cfg, caplog)
     assert "mode.dropout=auto: 0.3 (96 training images" in caplog.text
 
 
+def test_rnn_unroll_auto_loops_a_short_training_and_unrolls_a_long_one(make_cfg, caplog):
+    """mode.rnn_unroll=auto: a run planning fewer than unroll_min_steps steps (here 2 epochs
+    of 6) trains the recurrent layer as a loop, which builds faster; the bundle, MLflow and
+    the saved model say so, and config.yaml keeps `auto`. A long plan unrolls it."""
+    from omegaconf import OmegaConf
+
+    from bearcat.bundle import load_keras, read_meta
+    from bearcat.data.sources import Splits
+    from bearcat.experiment import build_model, build_vocab_and_mode, plan_unroll
+
+    cfg = make_cfg(TINY)
+    with caplog.at_level("INFO", logger="bearcat.experiment"):
+        run = run_of(train(cfg))
+    out = Path(cfg.paths.output_dir)
+    assert "mode.rnn_unroll=auto: False (12 planned training steps; unrolled from mode.unroll_min_steps=3000)" \
+        in caplog.text
+    assert read_meta(out / "model")["mode"]["rnn_unroll"] is False
+    assert load_keras(out / "model" / "model.keras").get_layer("ctc_rnn0").forward_layer.unroll is False
+    assert run.data.params["mode.rnn_unroll"] == "False"
+    assert OmegaConf.load(out / "config.yaml").mode.rnn_unroll == "auto"
+
+    for name, planned, unrolled in (("ordinary", 3000, True), ("ordinary", 2999, False), ("ctc", 3000, True)):
+        cfg = make_cfg([f"mode={name}", "mode.max_length=6"], output=f"{name}{planned}")
+        mode = build_vocab_and_mode(cfg, Splits([("x.png", "AB12")], [], []))
+        plan_unroll(cfg, mode, planned)
+        model = build_model(cfg, mode, "float32")
+        assert model.get_layer(f"{name}_rnn0").forward_layer.unroll is unrolled
+        assert cfg.mode.rnn_unroll is unrolled
+
+
 def snapshot(folder: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -227,6 +257,8 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("mode.dropout=some", r"mode.dropout=some: a fraction"),
     ("mode=ctc_tiny mode.small_set_dropout=-0.1", r"mode.small_set_dropout=-0.1: a fraction"),
     ("mode=ctc_tiny mode.small_set_images=many", r"mode.small_set_images=many: a whole number of training images"),
+    ("mode.rnn_unroll=sometimes", "mode.rnn_unroll=sometimes: true, false or auto"),
+    ("mode=ordinary mode.unroll_min_steps=-1", "mode.unroll_min_steps=-1: a whole number of training steps"),
     ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
                           r"choose one of \['best_val_map', 'test_map'"),
     # click success needs named characters: a single-class detector without a recogniser has none
