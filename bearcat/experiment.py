@@ -64,6 +64,9 @@ def plan_unroll(cfg: DictConfig, mode, planned_steps: int) -> None:
     never earns back."""
     if str(cfg.mode.get("rnn_unroll")) != "auto":
         return
+    if str(cfg.mode.get("rnn")) in ("none", "None") or not cfg.mode.get("rnn_layers"):
+        cfg.mode.rnn_unroll = mode.options["rnn_unroll"] = False  # no recurrent layer: nothing to unroll
+        return
     least = int(cfg.mode.unroll_min_steps)
     unroll = planned_steps >= least
     cfg.mode.rnn_unroll = mode.options["rnn_unroll"] = unroll

@@ -159,6 +159,15 @@ def test_rnn_unroll_auto_loops_a_short_training_and_unrolls_a_long_one(make_cfg,
         assert model.get_layer(f"{name}_rnn0").forward_layer.unroll is unrolled
         assert cfg.mode.rnn_unroll is unrolled
 
+    # no recurrent layer: nothing to choose, and no log line claiming a choice
+    cfg = make_cfg(["mode.rnn=none"], output="norrn")
+    mode = build_vocab_and_mode(cfg, Splits([("x.png", "AB12")], [], []))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bearcat.experiment"):
+        plan_unroll(cfg, mode, 5000)
+    assert cfg.mode.rnn_unroll is False and mode.options["rnn_unroll"] is False
+    assert "rnn_unroll" not in caplog.text
+
 
 def snapshot(folder: Path) -> dict:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
