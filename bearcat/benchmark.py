@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from bearcat import CONFIG_DIR
+
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONFIG_DIR)
 EPOCH_CAP = 1000  # the time budget, not the epoch count, ends a benchmark run
 
 

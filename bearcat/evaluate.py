@@ -13,6 +13,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from bearcat import CONFIG_DIR
+
 log = logging.getLogger("bearcat.evaluate")
 
 
@@ -173,7 +175,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     metrics = evaluate(cfg)
     return metrics.get("test_accuracy", metrics.get("test_map"))  # detection models report mAP

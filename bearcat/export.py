@@ -21,6 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from bearcat import CONFIG_DIR
 from bearcat.atomic import replacing, write_json
 from bearcat.runtime import FILES, FORMATS, QUANTIZED, load_runtime
 
@@ -298,7 +299,7 @@ def export(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

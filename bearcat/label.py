@@ -12,6 +12,8 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
+from bearcat import CONFIG_DIR
+
 log = logging.getLogger("bearcat.label")
 
 
@@ -41,7 +43,7 @@ def build_label_app(cfg: DictConfig, workdir: str):
     return create_label_app(queue, name), queue
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="label")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="label")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 

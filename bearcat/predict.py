@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from bearcat import CONFIG_DIR
 from bearcat.atomic import replacing
 from bearcat.data.labels import is_image_file
 
@@ -109,7 +110,7 @@ def predict(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bearcat import CONFIG_DIR
+
 log = logging.getLogger("bearcat.prepare")
 
 
@@ -133,7 +135,7 @@ def prepare(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
 def main(cfg: DictConfig) -> None:
     try:
         prepare(cfg)

@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bearcat import CONFIG_DIR
+
 WORKER_CONFIG = "BEARCAT_SERVE_WORKER_CONFIG"  # the resolved config, handed to `workers` processes
 
 log = logging.getLogger("bearcat.serve")
@@ -52,7 +54,7 @@ def worker_app():
     return build_app(cfg, tempfile.gettempdir())  # a local bundle folder: nothing is fetched
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 

@@ -23,6 +23,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from bearcat import CONFIG_DIR
+
 log = logging.getLogger("bearcat.soup")
 
 SAME = ("mode", "vocabulary", "preprocess")  # bundle settings every model must share
@@ -157,7 +159,7 @@ def soup(cfg: DictConfig) -> dict:
     return summary | {"mlflow_run_id": run.info.run_id}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="soup")
 def main(cfg: DictConfig) -> None:
     soup(cfg)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from bearcat import CONFIG_DIR
 from bearcat.checks import is_number, is_whole_number
 from bearcat.metrics import lower_is_better
 
@@ -379,7 +380,7 @@ def check_sweep_direction(metric: str, directions: dict[str, str]) -> None:
                              f"job first; set {key}={want}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     check_sweep_direction(cfg.optimized_metric, sweep_directions())
     metrics = train(cfg)
