@@ -474,6 +474,16 @@ def test_synthetic_generation_is_cached_and_reproducible(tmp_path):
     again = synthetic(**args, cache_dir=str(tmp_path / "a"))  # reused, not redrawn
     assert {p: Path(p).stat().st_mtime_ns for p, _ in again.train} == stamp
 
+    # the cache moved (or reached by another path): still reused, its files found where they are now
+    (tmp_path / "a").rename(tmp_path / "moved")
+    moved = synthetic(**args, cache_dir=str(tmp_path / "moved"))
+    assert [p for p, _ in moved.train] == [p.replace(str(tmp_path / "a"), str(tmp_path / "moved")) for p in stamp]
+    assert [Path(p).stat().st_mtime_ns for p, _ in moved.train] == list(stamp.values())
+    # a marker written before markers held <split>/<name> (the whole path, as spelt then)
+    marker = next((tmp_path / "moved").rglob("train.6.done"))
+    marker.write_text(json.dumps([f"elsewhere/cache/{marker.parent.name}/train/{Path(p).name}" for p in stamp]))
+    assert synthetic(**args, cache_dir=str(tmp_path / "moved")).train == moved.train
+
 
 def test_generated_images_are_preprocessed_as_they_are_drawn(tmp_path):
     """A source that draws its images preprocesses them while they are in memory and writes

@@ -62,14 +62,27 @@ def _synthetic_key(settings: dict) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def cached_paths(done: Path, make) -> list[str]:
-    """The file list recorded in the marker `done`, or `make()` it and record it. The marker
-    is written last (atomically), so a killed generation is redone, never half-used."""
+def cached_paths(done: Path, make) -> list:
+    """The files recorded in the marker `done` (paths, or dicts with a "path"), or `make()`
+    them and record them. The marker is written last (atomically), so a killed generation is
+    redone, never half-used. Each file is at <marker's folder>/<split>/<name> and is recorded
+    as <split>/<name>, so the cache still serves when reached by another path (another working
+    folder, an absolute paths.cache_dir, a moved folder, another machine's mount)."""
     if done.exists():
-        return json.loads(done.read_text(encoding="utf-8"))
-    paths = make()
-    write_json(done, paths)
-    return paths
+        return [_at(entry, done.parent) for entry in json.loads(done.read_text(encoding="utf-8"))]
+    made = make()
+    write_json(done, [_at(entry, None) for entry in made])
+    return made
+
+
+def _at(entry, root: Path | None):
+    """`entry` (a path or a dict with one) with its path as <split>/<name> under `root`, or
+    bare when root is None. Markers written before 2026-12-05 hold the whole path as spelt
+    then; its last two parts are the same <split>/<name>."""
+    path = entry["path"] if isinstance(entry, dict) else entry
+    tail = Path(*Path(path).parts[-2:])
+    moved = (tail if root is None else root / tail).as_posix()
+    return {**entry, "path": moved} if isinstance(entry, dict) else moved
 
 
 def _random_label(rng: random.Random, charset: str, min_length: int, max_length: int,
