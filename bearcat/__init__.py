@@ -10,6 +10,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from pathlib import Path as _Path
 
 # The config tree Hydra composes: conf/ at the top of a checkout (and of an editable install),
-# or the copy a wheel carries inside the package (pyproject.toml maps conf/ to bearcat/conf).
+# or the copy a wheel carries inside the package (setup.py maps conf/ to bearcat/conf).
 _PACKAGED = _Path(__file__).resolve().parent / "conf"
 CONFIG_DIR = str(_PACKAGED if (_PACKAGED / "train.yaml").is_file() else _PACKAGED.parent.parent / "conf")
