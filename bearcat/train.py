@@ -408,6 +408,11 @@ def exit_now() -> None:
     os._exit(0)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.train` and the `bearcat-train` command."""
     main()
     exit_now()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,5 +1,5 @@
-"""`pip install .` (a wheel, not the editable install of a checkout) carries the config tree
-and trains from any folder."""
+"""`pip install .` (a wheel, not the editable install of a checkout) carries the config tree,
+installs the `bearcat-*` commands and trains from any folder."""
 import json
 import os
 import shutil
@@ -45,7 +45,10 @@ def test_a_wheel_holds_the_config_tree_and_trains_outside_the_checkout(tmp_path,
                 cwd=elsewhere, env=env).stdout.split()
     assert found == [str(site / "bearcat" / "__init__.py"), str(site / "bearcat" / "conf")]
 
-    run([sys.executable, "-m", "bearcat.train", "debug=fast", "dataset.train_size=32", "dataset.val_size=8",
+    commands = sorted(p.name for p in (site / "bin").glob("bearcat-*"))
+    assert commands == [f"bearcat-{n}" for n in sorted(
+        ["train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup"])]
+    run([str(site / "bin" / "bearcat-train"), "debug=fast", "dataset.train_size=32", "dataset.val_size=8",
          "dataset.test_size=8", "trainer.epochs=1", "trainer.bn_calibration_images=0", "trainer.max_minutes=null",
          "hydra.run.dir=outputs/run"], cwd=elsewhere, env=env)
     meta = json.loads((elsewhere / "outputs" / "run" / "model" / "bundle.json").read_text())
