@@ -36,9 +36,10 @@ COLUMNS = [("backbone", "backbone", "s"), ("params", "params", ",d"),
 
 
 def main():
+    from bearcat import CONFIG_DIR
     from bearcat.benchmark import add_common_args, run_isolated, run_series
 
-    backbones = sorted(p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml"))
+    backbones = sorted(p.stem for p in (Path(CONFIG_DIR) / "backbone").glob("*.yaml"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget per backbone (minutes)")
     parser.add_argument("--backbones", nargs="+", default=backbones, choices=backbones)

@@ -170,14 +170,11 @@ def main():
           + (f"; the process exited {default['exit_s']:.1f} s after its last log line" if default["exit_s"] else ""),
           flush=True)
 
-    from hydra import compose, initialize_config_dir
-
+    from bearcat.benchmark import compose_train
     from bearcat.bundle import load_keras
     from bearcat.experiment import build_vocab_and_mode, load_data, load_sources, predict
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"paths.cache_dir={workdir}/cache", f"paths.output_dir={workdir}/x",
-                                *args.default_overrides])
+    cfg = compose_train([f"paths.cache_dir={workdir}/cache", f"paths.output_dir={workdir}/x", *args.default_overrides])
     splits = load_sources(cfg)  # cached by the default run: no regeneration
     mode = build_vocab_and_mode(cfg, splits)
     data = load_data(cfg, splits, mode)

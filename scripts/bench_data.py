@@ -33,8 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
+from bearcat.benchmark import compose_train  # noqa: E402
 from bearcat.data.labels import is_image_file, label_from_name  # noqa: E402
 from bearcat.data.pack import pack, packed  # noqa: E402
 from bearcat.data.pipeline import load_split, make_dataset  # noqa: E402
@@ -49,8 +48,7 @@ def timed(fn):
 
 
 def config(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=unused", *overrides])
+    return compose_train(["paths.output_dir=unused", *overrides])
 
 
 def sample_images(args, cfg, work: Path) -> list[tuple[str, str]]:

@@ -134,13 +134,14 @@ def soup_row(out: Path, size: int, seeds: list[int], test_dir: Path, reviewed: d
     the test split."""
     from hydra import compose, initialize_config_dir
 
+    from bearcat import CONFIG_DIR
     from bearcat.soup import soup
 
     runs = out / "runs"
     models = [runs / f"fine-tune-{size}" / "model", *(runs / f"fine-tune-s{s}-{size}" / "model" for s in seeds)]
     target = runs / f"soup-{size}"
     shutil.rmtree(target, ignore_errors=True)  # this script's own output, remade each time
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="soup", overrides=[f"models=[{','.join(map(str, models))}]", f"out={target}",
                                                      f"check={test_dir}"])
     start = time.monotonic()
@@ -155,13 +156,12 @@ def soup_row(out: Path, size: int, seeds: list[int], test_dir: Path, reviewed: d
 
 def run_train(overrides: list[str]) -> tuple[dict, float]:
     import keras
-    from hydra import compose, initialize_config_dir
 
+    from bearcat.benchmark import compose_train
     from bearcat.train import train
 
     keras.backend.clear_session()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_train(overrides)
     start = time.monotonic()
     metrics = train(cfg)
     return metrics, time.monotonic() - start
