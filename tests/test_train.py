@@ -512,6 +512,45 @@ def test_generated_images_are_preprocessed_as_they_are_drawn(tmp_path):
     assert load_split(splits.val, other, args["cache_dir"]).images.shape == (4, 24, 48, 1)
 
 
+def test_a_moved_folder_finds_its_decoded_arrays(tmp_path, swust_copy, monkeypatch):
+    """The array cache is keyed by file names, not folders: after the folder is renamed the
+    arrays are read, not decoded again, and the split names the files where they are now.
+    An unreadable file stays left out (and counted) without being read again."""
+    import shutil
+
+    import bearcat.data.pipeline as pipeline
+    from bearcat.data.labels import label_from_name
+    from bearcat.data.pipeline import load_split
+    from bearcat.data.preprocess import PreprocessConfig
+
+    before = tmp_path / "mine"
+    before.mkdir()
+    for src in sorted(swust_copy.iterdir())[:6]:
+        shutil.copy2(src, before / src.name)
+    (before / "BAD_x.png").write_bytes(b"not a png")
+    pre, cache = PreprocessConfig(height=24, width=64), str(tmp_path / "cache")
+
+    def samples(folder):
+        return [(str(p), label_from_name(p, True)) for p in sorted(folder.iterdir())]
+
+    first = load_split(samples(before), pre, cache)
+    assert len(first) == 6 and len(first.errors) == 1
+    after = before.rename(tmp_path / "moved")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again the files of a moved folder")
+
+    monkeypatch.setattr(pipeline, "parallel_map", no_decoding)
+    again = load_split(samples(after), pre, cache)
+    assert np.array_equal(again.images, first.images) and again.labels == first.labels
+    assert again.paths == [str(after / Path(p).name) for p in first.paths] and len(again.errors) == 1
+    assert len(list((tmp_path / "cache" / "arrays").iterdir())) == 1
+    # a file changed in place is a new key: decoded, not read stale from the cache
+    (after / "BAD_x.png").write_bytes(Path(again.paths[0]).read_bytes())
+    monkeypatch.undo()
+    assert len(load_split(samples(after), pre, cache)) == 7
+
+
 def test_a_cold_run_does_not_decode_the_captchas_it_drew(make_cfg, monkeypatch):
     """load_sources hands the run's preprocess settings to the generated source, so load_data
     finds every split in the array cache and decodes no file."""

@@ -31,10 +31,13 @@ def _decode_one(job):
 
 
 def _cache_key(samples, cfg: PreprocessConfig) -> str:
+    """Each file by its name, label, size and modification time, not by its folder: a moved
+    or renamed dataset folder (`mv` keeps the times) still finds its arrays. The paths a
+    cached split reports are always the ones asked for (load_split)."""
     h = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     for path, label in samples:
         st = os.stat(source_file(path))  # a packed record: its shard file
-        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{Path(path).name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -55,9 +58,11 @@ def cache_file(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     return Path(cache_dir) / "arrays" / f"{_cache_key(samples, cfg)}.npz"
 
 
-def save_split(cache: Path, split: LoadedSplit) -> None:
+def save_split(cache: Path, split: LoadedSplit, kept: list[int]) -> None:
+    """`kept`: the index, among the samples asked for, of each image stored (unreadable
+    files are left out), so a later load names the samples as they are spelt then."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"labels": split.labels, "paths": split.paths, "errors": split.errors}, ensure_ascii=False)
+    meta = json.dumps({"kept": kept, "errors": split.errors}, ensure_ascii=False)
     with replacing(cache, keep_suffix=True) as tmp:  # np.savez adds .npz to other names
         np.savez(tmp, images=split.images, meta=np.array(meta))
 
@@ -70,13 +75,16 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return LoadedSplit(z["images"], meta["labels"], meta["paths"], meta["errors"])
+            if "kept" in meta:  # else written before the key left folders out: decoded again
+                kept = [samples[i] for i in meta["kept"]]
+                return LoadedSplit(z["images"], [label for _, label in kept], [path for path, _ in kept],
+                                   meta["errors"])
     if samples and is_ref(samples[0][0]):  # packed TFRecords (dataset=packed)
         results = decode_refs(samples, cfg, workers, desc)
     else:
         results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
-    images, labels, paths, errors = [], [], [], []
-    for (path, label), (arr, err) in zip(samples, results):
+    images, labels, paths, errors, kept = [], [], [], [], []
+    for i, ((path, label), (arr, err)) in enumerate(zip(samples, results)):
         if err:
             log.warning("skipped unreadable image: %s", err)
             errors.append(err)
@@ -84,11 +92,12 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
         images.append(arr)
         labels.append(label)
         paths.append(path)
+        kept.append(i)
     shape = (0, cfg.height, cfg.width, cfg.channels)
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
     split = LoadedSplit(stacked, labels, paths, errors)
     if cache is not None:
-        save_split(cache, split)
+        save_split(cache, split, kept)
     return split
 
 

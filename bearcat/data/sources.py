@@ -250,7 +250,8 @@ def _generate_and_store(root, split: str, size: int, settings: dict, workers: in
     labels = [label_from_name(path, lowercase) for path in paths]
     cache = cache_file(list(zip(paths, labels)), PreprocessConfig(**preprocess), cache_dir)
     if cache is not None:
-        save_split(cache, LoadedSplit(np.stack([arr for _, arr in drawn]), labels, paths, []))
+        save_split(cache, LoadedSplit(np.stack([arr for _, arr in drawn]), labels, paths, []),
+                   list(range(len(paths))))
     return paths
 
 
