@@ -117,11 +117,15 @@ def click_success(records: list, results: list[dict], score_threshold: float = 0
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: key=value arguments model=, image=, prompt= (Hydra-style, without Hydra)."""
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    usage = "usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT"
+    argv = sys.argv[1:] if argv is None else argv
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    # a misspelt key (promt=) or a stray word would otherwise be dropped without a word
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("model", "image", "prompt")]
     missing = [k for k in ("model", "image", "prompt") if not args.get(k)]
-    if missing:
-        print(f"usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT (missing: {', '.join(missing)})",
-              file=sys.stderr)
+    if unknown or missing:
+        why = [f"unknown: {', '.join(unknown)}"] * bool(unknown) + [f"missing: {', '.join(missing)}"] * bool(missing)
+        print(f"{usage} ({'; '.join(why)})", file=sys.stderr)
         return 2
     try:
         clicks = solve(args["image"], args["prompt"], args["model"])

@@ -89,7 +89,7 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
     assert (bundle / "recogniser" / "bundle.json").is_file()
 
 
-def test_solver_answers_in_prompt_order(click_run):
+def test_solver_answers_in_prompt_order(click_run, capsys):
     from bearcat.click import clean_prompt, main, order_clicks, solve
     from bearcat.detection.predictor import Detector
 
@@ -116,6 +116,10 @@ def test_solver_answers_in_prompt_order(click_run):
     placed = [(c["x"], c["y"]) for c in chosen if c["x"] is not None]
     assert placed and all(p in centres for p in placed) and len(set(placed)) == len(placed)
     assert main([f"model={root / 'detector' / 'model'}"]) == 2  # missing image= and prompt=
+    # a misspelt key is named, not dropped
+    assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", f"prompt={record.prompt}",
+                 "treshold=0.5"]) == 2
+    assert "unknown: treshold=0.5" in capsys.readouterr().err
     # a character the recogniser has no class for is refused, named, not clicked at a guess
     assert detector.names == list(detector.recogniser.mode.vocab.chars) and "X" not in detector.names
     assert set(detector.names) <= set(load_sources(cfg).categories) and set(record.prompt) <= set(detector.names)
