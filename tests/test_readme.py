@@ -17,6 +17,7 @@ from bearcat import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup")
+CLICK_KEYS = ("model", "image", "prompt")  # bearcat.click's arguments
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 
 
@@ -107,6 +108,10 @@ def refused(commands: list[tuple[str, str]]) -> list[str]:
         return None
 
     failures = []
+    for args in dict.fromkeys(args for name, args in commands if name == "click"):  # three keys, no Hydra
+        extra = [t for t in shlex.split(re.sub(r"<[^>]*>", "X", args)) if t.split("=", 1)[0] not in CLICK_KEYS]
+        if extra:
+            failures.append(f"bearcat.click {args}: not one of {', '.join(CLICK_KEYS)}: {' '.join(extra)}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for (name, groups), lines in plan.items():
             merged: dict[str, str] = {}
@@ -124,7 +129,7 @@ def refused(commands: list[tuple[str, str]]) -> list[str]:
 def test_every_command_in_the_readme_composes():
     commands = bearcat_commands(code_lines((ROOT / "README.md").read_text(encoding="utf-8")))
     # the reader finds the README's commands at all: every entry point, and scores of trainings
-    assert {name for name, _ in commands} >= set(CONFIGS)
+    assert {name for name, _ in commands} >= {*CONFIGS, "click"}
     assert sum(name == "train" for name, _ in commands) >= 40
     assert refused(commands) == []
 
@@ -141,13 +146,14 @@ python -m bearcat.train -m backbone=cnn_small,densenet999 \\
 Then `python -m bearcat.evaluate run_id=<id>
 gradcam_lyer=x` and `bearcat-train hparams_search=optuna
 hydra.sweeper.params.backbone=choice(cnn_small,nonet)`, or `python -m bearcat.train mode=M
-dataset=folder dataset.root=<your folder>`.
+dataset=folder dataset.root=<your folder>`; `python -m bearcat.click model=<bundle> image=a.png
+promt=ab`.
 """
     commands = bearcat_commands(code_lines(page))
-    assert [name for name, _ in commands] == ["train", "train", "evaluate", "train", "train"]
+    assert [name for name, _ in commands] == ["train", "train", "evaluate", "train", "train", "click"]
     failures = refused(commands)
-    assert len(failures) == 4, failures
-    assert all(word in " ".join(failures) for word in ("epochz", "densenet999", "gradcam_lyer", "nonet"))
+    assert len(failures) == 5, failures
+    assert all(word in " ".join(failures) for word in ("epochz", "densenet999", "gradcam_lyer", "nonet", "promt"))
 
 
 def test_every_script_flag_in_the_readme_exists():
