@@ -204,8 +204,10 @@ def test_time_upsample_at_output_splits_each_column_after_the_rnn():
 @pytest.mark.parametrize("name", ["ctc", "ordinary"])
 def test_rnn_unroll_computes_the_same_outputs_as_the_loop(name):
     """mode.rnn_unroll=true unrolls the recurrent layer over its steps (faster on a CPU for
-    captcha-length sequences, README "Modes"); same weights, same outputs as the loop."""
+    captcha-length sequences, README "Modes"); same weights, same outputs as the loop, and
+    the same training step: loss and gradients in a compiled graph, as `fit` runs it."""
     import keras
+    import tensorflow as tf
 
     models = []
     for unroll in (False, True):
@@ -217,6 +219,21 @@ def test_rnn_unroll_computes_the_same_outputs_as_the_loop(name):
     x = np.random.default_rng(0).random((3, 1, 8, 4), np.float32)
     loop, unrolled = (model.predict(x, verbose=0) for model in models)
     np.testing.assert_allclose(unrolled, loop, rtol=1e-5, atol=1e-6)
+    y = tf.constant(mode.encode(["A", "AB", "B"]))
+    loss = mode.loss()
+
+    def training_step(model):
+        @tf.function
+        def step(images):
+            with tf.GradientTape() as tape:
+                value = tf.reduce_mean(loss(y, model(images, training=True)))
+            return value, tape.gradient(value, model.trainable_variables)
+        return step(tf.constant(x))
+
+    (loss_loop, grads_loop), (loss_unrolled, grads_unrolled) = map(training_step, models)
+    assert float(loss_unrolled) == pytest.approx(float(loss_loop), rel=1e-5)
+    for a, b in zip(grads_loop, grads_unrolled):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
 def test_time_budget_cosine_anneals_by_time_or_steps():
