@@ -76,3 +76,26 @@ def test_training_with_light_augmentation_logs_preview(make_cfg):
     assert "loss" in run.data.metrics and 0.0 <= metrics["test_accuracy"] <= 1.0
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "preview.png" in artifacts
+
+
+def test_the_same_seed_gives_the_same_augmented_batches(make_cfg, swust_copy):
+    """Augmentation runs in tf.data's parallel threads, yet each image's draws follow from the
+    seed and its place in the stream: two pipelines give the same batches, a second pass
+    augments the images afresh, and another seed gives other batches."""
+    images = real_images(swust_copy, n=24)
+    targets = np.arange(len(images), dtype=np.int32)
+    cfg = make_cfg(["augmentation=light"])
+
+    def batches(seed):
+        ds = make_dataset(images, targets, batch_size=8, shuffle=True, seed=seed, repeat=True,
+                          augment=build_augment(cfg.augmentation, seed=seed))
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(6)]  # two passes over the 24 images
+
+    first, again = batches(3), batches(3)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    x = np.concatenate([b[0] for b in first])
+    y = np.concatenate([b[1] for b in first])
+    one, two = x[:24][np.argsort(y[:24])], x[24:][np.argsort(y[24:])]
+    assert np.abs(one - images).mean() > 1.0 and np.abs(one - two).mean() > 1.0  # each pass draws anew
+    other = batches(4)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))

@@ -3,6 +3,10 @@ conf/augmentation/*.yaml, composed into one function that tf.data runs in parall
 training split only (uint8 image in, uint8 image of the same shape out)."""
 from __future__ import annotations
 
+import copy
+import random
+import threading
+
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -11,17 +15,20 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 class Augmenter:
     """Applies an albumentations pipeline to one uint8 (H, W, C) image.
 
-    Call it on (image, target) tensors inside `Dataset.map`; `apply` is the NumPy version
-    (used by the preview)."""
+    Call it on (image, target) tensors inside `Dataset.map`, with the element's position in
+    the stream as `index` for augmentation a seed repeats; `apply` is the NumPy version (used
+    by the preview)."""
 
     def __init__(self, transforms: list, seed: int | None = None, name: str = "augmentation"):
         import albumentations as A
 
-        self.name = name
+        self.name, self.seed = name, seed
         self.compose = A.Compose(transforms, seed=seed)
+        self._copies: dict[int, object] = {}  # thread id -> its own Compose (apply_at)
+        self._lock = threading.Lock()
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        out = self.compose(image=image)["image"]
+    def apply(self, image: np.ndarray, compose=None) -> np.ndarray:
+        out = (compose or self.compose)(image=image)["image"]
         if out.shape[:2] != image.shape[:2] or out.size != image.size:  # (a gray image may lose its channel axis)
             raise ValueError(f"{self.name}: a transform changed the image shape {image.shape} -> {out.shape}; "
                              "augmentations must keep the model's input size")
@@ -30,10 +37,28 @@ class Augmenter:
     def apply_batch(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.apply(img) for img in images]) if len(images) else images
 
-    def __call__(self, image, target):
+    def apply_at(self, image: np.ndarray, index) -> np.ndarray:
+        """`apply` with the random draws of stream position `index` (and the seed): the same
+        in every run, whichever of tf.data's threads gets the image and whenever. One shared
+        random state, drawn from by threads in whatever order they run, made runs with
+        augmentation differ from each other under the same seed."""
+        ident = threading.get_ident()
+        compose = self._copies.get(ident)
+        if compose is None:  # each transform holds its random state: one copy per thread
+            with self._lock:
+                compose = self._copies[ident] = copy.deepcopy(self.compose)
+        if self.seed is not None:
+            rng = np.random.default_rng([int(self.seed), int(index)])
+            compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        return self.apply(image, compose)
+
+    def __call__(self, image, target, index=None):
         import tensorflow as tf
 
-        out = tf.numpy_function(self.apply, [image], tf.uint8, stateful=True, name="augment")
+        if index is None:
+            out = tf.numpy_function(self.apply, [image], tf.uint8, stateful=True, name="augment")
+        else:
+            out = tf.numpy_function(self.apply_at, [image, index], tf.uint8, stateful=False, name="augment")
         out.set_shape(image.shape)
         return out, target
 

@@ -118,7 +118,10 @@ def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = F
     if repeat:
         ds = ds.repeat()
     if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        # Each image augmented by its position in the stream, and the order kept: a seed gives
+        # the same batches in every run (bearcat.data.augment.Augmenter.apply_at).
+        ds = ds.enumerate().map(lambda i, pair: augment(*pair, index=i), num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
