@@ -58,13 +58,19 @@ def cache_file(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     return Path(cache_dir) / "arrays" / f"{_cache_key(samples, cfg)}.npz"
 
 
-def save_split(cache: Path, split: LoadedSplit, kept: list[int]) -> None:
+def _split(samples: list[tuple[str, str]], images: np.ndarray, kept: list[int], errors: list[str]) -> LoadedSplit:
+    """The split of `images`, the samples at the indices `kept` (unreadable ones left out)."""
+    chosen = [samples[i] for i in kept]
+    return LoadedSplit(images, [label for _, label in chosen], [path for path, _ in chosen], errors)
+
+
+def save_split(cache: Path, images: np.ndarray, kept: list[int], errors: list[str]) -> None:
     """`kept`: the index, among the samples asked for, of each image stored (unreadable
     files are left out), so a later load names the samples as they are spelt then."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"kept": kept, "errors": split.errors}, ensure_ascii=False)
+    meta = json.dumps({"kept": kept, "errors": errors}, ensure_ascii=False)
     with replacing(cache, keep_suffix=True) as tmp:  # np.savez adds .npz to other names
-        np.savez(tmp, images=split.images, meta=np.array(meta))
+        np.savez(tmp, images=images, meta=np.array(meta))
 
 
 def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir: str | None,
@@ -76,29 +82,24 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
         with np.load(cache, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if "kept" in meta:  # else written before the key left folders out: decoded again
-                kept = [samples[i] for i in meta["kept"]]
-                return LoadedSplit(z["images"], [label for _, label in kept], [path for path, _ in kept],
-                                   meta["errors"])
+                return _split(samples, z["images"], meta["kept"], meta["errors"])
     if samples and is_ref(samples[0][0]):  # packed TFRecords (dataset=packed)
         results = decode_refs(samples, cfg, workers, desc)
     else:
         results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
-    images, labels, paths, errors, kept = [], [], [], [], []
-    for i, ((path, label), (arr, err)) in enumerate(zip(samples, results)):
+    images, errors, kept = [], [], []
+    for i, (arr, err) in enumerate(results):
         if err:
             log.warning("skipped unreadable image: %s", err)
             errors.append(err)
             continue
         images.append(arr)
-        labels.append(label)
-        paths.append(path)
         kept.append(i)
     shape = (0, cfg.height, cfg.width, cfg.channels)
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
-    split = LoadedSplit(stacked, labels, paths, errors)
     if cache is not None:
-        save_split(cache, split, kept)
-    return split
+        save_split(cache, stacked, kept, errors)
+    return _split(samples, stacked, kept, errors)
 
 
 def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,

@@ -242,7 +242,7 @@ def _generate_and_store(root, split: str, size: int, settings: dict, workers: in
     reads (bearcat/data/pipeline.py), so a cold run does not decode every file it just drew."""
     import numpy as np
 
-    from bearcat.data.pipeline import LoadedSplit, cache_file, save_split
+    from bearcat.data.pipeline import cache_file, save_split
     from bearcat.data.preprocess import PreprocessConfig
 
     drawn = _draw_split(root, split, size, settings, workers, _generate_preprocessed, (preprocess,))
@@ -250,8 +250,7 @@ def _generate_and_store(root, split: str, size: int, settings: dict, workers: in
     labels = [label_from_name(path, lowercase) for path in paths]
     cache = cache_file(list(zip(paths, labels)), PreprocessConfig(**preprocess), cache_dir)
     if cache is not None:
-        save_split(cache, LoadedSplit(np.stack([arr for _, arr in drawn]), labels, paths, []),
-                   list(range(len(paths))))
+        save_split(cache, np.stack([arr for _, arr in drawn]), list(range(len(paths))), [])
     return paths
 
 
