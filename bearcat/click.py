@@ -115,17 +115,24 @@ def click_success(records: list, results: list[dict], score_threshold: float = 0
     return solved / max(1, len(records))
 
 
+CLI_KEYS = ("model", "image", "prompt")  # the command's only arguments
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: key=value arguments model=, image=, prompt= (Hydra-style, without Hydra)."""
-    usage = "usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT"
     argv = sys.argv[1:] if argv is None else argv
     args = dict(a.split("=", 1) for a in argv if "=" in a)
     # a misspelt key (promt=) or a stray word would otherwise be dropped without a word
-    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("model", "image", "prompt")]
-    missing = [k for k in ("model", "image", "prompt") if not args.get(k)]
-    if unknown or missing:
-        why = [f"unknown: {', '.join(unknown)}"] * bool(unknown) + [f"missing: {', '.join(missing)}"] * bool(missing)
-        print(f"{usage} ({'; '.join(why)})", file=sys.stderr)
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in CLI_KEYS]
+    missing = [k for k in CLI_KEYS if not args.get(k)]
+    why = []
+    if unknown:
+        why.append(f"unknown: {', '.join(unknown)}")
+    if missing:
+        why.append(f"missing: {', '.join(missing)}")
+    if why:
+        print(f"usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT ({'; '.join(why)})",
+              file=sys.stderr)
         return 2
     try:
         clicks = solve(args["image"], args["prompt"], args["model"])

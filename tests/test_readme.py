@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from bearcat import CONFIG_DIR
+from bearcat.click import CLI_KEYS as CLICK_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup")
-CLICK_KEYS = ("model", "image", "prompt")  # bearcat.click's arguments
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 
 
