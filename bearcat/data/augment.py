@@ -25,10 +25,9 @@ class Augmenter:
         self.name, self.seed = name, seed
         self.compose = A.Compose(transforms, seed=seed)
         self._copies: dict[int, object] = {}  # thread id -> its own Compose (apply_at)
-        self._lock = threading.Lock()
 
     def apply(self, image: np.ndarray, compose=None) -> np.ndarray:
-        out = (compose or self.compose)(image=image)["image"]
+        out = (self.compose if compose is None else compose)(image=image)["image"]
         if out.shape[:2] != image.shape[:2] or out.size != image.size:  # (a gray image may lose its channel axis)
             raise ValueError(f"{self.name}: a transform changed the image shape {image.shape} -> {out.shape}; "
                              "augmentations must keep the model's input size")
@@ -45,8 +44,7 @@ class Augmenter:
         ident = threading.get_ident()
         compose = self._copies.get(ident)
         if compose is None:  # each transform holds its random state: one copy per thread
-            with self._lock:
-                compose = self._copies[ident] = copy.deepcopy(self.compose)
+            compose = self._copies[ident] = copy.deepcopy(self.compose)  # (threads only read self.compose)
         if self.seed is not None:
             rng = np.random.default_rng([int(self.seed), int(index)])
             compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
