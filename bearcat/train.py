@@ -284,8 +284,6 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         compile_model(model, optimizer, loss_fn, cfg.trainer.jit_compile)
 
     augment = build_augment(cfg.augmentation, seed=cfg.trainer.seed)  # training split only
-    train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
-                            seed=cfg.trainer.seed, augment=augment, repeat=True)
     val_targets = mode.encode(val_split.labels)
     prepare_multi_worker_fit(model, strategy, train_split.images, mode.encode(train_split.labels[:2]))
 
@@ -318,6 +316,9 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
         callbacks = [freeze, *epoch_callbacks(cfg, train_split.images, val_metrics, schedule_callbacks, checkpointer,
                                               cfg.callbacks.monitor)]
+        train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
+                                seed=cfg.trainer.seed, augment=augment, repeat=True,
+                                start=initial_epoch * steps_per_epoch * batch_size)  # resumed: where it stopped
         fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         if cfg.trainer.get("tensorboard"):
             tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")

@@ -16,6 +16,22 @@ CONF = str(ROOT / "conf")
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
+def last_checkpoint(folder: Path):
+    """(model weights, optimizer arrays) of a run's last epoch checkpoint."""
+    import h5py
+    import numpy as np
+
+    from bearcat.callbacks import read_state
+
+    ckpt = folder / "checkpoints" / read_state(folder / "checkpoints")["last"]
+    arrays = []
+    with h5py.File(ckpt / "model.weights.h5") as f:  # the layers' weights (the file also holds the optimizer's)
+        f["layers"].visititems(lambda name, item: arrays.append(np.asarray(item))
+                               if isinstance(item, h5py.Dataset) else None)
+    with np.load(ckpt / "optimizer.npz") as saved:
+        return arrays, [saved[k] for k in saved.files]
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
     """An empty sqlite MLflow store, created (schema migrations run) once per worker process:

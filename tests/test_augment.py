@@ -81,18 +81,24 @@ def test_training_with_light_augmentation_logs_preview(make_cfg):
 def test_the_same_seed_gives_the_same_augmented_batches(make_cfg, swust_copy):
     """Augmentation runs in tf.data's parallel threads, yet each image's draws follow from the
     seed and its place in the stream: two pipelines give the same batches, a second pass
-    augments the images afresh, and another seed gives other batches."""
+    augments the images afresh, another seed gives other batches, and a pipeline started
+    further on (a resumed run) gives the batches from there on."""
     images = real_images(swust_copy, n=24)
     targets = np.arange(len(images), dtype=np.int32)
     cfg = make_cfg(["augmentation=light"])
 
-    def batches(seed):
+    def batches(seed, start=0):
         ds = make_dataset(images, targets, batch_size=8, shuffle=True, seed=seed, repeat=True,
-                          augment=build_augment(cfg.augmentation, seed=seed))
-        return [(x.numpy(), y.numpy()) for x, y in ds.take(6)]  # two passes over the 24 images
+                          augment=build_augment(cfg.augmentation, seed=seed), start=start)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(6 - start // 8)]  # two passes over the 24 images
 
-    first, again = batches(3), batches(3)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    def same(these, those):
+        return len(these) == len(those) and all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+                                                for a, b in zip(these, those))
+
+    first = batches(3)
+    assert same(first, batches(3))
+    assert same(first[4:], batches(3, start=32))  # into the second, reshuffled pass
     x = np.concatenate([b[0] for b in first])
     y = np.concatenate([b[1] for b in first])
     one, two = x[:24][np.argsort(y[:24])], x[24:][np.argsort(y[24:])]

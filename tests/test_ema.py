@@ -6,6 +6,7 @@ import pytest
 
 from bearcat.callbacks import AveragedWeights, Checkpointer, read_state, restore_last
 from bearcat.train import train
+from tests.conftest import last_checkpoint
 
 MOMENTUM = 0.8
 X = np.random.default_rng(0).normal(size=(24, 3)).astype("float32")
@@ -90,19 +91,6 @@ def test_fit_ends_with_a_frozen_layer(tmp_path):
     np.testing.assert_array_equal(saved_weights(tmp_path / "frozen" / "best.keras")[0], before)
 
 
-def checkpoint(folder):
-    """(model weights, optimizer arrays) of a run's last epoch checkpoint."""
-    import h5py
-
-    ckpt = folder / "checkpoints" / read_state(folder / "checkpoints")["last"]
-    arrays = []
-    with h5py.File(ckpt / "model.weights.h5") as f:  # the layers' weights (the file also holds the optimizer's)
-        f["layers"].visititems(lambda name, item: arrays.append(np.asarray(item))
-                               if isinstance(item, h5py.Dataset) else None)
-    with np.load(ckpt / "optimizer.npz") as saved:
-        return arrays, [saved[k] for k in saved.files]
-
-
 def test_training_with_ema_momentum_end_to_end(make_cfg, tmp_path):
     """The same seeded run with and without trainer.ema_momentum: training follows the same
     path, and the averaged run's checkpoint keeps those latest weights in its optimizer
@@ -111,8 +99,8 @@ def test_training_with_ema_momentum_end_to_end(make_cfg, tmp_path):
     train(make_cfg(tiny, output="plain"))
     metrics = train(make_cfg([*tiny, "trainer.ema_momentum=0.9"], output="ema"))
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    plain_model, _ = checkpoint(tmp_path / "plain")
-    ema_model, ema_optimizer = checkpoint(tmp_path / "ema")
+    plain_model, _ = last_checkpoint(tmp_path / "plain")
+    ema_model, ema_optimizer = last_checkpoint(tmp_path / "ema")
     kernels = [w for w in plain_model if w.ndim >= 2]  # trainable for sure (BatchNorm statistics are 1-D)
     assert kernels
     for kernel in kernels:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from bearcat.evaluate import evaluate
 from bearcat.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, last_checkpoint
 
 TINY = ["debug=fast", "dataset.train_size=96", "trainer.epochs=2"]
 
@@ -421,6 +421,33 @@ def test_an_epoch_killed_around_its_mlflow_log_is_logged_once(make_cfg, tmp_path
         assert sorted(m.step for m in entries) == [0, 1, 2], key
         second = next(m for m in entries if m.step == 1)
         assert second.value == pytest.approx(state["epoch_log"]["metrics"][key])  # the checkpointed epoch's
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
+    """Same seed, no time budget: a run killed after its first epoch and resumed trains its
+    second epoch on the batches and augmentation draws the uninterrupted run had there, and
+    ends with the same weights and optimizer state, bit for bit. (Before, a resumed run began
+    the data stream again: the first epoch's order and draws once more.)"""
+    from bearcat import tracking
+
+    settings = [*TINY, "augmentation=light", "trainer.max_minutes=null"]
+    train(make_cfg(settings, output="whole"))
+    send = tracking.log_epoch_record
+
+    def dying(state, **kwargs):
+        send(state, **kwargs)
+        if state["epoch_log"]["step"] == 0:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(tracking, "log_epoch_record", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(settings, output="killed"))
+    monkeypatch.setattr(tracking, "log_epoch_record", send)
+    train(make_cfg([f"resume={tmp_path / 'killed'}"]))
+    whole, resumed = (last_checkpoint(tmp_path / run) for run in ("whole", "killed"))
+    assert len(whole[0]) > 10 and len(whole[1]) > 10
+    for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_early_stopping_keeps_counting_across_a_resume(tmp_path):

@@ -103,14 +103,18 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
 
 
 def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 augment=None, drop_remainder: bool = False, repeat: bool = False):
+                 augment=None, drop_remainder: bool = False, repeat: bool = False, start: int = 0):
     """A batched, prefetched tf.data.Dataset of (float32 images, targets).
 
     `repeat`: endless, reshuffled on every pass, for `fit(..., steps_per_epoch=...)`. Why:
     given a finite dataset, Keras makes a new iterator at the end of each epoch and another
     at the start of the next, and dropping the first waited for its background threads:
     3 to 12 s at an epoch's start in a 6,000-image run of 30-s epochs (docs/benchmarks.md
-    "One iterator for the whole training"). An endless one is made once."""
+    "One iterator for the whole training"). An endless one is made once.
+
+    `start`: elements of the stream to pass over first, those of the epochs a resumed run
+    already trained: it goes on with the batches and augmentation draws the uninterrupted
+    run would have had, not those of its first epochs again."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, targets))
@@ -118,11 +122,13 @@ def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = F
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if start:  # before augmenting: passing over raw slices costs little
+        ds = ds.skip(start)
     if augment is not None:
         # Each image augmented by its position in the stream, and the order kept: a seed gives
         # the same batches in every run (bearcat.data.augment.Augmenter.apply_at).
-        ds = ds.enumerate().map(lambda i, pair: augment(*pair, index=i), num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True)
+        ds = ds.enumerate(start=start).map(lambda i, pair: augment(*pair, index=i),
+                                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -185,7 +185,6 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
                                             cfg.trainer.epochs, cfg.trainer.get("max_minutes"))
     compile_model(model, build_optimizer(cfg, lr), detection_loss(len(mode.vocab)),
                   cfg.trainer.jit_compile)
-    train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed, repeat=True)
     detector = Detector(model=model, mode=mode, pre=preprocess_config(cfg), recogniser=recogniser)
 
     def val_metrics() -> dict:
@@ -199,6 +198,8 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
         checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
         callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
+        train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed,
+                                repeat=True, start=initial_epoch * steps_per_epoch * batch_size)  # resumed: where it stopped
         fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
