@@ -12,19 +12,25 @@ Measures, in images per second:
   load      decode + preprocess every image once (what a run does before its first epoch),
             from the image folder, from packed TFRecords (encoding=file and raw) and from
             the decoded-array cache;
-  epoch     one pass of the tf.data pipeline over the loaded arrays (shuffle, augment,
-            batch, cast), with augmentation=none and =light, no model attached;
+  epoch     passes of the tf.data pipeline over the loaded arrays (shuffle, augment, batch,
+            cast), with augmentation=none and =light, no model attached; `light` also as it
+            ran before 2026-12-05, a call per image instead of per batch (same batches);
+  resume    how fast a resumed run passes over the images of the epochs it had trained
+            (`make_dataset(start=...)`): the time to its first batch after 30 epochs (at
+            least 300,000 images), less that of a fresh start;
   train     the default model's training step (conf/train.yaml: ctc + cnn_small + adamw) on a
-            fixed in-memory batch (no input pipeline at all), and fed by the real pipeline
-            with none / light augmentation.
-The pipeline is not the bottleneck when `fit, pipeline + light` runs as fast as `train step`.
+            fixed in-memory batch (no input pipeline at all), and fed by each of the
+            pipelines above; `--repeats` rounds taken in turn, the median shown.
+The pipeline is not the bottleneck when a `fit, pipeline` row runs as fast as `train step`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,12 +94,52 @@ def cold_rates(cfg, pre, n: int, scratch: Path) -> dict[str, float]:
     return rows
 
 
-def epoch_rate(images, targets, batch, augment, passes: int) -> float:
-    ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=augment)
+def streams(images, targets, batch, light) -> dict:
+    """The endless training streams compared: none and `light` augmentation, and `light`
+    called once per image as the pipeline did before 2026-12-05 (the same draws, so the same
+    batches: checked here)."""
+    import numpy as np
+    import tensorflow as tf
+
+    def one(index, pair):
+        image, target = pair
+        out = tf.numpy_function(lambda x, k: light.apply_at(x[None], k)[0], [image, index], tf.uint8,
+                                stateful=False)
+        out.set_shape(image.shape)
+        return out, target
+
+    before = tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(images), seed=0).repeat()
+    before = before.enumerate().map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch)
+    before = before.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    out = {"no augmentation": make_dataset(images, targets, batch, shuffle=True, seed=0, repeat=True),
+           "light": make_dataset(images, targets, batch, shuffle=True, seed=0, augment=light, repeat=True),
+           "light, a call per image (before)": before.prefetch(tf.data.AUTOTUNE)}
+    for a, b in zip(out["light"].take(3), out["light, a call per image (before)"].take(3)):
+        assert np.array_equal(a[0].numpy(), b[0].numpy()), "both ways must give the same batches"
+    return out
+
+
+def epoch_rate(ds, n: int, batch: int, passes: int) -> float:
+    """Images/s of `passes` passes over the stream, no model attached."""
+    steps = passes * math.ceil(n / batch)
     for _ in ds.take(2):  # warm-up: build the graph, start the workers
         pass
-    _, sec = timed(lambda: [None for _ in range(passes) for _ in ds])
-    return passes * len(images) / sec
+    _, sec = timed(lambda: [None for _ in ds.take(steps)])
+    return steps * batch / sec
+
+
+def skip_rate(images, targets, batch, augment) -> float:
+    """Images/s a resumed run passes over: 30 epochs' worth, at least 300,000 (a measurable time)."""
+    skipped = max(30 * len(images), 300_000)
+
+    def first_batch(start: int) -> float:
+        ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=augment, repeat=True, start=start)
+        return timed(lambda: next(iter(ds)))[1]
+
+    first_batch(0)  # warm-up
+    fresh = min(first_batch(0) for _ in range(3))
+    resumed = min(first_batch(skipped) for _ in range(3))
+    return skipped / (resumed - fresh) if resumed > fresh else float("inf")
 
 
 def build_default_model(cfg, samples):
@@ -118,6 +164,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10000, help="images to load and iterate")
     ap.add_argument("--steps", type=int, default=100, help="timed training steps per measurement")
     ap.add_argument("--passes", type=int, default=3, help="timed pipeline passes (epochs) per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the training measurements (medians shown)")
     ap.add_argument("--folder", default=None, help="bench these images instead of generated captchas")
     ap.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench_data"), help="scratch folder")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -155,27 +202,28 @@ def main() -> None:
     model, mode = build_default_model(cfg, samples)
     images, targets = folder_split.images, mode.encode(folder_split.labels)
     light = build_augment(config(["augmentation=light"]).augmentation, seed=0)
-    rows["epoch: pipeline, no augmentation"] = epoch_rate(images, targets, batch, None, args.passes)
-    rows["epoch: pipeline + light"] = epoch_rate(images, targets, batch, light, args.passes)
+    fed = streams(images, targets, batch, light)
+    for name, ds in fed.items():
+        rows[f"epoch: pipeline + {name}"] = epoch_rate(ds, n, batch, args.passes)
+    rows["resume: pass over the epochs done"] = skip_rate(images, targets, batch, light)
 
     # The same batch shape as the pipeline's (batch dimension unknown), so no retracing in between.
     fixed = make_dataset(images[:batch], targets[:batch], batch).cache().repeat()
-    first = fit_rate(model, fixed, args.steps, batch)
-    for name, aug in (("no augmentation", None), ("light", light)):
-        ds = make_dataset(images, targets, batch, shuffle=True, seed=0, augment=aug, repeat=True)
-        rows[f"fit, pipeline + {name}"] = fit_rate(model, ds, args.steps, batch)
-    # measured before and after the pipeline runs: other load on the machine shows as a gap
-    rows["train step (fixed batch), before"] = first
-    rows["train step (fixed batch), after"] = fit_rate(model, fixed, args.steps, batch)
-    train_step = max(first, rows["train step (fixed batch), after"])
+    fits = {"train step (fixed batch)": []} | {f"fit, pipeline + {name}": [] for name in fed}
+    for _ in range(args.repeats):  # in turn, so load from elsewhere on the machine spreads over every row
+        fits["train step (fixed batch)"].append(fit_rate(model, fixed, args.steps, batch))
+        for name, ds in fed.items():
+            fits[f"fit, pipeline + {name}"].append(fit_rate(model, ds, args.steps, batch))
+    rows |= {name: statistics.median(rates) for name, rates in fits.items()}
+    train_step = rows["train step (fixed batch)"]
 
     print(f"\n{n} images ({'folder ' + args.folder if args.folder else 'generated, default synthetic settings'}), "
           f"preprocess {pre.height}x{pre.width}x{pre.channels}, batch {batch}, {os.cpu_count()} CPU cores, "
           f"default model {cfg.mode.name} + {cfg.backbone.name}\n")
-    print(f"| {'measurement':<40} | {'images/s':>10} | {'x train step':>12} |")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 14}|")
+    print(f"| {'measurement':<50} | {'images/s':>10} | {'x train step':>12} |")
+    print(f"|{'-' * 52}|{'-' * 12}|{'-' * 14}|")
     for name, rate in rows.items():
-        print(f"| {name:<40} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
+        print(f"| {name:<50} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"images": n, "rows": rows}, indent=1))
     shutil.rmtree(scratch, ignore_errors=True)

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 class Augmenter:
     """Applies an albumentations pipeline to one uint8 (H, W, C) image.
 
-    Call it on (image, target) tensors inside `Dataset.map`, with the element's position in
-    the stream as `index` for augmentation a seed repeats; `apply` is the NumPy version (used
-    by the preview)."""
+    Call it on batches of (image, target) tensors inside `Dataset.map`, with the stream
+    position of the batch's first image, for augmentation a seed repeats; `apply` is the
+    NumPy version for one image (used by the preview)."""
 
     def __init__(self, transforms: list, seed: int | None = None, name: str = "augmentation"):
         import albumentations as A
@@ -36,29 +36,32 @@ class Augmenter:
     def apply_batch(self, images: np.ndarray) -> np.ndarray:
         return np.stack([self.apply(img) for img in images]) if len(images) else images
 
-    def apply_at(self, image: np.ndarray, index) -> np.ndarray:
-        """`apply` with the random draws of stream position `index` (and the seed): the same
-        in every run, whichever of tf.data's threads gets the image and whenever. One shared
-        random state, drawn from by threads in whatever order they run, made runs with
-        augmentation differ from each other under the same seed."""
+    def apply_at(self, images: np.ndarray, first) -> np.ndarray:
+        """`apply` to a batch, image k with the random draws of stream position `first + k` (and
+        the seed): the same in every run, whichever of tf.data's threads gets the batch and
+        whenever. One shared random state, drawn from by threads in whatever order they ran,
+        made runs with augmentation differ from each other under the same seed."""
         ident = threading.get_ident()
         compose = self._copies.get(ident)
         if compose is None:  # each transform holds its random state: one copy per thread
             compose = self._copies[ident] = copy.deepcopy(self.compose)  # (threads only read self.compose)
-        if self.seed is not None:
-            rng = np.random.default_rng([int(self.seed), int(index)])
-            compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        return self.apply(image, compose)
+        out = np.empty_like(images)
+        for k, image in enumerate(images):
+            if self.seed is not None:
+                rng = np.random.default_rng([int(self.seed), int(first) + k])
+                compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            out[k] = self.apply(image, compose)
+        return out
 
-    def __call__(self, image, target, index=None):
+    def __call__(self, images, targets, first):
+        """On a batch of (images, targets) tensors inside `Dataset.map`; `first`: the stream
+        position of its first image. A call per batch, not per image: tf.data's overhead per
+        call cost as much as the transforms themselves."""
         import tensorflow as tf
 
-        if index is None:
-            out = tf.numpy_function(self.apply, [image], tf.uint8, stateful=True, name="augment")
-        else:
-            out = tf.numpy_function(self.apply_at, [image, index], tf.uint8, stateful=False, name="augment")
-        out.set_shape(image.shape)
-        return out, target
+        out = tf.numpy_function(self.apply_at, [images, first], tf.uint8, stateful=False, name="augment")
+        out.set_shape(images.shape)
+        return out, targets
 
 
 def build_transforms(nodes, where: str = "augmentation.transforms") -> list:

@@ -124,11 +124,11 @@ def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = F
         ds = ds.repeat()
     if start:  # before augmenting: passing over raw slices costs little
         ds = ds.skip(start)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         # Each image augmented by its position in the stream, and the order kept: a seed gives
         # the same batches in every run (bearcat.data.augment.Augmenter.apply_at).
-        ds = ds.enumerate(start=start).map(lambda i, pair: augment(*pair, index=i),
-                                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.enumerate().map(lambda b, pair: augment(*pair, first=start + b * batch_size),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
