@@ -224,8 +224,11 @@ def main() -> None:
     print(f"|{'-' * 52}|{'-' * 12}|{'-' * 14}|")
     for name, rate in rows.items():
         print(f"| {name:<50} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
+    print("\ntraining, each round (images/s):")
+    for name, rates in fits.items():
+        print(f"  {name:<50} {' '.join(f'{r:.0f}' for r in rates)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": n, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"images": n, "rows": rows, "rounds": fits}, indent=1))
     shutil.rmtree(scratch, ignore_errors=True)
 
 
