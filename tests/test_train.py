@@ -443,7 +443,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(make_cfg, t
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(settings, output="killed"))
     monkeypatch.setattr(tracking, "log_epoch_record", send)
-    train(make_cfg([f"resume={tmp_path / 'killed'}"]))
+    train(make_cfg([f"resume={tmp_path / 'killed'}"], output="killed"))
     whole, resumed = (last_checkpoint(tmp_path / run) for run in ("whole", "killed"))
     assert len(whole[0]) > 10 and len(whole[1]) > 10
     for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):
