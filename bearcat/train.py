@@ -100,6 +100,16 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     return callbacks
 
 
+def training_stream(cfg: DictConfig, images, targets, initial_epoch: int, steps_per_epoch: int, augment=None):
+    """The endless, shuffled training stream of every mode, seeded by trainer.seed; a resumed
+    run's picks up where the killed run stopped (past the images of the epochs done)."""
+    from bearcat.data.pipeline import make_dataset
+
+    batch_size = int(cfg.trainer.batch_size)
+    return make_dataset(images, targets, batch_size, shuffle=True, seed=cfg.trainer.seed, augment=augment,
+                        repeat=True, start=initial_epoch * steps_per_epoch * batch_size)
+
+
 def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpointer, initial_epoch: int,
                     steps_per_epoch: int) -> None:
     """`fit` from `initial_epoch`, unless this run's training has already ended (a resume
@@ -234,7 +244,6 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer
     from bearcat.data.augment import build_augment
-    from bearcat.data.pipeline import make_dataset
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
     from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model,
                                     load_data, load_sources, plan_unroll, predict, preprocess_config,
@@ -316,9 +325,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
         callbacks = [freeze, *epoch_callbacks(cfg, train_split.images, val_metrics, schedule_callbacks, checkpointer,
                                               cfg.callbacks.monitor)]
-        train_ds = make_dataset(train_split.images, mode.encode(train_split.labels), batch_size, shuffle=True,
-                                seed=cfg.trainer.seed, augment=augment, repeat=True,
-                                start=initial_epoch * steps_per_epoch * batch_size)  # resumed: where it stopped
+        train_ds = training_stream(cfg, train_split.images, mode.encode(train_split.labels), initial_epoch,
+                                   steps_per_epoch, augment)
         fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         if cfg.trainer.get("tensorboard"):
             tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")

@@ -152,11 +152,10 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     from bearcat import tracking
     from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer
-    from bearcat.data.pipeline import make_dataset
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import build_optimizer, compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
-    from bearcat.train import epoch_callbacks, fit_unless_done, plan_epochs, tracked_run
+    from bearcat.train import epoch_callbacks, fit_unless_done, plan_epochs, tracked_run, training_stream
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -198,8 +197,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
         checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
         callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
-        train_ds = make_dataset(train_images, train_targets, batch_size, shuffle=True, seed=cfg.trainer.seed,
-                                repeat=True, start=initial_epoch * steps_per_epoch * batch_size)  # resumed: where it stopped
+        train_ds = training_stream(cfg, train_images, train_targets, initial_epoch, steps_per_epoch)
         fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
