@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class Augmenter:
-    """Applies an albumentations pipeline to one uint8 (H, W, C) image.
+    """Applies an albumentations pipeline to uint8 (H, W, C) images, one at a time.
 
     Call it on batches of (image, target) tensors inside `Dataset.map`, with the stream
     position of the batch's first image, for augmentation a seed repeats; `apply` is the
