@@ -20,7 +20,12 @@ Measures, in images per second:
             least 300,000 images), less that of a fresh start;
   train     the default model's training step (conf/train.yaml: ctc + cnn_small + adamw) on a
             fixed in-memory batch (no input pipeline at all), and fed by each of the
-            pipelines above; `--repeats` rounds taken in turn, the median shown.
+            pipelines above, also autotuned as before 2026-12-05 evening; `--repeats` rounds
+            taken in turn, the median shown; timed from the start of training to its last
+            step (the fit's end is measured apart:)
+  end       how long dropping the training stream's iterator takes after 1, 3 and 6 s of
+            use, as a fit's end does: autotuned, it waited for tf.data's tuning thread to
+            wake (naps doubling from 10 ms: 1.27, 2.55, 5.11, 10.23 s ... after the start).
 The pipeline is not the bottleneck when a `fit, pipeline` row runs as fast as `train step`.
 """
 from __future__ import annotations
@@ -95,9 +100,9 @@ def cold_rates(cfg, pre, n: int, scratch: Path) -> dict[str, float]:
 
 
 def streams(images, targets, batch, light) -> dict:
-    """The endless training streams compared: none and `light` augmentation, and `light`
+    """The endless training streams compared: none and `light` augmentation, `light`
     called once per image as the pipeline did before 2026-12-05 (the same draws, so the same
-    batches: checked here)."""
+    batches: checked here), and both with tf.data's autotuning on, as before that evening."""
     import numpy as np
     import tensorflow as tf
 
@@ -114,9 +119,39 @@ def streams(images, targets, batch, light) -> dict:
     out = {"no augmentation": make_dataset(images, targets, batch, shuffle=True, seed=0, repeat=True),
            "light": make_dataset(images, targets, batch, shuffle=True, seed=0, augment=light, repeat=True),
            "light, a call per image (before)": before.prefetch(tf.data.AUTOTUNE)}
+    out |= {f"{name}, autotuned (before)": autotuned(out[name]) for name in ("no augmentation", "light")}
     for a, b in zip(out["light"].take(3), out["light, a call per image (before)"].take(3)):
         assert np.array_equal(a[0].numpy(), b[0].numpy()), "both ways must give the same batches"
     return out
+
+
+def autotuned(ds):
+    """`ds` with tf.data's autotuning on, as make_dataset built it before 2026-12-05 evening."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    return ds.with_options(options)
+
+
+def end_of_fit(images, targets, batch, ages=(1.0, 3.0, 6.0)) -> dict[str, list[float]]:
+    """Seconds to drop the training stream's iterator after reading it for each of `ages`
+    seconds, as a fit's end (or the garbage collector) drops it: the stream as make_dataset
+    builds it, and autotuned."""
+    import gc
+
+    waits = {}
+    for name, build in (("autotuned (before)", autotuned), ("as built now", lambda ds: ds)):
+        for age in ages:
+            it = iter(build(make_dataset(images, targets, batch, shuffle=True, seed=0, repeat=True)))
+            start = time.perf_counter()
+            while time.perf_counter() - start < age:
+                next(it)
+            dropped = time.perf_counter()
+            del it
+            gc.collect()  # the iterator sits in reference cycles: it goes here (the collection alone: about 0.2 s)
+            waits.setdefault(name, []).append(time.perf_counter() - dropped)
+    return waits
 
 
 def epoch_rate(ds, n: int, batch: int, passes: int) -> float:
@@ -154,9 +189,29 @@ def build_default_model(cfg, samples):
 
 
 def fit_rate(model, ds, steps: int, batch: int) -> float:
-    model.fit(ds.take(3), epochs=1, verbose=0)  # warm-up: trace and compile
-    _, sec = timed(lambda: model.fit(ds.take(steps), epochs=1, verbose=0))
-    return steps * batch / sec
+    """Images/s of a `steps`-step fit fed by the endless stream `ds` (as a training run's
+    is), from the start of training to its last step: the fit's end is left out. Why: the
+    end drops the stream's iterator, which waits for tf.data's autotuning thread to wake
+    (`end of a fit` below), a wait a run pays once, not on every step. Timed with it,
+    about one short fit in five read half speed or less (`500 898 809 807 500 854` in the
+    record of 2026-12-05)."""
+    import gc
+
+    import keras
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.end = time.perf_counter()
+
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # warm-up: trace and compile
+    gc.collect()  # Keras keeps the warm-up's iterator in a reference cycle: dropped here, not mid-fit
+    clock = Clock()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
+    gc.collect()
+    return steps * batch / (clock.end - clock.begin)
 
 
 def main() -> None:
@@ -215,6 +270,10 @@ def main() -> None:
         for name, ds in fed.items():
             fits[f"fit, pipeline + {name}"].append(fit_rate(model, ds, args.steps, batch))
     rows |= {name: statistics.median(rates) for name, rates in fits.items()}
+    ends = {}
+    for _ in range(args.repeats):
+        for name, waits in end_of_fit(images, targets, batch).items():
+            ends.setdefault(name, []).append(waits)
     train_step = rows["train step (fixed batch)"]
 
     print(f"\n{n} images ({'folder ' + args.folder if args.folder else 'generated, default synthetic settings'}), "
@@ -227,8 +286,12 @@ def main() -> None:
     print("\ntraining, each round (images/s):")
     for name, rates in fits.items():
         print(f"  {name:<50} {' '.join(f'{r:.0f}' for r in rates)}")
+    print("\nend of a fit: seconds to drop the training stream's iterator after 1, 3 and 6 s of use, each round:")
+    for name, rounds in ends.items():
+        print(f"  {name:<20} " + " | ".join(" ".join(f"{w:.2f}" for w in waits) for waits in rounds))
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": n, "rows": rows, "rounds": fits}, indent=1))
+        Path(args.json).write_text(json.dumps({"images": n, "rows": rows, "rounds": fits, "end_of_fit": ends},
+                                              indent=1))
     shutil.rmtree(scratch, ignore_errors=True)
 
 
