@@ -217,6 +217,20 @@ def compile_model(model, optimizer, loss, jit_compile: bool = False) -> None:
     model.optimizer.build(model.trainable_variables)
 
 
+def outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's output for every image, a batch at a time through `predict_on_batch`.
+    Why not `model.predict`: it builds a tf.data pipeline on each call, and dropping that
+    pipeline's iterator waits for tf.data's autotuning thread to wake. Its naps double from
+    10 ms, so about every other validation took up to twice as long (scripts/bench_data.py
+    "end of a fit")."""
+    if model.distribute_strategy.num_replicas_in_sync > 1:  # e.g. validation while training mirrored:
+        # there predict_on_batch gives each replica the whole batch (16 rows back for 8 on 2 replicas)
+        return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
+    chunks = [np.asarray(model.predict_on_batch(images[i:i + batch_size].astype(np.float32)))
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, *model.output_shape[1:]), np.float32)
+
+
 def predict(model, mode: Mode, images: np.ndarray, batch_size: int = 256) -> tuple[list[dict], float]:
     """Decoded predictions and the model's time per image in ms (batched). Each batch shape
     is run once before the clock starts: Keras builds a graph on the first call of a shape

@@ -246,7 +246,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.data.augment import build_augment
     from bearcat.distribute import build_strategy, is_chief, prepare_multi_worker_fit
     from bearcat.experiment import (build_model, build_optimizer, build_vocab_and_mode, compile_model, float32_model,
-                                    load_data, load_sources, plan_unroll, predict, preprocess_config,
+                                    load_data, load_sources, outputs, plan_unroll, predict, preprocess_config,
                                     resolve_precision, score, test_metrics)
     from bearcat.gallery import prediction_gallery, training_preview
     from bearcat.optim.schedules import build_schedule
@@ -297,7 +297,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     prepare_multi_worker_fit(model, strategy, train_split.images, mode.encode(train_split.labels[:2]))
 
     def val_metrics() -> dict:
-        probs = model.predict(val_split.images.astype("float32"), batch_size=256, verbose=0)
+        probs = outputs(model, val_split.images)
         results = mode.decode(probs)
         loss = float(keras.ops.convert_to_numpy(keras.ops.mean(loss_fn(val_targets, probs))))
         return {"loss": loss, **score(mode, val_split.labels, results)}

@@ -191,13 +191,18 @@ def test_a_training_that_fails_ends_its_mlflow_run_failed(make_cfg, monkeypatch)
 
 def test_one_training_iterator_serves_every_epoch(make_cfg, monkeypatch):
     """Keras makes a new iterator per epoch from a finite dataset (and dropping the old one
-    stalled the next epoch's start for seconds); training's endless dataset is iterated once."""
+    stalled the next epoch's start for seconds); training's endless dataset is iterated once.
+    Dropping an iterator of an autotuned pipeline waits for tf.data's tuning thread to wake,
+    so the stream is not autotuned, and validation does not go through `model.predict` (a
+    new autotuned pipeline per call)."""
+    import keras
     import tensorflow as tf
 
     from bearcat.data import pipeline
 
-    made, iterated = [], []
+    made, iterated, predicts = [], [], []
     real_make, real_iter = pipeline.make_dataset, tf.data.Dataset.__iter__
+    monkeypatch.setattr(keras.Model, "predict", lambda *a, **k: predicts.append(1))
 
     def make(*args, **kwargs):
         made.append(real_make(*args, **kwargs))
@@ -211,6 +216,8 @@ def test_one_training_iterator_serves_every_epoch(make_cfg, monkeypatch):
     monkeypatch.setattr(tf.data.Dataset, "__iter__", count_iter)
     metrics = train(make_cfg(["debug=fast", "dataset.train_size=96", "trainer.epochs=3"]))
     assert len(made) == 1 and iterated.count(id(made[0])) == 1
+    assert made[0].options().autotune.enabled is False
+    assert not predicts
     history = mlflow.MlflowClient().get_metric_history(metrics["mlflow_run_id"], "train_images_per_s")
     assert sorted(m.step for m in history) == [0, 1, 2]
 

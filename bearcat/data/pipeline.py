@@ -131,4 +131,12 @@ def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = F
         ds = ds.enumerate().map(lambda b, pair: augment(*pair, first=start + b * batch_size),
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Autotuning off. Why: dropping an autotuned pipeline's iterator waits for its tuning
+    # thread's next wake-up, and its naps double from 10 ms to a minute, so a fit's end, or
+    # the garbage collector dropping a finished run's stream later (say in a sweep's next
+    # job), stalled up to as long again as the stream had run, at most a minute. Untuned,
+    # each AUTOTUNE map runs as many calls as there are cores, and training ran as fast
+    # (scripts/bench_data.py: `end of a fit`, and the training rows).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
