@@ -23,6 +23,8 @@ Measures, in images per second:
             pipelines above, also autotuned as before 2026-12-05 evening; `--repeats` rounds
             taken in turn, the median shown; timed from the start of training to its last
             step (the fit's end is measured apart:)
+  validate  a validation pass over 1,000 images, through model.predict (before 2026-12-05
+            evening) and a batch at a time (now), in the same rounds;
   end       how long dropping the training stream's iterator takes after 1, 3 and 6 s of
             use, as a fit's end does: autotuned, it waited for tf.data's tuning thread to
             wake (naps doubling from 10 ms: 1.27, 2.55, 5.11, 10.23 s ... after the start).
@@ -177,6 +179,23 @@ def skip_rate(images, targets, batch, augment) -> float:
     return skipped / (resumed - fresh) if resumed > fresh else float("inf")
 
 
+def validation_rate(model, images, whole: bool) -> float:
+    """Images/s of one validation pass over 1,000 images (the default val split): through
+    `model.predict` as training validated before 2026-12-05 evening (a new tf.data pipeline
+    per call, autotuned), or a batch at a time as it does now (bearcat.experiment.outputs)."""
+    import gc
+
+    from bearcat.experiment import outputs
+
+    x = images[:1000]
+    if whole:
+        _, sec = timed(lambda: model.predict(x.astype("float32"), batch_size=256, verbose=0))
+    else:
+        _, sec = timed(lambda: outputs(model, x))
+    gc.collect()
+    return len(x) / sec
+
+
 def build_default_model(cfg, samples):
     from hydra.utils import instantiate
 
@@ -265,10 +284,15 @@ def main() -> None:
     # The same batch shape as the pipeline's (batch dimension unknown), so no retracing in between.
     fixed = make_dataset(images[:batch], targets[:batch], batch).cache().repeat()
     fits = {"train step (fixed batch)": []} | {f"fit, pipeline + {name}": [] for name in fed}
+    checks = {"validation (1,000 images): model.predict (before)": True, "validation: a batch at a time": False}
+    for whole in checks.values():
+        validation_rate(model, images, whole)  # warm-up: trace
     for _ in range(args.repeats):  # in turn, so load from elsewhere on the machine spreads over every row
         fits["train step (fixed batch)"].append(fit_rate(model, fixed, args.steps, batch))
         for name, ds in fed.items():
             fits[f"fit, pipeline + {name}"].append(fit_rate(model, ds, args.steps, batch))
+        for name, whole in checks.items():
+            fits.setdefault(name, []).append(validation_rate(model, images, whole))
     rows |= {name: statistics.median(rates) for name, rates in fits.items()}
     ends = {}
     for _ in range(args.repeats):
@@ -279,13 +303,13 @@ def main() -> None:
     print(f"\n{n} images ({'folder ' + args.folder if args.folder else 'generated, default synthetic settings'}), "
           f"preprocess {pre.height}x{pre.width}x{pre.channels}, batch {batch}, {os.cpu_count()} CPU cores, "
           f"default model {cfg.mode.name} + {cfg.backbone.name}\n")
-    print(f"| {'measurement':<50} | {'images/s':>10} | {'x train step':>12} |")
-    print(f"|{'-' * 52}|{'-' * 12}|{'-' * 14}|")
+    print(f"| {'measurement':<54} | {'images/s':>10} | {'x train step':>12} |")
+    print(f"|{'-' * 56}|{'-' * 12}|{'-' * 14}|")
     for name, rate in rows.items():
-        print(f"| {name:<50} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
+        print(f"| {name:<54} | {rate:>10.0f} | {rate / train_step:>12.2f} |")
     print("\ntraining, each round (images/s):")
     for name, rates in fits.items():
-        print(f"  {name:<50} {' '.join(f'{r:.0f}' for r in rates)}")
+        print(f"  {name:<54} {' '.join(f'{r:.0f}' for r in rates)}")
     print("\nend of a fit: seconds to drop the training stream's iterator after 1, 3 and 6 s of use, each round:")
     for name, rounds in ends.items():
         print(f"  {name:<20} " + " | ".join(" ".join(f"{w:.2f}" for w in waits) for waits in rounds))
