@@ -244,7 +244,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
+    import absl.logging
     import tensorflow as tf  # noqa: F401  (imported before any timing starts)
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # not one line per autotuned stream: "Changing the value of option"
 
     from bearcat.data.augment import build_augment
     from bearcat.experiment import preprocess_config
