@@ -221,8 +221,8 @@ def outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's output for every image, a batch at a time through `predict_on_batch`.
     Why not `model.predict`: it builds a tf.data pipeline on each call, and dropping that
     pipeline's iterator waits for tf.data's autotuning thread to wake. Its naps double from
-    10 ms, so about every other validation took up to twice as long (scripts/bench_data.py
-    "end of a fit")."""
+    10 ms, so a validation could take twice as long (6 of 11 calls on 1,000 images in one
+    probe; scripts/bench_data.py, the validation rows)."""
     if model.distribute_strategy.num_replicas_in_sync > 1:  # e.g. validation while training mirrored:
         # there predict_on_batch gives each replica the whole batch (16 rows back for 8 on 2 replicas)
         return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))

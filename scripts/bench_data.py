@@ -22,7 +22,7 @@ Measures, in images per second:
             fixed in-memory batch (no input pipeline at all), and fed by each of the
             pipelines above, also autotuned as before 2026-12-05 evening; `--repeats` rounds
             taken in turn, the median shown; timed from the start of training to its last
-            step (the fit's end is measured apart:)
+            step (the fit's end is measured apart, below);
   validate  a validation pass over 1,000 images, through model.predict (before 2026-12-05
             evening) and a batch at a time (now), in the same rounds;
   end       how long dropping the training stream's iterator takes after 1, 3 and 6 s of
@@ -211,9 +211,9 @@ def fit_rate(model, ds, steps: int, batch: int) -> float:
     """Images/s of a `steps`-step fit fed by the endless stream `ds` (as a training run's
     is), from the start of training to its last step: the fit's end is left out. Why: the
     end drops the stream's iterator, which waits for tf.data's autotuning thread to wake
-    (`end of a fit` below), a wait a run pays once, not on every step. Timed with it,
-    about one short fit in five read half speed or less (`500 898 809 807 500 854` in the
-    record of 2026-12-05)."""
+    (`end of a fit` below), a wait a run pays once, not on every step. Timed with it, some
+    short fits read half speed (2 of 6 in the record of 2026-12-05 afternoon:
+    `500 898 809 807 500 854`)."""
     import gc
 
     import keras
