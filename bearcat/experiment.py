@@ -222,7 +222,8 @@ def outputs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     Why not `model.predict`: it builds a tf.data pipeline on each call, and dropping that
     pipeline's iterator waits for tf.data's autotuning thread to wake. Its naps double from
     10 ms, so a validation could take twice as long (6 of 11 calls on 1,000 images in one
-    probe; scripts/bench_data.py, the validation rows)."""
+    probe; scripts/bench_data.py, the validation rows). For Keras models only: `predict`
+    below also scores exported runtimes (ONNX, TFLite), which have only `predict_on_batch`."""
     if model.distribute_strategy.num_replicas_in_sync > 1:  # e.g. validation while training mirrored:
         # there predict_on_batch gives each replica the whole batch (16 rows back for 8 on 2 replicas)
         return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
