@@ -5,7 +5,6 @@ takes end to end. Used by `python -m bearcat.evaluate`."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import time
 from collections import Counter
@@ -278,13 +277,30 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
                                      max_items=cfg.gallery_size)
         artifacts.append((gallery, "predictions"))
     if cfg.gradcam:
-        from bearcat.gradcam import gradcam_sheet
-
-        n = min(int(cfg.gradcam_images), len(data))
-        captions = [f"{results[i]['result']} / {data.labels[i]}" for i in range(n)]
-        # the output folder holds each file where the MLflow run does: <folder>/<name>
-        sheet, layer = gradcam_sheet(predictor.model, data.images[:n], captions, out_dir / "gradcam" / "gradcam.png",
-                                     cfg.gradcam_layer)
-        (out_dir / "gradcam" / "gradcam.json").write_text(json.dumps({"layer": layer, "images": n}))
-        artifacts += [(sheet, "gradcam"), (out_dir / "gradcam" / "gradcam.json", "gradcam")]
+        artifacts += explain_readings(cfg, predictor, data, results, failed, out_dir / "gradcam")
     return metrics, artifacts
+
+
+def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int], out_dir) -> list[tuple[Path, str]]:
+    """`gradcam_images` test images, the failures first (why a reading went wrong is what a
+    heat map is wanted for): `gradcam.png` (a row per image: the whole reading, then each
+    character) and `gradcam.json` (layer, method, and per image its file, truth, reading and
+    each character's horizontal centre of heat in input pixels)."""
+    from bearcat.gradcam import centre_x, gradcam_sheet
+    from bearcat.modes.ctc import CTCMode
+
+    picked = set(failed)
+    order = (failed + [i for i in range(len(data)) if i not in picked])[:max(0, int(cfg.gradcam_images))]
+    captions = [f"{results[i]['result']} / {data.labels[i]}" for i in order]
+    vocabulary = predictor.mode.vocab if predictor.mode.text else None
+    sheet, found = gradcam_sheet(predictor.model, data.images[order], captions, out_dir / "gradcam.png",
+                                 cfg.gradcam_layer, str(cfg.gradcam_method), vocabulary,
+                                 merge_repeats=isinstance(predictor.mode, CTCMode))
+    rows = [{"file": str(data.paths[i]), "label": data.labels[i], "result": results[i]["result"],
+             "characters": [{"char": vocabulary.decode([cid]) if vocabulary else cid, "centre_x": centre_x(heat)}
+                            for cid, heat in chars]}
+            for i, chars in zip(order, found.characters)]
+    summary = Path(out_dir) / "gradcam.json"
+    write_json(summary, {"layer": found.layer, "method": found.method, "images": len(order), "readings": rows},
+               indent=1)
+    return [(sheet, "gradcam"), (summary, "gradcam")]

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bearcat import CONFIG_DIR
+from bearcat.checks import is_whole_number
 
 log = logging.getLogger("bearcat.evaluate")
 
@@ -111,6 +112,18 @@ def scored_samples(samples: list, mode, skipped: dict[str, int]) -> tuple[list, 
     return kept, unreachable
 
 
+def check_gradcam(cfg: DictConfig, runtime: str) -> None:
+    """Settings of the heat maps, checked before the evaluation spends its time."""
+    from bearcat.gradcam import METHODS
+
+    if runtime != "keras":
+        raise ValueError(f"gradcam=true explains the Keras model: it needs runtime=keras, not runtime={runtime}")
+    if cfg.gradcam_method not in METHODS:
+        raise ValueError(f"gradcam_method={cfg.gradcam_method}: choose one of {', '.join(METHODS)}")
+    if not is_whole_number(cfg.gradcam_images) or int(cfg.gradcam_images) < 1:
+        raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of test images to explain, at least 1")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
@@ -131,8 +144,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
         runtime = str(cfg.runtime)
-        if runtime != "keras" and cfg.gradcam:
-            raise ValueError(f"gradcam=true explains the Keras model: it needs runtime=keras, not runtime={runtime}")
+        if cfg.gradcam:
+            check_gradcam(cfg, runtime)
         # Another runtime scores an exported format (e.g. the 8-bit tflite_int8) on the same images.
         predictor = Predictor(bundle) if runtime == "keras" else load_predictor(bundle, runtime)
         cfg = evaluation_config(cfg, train_config, predictor.meta)

@@ -169,7 +169,15 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     kinds = json.loads((out / "analysis" / "failure_kinds.json").read_text())
     assert sum(kinds.values()) == metrics["test_failures"]
     assert all(metrics[f"test_failures_{k}"] == v for k, v in kinds.items())
-    assert json.loads((out / "gradcam" / "gradcam.json").read_text()) == {"layer": last_feature_map_layer(), "images": 4}
+    explained = json.loads((out / "gradcam" / "gradcam.json").read_text())
+    assert (explained["layer"], explained["method"], explained["images"]) == (last_feature_map_layer(), "hirescam", 4)
+    readings = explained["readings"]
+    assert len(readings) == 4
+    wrong = [r["result"] != r["label"] for r in readings]
+    assert wrong == sorted(wrong, reverse=True) and sum(wrong) == min(4, metrics["test_failures"])  # failures first
+    for r in readings:  # one map per character the greedy decoder read, in its order
+        assert "".join(c["char"] for c in r["characters"]) == r["result"]
+        assert all(c["centre_x"] is None or 0 <= c["centre_x"] <= 96 for c in r["characters"])
     assert metrics["test_label_suspects"] == metrics["test_failures"]
     rows = (out / "analysis" / "label_suspects.csv").read_text().splitlines()
     assert rows[0] == "file,label,prediction,confidence" and len(rows) == 1 + metrics["test_failures"]
@@ -203,17 +211,81 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
 def test_gradcam_heatmaps_for_a_chosen_layer(trained_run):
     import keras
 
-    from bearcat.gradcam import conv_layer, heatmaps
+    from bearcat.gradcam import conv_layer, explain
 
     model = keras.models.load_model(trained_run["output_dir"] / "model" / "model.keras", compile=False)
     h, w, c = model.input_shape[1:]
     images = np.random.default_rng(0).integers(0, 256, (3, h, w, c)).astype(np.uint8)
-    maps, layer = heatmaps(model, images, "block2_0_relu")
-    assert layer == "block2_0_relu" and maps.shape == (3, h, w)
-    assert maps.min() >= 0 and maps.max() <= 1
+    for method in ("hirescam", "gradcam"):
+        found = explain(model, images, "block2_0_relu", method, merge_repeats=True)
+        assert found.layer == "block2_0_relu" and found.maps.shape == (3, h, w)
+        assert found.maps.min() >= 0 and found.maps.max() <= 1
+        assert len(found.characters) == 3 and all(m.shape == (h, w) for chars in found.characters for _, m in chars)
     assert conv_layer(model).name == last_feature_map_layer(model)
     with pytest.raises(ValueError, match="gradcam_layer=nope: no such layer"):
         conv_layer(model, "nope")
+    with pytest.raises(ValueError, match="gradcam_method=cam: choose one of hirescam, gradcam"):
+        explain(model, images, method="cam")
+
+
+@pytest.mark.parametrize("override, message", [("gradcam_method=cam", "gradcam_method=cam: choose one of"),
+                                               ("gradcam_images=0", "gradcam_images=0: the number of test images")])
+def test_bad_heat_map_settings_are_refused_by_name(trained_run, tmp_path, monkeypatch, override, message):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            f"run_id={trained_run['run_id']}", "gradcam=true", override, f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(ValueError, match=message):
+        evaluate(cfg)
+    assert not (tmp_path / "eval" / "analysis").exists()  # refused before any work
+
+
+def test_character_positions_follow_the_decoder():
+    from bearcat.gradcam import character_positions
+
+    path = [0, 3, 3, 0, 3, 5, 5, 0]
+    assert character_positions(path, merge_repeats=True) == [[1, 2], [4], [5, 6]]  # CTC: "LL" needs the blank
+    assert character_positions(path, merge_repeats=False) == [[1], [2], [4], [5], [6]]  # a position each
+    assert character_positions([0, 0, 0], merge_repeats=True) == []
+
+
+def strip_reader():
+    """A model whose output position k sees only image columns 8k..8k+7 and reads class 1
+    at each of its 4 positions: the truth a per-character map must show."""
+    import keras
+    from keras import layers
+
+    image = keras.Input((8, 32, 1))
+    scaled = layers.Rescaling(1 / 255)(image)
+    features = layers.Conv2D(4, 1, activation="relu", kernel_initializer="ones", bias_initializer="ones",
+                             name="features")(scaled)
+    strips = layers.Reshape((4, 4))(layers.AveragePooling2D((8, 8))(features))  # (positions, channels)
+    weights = np.zeros((4, 3), np.float32)
+    weights[:, 1] = 0.1  # every channel speaks for class 1
+    probs = layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Constant(weights),
+                         bias_initializer=keras.initializers.Constant([0.0, 5.0, 0.0]))(strips)
+    return keras.Model(image, probs)
+
+
+def test_each_character_map_covers_the_columns_its_position_reads():
+    from bearcat.gradcam import centre_x, explain
+
+    model = strip_reader()
+    images = np.random.default_rng(0).integers(1, 256, (2, 8, 32, 1)).astype(np.uint8)
+    found = explain(model, images, "features", method="hirescam", merge_repeats=False)
+    for chars in found.characters:
+        assert [cid for cid, _ in chars] == [1, 1, 1, 1]
+        for k, (_, heat) in enumerate(chars):
+            inside = heat[:, 8 * k:8 * k + 8].sum()
+            assert heat.sum() > 0 and inside / heat.sum() > 0.99, (k, inside, heat.sum())
+            assert 8 * k <= centre_x(heat) <= 8 * k + 8
+    # classic Grad-CAM weights each channel by its mean gradient and so paints every column
+    spread = explain(model, images, "features", method="gradcam").characters[0][0][1]
+    assert spread[:, :8].sum() / spread.sum() < 0.5
+    # CTC merges the run "1111" into one character, read from all four strips
+    merged = explain(model, images, "features", method="hirescam", merge_repeats=True)
+    assert all(len(chars) == 1 for chars in merged.characters)
+    assert all((heat.sum(axis=0) > 0).mean() > 0.5 for chars in merged.characters for _, heat in chars)
 
 
 def test_labels_the_model_cannot_produce_are_scored_as_failures(trained_run, swust_copy, tmp_path, monkeypatch):
