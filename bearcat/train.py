@@ -125,8 +125,19 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
         if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
             callback.used_before = checkpointer.used_before
     model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-              steps_per_epoch=steps_per_epoch, verbose=cfg.trainer.verbose, shuffle=False)  # the data shuffles itself
+              steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
+              shuffle=False)  # the data shuffles itself
     checkpointer.finish()
+
+
+def progress_display(setting, stream=None) -> int:
+    """Keras `verbose` for trainer.verbose. auto: a progress bar on a terminal, else one line
+    per epoch, because a bar written to a file is redrawn there at every step (a 2-minute
+    swust run wrote 272 KB of it to its log)."""
+    if str(setting) == "auto":
+        stream = sys.stdout if stream is None else stream
+        return 1 if getattr(stream, "isatty", lambda: False)() else 2
+    return int(setting)
 
 
 TEXT_MONITORS = ("val_accuracy", "val_char_accuracy", "val_cer", "val_loss")
@@ -158,6 +169,8 @@ def check_settings(cfg: DictConfig) -> None:
     if t.get("freeze_backbone_epochs") and not cfg.get("init_from"):
         raise ValueError(f"trainer.freeze_backbone_epochs={t.freeze_backbone_epochs} would freeze a freshly "
                          "initialised backbone: set init_from=RUN (an earlier run's weights) or set it to 0")
+    if str(t.get("verbose")) != "auto" and t.get("verbose") not in (0, 1, 2) or isinstance(t.get("verbose"), bool):
+        raise ValueError(f"trainer.verbose={t.get('verbose')}: 0 (silent), 1 (a bar), 2 (a line per epoch) or auto")
     if str(t.get("epochs")) != "auto" and not is_whole_number(t.get("epochs")):
         raise ValueError(f"trainer.epochs={t.get('epochs')}: a whole number of epochs, or auto")
     for key, low in (("batch_size", 1), ("epochs", 1), ("auto_epochs", 1), ("auto_steps", 0),

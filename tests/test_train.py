@@ -35,10 +35,15 @@ def artifact_paths(run_id, path=""):
     return out
 
 
-def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, caplog):
-    cfg = make_cfg(TINY)
+def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, caplog, capfd):
+    cfg = make_cfg([*TINY, "trainer.verbose=auto"])
     with caplog.at_level(logging.INFO, logger="bearcat.train"):
         metrics = train(cfg)
+    # output to a pipe or file (here pytest's capture), not a terminal: a line per epoch, no bar
+    shown = capfd.readouterr().out
+    assert "\u2501" not in shown and "\r" not in shown, "the progress bar was drawn"
+    assert [line for line in shown.splitlines() if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
+    assert sum("val_accuracy" in line for line in shown.splitlines()) == 2
     run = run_of(metrics)
     assert run.info.status == "FINISHED"
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finished:")]
@@ -63,6 +68,19 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
         assert ev[key] == pytest.approx(run.data.metrics[key], abs=1e-6), key
     ev_run = mlflow.get_run(ev["mlflow_run_id"])
     assert ev_run.data.tags["mlflow.parentRunId"] == run.info.run_id
+
+
+def test_progress_display_auto_draws_a_bar_only_on_a_terminal(tmp_path):
+    from bearcat.train import progress_display
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    with open(tmp_path / "log", "w") as file:
+        assert progress_display("auto", file) == 2
+    assert progress_display("auto", Terminal()) == 1
+    assert [progress_display(v, Terminal()) for v in (0, 1, 2)] == [0, 1, 2]
 
 
 def test_auto_epochs_make_at_least_auto_steps_steps(make_cfg):
@@ -274,6 +292,8 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("mode=ctc_tiny mode.small_set_dropout=-0.1", r"mode.small_set_dropout=-0.1: a fraction"),
     ("mode=ctc_tiny mode.small_set_images=many", r"mode.small_set_images=many: a whole number of training images"),
     ("mode.rnn_unroll=sometimes", "mode.rnn_unroll=sometimes: true, false or auto"),
+    ("trainer.verbose=3", r"trainer.verbose=3: 0 \(silent\), 1 \(a bar\), 2 \(a line per epoch\) or auto"),
+    ("trainer.verbose=bar", "trainer.verbose=bar: 0"),
     ("mode=ordinary mode.unroll_min_steps=-1", "mode.unroll_min_steps=-1: a whole number of training steps"),
     ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
                           r"choose one of \['best_val_map', 'test_map'"),
