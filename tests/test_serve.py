@@ -113,6 +113,8 @@ def test_predict_answers_like_the_library(client, expected):
             client.post("/v1/predict", json={"image": "data:image/png;base64," + base64.b64encode(data).decode()}),
             client.post("/v1/predict", files={"file": (path.name, data, "image/png")}),
             client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"}),
+            # what `curl --data-binary @file` sends: the image's bytes labelled a form
+            client.post("/v1/predict", content=data, headers={"Content-Type": "application/x-www-form-urlencoded"}),
         ]
         for r in answers:
             assert r.status_code == 200, r.text
@@ -166,6 +168,7 @@ BAD_REQUESTS = {
     "LAB image": (dict(content=lab_tiff(), headers={"Content-Type": "image/tiff"}), 400, "cannot convert image"),
     "no file field": (dict(files={"upload": ("a.png", b"x", "image/png")}), 422, 'named "file"'),
     "wrong type": (dict(content=b"text", headers={"Content-Type": "text/plain"}), 415, "unsupported Content-Type"),
+    "a real form": (dict(data={"image": "x"}), 415, '-H "Content-Type: image/png"'),
     "too large": (dict(content=b"\0" * 300_000, headers={"Content-Type": "image/png"}), 413, "exceeds the limit"),
     "bomb": (dict(content=png_bytes(4000, 4000), headers={"Content-Type": "image/png"}), 413, "pixels exceeds"),
 }

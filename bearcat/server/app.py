@@ -25,7 +25,7 @@ from bearcat.click import check_prompt, clean_prompt, order_clicks
 
 from bearcat.data.preprocess import ImageError, preprocess
 from bearcat.server.batcher import Batcher
-from bearcat.server.codec import RequestError, image_bytes
+from bearcat.server.codec import RequestError, image_bytes, looks_like_image
 
 PAGE = Path(__file__).with_name("page.html")
 log = logging.getLogger("bearcat.serve")
@@ -99,8 +99,11 @@ async def image_from_request(request: Request, limit: int) -> bytes:
         if not body:
             raise HTTPProblem(400, "empty image body")
         return body
+    if kind in ("", "application/x-www-form-urlencoded") and looks_like_image(body):
+        return body  # `curl --data-binary @captcha.png` labels the file a form: its bytes say otherwise
     raise HTTPProblem(415, f"unsupported Content-Type {kind or '(none)'!r}: send application/json "
-                           '{"image": "<base64>"}, multipart/form-data with a "file", or image/* bytes')
+                           '{"image": "<base64>"}, multipart/form-data with a "file", or image/* bytes '
+                           '(curl: -F file=@captcha.png, or --data-binary @captcha.png -H "Content-Type: image/png")')
 
 
 async def prompt_from_request(request: Request, names=()) -> str:

@@ -33,3 +33,12 @@ def image_bytes(value, field: str = "image") -> bytes:
     if not data:
         raise RequestError(f"{field}: empty image")
     return data
+
+
+# The first bytes of the formats PIL reads that captchas come in.
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether `data` starts as an image file does (WebP: RIFF....WEBP)."""
+    return data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
