@@ -136,6 +136,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
+    if cfg.gradcam:
+        check_gradcam(cfg, str(cfg.runtime))
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)
@@ -144,8 +146,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
         runtime = str(cfg.runtime)
-        if cfg.gradcam:
-            check_gradcam(cfg, runtime)
         # Another runtime scores an exported format (e.g. the 8-bit tflite_int8) on the same images.
         predictor = Predictor(bundle) if runtime == "keras" else load_predictor(bundle, runtime)
         cfg = evaluation_config(cfg, train_config, predictor.meta)
