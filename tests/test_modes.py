@@ -74,8 +74,14 @@ def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
     assert "test_char_accuracy" not in logged  # not a text mode
     assert 0.0 <= logged["test_accuracy"] <= logged["test_top5_accuracy"] <= 1.0
     # evaluate from the run id scores the same bundle on the same test split the same way
-    eval_cfg = make_cfg([f"run_id={metrics['mlflow_run_id']}"], config_name="evaluate", output="eval")
+    eval_cfg = make_cfg([f"run_id={metrics['mlflow_run_id']}", "gradcam=true", "gradcam_images=3"],
+                        config_name="evaluate", output="eval")
     ev = evaluate(eval_cfg)
+    # a class has no characters: one heat map per image, of its top class
+    explained = json.loads((Path(eval_cfg.paths.output_dir) / "gradcam" / "gradcam.json").read_text())
+    assert [r["characters"] for r in explained["readings"]] == [[], [], []]
+    assert all(r["result"] in SHAPES for r in explained["readings"])
+    assert (Path(eval_cfg.paths.output_dir) / "gradcam" / "gradcam.png").is_file()
     for key in ("test_accuracy", "test_top5_accuracy"):
         assert ev[key] == pytest.approx(logged[key], abs=1e-6), key
     # per-class recall over whole class names; no character-level tables for classes
