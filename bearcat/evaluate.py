@@ -144,6 +144,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if read_meta(bundle)["mode"]["name"] == "efficientdet":  # boxes: scored by mAP
             from bearcat.detection.evaluate import evaluate_detection
 
+            if cfg.gradcam:
+                log.warning("gradcam=true: heat maps explain text and class models; a detector gets none")
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
         runtime = str(cfg.runtime)
         # Another runtime scores an exported format (e.g. the 8-bit tflite_int8) on the same images.

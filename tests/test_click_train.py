@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -231,11 +232,13 @@ def test_onnx_export_of_a_detector_passes_parity_and_serves(click_run):
     assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
 
 
-def test_evaluate_scores_a_detection_run(click_run):
+def test_evaluate_scores_a_detection_run(click_run, caplog):
     from bearcat.evaluate import evaluate
 
     root = click_run["root"]
-    metrics = _run_job(click_run, evaluate, "evaluate", [])
+    with caplog.at_level(logging.WARNING, logger="bearcat.evaluate"):
+        metrics = _run_job(click_run, evaluate, "evaluate", ["gradcam=true"])
+    assert "a detector gets none" in caplog.text  # said, not silently skipped
     assert metrics["test_images"] == 6
     # the same model on the same split: the training run's own test figures
     assert metrics["test_map"] == pytest.approx(click_run["metrics"]["test_map"], abs=1e-6)
