@@ -285,7 +285,7 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
     """`gradcam_images` test images, the failures first (why a reading went wrong is what a
     heat map is wanted for): `gradcam.png` (a row per image: the whole reading, then each
     character) and `gradcam.json` (layer, method, and per image its file, truth, reading and
-    each character's horizontal centre of heat in input pixels)."""
+    each character's probability and horizontal centre of heat in input pixels)."""
     from bearcat.gradcam import centre_x, gradcam_sheet
     from bearcat.modes.ctc import CTCMode
 
@@ -297,9 +297,9 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
                                  cfg.gradcam_layer, str(cfg.gradcam_method), vocabulary,
                                  merge_repeats=isinstance(predictor.mode, CTCMode))
     rows = [{"file": str(data.paths[i]), "label": data.labels[i], "result": results[i]["result"],
-             "characters": [{"char": vocabulary.decode([cid]) if vocabulary else cid, "centre_x": centre_x(heat)}
-                            for cid, heat in chars]}
-            for i, chars in zip(order, found.characters)]
+             "characters": [{"char": vocabulary.decode([cid]) if vocabulary else cid, "probability": round(p, 4),
+                             "centre_x": centre_x(heat)} for (cid, heat), p in zip(chars, chances)]}
+            for i, chars, chances in zip(order, found.characters, found.probabilities)]
     summary = Path(out_dir) / "gradcam.json"
     write_json(summary, {"layer": found.layer, "method": found.method, "images": len(order), "readings": rows},
                indent=1)

@@ -66,11 +66,13 @@ def character_positions(top, merge_repeats: bool) -> list[list[int]]:
 @dataclass
 class Explanation:
     """Heat maps in [0, 1] at the input's size: `maps` (N, H, W) for each whole reading,
-    `characters[i]` one (class id, (H, W) map) per character of image i, left to right."""
+    `characters[i]` one (class id, (H, W) map) per character of image i, left to right,
+    and `probabilities[i]` each character's probability (the highest over its positions)."""
     layer: str
     method: str
     maps: np.ndarray
     characters: list[list[tuple[int, np.ndarray]]] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)
 
 
 def _resized(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -96,8 +98,10 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
         logp = tf.math.log(tf.reduce_max(probs, axis=-1) + EPS)
         if len(probs.shape) == 2:  # one label per image
             chars, ids, overall, per_char = [[] for _ in images], [[] for _ in images], logp, []
+            top_p = None
         else:
             top = tf.argmax(probs, axis=-1).numpy()
+            top_p = tf.reduce_max(probs, axis=-1).numpy()
             chars = [character_positions(row, merge_repeats) for row in top]
             ids = [[int(top[i, p[0]]) for p in positions] for i, positions in enumerate(chars)]
             reading = np.zeros(top.shape, np.float32)
@@ -123,7 +127,9 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
     char_cams = [cams(score) for score in per_char]
     characters = [[(ids[i][k], _resized(char_cams[k][i], height, width)) for k in range(len(chars[i]))]
                   for i in range(len(images))]
-    return Explanation(layer.name, method, maps, characters)
+    chances = [[float(top_p[i, p].max()) for p in positions] if top_p is not None else []
+               for i, positions in enumerate(chars)]
+    return Explanation(layer.name, method, maps, characters, chances)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -151,12 +157,13 @@ def gradcam_sheet(model, images: np.ndarray, captions: list[str], path, layer_na
     columns = 1 + max(map(len, found.characters), default=0)
     blank = np.full((*images.shape[1:3], 3), 255, np.uint8)
     tiles, texts = [], []
-    for image, heat, chars, caption in zip(images, found.maps, found.characters, captions):
+    for image, heat, chars, chances, caption in zip(images, found.maps, found.characters, found.probabilities,
+                                                    captions):
         tiles.append(overlay(image, heat))
         texts.append(caption)
-        for k, (cid, char_heat) in enumerate(chars):
+        for k, ((cid, char_heat), p) in enumerate(zip(chars, chances)):
             tiles.append(overlay(image, char_heat))
-            texts.append(f"{k + 1}: {vocabulary.decode([cid]) if vocabulary is not None else cid}")
+            texts.append(f"{k + 1}: {vocabulary.decode([cid]) if vocabulary is not None else cid} ({p:.2f})")
         tiles += [blank] * (columns - 1 - len(chars))
         texts += [""] * (columns - 1 - len(chars))
     return contact_sheet(np.stack(tiles), texts, path, columns=columns, scale=2), found

@@ -178,6 +178,7 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     for r in readings:  # one map per character the greedy decoder read, in its order
         assert "".join(c["char"] for c in r["characters"]) == r["result"]
         assert all(c["centre_x"] is None or 0 <= c["centre_x"] <= 96 for c in r["characters"])
+        assert all(0 < c["probability"] <= 1 for c in r["characters"])
     assert metrics["test_label_suspects"] == metrics["test_failures"]
     rows = (out / "analysis" / "label_suspects.csv").read_text().splitlines()
     assert rows[0] == "file,label,prediction,confidence" and len(rows) == 1 + metrics["test_failures"]
@@ -273,8 +274,10 @@ def test_each_character_map_covers_the_columns_its_position_reads():
     model = strip_reader()
     images = np.random.default_rng(0).integers(1, 256, (2, 8, 32, 1)).astype(np.uint8)
     found = explain(model, images, "features", method="hirescam", merge_repeats=False)
-    for chars in found.characters:
+    for chars, chances in zip(found.characters, found.probabilities):
         assert [cid for cid, _ in chars] == [1, 1, 1, 1]
+        # each position: softmax of logits 5 + 0.1 * (mean feature) against two of about 0: over 0.98
+        assert len(chances) == 4 and all(0.98 < p < 1 for p in chances)
         for k, (_, heat) in enumerate(chars):
             inside = heat[:, 8 * k:8 * k + 8].sum()
             assert heat.sum() > 0 and inside / heat.sum() > 0.99, (k, inside, heat.sum())
