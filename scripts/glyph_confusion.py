@@ -121,6 +121,7 @@ def main(argv=None) -> int:
 
     from bearcat.atomic import write_json
     from bearcat.callbacks import PreciseBatchNorm
+    from bearcat.experiment import outputs
 
     chars = expand(args.charset)
     if len(set(chars)) != len(chars) or len(chars) < 2:
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     # BatchNorm statistics re-estimated after each epoch, as Bearcat's training does (they lag the weights)
     model.fit(x[held:], y[held:], batch_size=64, epochs=args.epochs, verbose=2,
               callbacks=[PreciseBatchNorm(x[held:], 2048, args.seed)])
-    predicted = model.predict(x[:held], batch_size=256, verbose=0).argmax(1)
+    predicted = outputs(model, x[:held]).argmax(1)  # not model.predict: see bearcat.experiment.outputs
     truth = y[:held]
     confusion = np.zeros((len(chars), len(chars)), np.int64)
     np.add.at(confusion, (truth, predicted), 1)
