@@ -286,19 +286,19 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
     heat map is wanted for): `gradcam.png` (a row per image: the whole reading, then each
     character) and `gradcam.json` (layer, method, and per image its file, truth, reading and
     each character's probability and horizontal centre of heat in input pixels)."""
-    from bearcat.gradcam import centre_x, gradcam_sheet
+    from bearcat.gradcam import centre_x, explain, gradcam_sheet
     from bearcat.modes.ctc import CTCMode
 
     picked = set(failed)
     order = (failed + [i for i in range(len(data)) if i not in picked])[:max(0, int(cfg.gradcam_images))]
+    found = explain(predictor.model, data.images[order], cfg.gradcam_layer, str(cfg.gradcam_method),
+                    merge_repeats=isinstance(predictor.mode, CTCMode))
+    char_name = (lambda cid: predictor.mode.vocab.decode([cid])) if predictor.mode.text else str
     captions = [f"{results[i]['result']} / {data.labels[i]}" for i in order]
-    vocabulary = predictor.mode.vocab if predictor.mode.text else None
-    sheet, found = gradcam_sheet(predictor.model, data.images[order], captions, out_dir / "gradcam.png",
-                                 cfg.gradcam_layer, str(cfg.gradcam_method), vocabulary,
-                                 merge_repeats=isinstance(predictor.mode, CTCMode))
+    sheet = gradcam_sheet(data.images[order], found, captions, out_dir / "gradcam.png", char_name)
     rows = [{"file": str(data.paths[i]), "label": data.labels[i], "result": results[i]["result"],
-             "characters": [{"char": vocabulary.decode([cid]) if vocabulary else cid, "probability": round(p, 4),
-                             "centre_x": centre_x(heat)} for (cid, heat), p in zip(chars, chances)]}
+             "characters": [{"char": char_name(cid), "probability": round(p, 4), "centre_x": centre_x(heat)}
+                            for (cid, heat), p in zip(chars, chances)]}
             for i, chars, chances in zip(order, found.characters, found.probabilities)]
     summary = Path(out_dir) / "gradcam.json"
     write_json(summary, {"layer": found.layer, "method": found.method, "images": len(order), "readings": rows},

@@ -114,12 +114,11 @@ def scored_samples(samples: list, mode, skipped: dict[str, int]) -> tuple[list, 
 
 def check_gradcam(cfg: DictConfig, runtime: str) -> None:
     """Settings of the heat maps, checked before the evaluation spends its time."""
-    from bearcat.gradcam import METHODS
+    from bearcat.gradcam import check_method
 
     if runtime != "keras":
         raise ValueError(f"gradcam=true explains the Keras model: it needs runtime=keras, not runtime={runtime}")
-    if cfg.gradcam_method not in METHODS:
-        raise ValueError(f"gradcam_method={cfg.gradcam_method}: choose one of {', '.join(METHODS)}")
+    check_method(cfg.gradcam_method)
     if not is_whole_number(cfg.gradcam_images) or int(cfg.gradcam_images) < 1:
         raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of test images to explain, at least 1")
 

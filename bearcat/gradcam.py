@@ -21,6 +21,7 @@ every character's, or every position when all are blank (reserved id 0). One-lab
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -82,14 +83,18 @@ def _resized(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"gradcam_method={method}: choose one of {', '.join(METHODS)}")
+
+
 def explain(model, images: np.ndarray, layer_name: str | None = None, method: str = "hirescam",
             merge_repeats: bool = False) -> Explanation:
     """Heat maps of `images` (N, H, W, C) for the whole reading and for each character."""
     import keras
     import tensorflow as tf
 
-    if method not in METHODS:
-        raise ValueError(f"gradcam_method={method}: choose one of {', '.join(METHODS)}")
+    check_method(method)
     layer = conv_layer(model, layer_name)
     probe = keras.Model(model.inputs, [layer.output, model.output])
     x = tf.constant(images, tf.float32)
@@ -97,13 +102,14 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
         features, probs = probe(x, training=False)
         logp = tf.math.log(tf.reduce_max(probs, axis=-1) + EPS)
         if len(probs.shape) == 2:  # one label per image
-            chars, ids, overall, per_char = [[] for _ in images], [[] for _ in images], logp, []
-            top_p = None
+            chars, ids, chances = ([[] for _ in images] for _ in range(3))
+            overall, per_char = logp, []
         else:
             top = tf.argmax(probs, axis=-1).numpy()
             top_p = tf.reduce_max(probs, axis=-1).numpy()
             chars = [character_positions(row, merge_repeats) for row in top]
             ids = [[int(top[i, p[0]]) for p in positions] for i, positions in enumerate(chars)]
+            chances = [[float(top_p[i, p].max()) for p in positions] for i, positions in enumerate(chars)]
             reading = np.zeros(top.shape, np.float32)
             for i, positions in enumerate(chars):
                 reading[i, [t for p in positions for t in p] or slice(None)] = 1.0  # all blank: every position
@@ -127,8 +133,6 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
     char_cams = [cams(score) for score in per_char]
     characters = [[(ids[i][k], _resized(char_cams[k][i], height, width)) for k in range(len(chars[i]))]
                   for i in range(len(images))]
-    chances = [[float(top_p[i, p].max()) for p in positions] if top_p is not None else []
-               for i, positions in enumerate(chars)]
     return Explanation(layer.name, method, maps, characters, chances)
 
 
@@ -148,12 +152,9 @@ def centre_x(heat: np.ndarray) -> float | None:
     return float((columns * (np.arange(len(columns)) + 0.5)).sum() / columns.sum())
 
 
-def gradcam_sheet(model, images: np.ndarray, captions: list[str], path, layer_name: str | None = None,
-                  method: str = "hirescam", vocabulary=None, merge_repeats: bool = False):
-    """A contact sheet, one row per image: the whole reading's map (captioned), then one map
-    per character read, captioned with the character (`vocabulary` turns ids into text).
-    Returns (path, explanation)."""
-    found = explain(model, images, layer_name, method, merge_repeats)
+def gradcam_sheet(images: np.ndarray, found: Explanation, captions: list[str], path, char_name=str) -> Path:
+    """A contact sheet of `found`, one row per image: the whole reading's map (captioned),
+    then one map per character read, captioned with `char_name(class id)` and its probability."""
     columns = 1 + max(map(len, found.characters), default=0)
     blank = np.full((*images.shape[1:3], 3), 255, np.uint8)
     tiles, texts = [], []
@@ -163,7 +164,7 @@ def gradcam_sheet(model, images: np.ndarray, captions: list[str], path, layer_na
         texts.append(caption)
         for k, ((cid, char_heat), p) in enumerate(zip(chars, chances)):
             tiles.append(overlay(image, char_heat))
-            texts.append(f"{k + 1}: {vocabulary.decode([cid]) if vocabulary is not None else cid} ({p:.2f})")
+            texts.append(f"{k + 1}: {char_name(cid)} ({p:.2f})")
         tiles += [blank] * (columns - 1 - len(chars))
         texts += [""] * (columns - 1 - len(chars))
-    return contact_sheet(np.stack(tiles), texts, path, columns=columns, scale=2), found
+    return contact_sheet(np.stack(tiles), texts, path, columns=columns, scale=2)

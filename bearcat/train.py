@@ -169,7 +169,7 @@ def check_settings(cfg: DictConfig) -> None:
     if t.get("freeze_backbone_epochs") and not cfg.get("init_from"):
         raise ValueError(f"trainer.freeze_backbone_epochs={t.freeze_backbone_epochs} would freeze a freshly "
                          "initialised backbone: set init_from=RUN (an earlier run's weights) or set it to 0")
-    if str(t.get("verbose")) != "auto" and t.get("verbose") not in (0, 1, 2) or isinstance(t.get("verbose"), bool):
+    if not (str(t.get("verbose")) == "auto" or is_number(t.get("verbose")) and t.verbose in (0, 1, 2)):
         raise ValueError(f"trainer.verbose={t.get('verbose')}: 0 (silent), 1 (a bar), 2 (a line per epoch) or auto")
     if str(t.get("epochs")) != "auto" and not is_whole_number(t.get("epochs")):
         raise ValueError(f"trainer.epochs={t.get('epochs')}: a whole number of epochs, or auto")
