@@ -7,6 +7,7 @@ so preprocessing at serving time cannot drift from training.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bearcat.modes import build_mode
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.keras"
 FORMAT = "bearcat-bundle/1"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id
 
 
 def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None = None) -> Path:
@@ -104,8 +106,6 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
     model = str(model)
     if bundle_member(model):
         return Path(model).parent
-    from bearcat.warmstart import RUN_ID, locate_init_bundle
-
     # MLflow only for the registry or a run id: a local bundle starts without importing it,
     # and a mistyped path fails on its name without opening (or creating) a tracking store.
     if model.startswith("models:/") or (not Path(model).exists() and RUN_ID.match(model)):
@@ -116,6 +116,28 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
         if model.startswith("models:/"):
             return tracking.download_model(model, workdir)
     return locate_init_bundle(model, workdir, key=key)[0]
+
+
+def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> tuple[Path, str | None]:
+    """init_from (a bundle folder, a run output folder or an MLflow run id) -> (bundle
+    folder, source run id if known). `key` names the setting in error messages."""
+    path = Path(str(init_from))
+    if path.exists():
+        for folder in (path, path / "model"):
+            if (folder / BUNDLE_FILE).is_file():
+                return folder, read_meta(folder).get("mlflow_run_id")
+        raise FileNotFoundError(f"{key}={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+    if not RUN_ID.match(str(init_from)):
+        raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
+    from bearcat import tracking
+
+    fetched = Path(workdir) / str(init_from)
+    if (fetched / "model" / BUNDLE_FILE).is_file():  # fetched into this workdir before (a run reads it twice)
+        return fetched / "model", str(init_from)
+    try:
+        return tracking.download_artifacts(str(init_from), "model", str(fetched)), str(init_from)
+    except Exception as err:  # MLflow raises several types for an unknown run or artifact
+        raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
 
 
 def bundle_member(model) -> bool:

@@ -88,7 +88,7 @@ def training_config(name: str, folder: Path) -> Path | None:
     """The training config of a model (config.yaml beside its bundle in a run folder, or its
     MLflow run's, fetched beside the fetched bundle); None when neither exists."""
     from bearcat import tracking
-    from bearcat.warmstart import RUN_ID
+    from bearcat.bundle import RUN_ID
 
     beside = Path(folder).parent / "config.yaml"
     if not beside.is_file() and RUN_ID.match(name) and not Path(name).exists():

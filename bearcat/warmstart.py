@@ -11,39 +11,13 @@ report, which train.py logs to MLflow (params, tags and `init_from.json`).
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import keras
 
+from bearcat.bundle import locate_init_bundle
+
 log = logging.getLogger(__name__)
-
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> tuple[Path, str | None]:
-    """init_from (a bundle folder, a run output folder or an MLflow run id) -> (bundle
-    folder, source run id if known). `key` names the setting in error messages."""
-    from bearcat.bundle import BUNDLE_FILE, read_meta
-
-    path = Path(str(init_from))
-    if path.exists():
-        for folder in (path, path / "model"):
-            if (folder / BUNDLE_FILE).is_file():
-                return folder, read_meta(folder).get("mlflow_run_id")
-        raise FileNotFoundError(f"{key}={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
-    if not RUN_ID.match(str(init_from)):
-        raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
-    from bearcat import tracking
-
-    fetched = Path(workdir) / str(init_from)
-    if (fetched / "model" / BUNDLE_FILE).is_file():  # fetched into this workdir before (a run reads it twice)
-        return fetched / "model", str(init_from)
-    try:
-        return tracking.download_artifacts(str(init_from), "model", str(fetched)), str(init_from)
-    except Exception as err:  # MLflow raises several types for an unknown run or artifact
-        raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
-
 
 def earlier_vocabulary(cfg, out_dir: Path, workdir: str) -> list[str] | None:
     """The init_from model's vocabulary when init_from_vocabulary=true, else None. Kept in

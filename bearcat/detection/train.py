@@ -102,7 +102,7 @@ def load_recogniser(cfg: DictConfig, workdir: str):
     if not cfg.mode.get("recogniser"):
         return None, None
     from bearcat.bundle import Predictor
-    from bearcat.warmstart import locate_init_bundle
+    from bearcat.bundle import locate_init_bundle
 
     folder, _ = locate_init_bundle(str(cfg.mode.recogniser), workdir, key="mode.recogniser")
     predictor = Predictor(folder)
