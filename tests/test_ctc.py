@@ -31,6 +31,47 @@ def test_decode_repeats_blanks_and_empty(decoder):
     assert sharper["result"] == "AAB" and sharper["confidence"] > results[0]["confidence"]
 
 
+def softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_wide_beam_search_finds_the_most_probable_text():
+    """Against every alignment summed per text: a beam as wide as the number of texts finds
+    the most probable one, where greedy decoding (the most probable path) often does not."""
+    import itertools
+
+    from bearcat.modes.ctc import beam_search, text_probability
+
+    rng = np.random.default_rng(5)
+    steps, classes, greedy_misses = 6, 3, 0
+    texts = {tuple(collapse(np.array(p))) for p in itertools.product(range(classes), repeat=steps)}
+    for _ in range(40):
+        probs = softmax(rng.normal(size=(steps, classes)))
+        best = max(texts, key=lambda t: text_probability(probs, list(t)))
+        assert beam_search(probs, len(texts)) == list(best)
+        greedy_misses += collapse(probs.argmax(-1)) != list(best)
+    assert greedy_misses >= 5  # the cases are ones where the search matters
+
+
+def test_beam_search_reads_as_tensorflows_decoder():
+    """The NumPy beam search against keras.ops.ctc_decode (TensorFlow's beam search) on
+    peaked outputs of the default model's shape: they agree on nearly every one (a
+    near-tie may be broken differently)."""
+    import keras
+
+    from bearcat.modes.ctc import beam_search
+
+    rng = np.random.default_rng(2)
+    probs = softmax(rng.normal(size=(200, 48, 37)) * 3.0).astype(np.float32)
+    for width in (1, 3, 10):
+        decoded, _ = keras.ops.ctc_decode(np.log(probs + 1e-7), np.full(200, 48, np.int32), strategy="beam_search",
+                                          beam_width=width, mask_index=0)
+        theirs = [[int(i) for i in row if i > 0] for row in np.asarray(decoded[0])]
+        same = sum(beam_search(p, width) == t for p, t in zip(probs, theirs))
+        assert same >= 196, (width, same)
+
+
 def test_confidence_is_the_text_probability_over_all_alignments():
     import itertools
 

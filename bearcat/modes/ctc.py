@@ -62,6 +62,52 @@ def collapse(ids: np.ndarray) -> list[int]:
     return out
 
 
+def beam_search(probs: np.ndarray, width: int) -> list[int]:
+    """CTC prefix beam search over one (time, classes) softmax output (blank = 0).
+
+    Keeps the `width` most probable texts at each step, each scored over every alignment
+    that spells it so far, split into alignments ending in a blank and in its last
+    character. In NumPy, a step's candidates scored as one array, so reading needs no
+    TensorFlow. Wide enough, it finds the most probable text (tests/test_ctc.py)."""
+    logp = np.log(np.asarray(probs, np.float64) + EPS)
+    classes = logp.shape[1]
+    width = max(1, int(width))
+    texts = [()]
+    ends_blank, ends_char = np.zeros(1), np.full(1, -np.inf)
+    for step in logp:
+        total = np.logaddexp(ends_blank, ends_char)
+        last = np.array([t[-1] if t else 0 for t in texts])
+        has_last = np.array([bool(t) for t in texts])
+        # the text stays: a blank, or its last character again (CTC merges the repeat)
+        stay_blank = total + step[0]
+        stay_char = np.where(has_last, ends_char + step[last], -np.inf)
+        # one character more; the same character again only after a blank
+        grow = total[:, None] + step[None, :]
+        rows = np.flatnonzero(has_last)
+        grow[rows, last[rows]] = ends_blank[rows] + step[last[rows]]
+        grow[:, 0] = -np.inf
+        # a child that is already a beam adds to that beam's score instead of standing alone
+        index = {t: i for i, t in enumerate(texts)}
+        for j, t in enumerate(texts):
+            parent = index.get(t[:-1]) if t else None
+            if parent is not None:
+                stay_char[j] = np.logaddexp(stay_char[j], grow[parent, t[-1]])
+                grow[parent, t[-1]] = -np.inf
+        scores = np.concatenate([np.logaddexp(stay_blank, stay_char), grow.ravel()])
+        keep = np.argpartition(-scores, width)[:width] if width < len(scores) else np.arange(len(scores))
+        keep = keep[np.isfinite(scores[keep])]
+        n = len(texts)
+        new_texts, blank, char = [], [], []
+        for k in keep.tolist():
+            if k < n:
+                new_texts.append(texts[k]); blank.append(stay_blank[k]); char.append(stay_char[k])
+            else:
+                i, c = divmod(k - n, classes)
+                new_texts.append(texts[i] + (c,)); blank.append(-np.inf); char.append(grow[i, c])
+        texts, ends_blank, ends_char = new_texts, np.array(blank), np.array(char)
+    return list(texts[int(np.argmax(np.logaddexp(ends_blank, ends_char)))])
+
+
 def padded_ids(vocab, labels: list[str], max_length: int) -> np.ndarray:
     """Labels -> (N, max_length) int32 character ids; id 0 pads short labels (the blank)."""
     out = np.zeros((len(labels), max_length), np.int32)
@@ -205,13 +251,7 @@ class CTCMode(Mode):
     def decode(self, probs):
         probs = np.asarray(probs)
         if self.options["decoder"] == "beam_search":
-            import keras
-
-            lengths = np.full((len(probs),), probs.shape[1], np.int32)
-            decoded, _ = keras.ops.ctc_decode(np.log(probs + EPS), lengths, strategy="beam_search",
-                                              beam_width=self.options["beam_width"], mask_index=0)
-            paths = np.asarray(decoded[0])
-            ids = [[i for i in row if i > 0] for row in paths]
+            ids = [beam_search(p, int(self.options["beam_width"])) for p in probs]
         else:
             ids = [collapse(row) for row in probs.argmax(axis=-1)]
         texts = [self.vocab.decode(row) for row in ids]
