@@ -57,16 +57,38 @@ def read_meta(folder) -> dict:
     return meta
 
 
+def decoding_override(mode_name: str, decoding: dict | None) -> dict:
+    """The reading-time `decoder` / `beam_width` settings that are set (None = the model's
+    own, from training), checked: only CTC models choose how they decode."""
+    chosen = {k: v for k, v in (decoding or {}).items() if v is not None}
+    if not chosen:
+        return {}
+    if mode_name not in ("ctc", "ctc_tiny"):
+        key, value = next(iter(chosen.items()))
+        raise ValueError(f"{key}={value}: decoder and beam_width are for ctc and ctc_tiny models; "
+                         f"this model's mode is {mode_name} (leave them null)")
+    from bearcat.modes.ctc import check_decoder
+
+    check_decoder(chosen.get("decoder", "greedy"), chosen.get("beam_width", 1), prefix="")
+    return chosen
+
+
+def decoding_settings(cfg) -> dict:
+    """`decoder` and `beam_width` of an evaluate, predict, serve or label config."""
+    return {"decoder": cfg.get("decoder"), "beam_width": cfg.get("beam_width")}
+
+
 class Predictor:
     """Images in, {"result", "confidence", "time_ms"} out, through the shared preprocess."""
 
-    def __init__(self, folder, model=None):
+    def __init__(self, folder, model=None, decoding: dict | None = None):
         meta = read_meta(folder)
         self.folder = Path(folder)
         self.meta = meta
         self.pre = PreprocessConfig.from_dict(meta["preprocess"])
         mode_cfg = dict(meta["mode"])
-        self.mode = build_mode(mode_cfg.pop("name"), Vocabulary(meta["vocabulary"]), **mode_cfg)
+        name = mode_cfg.pop("name")
+        self.mode = build_mode(name, Vocabulary(meta["vocabulary"]), **mode_cfg | decoding_override(name, decoding))
         if model is None:  # Keras only when no other runtime is given (bearcat.runtime)
             model = load_keras(self.folder / MODEL_FILE)
         self.model = model

@@ -126,7 +126,7 @@ def check_gradcam(cfg: DictConfig, runtime: str) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
-    from bearcat.bundle import Predictor, read_meta
+    from bearcat.bundle import Predictor, decoding_override, decoding_settings, read_meta
     from bearcat.data.pipeline import load_split
     from bearcat.data.sources import SPLITS
     from bearcat.experiment import load_sources, predict, test_metrics
@@ -140,7 +140,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)
-        if read_meta(bundle)["mode"]["name"] == "efficientdet":  # boxes: scored by mAP
+        mode_name = read_meta(bundle)["mode"]["name"]
+        decoding = decoding_settings(cfg)
+        decoding_override(mode_name, decoding)  # a setting the model has not is refused before any work
+        if mode_name == "efficientdet":  # boxes: scored by mAP
             from bearcat.detection.evaluate import evaluate_detection
 
             if cfg.gradcam:
@@ -148,7 +151,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             return evaluate_detection(cfg, bundle, train_config, source_run, experiment_id)
         runtime = str(cfg.runtime)
         # Another runtime scores an exported format (e.g. the 8-bit tflite_int8) on the same images.
-        predictor = Predictor(bundle) if runtime == "keras" else load_predictor(bundle, runtime)
+        predictor = (Predictor(bundle, decoding=decoding) if runtime == "keras"
+                     else load_predictor(bundle, runtime, decoding=decoding))
         cfg = evaluation_config(cfg, train_config, predictor.meta)
         mode, pre = predictor.mode, predictor.pre
         splits = load_sources(cfg)
@@ -178,7 +182,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=source_run) as run:
         tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
                              "split": cfg.split, "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run),
-                             "runtime": runtime})
+                             "runtime": runtime, **{k: v for k, v in mode.options.items() if k in decoding}})
         tracking.log_metrics(metrics | {f"skipped_{k.replace(' ', '_')}": v for k, v in skipped.items()})
         tracking.log_artifact(gallery, "predictions")
         tracking.log_artifact(out_dir / "metrics.json")

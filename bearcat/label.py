@@ -33,11 +33,11 @@ def build_label_app(cfg: DictConfig, workdir: str):
         raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
     predictor, name = None, None
     if cfg.get("model"):
-        from bearcat.bundle import resolve_model
+        from bearcat.bundle import decoding_settings, resolve_model
         from bearcat.runtime import load_predictor, named_runtime
 
         folder = resolve_model(cfg.model, workdir, cfg.mlflow)
-        predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads)
+        predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads, decoding_settings(cfg))
         name = str(cfg.model)
     queue = LabelQueue(source, out, predictor, labels_file=cfg.get("labels_file"))
     return create_label_app(queue, name), queue

@@ -80,7 +80,7 @@ def print_readings(rows: list[tuple[Path, dict]]) -> None:
 
 def predict(cfg: DictConfig) -> dict:
     """Read every image `cfg.images` names; returns a summary (counts, time, out file)."""
-    from bearcat.bundle import predict_files, resolve_model
+    from bearcat.bundle import decoding_settings, predict_files, resolve_model
     from bearcat.runtime import load_predictor, named_runtime
 
     out = Path(cfg.out) if cfg.get("out") else None
@@ -91,7 +91,7 @@ def predict(cfg: DictConfig) -> dict:
     paths = image_paths(cfg.images, bool(cfg.recursive))
     with tempfile.TemporaryDirectory() as workdir:
         predictor = load_predictor(resolve_model(cfg.model, workdir, cfg.mlflow), named_runtime(cfg.model, cfg.runtime),
-                                   cfg.threads)
+                                   cfg.threads, decoding_settings(cfg))
         start = time.perf_counter()
         results, failed = predict_files(predictor, paths, int(cfg.batch_size))
         seconds = time.perf_counter() - start

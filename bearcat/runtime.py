@@ -142,13 +142,16 @@ def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
     return RUNTIMES[runtime](path, threads)
 
 
-def load_predictor(folder, runtime: str = "onnx", threads: int = 0):
+def load_predictor(folder, runtime: str = "onnx", threads: int = 0, decoding: dict | None = None):
     """A `bearcat.bundle.Predictor` whose model runs in the chosen runtime; for a detection
-    bundle a `bearcat.detection.predictor.Detector` (its recogniser in the same runtime)."""
-    from bearcat.bundle import Predictor, read_meta
+    bundle a `bearcat.detection.predictor.Detector` (its recogniser in the same runtime).
+    `decoding`: `decoder` / `beam_width` to read with instead of the model's own."""
+    from bearcat.bundle import Predictor, decoding_override, read_meta
 
+    mode_name = read_meta(folder)["mode"]["name"]
+    decoding_override(mode_name, decoding)  # refused before the model loads
     engine = load_runtime(folder, runtime, threads)
-    if read_meta(folder)["mode"]["name"] == "efficientdet":
+    if mode_name == "efficientdet":
         from bearcat.detection.predictor import RECOGNISER_DIR, Detector
 
         inner = Path(folder) / RECOGNISER_DIR
@@ -157,6 +160,6 @@ def load_predictor(folder, runtime: str = "onnx", threads: int = 0):
         recogniser = load_predictor(inner, inner_runtime, threads) if inner.is_dir() else None
         predictor = Detector(folder, model=engine, recogniser=recogniser)
     else:
-        predictor = Predictor(folder, model=engine)
+        predictor = Predictor(folder, model=engine, decoding=decoding)
     predictor.runtime = engine.name
     return predictor

@@ -34,12 +34,12 @@ def model_name(cfg: DictConfig) -> str:
 
 
 def build_app(cfg: DictConfig, workdir: str):
-    from bearcat.bundle import resolve_model
+    from bearcat.bundle import decoding_settings, resolve_model
     from bearcat.runtime import load_predictor, named_runtime
     from bearcat.server.app import Limits, create_app
 
     folder = resolve_model(cfg.model, workdir, cfg.mlflow)
-    predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads)
+    predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads, decoding_settings(cfg))
     name = model_name(cfg)
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
@@ -67,12 +67,13 @@ def main(cfg: DictConfig) -> None:
         if workers == 1:
             app = build_app(cfg, workdir)
         else:  # resolve (and download) once here; each worker loads the same folder
-            from bearcat.bundle import resolve_model
+            from bearcat.bundle import decoding_settings, resolve_model
             from bearcat.runtime import load_predictor, named_runtime
 
             folder = Path(resolve_model(cfg.model, workdir, cfg.mlflow)).resolve()
             runtime = named_runtime(cfg.model, cfg.runtime)
-            load_predictor(folder, runtime, cfg.threads)  # fail here, once, not in a restart loop of workers
+            # fail here, once, not in a restart loop of workers
+            load_predictor(folder, runtime, cfg.threads, decoding_settings(cfg))
             resolved = OmegaConf.to_container(cfg, resolve=True)
             resolved.update(model=str(folder), runtime=runtime, name=model_name(cfg))
             os.environ[WORKER_CONFIG] = json.dumps(resolved)

@@ -320,6 +320,36 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
         predict(predict_cfg([f"model={exported['dir']}", f"images={bad}"]))
 
 
+def test_predict_reads_with_another_decoder_and_refuses_bad_ones(exported, mixed_folder):
+    """decoder=beam_search beam_width=3 reads the CTC model's own outputs with the beam
+    search, in any runtime, without changing the bundle; bad values and a mode without a
+    decoder choice are refused by name before the model loads."""
+    from bearcat.bundle import decoding_override
+    from bearcat.modes.ctc import beam_search
+    from bearcat.predict import predict
+
+    folder, good = mixed_folder
+    assert read_meta(exported["dir"])["mode"]["decoder"] == "greedy"
+    beam = load_predictor(exported["dir"], "onnx", decoding={"decoder": "beam_search", "beam_width": 3})
+    assert beam.mode.options["decoder"] == "beam_search" and beam.mode.options["beam_width"] == 3
+    probs = beam.model.predict_on_batch(np.stack([preprocess(p, beam.pre) for p in good]).astype(np.float32))
+    want = [beam.mode.vocab.decode(beam_search(p, 3)) for p in probs]
+    assert [r["result"] for r in beam.predict(good)] == want
+    summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "decoder=beam_search",
+                                   "beam_width=3", f"out={folder.parent / 'beam.jsonl'}"]))
+    assert summary["read"] == 8
+    rows = [json.loads(line) for line in (folder.parent / "beam.jsonl").read_text().splitlines()]
+    assert [r["result"] for r in rows] == want
+    assert read_meta(exported["dir"])["mode"]["decoder"] == "greedy"  # the bundle is as it was
+    for override, message in [("decoder=wide", "decoder=wide: choose greedy or beam_search"),
+                              ("beam_width=0", "beam_width=0: the number of beams")]:
+        with pytest.raises(ValueError, match=message):
+            predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", override]))
+    with pytest.raises(ValueError, match="decoder=beam_search: .* this model's mode is ordinary"):
+        decoding_override("ordinary", {"decoder": "beam_search", "beam_width": None})
+    assert decoding_override("ordinary", {"decoder": None, "beam_width": None}) == {}
+
+
 def test_a_file_of_the_bundle_names_the_bundle_and_its_runtime(exported, mixed_folder):
     """model=BUNDLE/model.tflite reads with TFLite (whatever runtime= says), bundle.json with
     runtime=auto; the server names the model after the bundle folder."""
@@ -454,6 +484,11 @@ def test_evaluate_scores_each_runtime_of_an_export_bundle(int8_export, tmp_path,
     assert run.data.tags["mlflow.parentRunId"] == int8_export["run_id"]  # found through bundle.json
     with pytest.raises(ValueError, match="gradcam=true .* needs runtime=keras"):
         scores("onnx", "gradcam=true")
+    beam = scores("onnx", "decoder=beam_search", "beam_width=3")  # read with another decoder
+    run = mlflow.tracking.MlflowClient(int8_export["tracking_uri"]).get_run(beam["mlflow_run_id"])
+    assert run.data.params["decoder"] == "beam_search" and run.data.params["beam_width"] == "3"
+    own = load_predictor(folder, "onnx", decoding={"decoder": "beam_search", "beam_width": 3}).predict(files)
+    assert beam["test_accuracy"] == pytest.approx(np.mean([o["result"] == t for o, t in zip(own, labels)]))
 
 
 def test_the_server_answers_with_the_int8_model(int8_export):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bearcat.checks import is_whole_number
 from bearcat.modes.base import Mode
 
 EPS = 1e-7
@@ -108,6 +109,18 @@ def beam_search(probs: np.ndarray, width: int) -> list[int]:
     return list(texts[int(np.argmax(np.logaddexp(ends_blank, ends_char)))])
 
 
+DECODERS = ("greedy", "beam_search")
+
+
+def check_decoder(decoder, beam_width, prefix: str = "mode.") -> None:
+    """The decoding settings, named as the user set them (`mode.decoder` when training,
+    `decoder` when reading)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"{prefix}decoder={decoder}: choose greedy or beam_search")
+    if not is_whole_number(beam_width) or int(beam_width) < 1:
+        raise ValueError(f"{prefix}beam_width={beam_width}: the number of beams, at least 1")
+
+
 def padded_ids(vocab, labels: list[str], max_length: int) -> np.ndarray:
     """Labels -> (N, max_length) int32 character ids; id 0 pads short labels (the blank)."""
     out = np.zeros((len(labels), max_length), np.int32)
@@ -155,8 +168,7 @@ class CTCMode(Mode):
                          rnn_unroll=rnn_unroll, dropout=dropout, confidence_penalty=confidence_penalty,
                          decoder=decoder, beam_width=beam_width, time_upsample=time_upsample,
                          time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, **extra)
-        if decoder not in ("greedy", "beam_search"):
-            raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
+        check_decoder(decoder, beam_width)
 
     @property
     def min_time_steps(self) -> int:

@@ -10,7 +10,7 @@ Confidence rule: as `ctc`, the probability of the decoded text over all alignmen
 from __future__ import annotations
 
 from bearcat.modes.base import Mode
-from bearcat.modes.ctc import CTCMode, sequence_features
+from bearcat.modes.ctc import CTCMode, check_decoder, sequence_features
 
 
 class CTCTinyMode(CTCMode):
@@ -25,8 +25,7 @@ class CTCTinyMode(CTCMode):
                       kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
                       time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias,
                       confidence_penalty=confidence_penalty, decoder=decoder, beam_width=beam_width, **extra)
-        if decoder not in ("greedy", "beam_search"):
-            raise ValueError(f"mode.decoder={decoder}: choose greedy or beam_search")
+        check_decoder(decoder, beam_width)
         if int(time_upsample) < 1:
             raise ValueError(f"mode.time_upsample={time_upsample}: must be 1 or more")
         if time_upsample_at not in ("output", "conv"):
