@@ -131,6 +131,7 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
     # MLflow only for the registry or a run id: a local bundle starts without importing it,
     # and a mistyped path fails on its name without opening (or creating) a tracking store.
     if model.startswith("models:/") or (not Path(model).exists() and RUN_ID.match(model)):
+        require_mlflow(key, model)
         from bearcat import tracking
 
         if mlflow_cfg is not None:
@@ -151,6 +152,7 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
         raise FileNotFoundError(f"{key}={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
     if not RUN_ID.match(str(init_from)):
         raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
+    require_mlflow(key, init_from)
     from bearcat import tracking
 
     fetched = Path(workdir) / str(init_from)
@@ -160,6 +162,15 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
         return tracking.download_artifacts(str(init_from), "model", str(fetched)), str(init_from)
     except Exception as err:  # MLflow raises several types for an unknown run or artifact
         raise ValueError(f"{key}={init_from}: cannot fetch the run's model bundle from MLflow ({err})") from None
+
+
+def require_mlflow(key: str, value) -> None:
+    """A run id or registered model is fetched with MLflow, which a light install lacks."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise ModuleNotFoundError(f"{key}={value}: fetching a model from MLflow needs the mlflow package, which "
+                                  "is not installed; pass the bundle's folder instead")
 
 
 def bundle_member(model) -> bool:

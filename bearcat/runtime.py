@@ -3,10 +3,12 @@
 Each runtime takes the model's input batch (uint8 pixels as float32, (B, H, W, C)) and
 returns the model's softmax output as NumPy, through `predict_on_batch`, so
 `bearcat.bundle.Predictor` (the shared preprocess + `mode.decode`) works unchanged on any
-of them. Only the Keras and SavedModel runtimes import TensorFlow.
+of them. Only the Keras and SavedModel runtimes import TensorFlow, and TFLite when LiteRT's
+own interpreter (`ai-edge-litert`) is not installed.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -54,6 +56,22 @@ class OnnxRuntime:
         return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
 
 
+def tflite_interpreter():
+    """LiteRT's own interpreter (the `ai-edge-litert` package, no TensorFlow) when it is
+    installed, else TensorFlow's `tf.lite.Interpreter` (deprecated by TensorFlow in its favour)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ModuleNotFoundError("TFLite models need the ai-edge-litert package (pip install ai-edge-litert) "
+                                      "or TensorFlow; neither is installed") from None
+        import tensorflow as tf
+
+        return tf.lite.Interpreter
+
+
 class TFLiteRuntime:
     """TFLite models are exported with a fixed batch of 1 (see bearcat.export): a batch
     is run image by image."""
@@ -63,10 +81,8 @@ class TFLiteRuntime:
     def __init__(self, path: Path, threads: int = 0, name: str = "tflite"):
         self.name = name  # tflite or tflite_int8: the same interpreter reads both
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-            import tensorflow as tf
-
-            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=int(threads) or None)
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice (and its import's)
+            self.interpreter = tflite_interpreter()(model_path=str(path), num_threads=int(threads) or None)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
@@ -93,6 +109,12 @@ class SavedModelRuntime:
         out = self.model.serve(self.tf.constant(x, self.tf.float32))
         return np.asarray(out)
 
+
+# runtime -> (package it imports, what to do when it is missing); TFLite: tflite_interpreter
+_FULL = ("install Bearcat in full (pip install .) or read an ONNX or TFLite export of the bundle "
+         "(README \"Deploy without TensorFlow\")")
+NEEDS = {"keras": ("keras", _FULL), "savedmodel": ("tensorflow", _FULL),
+         "onnx": ("onnxruntime", "pip install onnxruntime")}
 
 RUNTIMES = {"keras": KerasRuntime, "onnx": OnnxRuntime, "tflite": TFLiteRuntime, "savedmodel": SavedModelRuntime,
             "tflite_int8": lambda path, threads: TFLiteRuntime(path, threads, name="tflite_int8")}
@@ -138,6 +160,9 @@ def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
             f"{folder}: the bundle has no {runtime} model ({FILES[runtime]}); it holds "
             f"{available_formats(folder) or 'no model'}. Export one with `python -m bearcat.export "
             f"checkpoint={folder} format={runtime}` or choose another runtime")
+    package, remedy = NEEDS.get(runtime, (None, None))
+    if package and importlib.util.find_spec(package) is None:
+        raise ModuleNotFoundError(f"runtime={runtime} needs the {package} package, which is not installed: {remedy}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return RUNTIMES[runtime](path, threads)
 

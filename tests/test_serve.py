@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -69,14 +70,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def http_entry_point(module: str, overrides: list[str], log: Path, ready_path: str, timeout: float = 120):
+def http_entry_point(module: str, overrides: list[str], log: Path, ready_path: str, timeout: float = 120,
+                     python: str = sys.executable, cwd: Path = ROOT):
     """`python -m <module> <overrides> port=<free port>` in a subprocess, waited for until
     `ready_path` answers; yields its URL and stops it afterwards."""
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, *overrides, f"port={port}",
-                                 f"hydra.run.dir={log.parent / 'hydra'}"], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([python, "-m", module, *overrides, f"port={port}",
+                                 f"hydra.run.dir={log.parent / 'hydra'}"], cwd=cwd, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -497,3 +499,53 @@ def test_bench_serve_alternates_raw_bearcat_and_baseline(server, exported, expec
         assert len(r["round_overheads"]) == 3
         assert 0 < r["handler_ms_p50"] < r["http_ms_p50"]  # the round trip contains the handler
         assert r["overhead_p50"] == pytest.approx(r["http_ms_p50"] / result["raw_ms_p50"] - 1.0)
+
+
+@pytest.fixture(scope="module")
+def light_python(tmp_path_factory) -> Path:
+    """A virtual environment with Bearcat installed as the README's "Deploy without
+    TensorFlow" says: the package without its dependencies, then requirements-light.txt."""
+    venv = tmp_path_factory.mktemp("light") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    for args in (["--no-deps", str(ROOT)], ["-r", str(ROOT / "requirements-light.txt")]):
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return python
+
+
+@pytest.mark.slow
+def test_a_light_install_reads_and_serves_like_the_library(light_python, exported, expected, tmp_path):
+    """Without TensorFlow, Keras or MLflow installed, predict reads the export bundle with
+    ONNX Runtime and with LiteRT (TFLite), greedy and beam search, exactly as the full
+    library does, and the server answers like it; a run folder (Keras only) is refused
+    with the reason."""
+    files, want = expected
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path)  # not the checkout
+    missing = run([str(light_python), "-c", "import importlib.util as u; "
+                   "print([m for m in ('tensorflow', 'keras', 'mlflow', 'albumentations') if u.find_spec(m)])"])
+    assert missing.stdout.strip() == "[]", missing.stderr
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in files:
+        shutil.copy2(f, folder / f.name)
+    for runtime, extra in [("onnx", []), ("tflite", []), ("onnx", ["decoder=beam_search", "beam_width=3"])]:
+        out = tmp_path / f"{runtime}{len(extra)}.jsonl"
+        done = run([str(light_python), "-m", "bearcat.predict", f"model={exported['dir']}", f"images={folder}",
+                    f"runtime={runtime}", f"out={out}", *extra, f"hydra.run.dir={tmp_path / 'hydra'}"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        decoding = dict(x.split("=") for x in extra) | {"beam_width": 3} if extra else None
+        library = load_predictor(exported["dir"], runtime, decoding=decoding).predict(files)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["result"] for r in rows] == [w["result"] for w in library], (runtime, extra)
+        assert [r["confidence"] for r in rows] == pytest.approx([w["confidence"] for w in library], abs=1e-5)
+    keras_only = run([str(light_python), "-m", "bearcat.predict", f"model={exported['output_dir']}",
+                      f"images={folder}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+    assert keras_only.returncode != 0 and "runtime=keras needs the keras package" in keras_only.stderr
+    with http_entry_point("bearcat.serve", [f"model={exported['dir']}"], tmp_path / "serve.log", "/health",
+                          python=str(light_python), cwd=tmp_path) as url:
+        for path, w in zip(files, want):
+            request = urllib.request.Request(url + "/v1/predict", data=path.read_bytes(),
+                                             headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert json.loads(r.read())["result"] == w["result"]
