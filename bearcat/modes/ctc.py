@@ -97,15 +97,15 @@ def beam_search(probs: np.ndarray, width: int) -> list[int]:
         scores = np.concatenate([np.logaddexp(stay_blank, stay_char), grow.ravel()])
         keep = np.argpartition(-scores, width)[:width] if width < len(scores) else np.arange(len(scores))
         keep = keep[np.isfinite(scores[keep])]
-        n = len(texts)
-        new_texts, blank, char = [], [], []
+        kept = []
         for k in keep.tolist():
-            if k < n:
-                new_texts.append(texts[k]); blank.append(stay_blank[k]); char.append(stay_char[k])
-            else:
-                i, c = divmod(k - n, classes)
-                new_texts.append(texts[i] + (c,)); blank.append(-np.inf); char.append(grow[i, c])
-        texts, ends_blank, ends_char = new_texts, np.array(blank), np.array(char)
+            if k < len(texts):  # a text that stays
+                kept.append((texts[k], stay_blank[k], stay_char[k]))
+            else:  # a text one character longer
+                i, c = divmod(k - len(texts), classes)
+                kept.append((texts[i] + (c,), -np.inf, grow[i, c]))
+        texts = [t for t, _, _ in kept]
+        ends_blank, ends_char = np.array([b for _, b, _ in kept]), np.array([c for _, _, c in kept])
     return list(texts[int(np.argmax(np.logaddexp(ends_blank, ends_char)))])
 
 
