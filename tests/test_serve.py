@@ -518,8 +518,9 @@ def light_python(tmp_path_factory) -> Path:
 def test_a_light_install_reads_and_serves_like_the_library(light_python, exported, expected, tmp_path):
     """Without TensorFlow, Keras or MLflow installed, predict reads the export bundle with
     ONNX Runtime and with LiteRT (TFLite), greedy and beam search, exactly as the full
-    library does, and the server answers like it; a run folder (Keras only) is refused
-    with the reason."""
+    library does; the labelling page offers the least confident reading first and saves an
+    answer; the server answers like the library; a run folder (Keras only) is refused with
+    the reason."""
     files, want = expected
     run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path)  # not the checkout
     missing = run([str(light_python), "-c", "import importlib.util as u; "
@@ -539,6 +540,20 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["result"] for r in rows] == [w["result"] for w in library], (runtime, extra)
         assert [r["confidence"] for r in rows] == pytest.approx([w["confidence"] for w in library], abs=1e-5)
+    labelled = tmp_path / "labelled"  # the labelling page: least confident reading first, pre-filled
+    readings = load_predictor(exported["dir"], "onnx").predict(files)
+    first = min(zip(readings, files), key=lambda rf: (rf[0]["confidence"], rf[1].name))
+    with http_entry_point("bearcat.label", [f"dir={folder}", f"model={exported['dir']}", f"out={labelled}"],
+                          tmp_path / "label.log", "/api/state", python=str(light_python), cwd=tmp_path) as url:
+        with urllib.request.urlopen(url + "/api/state", timeout=10) as r:
+            item = json.loads(r.read())["item"]
+        assert (item["name"], item["prediction"]) == (first[1].name, first[0]["result"])
+        assert item["confidence"] == pytest.approx(first[0]["confidence"], rel=1e-4)
+        request = urllib.request.Request(url + "/api/answer", data=json.dumps({"id": item["id"], "answer": "AB12"})
+                                         .encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert json.loads(r.read())["saved_as"].startswith("AB12_")
+    assert [p.name.split("_")[0] for p in labelled.iterdir()] == ["AB12"]
     keras_only = run([str(light_python), "-m", "bearcat.predict", f"model={exported['output_dir']}",
                       f"images={folder}", f"hydra.run.dir={tmp_path / 'hydra'}"])
     assert keras_only.returncode != 0 and "runtime=keras needs the keras package" in keras_only.stderr
