@@ -72,6 +72,33 @@ def test_beam_search_reads_as_tensorflows_decoder():
         assert same >= 196, (width, same)
 
 
+def test_beam_decoder_searches_only_below_one_half_and_never_reads_less_probably(monkeypatch):
+    """decoder=beam_search: a greedy reading with a probability above 0.5 is the most
+    probable text (all texts sum to 1) and is kept without a search; below it, the answer
+    is the search's unless the greedy reading is more probable."""
+    import bearcat.modes.ctc as ctc
+
+    from bearcat.modes.ctc import text_probability
+
+    rng = np.random.default_rng(7)
+    mode = build_mode("ctc", VOCAB, 4, decoder="beam_search", beam_width=3)
+    greedy = build_mode("ctc", VOCAB, 4)
+    probs = softmax(rng.normal(size=(300, 9, 4)) * rng.uniform(0.5, 12.0, size=(300, 1, 1)))
+    searched = []
+    real_search = ctc.beam_search
+    monkeypatch.setattr(ctc, "beam_search", lambda p, w: searched.append(p) or real_search(p, w))
+    beam, plain = mode.decode(probs), greedy.decode(probs)
+    sure = [g["confidence"] > 0.5 for g in plain]
+    assert 30 < sum(sure) < 270  # both kinds of case occur
+    assert len(searched) == 300 - sum(sure)
+    for p, b, g, s in zip(probs, beam, plain, sure):
+        assert b["confidence"] >= g["confidence"]
+        assert b["confidence"] == pytest.approx(text_probability(p, VOCAB.encode(b["result"])))
+        if s:
+            assert b == g
+    assert sum(b["result"] != g["result"] for b, g in zip(beam, plain)) >= 10
+
+
 def test_confidence_is_the_text_probability_over_all_alignments():
     import itertools
 

@@ -322,10 +322,9 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
 
 def test_predict_reads_with_another_decoder_and_refuses_bad_ones(exported, mixed_folder):
     """decoder=beam_search beam_width=3 reads the CTC model's own outputs with the beam
-    search, in any runtime, without changing the bundle; bad values and a mode without a
-    decoder choice are refused by name before the model loads."""
+    search decoder, in any runtime, without changing the bundle; bad values and a mode
+    without a decoder choice are refused by name before the model loads."""
     from bearcat.bundle import decoding_override
-    from bearcat.modes.ctc import beam_search
     from bearcat.predict import predict
 
     folder, good = mixed_folder
@@ -333,7 +332,7 @@ def test_predict_reads_with_another_decoder_and_refuses_bad_ones(exported, mixed
     beam = load_predictor(exported["dir"], "onnx", decoding={"decoder": "beam_search", "beam_width": 3})
     assert beam.mode.options["decoder"] == "beam_search" and beam.mode.options["beam_width"] == 3
     probs = beam.model.predict_on_batch(np.stack([preprocess(p, beam.pre) for p in good]).astype(np.float32))
-    want = [beam.mode.vocab.decode(beam_search(p, 3)) for p in probs]
+    want = [r["result"] for r in beam.mode.decode(probs)]  # the decoder itself: tests/test_ctc.py
     assert [r["result"] for r in beam.predict(good)] == want
     summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "decoder=beam_search",
                                    "beam_width=3", f"out={folder.parent / 'beam.jsonl'}"]))

@@ -261,10 +261,17 @@ class CTCMode(Mode):
         return penalised_ctc_loss
 
     def decode(self, probs):
-        probs = np.asarray(probs)
-        if self.options["decoder"] == "beam_search":
-            ids = [beam_search(p, int(self.options["beam_width"])) for p in probs]
-        else:
-            ids = [collapse(row) for row in probs.argmax(axis=-1)]
-        texts = [self.vocab.decode(row) for row in ids]
-        return [{"result": t, "confidence": text_probability(p, row)} for t, p, row in zip(texts, probs, ids)]
+        out = []
+        for p in np.asarray(probs):
+            ids = collapse(p.argmax(axis=-1))
+            confidence = text_probability(p, ids)
+            # The texts' probabilities sum to 1, so a greedy reading above one half is already
+            # the most probable text: the search runs only on the others, and keeps the more
+            # probable of its answer and the greedy one.
+            if self.options["decoder"] == "beam_search" and confidence <= 0.5:
+                searched = beam_search(p, int(self.options["beam_width"]))
+                searched_confidence = text_probability(p, searched)
+                if searched_confidence > confidence:
+                    ids, confidence = searched, searched_confidence
+            out.append({"result": self.vocab.decode(ids), "confidence": confidence})
+        return out
