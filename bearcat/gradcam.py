@@ -100,13 +100,14 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
     x = tf.constant(images, tf.float32)
     with tf.GradientTape(persistent=True) as tape:  # one forward pass, a gradient per score
         features, probs = probe(x, training=False)
-        logp = tf.math.log(tf.reduce_max(probs, axis=-1) + EPS)
+        peak = tf.reduce_max(probs, axis=-1)  # the most probable class's probability at each position
+        logp = tf.math.log(peak + EPS)
         if len(probs.shape) == 2:  # one label per image
             chars, ids, chances = ([[] for _ in images] for _ in range(3))
             overall, per_char = logp, []
         else:
             top = tf.argmax(probs, axis=-1).numpy()
-            top_p = tf.reduce_max(probs, axis=-1).numpy()
+            top_p = peak.numpy()
             chars = [character_positions(row, merge_repeats) for row in top]
             ids = [[int(top[i, p[0]]) for p in positions] for i, positions in enumerate(chars)]
             chances = [[float(top_p[i, p].max()) for p in positions] for i, positions in enumerate(chars)]
