@@ -291,8 +291,11 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
 
     picked = set(failed)
     order = (failed + [i for i in range(len(data)) if i not in picked])[:max(0, int(cfg.gradcam_images))]
+    ctc = isinstance(predictor.mode, CTCMode)
+    # CTC: explain each reading as decoded (a beam search's may differ from the greedy path)
+    readings = [predictor.mode.vocab.encode(results[i]["result"]) for i in order] if ctc else None
     found = explain(predictor.model, data.images[order], cfg.gradcam_layer, str(cfg.gradcam_method),
-                    merge_repeats=isinstance(predictor.mode, CTCMode))
+                    merge_repeats=ctc, readings=readings)
     char_name = (lambda cid: predictor.mode.vocab.decode([cid])) if predictor.mode.text else str
     captions = [f"{results[i]['result']} / {data.labels[i]}" for i in order]
     sheet = gradcam_sheet(data.images[order], found, captions, out_dir / "gradcam.png", char_name)

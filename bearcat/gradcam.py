@@ -12,9 +12,11 @@ the model read. Two weightings (`method`):
   its per-character maps came out left to right in 17 of 300 images, `hirescam`'s in 295
   (`scripts/bench_gradcam.py`; README, "Evaluate").
 
-Scores (mode-agnostic): the log probability of the top class at each output position.
-A character's score sums the positions that wrote it (CTC: a run of one class, merged as
-the greedy decoder merges it; other modes: one position); the whole reading's score sums
+Scores (mode-agnostic): the log probability of the class each output position wrote. By
+default that is the top class; given the readings (CTC, `readings`), it is the most
+probable alignment of each reading, so a beam search's reading is explained as read, not
+the greedy path. A character's score sums the positions that wrote it (CTC: a run of one
+class, merged as CTC merges it; other modes: one position); the whole reading's score sums
 every character's, or every position when all are blank (reserved id 0). One-label outputs
 (num_classes) have the single top class and no per-character maps.
 """
@@ -27,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from bearcat.gallery import contact_sheet
+from bearcat.modes.ctc import best_path
 
 EPS = 1e-7
 METHODS = ("hirescam", "gradcam")
@@ -50,9 +53,9 @@ def conv_layer(model, name: str | None = None):
 
 
 def character_positions(top, merge_repeats: bool) -> list[list[int]]:
-    """The output positions of each character read from the top-class path `top` (T,),
+    """The output positions of each character written by the path `top` (T,) of class ids,
     left to right. Id 0 (blank / no character) writes nothing; with `merge_repeats` (CTC)
-    a run of one class is one character, as the greedy decoder reads it."""
+    a run of one class is one character, as CTC reads it."""
     chars: list[list[int]] = []
     previous = 0
     for t, c in enumerate(int(c) for c in top):
@@ -88,9 +91,22 @@ def check_method(method: str) -> None:
         raise ValueError(f"gradcam_method={method}: choose one of {', '.join(METHODS)}")
 
 
+def written_paths(probs: np.ndarray, readings: list[list[int]] | None) -> np.ndarray:
+    """(N, T) the class each position wrote: the top class, or with `readings` (CTC class
+    ids per image) the most probable alignment of each reading (the top class where a
+    reading cannot be aligned)."""
+    paths = probs.argmax(axis=-1)
+    for i, ids in enumerate(readings or []):
+        aligned = best_path(probs[i], ids)
+        if aligned is not None:
+            paths[i] = aligned
+    return paths
+
+
 def explain(model, images: np.ndarray, layer_name: str | None = None, method: str = "hirescam",
-            merge_repeats: bool = False) -> Explanation:
-    """Heat maps of `images` (N, H, W, C) for the whole reading and for each character."""
+            merge_repeats: bool = False, readings: list[list[int]] | None = None) -> Explanation:
+    """Heat maps of `images` (N, H, W, C) for the whole reading and for each character.
+    `readings` (CTC): the class ids each image was read as, when not the greedy reading."""
     import keras
     import tensorflow as tf
 
@@ -100,14 +116,14 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
     x = tf.constant(images, tf.float32)
     with tf.GradientTape(persistent=True) as tape:  # one forward pass, a gradient per score
         features, probs = probe(x, training=False)
-        peak = tf.reduce_max(probs, axis=-1)  # the most probable class's probability at each position
-        logp = tf.math.log(peak + EPS)
         if len(probs.shape) == 2:  # one label per image
             chars, ids, chances = ([[] for _ in images] for _ in range(3))
-            overall, per_char = logp, []
+            overall, per_char = tf.math.log(tf.reduce_max(probs, axis=-1) + EPS), []
         else:
-            top = tf.argmax(probs, axis=-1).numpy()
-            top_p = peak.numpy()
+            top = written_paths(probs.numpy(), readings)
+            written = tf.reduce_sum(probs * tf.one_hot(top, probs.shape[-1]), axis=-1)  # each position's class
+            logp = tf.math.log(written + EPS)
+            top_p = written.numpy()
             chars = [character_positions(row, merge_repeats) for row in top]
             ids = [[int(top[i, p[0]]) for p in positions] for i, positions in enumerate(chars)]
             chances = [[float(top_p[i, p].max()) for p in positions] for i, positions in enumerate(chars)]

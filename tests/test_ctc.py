@@ -54,6 +54,33 @@ def test_wide_beam_search_finds_the_most_probable_text():
     assert greedy_misses >= 5  # the cases are ones where the search matters
 
 
+def test_best_path_is_the_most_probable_alignment_of_a_text():
+    """Against every path of small outputs: the alignment found spells the text and is the
+    most probable path that does; for the greedy text it is the per-step argmax; a text
+    longer than the steps allow has none."""
+    import itertools
+
+    from bearcat.modes.ctc import best_path
+
+    rng = np.random.default_rng(11)
+    steps, classes = 6, 3
+    paths = np.array(list(itertools.product(range(classes), repeat=steps)))
+    spelled = [tuple(collapse(p)) for p in paths]
+    for _ in range(30):
+        probs = softmax(rng.normal(size=(steps, classes)))
+        path_p = probs[np.arange(steps), paths].prod(axis=1)
+        for text in set(spelled):
+            found = best_path(probs, list(text))
+            assert tuple(collapse(found)) == text
+            best = max(path_p[k] for k, t in enumerate(spelled) if t == text)
+            assert np.isclose(probs[np.arange(steps), found].prod(), best)
+        greedy = probs.argmax(-1)
+        assert best_path(probs, collapse(greedy)).tolist() == greedy.tolist()
+    assert best_path(one_hot([1, 0, 1]), [1, 1]).tolist() == [1, 0, 1]  # a repeat needs its blank
+    assert best_path(one_hot([1, 1, 1]), [1, 1, 1]) is None
+    assert best_path(one_hot([2, 2]), []).tolist() == [0, 0]
+
+
 def test_beam_search_reads_as_tensorflows_decoder():
     """The NumPy beam search against keras.ops.ctc_decode (TensorFlow's beam search) on
     peaked outputs of the default model's shape: they agree on nearly every one (a

@@ -291,6 +291,28 @@ def test_each_character_map_covers_the_columns_its_position_reads():
     assert all((heat.sum(axis=0) > 0).mean() > 0.5 for chars in merged.characters for _, heat in chars)
 
 
+def test_a_reading_other_than_the_greedy_one_is_explained_by_its_own_alignment():
+    """A beam search may read "11" where the greedy path reads "1": the maps then follow the
+    reading's most probable alignment, two characters split by a blank, each covering only
+    the strips of the positions that wrote it."""
+    from bearcat.gradcam import explain
+    from bearcat.modes.ctc import best_path
+
+    model = strip_reader()
+    images = np.random.default_rng(1).integers(1, 256, (2, 8, 32, 1)).astype(np.uint8)
+    found = explain(model, images, "features", method="hirescam", merge_repeats=True, readings=[[1, 1], [1]])
+    assert len(found.characters[1]) == 1  # the greedy reading, as without readings
+    first, second = found.characters[0]
+    assert first[0] == second[0] == 1
+    path = best_path(model.predict(images[:1], verbose=0)[0], [1, 1]).tolist()
+    assert path.count(0) == 1 and path[0] == path[-1] == 1
+    gap = path.index(0)
+    for heat, strips in ((first[1], range(gap)), (second[1], range(gap + 1, 4))):
+        inside = sum(heat[:, 8 * k:8 * k + 8].sum() for k in strips)
+        assert heat.sum() > 0 and inside / heat.sum() > 0.99
+    assert 0 < found.probabilities[0][0] < 1 and len(found.probabilities[0]) == 2
+
+
 def test_labels_the_model_cannot_produce_are_scored_as_failures(trained_run, swust_copy, tmp_path, monkeypatch):
     """The generated-captcha model reads 0-9A-Z; swust's labels are lower case. Every image
     is scored, those whose label holds a letter as failures (counted), none left out: leaving

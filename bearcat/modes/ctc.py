@@ -109,6 +109,37 @@ def beam_search(probs: np.ndarray, width: int) -> list[int]:
     return list(texts[int(np.argmax(np.logaddexp(ends_blank, ends_char)))])
 
 
+def best_path(probs: np.ndarray, ids: list[int]) -> np.ndarray | None:
+    """The most probable single alignment of `ids` in one (time, classes) softmax output: a
+    class id per time step that collapses to `ids` (Viterbi). For the greedy reading it is
+    the per-step argmax; for another reading (a beam search's) it shows which steps wrote
+    each character. None when `ids` cannot fit in the time steps."""
+    ext = np.zeros(2 * len(ids) + 1, np.int64)  # blank, c1, blank, c2, ..., blank
+    ext[1::2] = ids
+    size = len(ext)
+    logp = np.log(np.asarray(probs, np.float64)[:, ext] + EPS)  # (T, states)
+    skip = np.zeros(size, bool)  # from s-2 onto a character unlike the one before it
+    skip[3::2] = ext[3::2] != ext[1:-2:2]
+    score = np.full(size, -np.inf)
+    score[:2] = logp[0, :2]
+    came_from = np.zeros((len(logp), size), np.int64)  # 0 stay, 1 from s-1, 2 from s-2
+    for t in range(1, len(logp)):
+        moves = np.full((3, size), -np.inf)
+        moves[0] = score
+        moves[1, 1:] = score[:-1]
+        moves[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
+        came_from[t] = moves.argmax(axis=0)
+        score = moves[came_from[t], np.arange(size)] + logp[t]
+    state = size - 1 if size == 1 or score[-1] >= score[-2] else size - 2
+    if not np.isfinite(score[state]):
+        return None
+    states = np.zeros(len(logp), np.int64)
+    for t in range(len(logp) - 1, -1, -1):
+        states[t] = state
+        state -= came_from[t, state]
+    return ext[states]
+
+
 DECODERS = ("greedy", "beam_search")
 
 
