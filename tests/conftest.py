@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,6 +32,20 @@ def last_checkpoint(folder: Path):
                                if isinstance(item, h5py.Dataset) else None)
     with np.load(ckpt / "optimizer.npz") as saved:
         return arrays, [saved[k] for k in saved.files]
+
+
+@pytest.fixture(scope="session")
+def light_python(tmp_path_factory) -> Path:
+    """A virtual environment with Bearcat installed as the README's "Deploy without
+    TensorFlow" says: the package without its dependencies, then requirements-light.txt.
+    Built once per worker process (test_serve and test_click_train use it)."""
+    venv = tmp_path_factory.mktemp("light") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    for args in (["--no-deps", str(ROOT)], ["-r", str(ROOT / "requirements-light.txt")]):
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return python
 
 
 @pytest.fixture(scope="session")

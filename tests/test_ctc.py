@@ -109,7 +109,7 @@ def test_beam_decoder_searches_only_below_one_half_and_never_reads_less_probably
 
     rng = np.random.default_rng(7)
     mode = build_mode("ctc", VOCAB, 4, decoder="beam_search", beam_width=3)
-    greedy = build_mode("ctc", VOCAB, 4)
+    greedy = build_mode("ctc", VOCAB, 4, decoder="greedy")
     probs = softmax(rng.normal(size=(300, 9, 4)) * rng.uniform(0.5, 12.0, size=(300, 1, 1)))
     searched = []
     real_search = ctc.beam_search

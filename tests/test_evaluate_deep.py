@@ -175,7 +175,7 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     assert len(readings) == 4
     wrong = [r["result"] != r["label"] for r in readings]
     assert wrong == sorted(wrong, reverse=True) and sum(wrong) == min(4, metrics["test_failures"])  # failures first
-    for r in readings:  # one map per character the greedy decoder read, in its order
+    for r in readings:  # one map per character the decoder read, in its order
         assert "".join(c["char"] for c in r["characters"]) == r["result"]
         assert all(c["centre_x"] is None or 0 <= c["centre_x"] <= 96 for c in r["characters"])
         assert all(0 < c["probability"] <= 1 for c in r["characters"])

@@ -321,25 +321,28 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
 
 
 def test_predict_reads_with_another_decoder_and_refuses_bad_ones(exported, mixed_folder):
-    """decoder=beam_search beam_width=3 reads the CTC model's own outputs with the beam
-    search decoder, in any runtime, without changing the bundle; bad values and a mode
-    without a decoder choice are refused by name before the model loads."""
+    """decoder=greedy reads the CTC model (trained with the default beam search) greedily,
+    in any runtime, without changing the bundle; bad values and a mode without a decoder
+    choice are refused by name before the model loads."""
     from bearcat.bundle import decoding_override
+    from bearcat.modes.ctc import collapse
     from bearcat.predict import predict
 
     folder, good = mixed_folder
-    assert read_meta(exported["dir"])["mode"]["decoder"] == "greedy"
-    beam = load_predictor(exported["dir"], "onnx", decoding={"decoder": "beam_search", "beam_width": 3})
-    assert beam.mode.options["decoder"] == "beam_search" and beam.mode.options["beam_width"] == 3
-    probs = beam.model.predict_on_batch(np.stack([preprocess(p, beam.pre) for p in good]).astype(np.float32))
-    want = [r["result"] for r in beam.mode.decode(probs)]  # the decoder itself: tests/test_ctc.py
-    assert [r["result"] for r in beam.predict(good)] == want
-    summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "decoder=beam_search",
-                                   "beam_width=3", f"out={folder.parent / 'beam.jsonl'}"]))
+    assert read_meta(exported["dir"])["mode"]["decoder"] == "beam_search"
+    greedy = load_predictor(exported["dir"], "onnx", decoding={"decoder": "greedy", "beam_width": None})
+    assert greedy.mode.options["decoder"] == "greedy"
+    probs = greedy.model.predict_on_batch(np.stack([preprocess(p, greedy.pre) for p in good]).astype(np.float32))
+    want = [greedy.mode.vocab.decode(collapse(p.argmax(-1))) for p in probs]  # each step's top class, merged
+    assert [r["result"] for r in greedy.predict(good)] == want
+    summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "decoder=greedy",
+                                   f"out={folder.parent / 'greedy.jsonl'}"]))
     assert summary["read"] == 8
-    rows = [json.loads(line) for line in (folder.parent / "beam.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (folder.parent / "greedy.jsonl").read_text().splitlines()]
     assert [r["result"] for r in rows] == want
-    assert read_meta(exported["dir"])["mode"]["decoder"] == "greedy"  # the bundle is as it was
+    narrow = load_predictor(exported["dir"], "onnx", decoding={"decoder": None, "beam_width": 3})
+    assert narrow.mode.options["decoder"] == "beam_search" and narrow.mode.options["beam_width"] == 3
+    assert read_meta(exported["dir"])["mode"]["decoder"] == "beam_search"  # the bundle is as it was
     for override, message in [("decoder=wide", "decoder=wide: choose greedy or beam_search"),
                               ("beam_width=0", "beam_width=0: the number of beams")]:
         with pytest.raises(ValueError, match=message):
@@ -483,11 +486,13 @@ def test_evaluate_scores_each_runtime_of_an_export_bundle(int8_export, tmp_path,
     assert run.data.tags["mlflow.parentRunId"] == int8_export["run_id"]  # found through bundle.json
     with pytest.raises(ValueError, match="gradcam=true .* needs runtime=keras"):
         scores("onnx", "gradcam=true")
-    beam = scores("onnx", "decoder=beam_search", "beam_width=3")  # read with another decoder
-    run = mlflow.tracking.MlflowClient(int8_export["tracking_uri"]).get_run(beam["mlflow_run_id"])
-    assert run.data.params["decoder"] == "beam_search" and run.data.params["beam_width"] == "3"
-    own = load_predictor(folder, "onnx", decoding={"decoder": "beam_search", "beam_width": 3}).predict(files)
-    assert beam["test_accuracy"] == pytest.approx(np.mean([o["result"] == t for o, t in zip(own, labels)]))
+    greedy = scores("onnx", "decoder=greedy")  # read with another decoder than the model's beam search
+    run = mlflow.tracking.MlflowClient(int8_export["tracking_uri"]).get_run(greedy["mlflow_run_id"])
+    assert run.data.params["decoder"] == "greedy"
+    assert mlflow.tracking.MlflowClient(int8_export["tracking_uri"]).get_run(
+        onnx_scores["mlflow_run_id"]).data.params["decoder"] == "beam_search"
+    own = load_predictor(folder, "onnx", decoding={"decoder": "greedy"}).predict(files)
+    assert greedy["test_accuracy"] == pytest.approx(np.mean([o["result"] == t for o, t in zip(own, labels)]))
 
 
 def test_the_server_answers_with_the_int8_model(int8_export):

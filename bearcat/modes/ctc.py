@@ -193,7 +193,7 @@ class CTCMode(Mode):
     # Keyword defaults are conf/mode/ctc.yaml's, so build_mode("ctc", ...) is the default model.
     def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 96, rnn_layers: int = 1,
                  rnn_unroll: bool = True, dropout: float = 0.0, confidence_penalty: float = 0.1,
-                 decoder: str = "greedy", beam_width: int = 10, time_upsample: int = 2,
+                 decoder: str = "beam_search", beam_width: int = 10, time_upsample: int = 2,
                  time_upsample_at: str = "output", split_blank_bias: float = 3.0, **extra):
         super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
                          rnn_unroll=rnn_unroll, dropout=dropout, confidence_penalty=confidence_penalty,

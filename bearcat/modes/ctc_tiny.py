@@ -19,7 +19,7 @@ class CTCTinyMode(CTCMode):
     # Keyword defaults are conf/mode/ctc_tiny.yaml's (max_length excepted: callers give it).
     def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 64, conv_layers: int = 3,
                  kernel_size: int = 5, dropout: float = 0.0, time_upsample: int = 2, time_upsample_at: str = "conv",
-                 split_blank_bias: float = 3.0, confidence_penalty: float = 0.1, decoder: str = "greedy",
+                 split_blank_bias: float = 3.0, confidence_penalty: float = 0.1, decoder: str = "beam_search",
                  beam_width: int = 10, **extra):
         Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
                       kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
