@@ -56,14 +56,44 @@ def order_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
     return clicks
 
 
-def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
-    """The jointly likeliest box for each prompted character (Hungarian assignment)."""
-    from scipy.optimize import linear_sum_assignment
+def cheapest_assignment(cost) -> dict[int, int]:
+    """Row -> column, each used at most once, min(rows, columns) pairs of least total cost
+    (the Hungarian method, by shortest augmenting paths with row and column potentials).
+    In NumPy, so solving needs no SciPy; a prompt and its boxes are a few dozen cells."""
+    cost = np.asarray(cost, np.float64)
+    if cost.shape[0] > cost.shape[1]:
+        return {r: c for c, r in cheapest_assignment(cost.T).items()}
+    rows, cols = cost.shape
+    u, v = np.zeros(rows + 1), np.zeros(cols + 1)  # potentials; index 0 is the start of a path
+    owner = np.zeros(cols + 1, np.int64)  # owner[j]: 1-based row holding column j (0: free)
+    for row in range(1, rows + 1):
+        owner[0], j0 = row, 0
+        reach, via = np.full(cols + 1, np.inf), np.zeros(cols + 1, np.int64)
+        used = np.zeros(cols + 1, bool)
+        while owner[j0]:  # grow the tree of tight edges until a free column is reached
+            used[j0] = True
+            i0 = owner[j0]
+            slack = cost[i0 - 1] - u[i0] - v[1:]
+            better = ~used[1:] & (slack < reach[1:])
+            reach[1:][better], via[1:][better] = slack[better], j0
+            j1 = int(np.argmin(np.where(used[1:], np.inf, reach[1:]))) + 1
+            delta = reach[j1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            reach[~used] -= delta
+            j0 = j1
+        while j0:  # flip the path back to its start
+            j1 = via[j0]
+            owner[j0], j0 = owner[j1], j1
+    return {int(owner[j]) - 1: j - 1 for j in range(1, cols + 1) if owner[j]}
 
+
+def assign_clicks(prompt: str, boxes: list[dict]) -> list[dict]:
+    """The jointly likeliest box for each prompted character (`cheapest_assignment` of
+    -log probability)."""
     prob = np.array([[max(b["candidates"].get(char, 0.0), FLOOR) * max(b.get("detector_score", 1.0), FLOOR)
                       for b in boxes] for char in prompt])
-    rows, cols = linear_sum_assignment(-np.log(prob))
-    chosen = dict(zip(rows.tolist(), cols.tolist()))
+    chosen = cheapest_assignment(-np.log(prob))
     return [_click(char, boxes[chosen[i]], float(prob[i, chosen[i]])) if i in chosen else _click(char, None, 0.0)
             for i, char in enumerate(prompt)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bearcat.click import click_success, order_clicks
+from bearcat.click import cheapest_assignment, click_success, order_clicks
 from bearcat.data.click import ClickObject, ClickRecord
 from bearcat.data.labels import Vocabulary
 from bearcat.data.preprocess import PreprocessConfig
@@ -133,3 +133,21 @@ def test_recognised_boxes_are_assigned_to_the_prompt_jointly():
     record = ClickRecord("a.png", 200, 40, "地天", [ClickObject("天", (0, 0, 20, 20), True),
                                                    ClickObject("地", (50, 0, 70, 20), True)])
     assert click_success([record], [{"boxes": boxes}]) == 1.0
+
+
+def test_cheapest_assignment_is_the_least_total_cost_of_all_matchings():
+    """Against every matching of small random matrices, both ways round: min(rows, columns)
+    pairs, each row and column used once, at the least total cost."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for rows, cols in [(1, 1), (1, 5), (3, 3), (4, 6), (6, 4), (5, 2), (6, 6)] * 20:
+        cost = rng.random((rows, cols)) * rng.choice([1.0, 30.0])
+        chosen = cheapest_assignment(cost)
+        assert len(chosen) == min(rows, cols) and len(set(chosen.values())) == len(chosen)
+        if rows <= cols:
+            best = min(cost[range(rows), list(c)].sum() for c in itertools.permutations(range(cols), rows))
+        else:
+            best = min(cost[list(r), range(cols)].sum() for r in itertools.permutations(range(rows), cols))
+        assert sum(cost[r, c] for r, c in chosen.items()) == pytest.approx(best)
+    assert cheapest_assignment(np.zeros((3, 0))) == {}
