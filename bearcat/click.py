@@ -26,8 +26,13 @@ from bearcat.detection.predictor import Detector
 
 
 @lru_cache(maxsize=4)
-def _detector(bundle: str) -> Detector:
-    return Detector(bundle)
+def _detector(bundle: str, runtime: str = "auto") -> Detector:
+    from bearcat.runtime import load_predictor
+
+    predictor = load_predictor(bundle, runtime)
+    if not getattr(predictor, "detects", False):
+        raise ValueError(f"model={bundle}: a {predictor.mode.name} model, not a click-captcha (efficientdet) bundle")
+    return predictor
 
 
 FLOOR = 1e-4  # probability given to a name outside a box's candidates
@@ -116,10 +121,11 @@ def check_prompt(prompt: str, detector: Detector) -> None:
         raise ValueError(f"prompt {prompt!r}: {unknown!r} not among the {len(known)} characters this model names")
 
 
-def solve(image, prompt: str, model=None) -> list[dict]:
-    """image: path, bytes or PIL image; model: a Detector or a detection bundle folder.
+def solve(image, prompt: str, model=None, runtime: str = "auto") -> list[dict]:
+    """image: path, bytes or PIL image; model: a Detector or a detection bundle folder, read
+    in `runtime` (keras | onnx | tflite | tflite_int8 | savedmodel | auto).
     -> [{"char", "x", "y", "score"}, ...] in prompt order (x, y in the image's pixels)."""
-    detector = model if isinstance(model, Detector) else _detector(str(model))
+    detector = model if isinstance(model, Detector) else _detector(str(model), runtime)
     if not detector.names:  # one class and no recogniser
         raise ValueError("this detection bundle finds characters but cannot name them: train with "
                          "mode.recogniser=<num_classes run or bundle> or mode.class_mode=per_char")
@@ -145,15 +151,17 @@ def click_success(records: list, results: list[dict], score_threshold: float = 0
     return solved / max(1, len(records))
 
 
-CLI_KEYS = ("model", "image", "prompt")  # the command's only arguments
+CLI_KEYS = ("model", "image", "prompt")  # the command's required arguments
+CLI_OPTIONS = {"runtime": "auto"}  # and its optional ones, with their defaults
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: key=value arguments model=, image=, prompt= (Hydra-style, without Hydra)."""
+    """CLI: key=value arguments model=, image=, prompt= and optionally runtime= (Hydra-style,
+    without Hydra)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    args = CLI_OPTIONS | dict(a.split("=", 1) for a in argv if "=" in a)
     # a misspelt key (promt=) or a stray word would otherwise be dropped without a word
-    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in CLI_KEYS]
+    unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in (*CLI_KEYS, *CLI_OPTIONS)]
     missing = [k for k in CLI_KEYS if not args.get(k)]
     why = []
     if unknown:
@@ -161,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         why.append(f"missing: {', '.join(missing)}")
     if why:
-        print(f"usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT ({'; '.join(why)})",
-              file=sys.stderr)
+        print(f"usage: python -m bearcat.click model=BUNDLE image=PATH prompt=TEXT [runtime=auto] "
+              f"({'; '.join(why)})", file=sys.stderr)
         return 2
     try:
-        clicks = solve(args["image"], args["prompt"], args["model"])
-    except ValueError as err:  # ImageError too: a bad image, prompt or bundle, named
+        clicks = solve(args["image"], args["prompt"], args["model"], args["runtime"])
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:  # a bad image, prompt, bundle or runtime, named
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(clicks, ensure_ascii=False))

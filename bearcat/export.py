@@ -5,8 +5,9 @@ preprocessing and decoding settings, what was exported and its parity report), t
 model, and the chosen formats (`savedmodel/`, `model.onnx`, `model.tflite`,
 `model.int8.tflite`). Every exported model is checked against the Keras model on test
 images (largest output difference, identical decoded strings; for the 8-bit model the
-share of identical strings); a mismatch fails the export. Optionally the
-bundle is registered in the MLflow model registry as a pyfunc.
+share of identical strings); a mismatch fails the export. A click bundle's recogniser is
+written in the same formats and checked the same way, on crops of the boxes found.
+Optionally the bundle is registered in the MLflow model registry as a pyfunc.
 """
 from __future__ import annotations
 
@@ -184,6 +185,54 @@ def parity_check(folder: Path, formats: list[str], reference, mode, images: np.n
     return report
 
 
+def listed(formats: list[str], report: dict) -> dict:
+    """bundle.json's `exports` entries of the formats written: file, and the parity report."""
+    return {fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}
+
+
+def recogniser_inputs(detector, mode, images: np.ndarray, pre) -> np.ndarray:
+    """What a click bundle's recogniser reads on the parity images: the crop of each box the
+    Keras detector finds there (the Detector's crop and preprocessing), and each whole image,
+    so there is something to check when a barely trained detector finds nothing."""
+    from PIL import Image
+
+    from bearcat.data.preprocess import preprocess
+    from bearcat.detection.predictor import character_crop
+
+    pictures = [Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img) for img in images]
+    found = mode.decode(np.asarray(detector.predict_on_batch(images.astype(np.float32))))
+    crops = [character_crop(picture, (b["x1"], b["y1"], b["x2"], b["y2"]))  # canvas pixels: the images are canvases
+             for picture, result in zip(pictures, found) for b in result["boxes"]]
+    return np.stack([preprocess(picture, pre) for picture in crops + pictures])
+
+
+def export_recogniser(source: Path, stage: Path, earlier: Path, formats: list[str], cfg: DictConfig, detector,
+                      mode, images: np.ndarray) -> dict:
+    """A click bundle's recogniser (a num_classes bundle in `recogniser/`) staged beside the
+    detector in the same formats, each checked like the detector, so the whole bundle reads
+    in one runtime, without Keras too. Formats of an earlier export of it into `earlier`
+    are kept, as for the detector. Returns the recogniser's parity report."""
+    from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, load_keras, read_meta
+    from bearcat.data.preprocess import PreprocessConfig
+
+    shutil.copytree(source, stage)
+    meta = read_meta(stage)
+    kept = earlier_exports(earlier, source, meta, formats)
+    for fmt in kept:
+        copy = shutil.copytree if (earlier / FILES[fmt]).is_dir() else shutil.copy2
+        copy(earlier / FILES[fmt], stage / FILES[fmt])
+    model = load_keras(stage / MODEL_FILE)
+    model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
+    for fmt in formats:
+        if fmt != "keras":
+            write_format(model, stage, fmt, cfg)
+    crops = recogniser_inputs(detector, mode, images, PreprocessConfig.from_dict(meta["preprocess"]))
+    report = parity_check(stage, formats, model, Predictor(stage, model=model).mode, crops, float(cfg.parity.atol),
+                          float(cfg.parity.quantized_agreement))
+    write_json(stage / BUNDLE_FILE, {**meta, "exports": kept | listed(formats, report)}, indent=1)
+    return report
+
+
 def commit_export(stage: Path, out: Path) -> None:
     """Move each staged file or folder into `out`, replacing its earlier version (a server
     may be reading the folder: each file appears whole); bundle.json last, so it names only
@@ -263,13 +312,14 @@ def export(cfg: DictConfig) -> dict:
                     seconds[fmt] = time.perf_counter() - start
                     log.info("wrote %s (%.1f s)", FILES[fmt], seconds[fmt])
             mode = Predictor(bundle, model=model).mode
-            if (bundle / RECOGNISER_DIR).is_dir():  # a detector's recogniser travels with it (Keras format)
-                shutil.copytree(bundle / RECOGNISER_DIR, stage / RECOGNISER_DIR)
             images = parity_images(cfg, train_config, meta, int(cfg.parity.images))
             report = parity_check(stage, formats, model, mode, images, float(cfg.parity.atol), agreement,
                                   float(cfg.parity.quantized_box_pixels))
-            exports = earlier_exports(out, bundle, meta, formats) | {
-                fmt: {"file": FILES[fmt], **({"parity": report[fmt]} if fmt in report else {})} for fmt in formats}
+            inner = {}
+            if (bundle / RECOGNISER_DIR).is_dir():  # a detector's recogniser travels with it, in the same formats
+                inner = export_recogniser(bundle / RECOGNISER_DIR, stage / RECOGNISER_DIR, out / RECOGNISER_DIR,
+                                          formats, cfg, model, mode, images)
+            exports = earlier_exports(out, bundle, meta, formats) | listed(formats, report)
             meta = {**meta, "mlflow_run_id": source_run, "exports": exports}
             write_json(stage / BUNDLE_FILE, meta, indent=1)
             commit_export(stage, out)
@@ -279,6 +329,8 @@ def export(cfg: DictConfig) -> dict:
     metrics = {f"parity_max_abs_diff_{f}": r["max_abs_diff"] for f, r in report.items()}
     metrics |= {f"parity_agreement_{f}": r["agreement"] for f, r in report.items() if "agreement" in r}
     metrics |= {f"export_seconds_{f}": s for f, s in seconds.items()}
+    metrics |= {f"parity_max_abs_diff_recogniser_{f}": r["max_abs_diff"] for f, r in inner.items()}
+    metrics |= {f"parity_agreement_recogniser_{f}": r["agreement"] for f, r in inner.items() if "agreement" in r}
     tags = {"bearcat.task": "export", "bearcat.formats": ",".join(formats)}
     if source_run:
         tags["bearcat.source_run_id"] = source_run
@@ -294,7 +346,7 @@ def export(cfg: DictConfig) -> dict:
             registered = tracking.log_pyfunc(out, cfg.registered_model_name, meta)
             log.info("registered %s version %s", cfg.registered_model_name, registered)
     summary = {"output_dir": str(out), "formats": formats, "parity": report, "mlflow_run_id": run.info.run_id,
-               "registered_version": registered}
+               "registered_version": registered, **({"recogniser_parity": inner} if inner else {})}
     print(json.dumps(summary, indent=1))
     return summary
 

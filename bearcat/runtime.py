@@ -180,8 +180,9 @@ def load_predictor(folder, runtime: str = "onnx", threads: int = 0, decoding: di
         from bearcat.detection.predictor import RECOGNISER_DIR, Detector
 
         inner = Path(folder) / RECOGNISER_DIR
-        # the recogniser is exported in Keras format only: other runtimes fall back to it
-        inner_runtime = runtime if runtime in available_formats(inner) else "keras"
+        # the recogniser in the detector's runtime; an export from before recognisers were
+        # exported holds it in Keras format only
+        inner_runtime = engine.name if inner.is_dir() and engine.name in available_formats(inner) else "keras"
         recogniser = load_predictor(inner, inner_runtime, threads) if inner.is_dir() else None
         predictor = Detector(folder, model=engine, recogniser=recogniser)
     else:

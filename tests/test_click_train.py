@@ -1,9 +1,10 @@
 """End to end on tiny click captchas: a recogniser on the generator's crops, an EfficientDet
 detector that uses it, test mAP in MLflow, the bundle, the click solver (API and CLI), the
-HTTP API and an ONNX export with its parity check."""
+HTTP API, an ONNX export of both models with its parity check, read without TensorFlow."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -216,20 +217,79 @@ def test_http_click_and_predict(click_run):
     assert client.get("/v1/models").json()["models"][0]["mode"] == "efficientdet"
 
 
-def test_onnx_export_of_a_detector_passes_parity_and_serves(click_run):
+@pytest.fixture(scope="module")
+def click_onnx(click_run) -> Path:
+    """The detector and its recogniser exported to ONNX (with the parity check)."""
     from bearcat.export import export
+
+    out = click_run["root"] / "onnx"
+    summary = _run_job(click_run, export, "export", ["format=onnx", f"output_dir={out}", "parity.images=4"])
+    assert summary["parity"]["onnx"]["different_results"] == 0
+    # the recogniser too, checked on crops of the boxes found and on the whole images
+    checked = summary["recogniser_parity"]["onnx"]
+    assert checked["different_results"] == 0 and checked["images"] >= 4
+    return out
+
+
+def assert_same_boxes(got: list[dict], want: list[dict], tolerance: float) -> None:
+    """The same boxes, named the same, corners and scores within `tolerance`."""
+    assert [b["label"] for b in got] == [b["label"] for b in want]
+    for g, w in zip(got, want):
+        assert [g[k] for k in ("x1", "y1", "x2", "y2", "score")] == pytest.approx(
+            [w[k] for k in ("x1", "y1", "x2", "y2", "score")], rel=tolerance, abs=tolerance)
+
+
+def test_onnx_export_of_a_detector_and_its_recogniser_passes_parity_and_serves(click_run, click_onnx):
+    from bearcat.click import main, solve
+    from bearcat.detection.predictor import Detector
+    from bearcat.experiment import load_sources
+    from bearcat.runtime import available_formats, load_predictor
+
+    assert "onnx" in available_formats(click_onnx / "recogniser")
+    predictor = load_predictor(click_onnx, "onnx")
+    assert predictor.detects and predictor.recogniser.runtime == "onnx"  # the whole bundle in one runtime
+    assert load_predictor(click_onnx, "auto").recogniser.runtime == "onnx"
+    record = load_sources(click_run["cfg"]).test[0]
+    (keras_read,) = Detector(click_run["root"] / "detector" / "model").predict([record.path], score_threshold=0.0)
+    (onnx_read,) = predictor.predict([record.path], score_threshold=0.0)
+    assert keras_read["boxes"]
+    assert_same_boxes(onnx_read["boxes"], keras_read["boxes"], 1e-3)
+    assert_same_clicks(solve(record.path, record.prompt, click_onnx, runtime="onnx"),
+                       solve(record.path, record.prompt, click_run["root"] / "detector" / "model"))
+    assert main([f"model={click_onnx}", f"image={record.path}", f"prompt={record.prompt}", "runtime=onnx"]) == 0
+    assert main([f"model={click_onnx}", f"image={record.path}", f"prompt={record.prompt}", "runtime=tflite"]) == 2
+
+
+@pytest.mark.slow
+def test_a_light_install_solves_click_captchas_like_the_library(click_run, click_onnx, light_python, tmp_path):
+    """Without TensorFlow, Keras, MLflow or SciPy, an ONNX click bundle finds and names the
+    same boxes and the click command answers as the full library does."""
+    import subprocess
+
+    from bearcat.click import solve
+    from bearcat.experiment import load_sources
     from bearcat.runtime import load_predictor
 
-    root = click_run["root"]
-    summary = _run_job(click_run, export, "export", ["format=onnx", f"output_dir={root / 'onnx'}",
-                                                    "parity.images=4"])
-    assert summary["parity"]["onnx"]["different_results"] == 0
-    predictor = load_predictor(root / "onnx", "onnx")
-    assert predictor.detects and predictor.recogniser is not None
-    from bearcat.experiment import load_sources
-
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    missing = run([str(light_python), "-c", "import importlib.util as u; "
+                   "print([m for m in ('tensorflow', 'keras', 'mlflow', 'scipy') if u.find_spec(m)])"])
+    assert missing.stdout.strip() == "[]", missing.stderr
     record = load_sources(click_run["cfg"]).test[0]
-    assert isinstance(predictor.predict([record.path])[0]["boxes"], list)
+    boxes = run([str(light_python), "-c", "import json, sys; from bearcat.runtime import load_predictor; "
+                 "(r,) = load_predictor(sys.argv[1], 'onnx').predict([sys.argv[2]], score_threshold=0.0); "
+                 "print(json.dumps(r['boxes']))", str(click_onnx), str(record.path)])
+    assert boxes.returncode == 0, boxes.stderr[-3000:]
+    (full,) = load_predictor(click_onnx, "onnx").predict([record.path], score_threshold=0.0)
+    light = json.loads(boxes.stdout.strip().splitlines()[-1])
+    assert full["boxes"]
+    assert_same_boxes(light, full["boxes"], 1e-4)
+    for got, want in zip(light, full["boxes"]):  # the recogniser's five best names, as the click solver weighs them
+        assert got["candidates"] == pytest.approx(want["candidates"], abs=1e-5)
+    done = run([str(light_python), "-m", "bearcat.click", f"model={click_onnx}", f"image={record.path}",
+                f"prompt={record.prompt}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_clicks(json.loads(done.stdout.strip().splitlines()[-1]),
+                       solve(record.path, record.prompt, click_onnx, runtime="onnx"))
 
 
 def test_evaluate_scores_a_detection_run(click_run, caplog):

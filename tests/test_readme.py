@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bearcat import CONFIG_DIR
-from bearcat.click import CLI_KEYS as CLICK_KEYS
+from bearcat.click import CLI_KEYS, CLI_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup")
@@ -108,10 +108,11 @@ def refused(commands: list[tuple[str, str]]) -> list[str]:
         return None
 
     failures = []
-    for args in dict.fromkeys(args for name, args in commands if name == "click"):  # three keys, no Hydra
-        extra = [t for t in shlex.split(re.sub(r"<[^>]*>", "X", args)) if t.split("=", 1)[0] not in CLICK_KEYS]
+    click_keys = (*CLI_KEYS, *CLI_OPTIONS)
+    for args in dict.fromkeys(args for name, args in commands if name == "click"):  # four keys, no Hydra
+        extra = [t for t in shlex.split(re.sub(r"<[^>]*>", "X", args)) if t.split("=", 1)[0] not in click_keys]
         if extra:
-            failures.append(f"bearcat.click {args}: not one of {', '.join(CLICK_KEYS)}: {' '.join(extra)}")
+            failures.append(f"bearcat.click {args}: not one of {', '.join(click_keys)}: {' '.join(extra)}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for (name, groups), lines in plan.items():
             merged: dict[str, str] = {}
