@@ -10,7 +10,7 @@ the same generated captchas and the same wall-time budget.
    budget for training alone), trains
    - a keras.io-style OCR model (2 conv blocks, dense, 2 BiLSTM, CTC), and
    - a plain CRNN (3 conv-BN-ReLU-pool blocks, one BiGRU, CTC),
-   with Adam at their usual 1e-3, and scores them with the same greedy decoder.
+   with Adam at their usual 1e-3, and scores them with the default model's own decoder (`mode.decoder`).
 3. Measures the input pipeline's images/s alone against the training step's images/s.
 4. For every model, also the test accuracy with `O` and `0` counted as one character: the
    captcha library crops each glyph to its ink and stretches it to the font's (monospace)

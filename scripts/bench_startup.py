@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Cold start: seconds from launching `python -m bearcat.predict model=BUNDLE images=IMAGE`
-to its exit (one reading), in several Python environments, runs interleaved.
+(or with `--prompt`, `python -m bearcat.click model=BUNDLE image=IMAGE prompt=TEXT`) to its
+exit (one reading), in several Python environments, runs interleaved.
 
     python scripts/bench_startup.py --bundle outputs/exports/<run id> --image captcha.png \
         --env full=.venv/bin/python --env light=/opt/light/bin/python [--env before=.venv/bin/python@/tmp/old] \
-        [--runs 5] [--runtime onnx]
+        [--runs 5] [--runtime onnx] [--prompt 天地人]
+
+`--runtime ""` leaves `runtime=` out: each version's default (for `bearcat.click` before
+2026-12-06, which took no runtime=, that was Keras).
 
 `--env NAME=PYTHON` runs that interpreter's installed Bearcat; `NAME=PYTHON@SOURCE` runs the
 source tree SOURCE with it (PYTHONPATH), e.g. a `git worktree` of an earlier commit. Prints
@@ -21,8 +25,11 @@ import tempfile
 import time
 
 
-def command(python: str, bundle: str, image: str, runtime: str, workdir: str) -> list[str]:
-    return [python, "-m", "bearcat.predict", f"model={bundle}", f"images={image}", f"runtime={runtime}",
+def command(python: str, bundle: str, image: str, runtime: str, workdir: str, prompt: str | None) -> list[str]:
+    chosen = [f"runtime={runtime}"] if runtime else []
+    if prompt:  # the click command takes no Hydra arguments
+        return [python, "-m", "bearcat.click", f"model={bundle}", f"image={image}", f"prompt={prompt}", *chosen]
+    return [python, "-m", "bearcat.predict", f"model={bundle}", f"images={image}", *chosen,
             f"hydra.run.dir={workdir}/hydra"]
 
 
@@ -32,7 +39,8 @@ def main() -> None:
     parser.add_argument("--image", required=True, help="one image file")
     parser.add_argument("--env", action="append", required=True, help="NAME=PYTHON or NAME=PYTHON@SOURCE")
     parser.add_argument("--runs", type=int, default=5, help="runs of each environment")
-    parser.add_argument("--runtime", default="onnx")
+    parser.add_argument("--runtime", default="onnx", help='"" leaves runtime= out (the command\'s default)')
+    parser.add_argument("--prompt", default=None, help="time bearcat.click with this prompt instead of predict")
     args = parser.parse_args()
 
     envs = []
@@ -50,7 +58,7 @@ def main() -> None:
         for run in range(args.runs):
             for name, python, env in envs:
                 start = time.perf_counter()
-                done = subprocess.run(command(python, bundle, image, args.runtime, workdir), env=env, cwd=workdir,
+                done = subprocess.run(command(python, bundle, image, args.runtime, workdir, args.prompt), env=env, cwd=workdir,
                                       capture_output=True, text=True)
                 seconds = time.perf_counter() - start
                 if done.returncode != 0:
@@ -62,7 +70,7 @@ def main() -> None:
         print("|---|---:|---:|---|")
         for name, python, env in envs:
             probe = subprocess.run([python, "-X", "importtime", *command(python, bundle, image, args.runtime,
-                                                                         workdir)[1:]],
+                                                                         workdir, args.prompt)[1:]],
                                    env=env, cwd=workdir, capture_output=True, text=True)
             imported = any(line.split("|")[-1].strip() == "tensorflow" for line in probe.stderr.splitlines())
             median = statistics.median(times[name])

@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import logging
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -263,7 +264,8 @@ def test_onnx_export_of_a_detector_and_its_recogniser_passes_parity_and_serves(c
 @pytest.mark.slow
 def test_a_light_install_solves_click_captchas_like_the_library(click_run, click_onnx, light_python, tmp_path):
     """Without TensorFlow, Keras, MLflow or SciPy, an ONNX click bundle finds and names the
-    same boxes and the click command answers as the full library does."""
+    same boxes, and the click command and the server's /v1/click answer, as in the full
+    library."""
     import subprocess
 
     from bearcat.click import solve
@@ -288,8 +290,17 @@ def test_a_light_install_solves_click_captchas_like_the_library(click_run, click
     done = run([str(light_python), "-m", "bearcat.click", f"model={click_onnx}", f"image={record.path}",
                 f"prompt={record.prompt}"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_clicks(json.loads(done.stdout.strip().splitlines()[-1]),
-                       solve(record.path, record.prompt, click_onnx, runtime="onnx"))
+    want = solve(record.path, record.prompt, click_onnx, runtime="onnx")
+    assert_same_clicks(json.loads(done.stdout.strip().splitlines()[-1]), want)
+    from test_serve import http_entry_point
+
+    image = base64.b64encode(Path(record.path).read_bytes()).decode()
+    with http_entry_point("bearcat.serve", [f"model={click_onnx}"], tmp_path / "serve.log", "/health",
+                          python=str(light_python), cwd=tmp_path) as url:
+        body = json.dumps({"image": image, "prompt": record.prompt}).encode()
+        request = urllib.request.Request(url + "/v1/click", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert_same_clicks(json.loads(answer.read())["clicks"], want)
 
 
 def test_evaluate_scores_a_detection_run(click_run, caplog):
