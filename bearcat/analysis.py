@@ -283,27 +283,40 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
 
 def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int], out_dir) -> list[tuple[Path, str]]:
     """`gradcam_images` test images, the failures first (why a reading went wrong is what a
-    heat map is wanted for): `gradcam.png` (a row per image: the whole reading, then each
-    character) and `gradcam.json` (layer, method, and per image its file, truth, reading and
-    each character's probability and horizontal centre of heat in input pixels)."""
+    heat map is wanted for); see `explain_images`."""
+    picked = set(failed)
+    order = (failed + [i for i in range(len(data)) if i not in picked])[:max(0, int(cfg.gradcam_images))]
+    return explain_images(cfg, predictor, data.images[order], [data.paths[i] for i in order],
+                          [results[i] for i in order], out_dir, labels=[data.labels[i] for i in order])
+
+
+def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: list[dict], out_dir,
+                   labels: list[str] | None = None) -> list[tuple[Path, str]]:
+    """Heat maps of preprocessed `images` read as `results` by a Keras `predictor`, with the
+    `gradcam_layer` and `gradcam_method` settings of `cfg`: `gradcam.png` (a row per image:
+    the whole reading, then each character; captioned `reading / label`, or the reading and
+    its confidence when there are no labels) and `gradcam.json` (layer, method, and per image
+    its file, label if known, reading and each character's probability and horizontal centre
+    of heat in input pixels). Returns (file, MLflow artifact folder) pairs."""
     from bearcat.gradcam import centre_x, explain, gradcam_sheet
     from bearcat.modes.ctc import CTCMode
 
-    picked = set(failed)
-    order = (failed + [i for i in range(len(data)) if i not in picked])[:max(0, int(cfg.gradcam_images))]
     ctc = isinstance(predictor.mode, CTCMode)
     # CTC: explain each reading as decoded (a beam search's may differ from the greedy path)
-    readings = [predictor.mode.vocab.encode(results[i]["result"]) for i in order] if ctc else None
-    found = explain(predictor.model, data.images[order], cfg.gradcam_layer, str(cfg.gradcam_method),
+    readings = [predictor.mode.vocab.encode(r["result"]) for r in results] if ctc else None
+    found = explain(predictor.model, images, cfg.gradcam_layer, str(cfg.gradcam_method),
                     merge_repeats=ctc, readings=readings)
     char_name = (lambda cid: predictor.mode.vocab.decode([cid])) if predictor.mode.text else str
-    captions = [f"{results[i]['result']} / {data.labels[i]}" for i in order]
-    sheet = gradcam_sheet(data.images[order], found, captions, out_dir / "gradcam.png", char_name)
-    rows = [{"file": str(data.paths[i]), "label": data.labels[i], "result": results[i]["result"],
-             "characters": [{"char": char_name(cid), "probability": round(p, 4), "centre_x": centre_x(heat)}
-                            for (cid, heat), p in zip(chars, chances)]}
-            for i, chars, chances in zip(order, found.characters, found.probabilities)]
+    captions = ([f"{r['result']} / {label}" for r, label in zip(results, labels)] if labels is not None
+                else [f"{r['result']} ({float(r['confidence']):.2f})" for r in results])
+    sheet = gradcam_sheet(images, found, captions, Path(out_dir) / "gradcam.png", char_name)
+    rows = []
+    for k, (path, r, chars, chances) in enumerate(zip(paths, results, found.characters, found.probabilities)):
+        known = {"label": labels[k]} if labels is not None else {"confidence": round(float(r["confidence"]), 4)}
+        rows.append({"file": str(path), **known, "result": r["result"],
+                     "characters": [{"char": char_name(cid), "probability": round(p, 4), "centre_x": centre_x(heat)}
+                                    for (cid, heat), p in zip(chars, chances)]})
     summary = Path(out_dir) / "gradcam.json"
-    write_json(summary, {"layer": found.layer, "method": found.method, "images": len(order), "readings": rows},
+    write_json(summary, {"layer": found.layer, "method": found.method, "images": len(results), "readings": rows},
                indent=1)
     return [(sheet, "gradcam"), (summary, "gradcam")]

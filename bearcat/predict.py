@@ -3,7 +3,8 @@
 Reads image files with a model bundle through its own preprocessing and decoding (the
 same path as evaluate and serve) and prints one tab-separated line per image: file,
 reading, confidence. Files that do not decode are named in a warning and skipped; the
-images are only read.
+images are only read. `gradcam=FOLDER` also draws heat maps of the least sure readings
+(Keras model).
 """
 from __future__ import annotations
 
@@ -78,9 +79,38 @@ def print_readings(rows: list[tuple[Path, dict]]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
+def heat_map_runtime(cfg: DictConfig, runtime: str) -> str:
+    """With `gradcam=`, the runtime to read with (Keras: the maps need the model's gradients),
+    the settings checked before any work."""
+    from bearcat.gradcam import check_method
+
+    check_method(str(cfg.gradcam_method))
+    if int(cfg.gradcam_images) < 1:
+        raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of images to explain, at least 1")
+    if runtime not in ("auto", "keras"):
+        raise ValueError(f"gradcam={cfg.gradcam}: heat maps need the Keras model's gradients; "
+                         f"use runtime=keras (or auto), not {runtime}")
+    return "keras"
+
+
+def draw_heat_maps(cfg: DictConfig, predictor, rows: list[tuple[Path, dict]], folder: Path) -> Path:
+    """Heat maps of the `gradcam_images` least confident readings (what a user checks first)
+    into `folder`: gradcam.png and gradcam.json (bearcat.analysis.explain_images)."""
+    import numpy as np
+
+    from bearcat.analysis import explain_images
+    from bearcat.data.preprocess import preprocess
+
+    chosen = sorted(rows, key=lambda row: float(row[1]["confidence"]))[:int(cfg.gradcam_images)]
+    images = np.stack([preprocess(path, predictor.pre) for path, _ in chosen])
+    folder.mkdir(parents=True, exist_ok=True)
+    explain_images(cfg, predictor, images, [path for path, _ in chosen], [r for _, r in chosen], folder)
+    return folder / "gradcam.png"
+
+
 def predict(cfg: DictConfig) -> dict:
     """Read every image `cfg.images` names; returns a summary (counts, time, out file)."""
-    from bearcat.bundle import decoding_settings, predict_files, resolve_model
+    from bearcat.bundle import Predictor, decoding_settings, predict_files, read_meta, resolve_model
     from bearcat.runtime import load_predictor, named_runtime
 
     out = Path(cfg.out) if cfg.get("out") else None
@@ -88,10 +118,21 @@ def predict(cfg: DictConfig) -> dict:
         raise ValueError(f"out={cfg.out}: name a .csv or .jsonl file")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per model call, at least 1")
+    heat_dir = Path(cfg.gradcam) if cfg.get("gradcam") else None
+    runtime = named_runtime(cfg.model, cfg.runtime)
+    if heat_dir is not None:
+        runtime = heat_map_runtime(cfg, runtime)
     paths = image_paths(cfg.images, bool(cfg.recursive))
     with tempfile.TemporaryDirectory() as workdir:
-        predictor = load_predictor(resolve_model(cfg.model, workdir, cfg.mlflow), named_runtime(cfg.model, cfg.runtime),
-                                   cfg.threads, decoding_settings(cfg))
+        bundle = resolve_model(cfg.model, workdir, cfg.mlflow)
+        if heat_dir is None:
+            predictor = load_predictor(bundle, runtime, cfg.threads, decoding_settings(cfg))
+        elif read_meta(bundle)["mode"]["name"] == "efficientdet":
+            raise ValueError(f"gradcam={cfg.gradcam}: heat maps explain text and class readings, not a click-captcha "
+                             "detector's boxes")
+        else:  # the Keras model itself, for its gradients
+            predictor = Predictor(bundle, decoding=decoding_settings(cfg))
+            predictor.runtime = "keras"
         start = time.perf_counter()
         results, failed = predict_files(predictor, paths, int(cfg.batch_size))
         seconds = time.perf_counter() - start
@@ -103,6 +144,10 @@ def predict(cfg: DictConfig) -> dict:
     print_readings(rows)
     summary = {"images": len(paths), "read": len(rows), "unreadable": [str(p) for p, _ in failed],
                "seconds": seconds, "runtime": predictor.runtime, "out": str(out) if out else None}
+    if heat_dir is not None and rows:
+        summary["gradcam"] = str(draw_heat_maps(cfg, predictor, rows, heat_dir))
+        log.info("heat maps of the %d least confident readings: %s", min(len(rows), int(cfg.gradcam_images)),
+                 summary["gradcam"])
     log.info("read %d of %d images in %.2f s (%s runtime)%s", len(rows), len(paths), seconds, predictor.runtime,
              f"; {len(failed)} unreadable" if failed else "")
     if not rows:

@@ -240,7 +240,7 @@ def assert_same_boxes(got: list[dict], want: list[dict], tolerance: float) -> No
             [w[k] for k in ("x1", "y1", "x2", "y2", "score")], rel=tolerance, abs=tolerance)
 
 
-def test_onnx_export_of_a_detector_and_its_recogniser_passes_parity_and_serves(click_run, click_onnx):
+def test_onnx_export_of_a_detector_and_its_recogniser_passes_parity_and_serves(click_run, click_onnx, tmp_path):
     from bearcat.click import main, solve
     from bearcat.detection.predictor import Detector
     from bearcat.experiment import load_sources
@@ -259,6 +259,13 @@ def test_onnx_export_of_a_detector_and_its_recogniser_passes_parity_and_serves(c
                        solve(record.path, record.prompt, click_run["root"] / "detector" / "model"))
     assert main([f"model={click_onnx}", f"image={record.path}", f"prompt={record.prompt}", "runtime=onnx"]) == 0
     assert main([f"model={click_onnx}", f"image={record.path}", f"prompt={record.prompt}", "runtime=tflite"]) == 2
+    from bearcat.predict import predict
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=[f"model={click_onnx}", f"images={record.path}",
+                                                        f"gradcam={tmp_path / 'heat'}"])
+    with pytest.raises(ValueError, match="not a click-captcha detector's boxes"):
+        predict(cfg)
 
 
 @pytest.mark.slow

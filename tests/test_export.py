@@ -352,6 +352,40 @@ def test_predict_reads_with_another_decoder_and_refuses_bad_ones(exported, mixed
     assert decoding_override("ordinary", {"decoder": None, "beam_width": None}) == {}
 
 
+def test_predict_draws_heat_maps_of_the_least_confident_readings(exported, mixed_folder, tmp_path):
+    """gradcam=FOLDER: the Keras model reads the folder as the library does, and heat maps
+    of the `gradcam_images` least confident readings are drawn, each character's map in the
+    order of the reading it explains (the default beam search's); settings that cannot work
+    are refused by name before any image is read."""
+    from bearcat.predict import predict
+
+    folder, good = mixed_folder
+    heat = tmp_path / "heat"
+    summary = predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"gradcam={heat}",
+                                   "gradcam_images=5", f"out={tmp_path / 'read.jsonl'}"]))
+    assert summary["runtime"] == "keras" and summary["read"] == 8 and summary["gradcam"] == str(heat / "gradcam.png")
+    assert (heat / "gradcam.png").stat().st_size > 0
+    want = {Path(w["file"]).name: w for w in map(json.loads, (tmp_path / "read.jsonl").read_text().splitlines())}
+    library = load_predictor(exported["dir"], "onnx").predict(good)
+    assert [want[p.name]["result"] for p in good] == [r["result"] for r in library]
+    explained = json.loads((heat / "gradcam.json").read_text())
+    rows = explained["readings"]
+    assert explained["images"] == len(rows) == 5 and explained["method"] == "hirescam"
+    least = sorted(want.values(), key=lambda w: w["confidence"])[:5]
+    assert [Path(r["file"]).name for r in rows] == [Path(w["file"]).name for w in least]
+    for row in rows:
+        assert row["result"] == want[Path(row["file"]).name]["result"]
+        assert "".join(c["char"] for c in row["characters"]) == row["result"]
+        assert row["confidence"] == pytest.approx(want[Path(row["file"]).name]["confidence"], abs=1e-4)
+    for override, message in [("runtime=onnx", "heat maps need the Keras model's gradients"),
+                              ("gradcam_method=cam", "gradcam_method=cam: choose one of"),
+                              ("gradcam_images=0", "gradcam_images=0: the number of images")]:
+        with pytest.raises(ValueError, match=message):
+            predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"gradcam={tmp_path / 'no'}",
+                                 override]))
+    assert not (tmp_path / "no").exists()
+
+
 def test_a_file_of_the_bundle_names_the_bundle_and_its_runtime(exported, mixed_folder):
     """model=BUNDLE/model.tflite reads with TFLite (whatever runtime= says), bundle.json with
     runtime=auto; the server names the model after the bundle folder."""
