@@ -44,7 +44,30 @@ def build_app(cfg: DictConfig, workdir: str):
     limits = Limits(**cfg.limits)
     log.info("serving %s (%s, runtime %s)", name, folder, predictor.runtime)
     return create_app(predictor, name, limits, cfg.api_key, cfg.batching.max_batch, cfg.batching.max_wait_ms,
-                      cfg.batching.model_thread)
+                      cfg.batching.model_thread, explainer=heat_map_model(cfg, folder, predictor))
+
+
+def check_explain(predictor) -> None:
+    """explain=true needs Keras (the maps need the model's gradients) and a model that reads text or classes."""
+    import importlib.util
+
+    if getattr(predictor, "detects", False):
+        raise ValueError("explain=true: heat maps explain text and class readings, not a click-captcha "
+                         "detector's boxes")
+    if importlib.util.find_spec("keras") is None:
+        raise ModuleNotFoundError("explain=true: heat maps need the full install (Keras and TensorFlow); "
+                                  "pip install . or leave explain=false")
+
+
+def heat_map_model(cfg: DictConfig, folder, predictor):
+    """With explain=true, the bundle's Keras model (reading as the served one does) for
+    POST /v1/explain; heat maps need its gradients, whatever runtime serves /v1/predict."""
+    if not cfg.get("explain"):
+        return None
+    from bearcat.bundle import Predictor, decoding_settings
+
+    check_explain(predictor)
+    return Predictor(folder, decoding=decoding_settings(cfg))
 
 
 def worker_app():
@@ -73,7 +96,9 @@ def main(cfg: DictConfig) -> None:
             folder = Path(resolve_model(cfg.model, workdir, cfg.mlflow)).resolve()
             runtime = named_runtime(cfg.model, cfg.runtime)
             # fail here, once, not in a restart loop of workers
-            load_predictor(folder, runtime, cfg.threads, decoding_settings(cfg))
+            checked = load_predictor(folder, runtime, cfg.threads, decoding_settings(cfg))
+            if cfg.get("explain"):
+                check_explain(checked)
             resolved = OmegaConf.to_container(cfg, resolve=True)
             resolved.update(model=str(folder), runtime=runtime, name=model_name(cfg))
             os.environ[WORKER_CONFIG] = json.dumps(resolved)

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bearcat.bundle import Predictor
+from bearcat.bundle import Predictor, read_meta
 from bearcat.runtime import load_predictor
 from bearcat.serve import build_app
 from bearcat.server.app import Limits, create_app
@@ -328,34 +328,80 @@ def test_client_example_prints_answers_and_accuracy(server, expected, tmp_path):
     assert listed.stdout.count(".png:") == len(files) - 1 and " 0.png:" not in listed.stdout
 
 
-def test_upload_page_in_headless_chromium(server, expected, tmp_path):
+@contextlib.contextmanager
+def upload_page(url: str):
+    """The server's upload page in headless Chromium, its model information loaded."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/setup.sh"
-    files, want = expected
-    bad = tmp_path / "notanimage.png"
-    bad.write_bytes(b"this is not a picture")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(server + "/")
+            page.goto(url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('runtime onnx')")
-            page.set_input_files("#file", str(files[0]))
-            page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
-            shown = page.inner_text("#answer")
-            assert shown == (want[0]["result"] or "(nothing read)")
-            assert page.inner_text("#confidence") == f"confidence {want[0]['confidence']:.3f}"
-            assert "ms" in page.inner_text("#time")
-            assert page.evaluate("document.getElementById('preview').naturalWidth") == Image.open(files[0]).width
-            page.screenshot(path=str(tmp_path / "page.png"))
-            page.set_input_files("#file", str(bad))
-            page.wait_for_function("document.getElementById('error').textContent.length > 0")
-            assert page.inner_text("#error").startswith("400: image: cannot decode image")
-            assert page.inner_text("#answer") == ""
+            yield page
         finally:
             browser.close()
+
+
+def test_upload_page_in_headless_chromium(server, expected, tmp_path):
+    files, want = expected
+    bad = tmp_path / "notanimage.png"
+    bad.write_bytes(b"this is not a picture")
+    with upload_page(server) as page:
+        page.set_input_files("#file", str(files[0]))
+        page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+        shown = page.inner_text("#answer")
+        assert shown == (want[0]["result"] or "(nothing read)")
+        assert page.inner_text("#confidence") == f"confidence {want[0]['confidence']:.3f}"
+        assert "ms" in page.inner_text("#time")
+        assert page.evaluate("document.getElementById('preview').naturalWidth") == Image.open(files[0]).width
+        assert page.evaluate("document.getElementById('heat').hidden")  # served without explain=true
+        page.screenshot(path=str(tmp_path / "page.png"))
+        page.set_input_files("#file", str(bad))
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert page.inner_text("#error").startswith("400: image: cannot decode image")
+        assert page.inner_text("#answer") == ""
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_heat_maps_over_http_and_on_the_upload_page(exported, expected, client, tmp_path):
+    """serve explain=true: POST /v1/explain answers the reading (as the library reads it) with
+    each character's probability and centre of heat and a PNG of the maps, whose characters
+    join to the reading; the upload page shows the maps under the answer. Without
+    explain=true the endpoint answers 404 naming the setting; a click model is refused."""
+    from types import SimpleNamespace
+
+    from bearcat.serve import check_explain
+
+    files, want = expected
+    refused = client.post("/v1/explain", files={"file": (files[0].name, files[0].read_bytes(), "image/png")})
+    assert refused.status_code == 404 and "explain=true" in refused.text
+    with pytest.raises(ValueError, match="not a click-captcha detector's boxes"):
+        check_explain(SimpleNamespace(detects=True))
+    with http_entry_point("bearcat.serve", [f"model={exported['dir']}", "explain=true"], tmp_path / "serve.log",
+                          "/health", timeout=120) as url:
+        with urllib.request.urlopen(url + "/v1/models") as r:
+            assert json.loads(r.read())["models"][0]["explain"] is True
+        for path, w in zip(files[:3], want):
+            body = json.dumps({"image": base64.b64encode(path.read_bytes()).decode()}).encode()
+            request = urllib.request.Request(url + "/v1/explain", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as r:
+                answer = json.loads(r.read())
+            assert answer["result"] == w["result"]
+            assert answer["confidence"] == pytest.approx(w["confidence"], abs=1e-5)
+            assert "".join(c["char"] for c in answer["characters"]) == answer["result"]
+            assert all(0 < c["probability"] <= 1 for c in answer["characters"])
+            png = Image.open(io.BytesIO(base64.b64decode(answer["image"].removeprefix("data:image/png;base64,"))))
+            # a tile for the whole reading and one per character, each at least the input's width
+            assert png.width >= (1 + len(answer["characters"])) * read_meta(exported["dir"])["preprocess"]["width"]
+        with upload_page(url) as page:
+            page.set_input_files("#file", str(files[0]))
+            page.wait_for_function("!document.getElementById('heat').hidden")
+            page.wait_for_function("document.getElementById('heat').naturalWidth > 0")
+            assert page.inner_text("#answer") == (want[0]["result"] or "(nothing read)")
+            assert page.inner_text("#error") == ""
 
 
 def test_batcher_groups_concurrent_requests(exported, expected):

@@ -156,6 +156,28 @@ class PredictFastPath:
             await self.app(scope, receive, send)
 
 
+HEAT_MAPS = {"gradcam_layer": None, "gradcam_method": "hirescam"}  # /v1/explain: evaluate's defaults
+
+
+def heat_map_answer(explainer, array) -> dict:
+    """One preprocessed image read by the Keras `explainer` -> its reading, each character's
+    probability and centre of heat (bearcat.analysis.explain_images), and the maps as a PNG
+    data URL: the whole reading first, then one per character."""
+    import base64
+    import tempfile
+    from types import SimpleNamespace
+
+    from bearcat.analysis import explain_images
+
+    result = explainer.predict_arrays(array[None])[0]
+    with tempfile.TemporaryDirectory() as folder:
+        explain_images(SimpleNamespace(**HEAT_MAPS), explainer, array[None], ["upload"], [result], folder)
+        reading = json.loads((Path(folder) / "gradcam.json").read_text(encoding="utf-8"))["readings"][0]
+        png = base64.b64encode((Path(folder) / "gradcam.png").read_bytes()).decode("ascii")
+    return {"result": result["result"], "confidence": float(result["confidence"]),
+            "characters": reading["characters"], "image": f"data:image/png;base64,{png}"}
+
+
 def warm_up(predictor) -> float:
     """Read a grey image alone and in a batch of two before the first request; milliseconds.
     Why: the Keras runtime builds its graph on the first call (0.46 s against 6 ms for the
@@ -171,8 +193,10 @@ def warm_up(predictor) -> float:
 
 
 def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, api_key: str | None = None,
-               max_batch: int = 16, max_wait_ms: float = 2.0, model_thread: bool = True) -> FastAPI:
-    """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime), warmed up."""
+               max_batch: int = 16, max_wait_ms: float = 2.0, model_thread: bool = True,
+               explainer=None) -> FastAPI:
+    """An app serving `predictor` (a bearcat.bundle.Predictor on any runtime), warmed up.
+    `explainer`: the same bundle's Keras Predictor, for heat maps at POST /v1/explain."""
     limits = limits or Limits()
     log.info("model warmed up in %.0f ms", warm_up(predictor))
     pre = dataclasses.replace(predictor.pre, max_pixels=min(predictor.pre.max_pixels, limits.max_pixels))
@@ -180,7 +204,7 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
     detects = getattr(predictor, "detects", False)  # detection: boxes mapped back to the image, then named
     if detects:
         predictor.pre = pre  # the server's pixel limit applies to detection too
-    info = model_info(predictor, name)
+    info = model_info(predictor, name) | {"explain": explainer is not None}
     state = {"in_flight": 0}
     app = FastAPI(title="Bearcat", version="1", summary="Captcha solving: upload an image, get its text.")
     app.state.batcher = batcher
@@ -247,6 +271,21 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
         return await predict_response(request)
 
     app.add_middleware(PredictFastPath, handler=predict_response)
+
+    @app.post("/v1/explain", openapi_extra=REQUEST_BODY_DOC,
+              summary="Heat maps of one reading: where the model looked for the text and for each character")
+    async def explain_reading(request: Request):
+        start = time.perf_counter()
+        check_key(request)
+        if explainer is None:
+            raise HTTPProblem(404, f"model {name!r} is served without heat maps: start the server with explain=true")
+        try:
+            data = await image_from_request(request, limits.max_body_bytes)
+            array = preprocess(data, pre, "image")
+        except (RequestError, ImageError) as err:
+            raise client_error(err) from None
+        answer = await run_in_threadpool(heat_map_answer, explainer, array)
+        return JSONResponse({**answer, "time_ms": (time.perf_counter() - start) * 1000.0})
 
     @app.post("/v1/click", summary="Click captchas: image + prompt -> ordered click points")
     async def click(request: Request):
