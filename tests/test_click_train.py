@@ -390,10 +390,11 @@ def test_tflite_int8_export_of_a_detector_reads_boxes(click_run):
     summary = _run_job(click_run, export, "export", ["format=tflite_int8", f"output_dir={root / 'int8'}",
                                                     "parity.images=4"])
     assert summary["parity"]["tflite_int8"]["agreement"] >= 0.9
+    assert summary["recogniser_parity"]["tflite_int8"]["agreement"] >= 0.9  # the recogniser in 8 bits too
     # the backbone's weights in 8 bits: under a third of the Keras file
     assert (root / "int8" / "model.int8.tflite").stat().st_size < 0.35 * (root / "int8" / "model.keras").stat().st_size
     predictor = load_predictor(root / "int8", "tflite_int8")
-    assert predictor.detects and predictor.runtime == "tflite_int8"
+    assert predictor.detects and predictor.runtime == predictor.recogniser.runtime == "tflite_int8"
     records = load_sources(click_run["cfg"]).test
     assert isinstance(predictor.predict([records[0].path])[0]["boxes"], list)
     # evaluate scores the 8-bit detector itself: the mAP its own predictions give
