@@ -14,7 +14,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bearcat import CONFIG_DIR
-from bearcat.checks import is_whole_number
 
 log = logging.getLogger("bearcat.evaluate")
 
@@ -112,17 +111,6 @@ def scored_samples(samples: list, mode, skipped: dict[str, int]) -> tuple[list, 
     return kept, unreachable
 
 
-def check_gradcam(cfg: DictConfig, runtime: str) -> None:
-    """Settings of the heat maps, checked before the evaluation spends its time."""
-    from bearcat.gradcam import check_method
-
-    if runtime != "keras":
-        raise ValueError(f"gradcam=true explains the Keras model: it needs runtime=keras, not runtime={runtime}")
-    check_method(cfg.gradcam_method)
-    if not is_whole_number(cfg.gradcam_images) or int(cfg.gradcam_images) < 1:
-        raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of test images to explain, at least 1")
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
@@ -136,7 +124,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
     if cfg.gradcam:
-        check_gradcam(cfg, str(cfg.runtime))
+        from bearcat.gradcam import check_settings
+
+        check_settings(cfg, str(cfg.runtime), "gradcam=true", "test images")  # before the evaluation spends its time
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)

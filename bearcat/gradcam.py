@@ -91,6 +91,20 @@ def check_method(method: str) -> None:
         raise ValueError(f"gradcam_method={method}: choose one of {', '.join(METHODS)}")
 
 
+def check_settings(cfg, runtime: str, setting: str, images: str = "images") -> None:
+    """The heat-map settings of an evaluate or predict config (`gradcam_method`,
+    `gradcam_images`, and the runtime: the maps need the Keras model's gradients), checked
+    before any work; `setting` names how the user asked for them, `images` what is explained."""
+    from bearcat.checks import is_whole_number
+
+    if runtime != "keras":
+        raise ValueError(f"{setting} explains the Keras model (heat maps need the Keras model's gradients): "
+                         f"it needs runtime=keras, not runtime={runtime}")
+    check_method(str(cfg.gradcam_method))
+    if not is_whole_number(cfg.gradcam_images) or int(cfg.gradcam_images) < 1:
+        raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of {images} to explain, at least 1")
+
+
 def written_paths(probs: np.ndarray, readings: list[list[int]] | None) -> np.ndarray:
     """(N, T) the class each position wrote: the top class, or with `readings` (CTC class
     ids per image) the most probable alignment of each reading (the top class where a

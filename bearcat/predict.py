@@ -79,20 +79,6 @@ def print_readings(rows: list[tuple[Path, dict]]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
-def heat_map_runtime(cfg: DictConfig, runtime: str) -> str:
-    """With `gradcam=`, the runtime to read with (Keras: the maps need the model's gradients),
-    the settings checked before any work."""
-    from bearcat.gradcam import check_method
-
-    check_method(str(cfg.gradcam_method))
-    if int(cfg.gradcam_images) < 1:
-        raise ValueError(f"gradcam_images={cfg.gradcam_images}: the number of images to explain, at least 1")
-    if runtime not in ("auto", "keras"):
-        raise ValueError(f"gradcam={cfg.gradcam}: heat maps need the Keras model's gradients; "
-                         f"use runtime=keras (or auto), not {runtime}")
-    return "keras"
-
-
 def draw_heat_maps(cfg: DictConfig, predictor, rows: list[tuple[Path, dict]], folder: Path) -> Path:
     """Heat maps of the `gradcam_images` least confident readings (what a user checks first)
     into `folder`: gradcam.png and gradcam.json (bearcat.analysis.explain_images)."""
@@ -121,7 +107,10 @@ def predict(cfg: DictConfig) -> dict:
     heat_dir = Path(cfg.gradcam) if cfg.get("gradcam") else None
     runtime = named_runtime(cfg.model, cfg.runtime)
     if heat_dir is not None:
-        runtime = heat_map_runtime(cfg, runtime)
+        from bearcat.gradcam import check_settings
+
+        runtime = "keras" if runtime == "auto" else runtime  # auto: the Keras model, for its gradients
+        check_settings(cfg, runtime, f"gradcam={cfg.gradcam}")
     paths = image_paths(cfg.images, bool(cfg.recursive))
     with tempfile.TemporaryDirectory() as workdir:
         bundle = resolve_model(cfg.model, workdir, cfg.mlflow)
