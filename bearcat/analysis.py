@@ -291,13 +291,14 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
 
 
 def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: list[dict], out_dir,
-                   labels: list[str] | None = None) -> list[tuple[Path, str]]:
+                   labels: list[str] | None = None, probs=None) -> list[tuple[Path, str]]:
     """Heat maps of preprocessed `images` read as `results` by a Keras `predictor`, with the
     `gradcam_layer` and `gradcam_method` settings of `cfg`: `gradcam.png` (a row per image:
     the whole reading, then each character; captioned `reading / label`, or the reading and
     its confidence when there are no labels) and `gradcam.json` (layer, method, and per image
     its file, label if known, reading and each character's probability and horizontal centre
-    of heat in input pixels). Returns (file, MLflow artifact folder) pairs."""
+    of heat in input pixels). `probs`: the model's outputs for `images`, when the caller has
+    them. Returns (file, MLflow artifact folder) pairs."""
     from bearcat.gradcam import centre_x, explain, gradcam_sheet
     from bearcat.modes.ctc import CTCMode
 
@@ -305,7 +306,7 @@ def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: lis
     # CTC: explain each reading as decoded (a beam search's may differ from the greedy path)
     readings = [predictor.mode.vocab.encode(r["result"]) for r in results] if ctc else None
     found = explain(predictor.model, images, cfg.gradcam_layer, str(cfg.gradcam_method),
-                    merge_repeats=ctc, readings=readings)
+                    merge_repeats=ctc, readings=readings, probs=probs)
     char_name = (lambda cid: predictor.mode.vocab.decode([cid])) if predictor.mode.text else str
     captions = ([f"{r['result']} / {label}" for r, label in zip(results, labels)] if labels is not None
                 else [f"{r['result']} ({float(r['confidence']):.2f})" for r in results])

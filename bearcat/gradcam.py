@@ -118,9 +118,10 @@ def written_paths(probs: np.ndarray, readings: list[list[int]] | None) -> np.nda
 
 
 def explain(model, images: np.ndarray, layer_name: str | None = None, method: str = "hirescam",
-            merge_repeats: bool = False, readings: list[list[int]] | None = None) -> Explanation:
+            merge_repeats: bool = False, readings: list[list[int]] | None = None, probs=None) -> Explanation:
     """Heat maps of `images` (N, H, W, C) for the whole reading and for each character.
-    `readings` (CTC): the class ids each image was read as, when not the greedy reading."""
+    `readings` (CTC): the class ids each image was read as, when not the greedy reading.
+    `probs`: the model's outputs for `images`, when the caller has them (saves a forward pass)."""
     import keras
     import tensorflow as tf
 
@@ -128,7 +129,9 @@ def explain(model, images: np.ndarray, layer_name: str | None = None, method: st
     layer = conv_layer(model, layer_name)
     probe = keras.Model(model.inputs, [layer.output, model.output])
     x = tf.constant(images, tf.float32)
-    probs = np.asarray(probe(x, training=False)[1])  # what each position wrote, to choose the scores
+    if probs is None:  # what each position wrote, to choose the scores
+        probs = probe(x, training=False)[1]
+    probs = np.asarray(probs)
     if probs.ndim == 2:  # one label per image: one score, its top class
         chars, ids, chances = ([[] for _ in images] for _ in range(3))
         top, masks = probs.argmax(axis=-1)[:, None], np.ones((1, len(images), 1), np.float32)

@@ -8,7 +8,9 @@ interleaved, with the largest difference between their maps.
 
 Each source runs in its own process (PYTHONPATH), reads the same first images by name,
 decodes them with the bundle's own decoder and explains those readings, as `evaluate
-gradcam=true`, `predict gradcam=` and the server's /v1/explain do.
+gradcam=true`, `predict gradcam=` and the server's /v1/explain do. Where `explain` takes the
+model's outputs (`probs=`, as /v1/explain passes them), it is also timed given them, the
+model call that makes them included ("outputs given").
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(model: str, images: str, counts: list[int], runs: int, out: str) -> None:
     """In this process: time explain on the first max(counts) images; save the maps to `out`."""
+    import inspect
     import time
 
     import numpy as np
@@ -41,19 +44,27 @@ def measure(model: str, images: str, counts: list[int], runs: int, out: str) -> 
     ctc = isinstance(predictor.mode, CTCMode)
     results = predictor.predict_arrays(x)
     readings = [predictor.mode.vocab.encode(r["result"]) for r in results] if ctc else None
+    given = "probs" in inspect.signature(explain).parameters
     timings, maps = {}, {}
     for n in counts:
         args = dict(merge_repeats=ctc, readings=readings[:n] if ctc else None)
-        explain(predictor.model, x[:n], **args)  # warm-up
-        seconds = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            found = explain(predictor.model, x[:n], **args)
-            seconds.append(time.perf_counter() - start)
-        timings[n] = 1000.0 * float(np.median(seconds))
-        maps[f"maps{n}"] = found.maps
-        maps[f"chars{n}"] = np.stack([m for row in found.characters for _, m in row]) if any(found.characters) \
-            else np.zeros((0,))
+
+        def with_outputs():
+            return explain(predictor.model, x[:n], probs=predictor.model.predict_on_batch(x[:n].astype(np.float32)),
+                           **args)
+
+        for key, call in [(str(n), lambda: explain(predictor.model, x[:n], **args))] + (
+                [(f"{n} given", with_outputs)] if given else []):
+            call()  # warm-up
+            seconds = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                found = call()
+                seconds.append(time.perf_counter() - start)
+            timings[key] = 1000.0 * float(np.median(seconds))
+            maps[f"maps{key}"] = found.maps
+            maps[f"chars{key}"] = np.stack([m for row in found.characters for _, m in row]) \
+                if any(found.characters) else np.zeros((0,))
     np.savez(out, **maps)
     print(json.dumps(timings))
 
@@ -90,8 +101,12 @@ def main() -> None:
         base_times, base_maps = results["this"]
         for name, (times, maps) in results.items():
             for n in args.counts:
-                diff = max(float(np.abs(maps[k] - base_maps[k]).max(initial=0.0)) for k in (f"maps{n}", f"chars{n}"))
-                print(f"| {name} | {n} | {times[str(n)]:.0f} | {times[str(n)] / base_times[str(n)]:.2f} | {diff:.2g} |")
+                for key, label in ((str(n), name), (f"{n} given", f"{name}, outputs given")):
+                    if key in times:  # each against this source's maps of the plain call
+                        diff = max(float(np.abs(maps[f"{kind}{key}"] - base_maps[f"{kind}{n}"]).max(initial=0.0))
+                                   for kind in ("maps", "chars"))
+                        print(f"| {label} | {n} | {times[key]:.0f} | {times[key] / base_times[str(n)]:.2f} | "
+                              f"{diff:.2g} |")
 
 
 if __name__ == "__main__":
