@@ -123,6 +123,30 @@ def test_check_reports_and_quarantines_every_bad_input(make_cfg, swust_copy, tmp
     assert "B" not in folded["charset"] and "码" in folded["charset"]
 
 
+def test_check_counts_animated_captchas_and_quarantines_a_merge_it_cannot_read(make_cfg, tmp_path, capsys):
+    data = tmp_path / "gifs"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_gif_captchas.py"), "--out", str(data),
+                    "--count", "6"], check=True, capture_output=True)
+    gifs = sorted(data.iterdir())
+    assert len(gifs) == 6 and all(Image.open(p).n_frames == 4 for p in gifs)
+    Image.open(gifs[0]).convert("RGB").save(data / "ABCD_still.png")
+    cut = data / f"{gifs[1].name.split('_')[0]}_cut.gif"
+    cut.write_bytes(gifs[1].read_bytes()[:-40])  # its last frame is damaged, its first is whole
+
+    def check(frames):
+        return prepare(make_cfg(["action=check", "dataset=folder", f"dataset.root={data}",
+                                 f"preprocess.frames={frames}"], config_name="prepare"))
+
+    first = check("first")
+    assert first["readable"] == 8 and first["animated"] == 7 and first["quarantined"] == 0
+    assert "animated         7 (preprocess.frames=first: only their first frame is read" in capsys.readouterr().out
+    merged = check("darkest")
+    assert merged["readable"] == 7 and merged["animated"] == 6 and merged["quarantined"] == 1
+    assert "cannot decode frame 4 of 4" in merged["unreadable_files"][0]["reason"]
+    assert (data / "quarantine" / cut.name).is_file() and not cut.exists()
+    assert "animated         6 (preprocess.frames=darkest: every frame merged)" in capsys.readouterr().out
+
+
 def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
     gen = tmp_path / "gen"
     opts = ["action=generate", f"generate.output={gen}", "dataset.train_size=20", "dataset.val_size=3",

@@ -137,3 +137,65 @@ def test_bad_images_name_the_file(tmp_path):
     fds = Path("/proc/self/fd")
     open_files = {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
     assert not open_files & {str(p.resolve()) for p in (text, good, big_file)}
+
+
+def animation(frames: list[Image.Image], fmt: str) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def blinking_frames() -> list[Image.Image]:
+    """Three 12 x 4 frames on white: a black block on the left in frames 1-2, one on the
+    right in frames 2-3, a grey dot in frame 3 only."""
+    frames = []
+    for left, right, dot in ((True, False, False), (True, True, False), (False, True, True)):
+        arr = np.full((4, 12, 3), 255, np.uint8)
+        if left:
+            arr[:, 0:3] = 0
+        if right:
+            arr[:, 9:12] = 0
+        if dot:
+            arr[1, 6] = 128
+        frames.append(Image.fromarray(arr))
+    return frames
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG"])  # PNG: an APNG
+def test_animated_frames_are_merged_pixel_by_pixel(tmp_path, fmt):
+    data = animation(blinking_frames(), fmt)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+
+    def read(frames, source=data):
+        return preprocess(source, PreprocessConfig(height=4, width=12, frames=frames))[..., 0]
+
+    first, darkest, lightest, median = (read(f) for f in ("first", "darkest", "lightest", "median"))
+    assert (first == read("first", png_bytes(blinking_frames()[0]))).all()  # what PIL shows: frame 1
+    assert first[:, :3].max() == 0 and first[:, 3:].min() == 255
+    assert darkest[:, :3].max() == 0 and darkest[:, 9:].max() == 0 and darkest[1, 6] == 128
+    assert (np.delete(darkest[:, 3:9], 3, axis=1) == 255).all() and darkest[0, 6] == 255
+    assert (lightest == 255).all()  # nothing shows in every frame
+    assert median[:, :3].max() == 0 and median[:, 9:].max() == 0 and (median[:, 3:9] == 255).all()  # the dot is gone
+    path = tmp_path / f"AB_blink.{fmt.lower()}"
+    path.write_bytes(data)
+    assert (read("darkest", path) == darkest).all() and (read("darkest", Image.open(path)) == darkest).all()
+    # a still image reads the same whatever the setting
+    still = png_bytes(blinking_frames()[1])
+    assert all((read(f, still) == read("first", still)).all() for f in ("darkest", "lightest", "median"))
+
+
+def test_frame_settings_and_limits_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"preprocess.frames='union': choose one of first, darkest, lightest, median"):
+        PreprocessConfig(frames="union")
+    path = tmp_path / "AB_many.gif"
+    path.write_bytes(animation(blinking_frames(), "GIF"))
+    # one frame of 12 x 4 fits in 100 pixels, three do not
+    assert preprocess(path, PreprocessConfig(height=4, width=12, max_pixels=100)).shape == (4, 12, 1)
+    with pytest.raises(ImageError, match=r"AB_many.gif: 3 frames of 12x4 pixels exceed the limit of 100"):
+        preprocess(path, PreprocessConfig(height=4, width=12, max_pixels=100, frames="darkest"))
+    # a file cut in its last frame: the first frame still reads, the merge names the file
+    cut = tmp_path / "AB_cut.gif"
+    cut.write_bytes(path.read_bytes()[:-12])
+    assert preprocess(cut, PreprocessConfig(height=4, width=12)).shape == (4, 12, 1)
+    with pytest.raises(ImageError, match=r"AB_cut.gif: cannot decode frame 3 of 3 \(OSError: image file is truncated"):
+        preprocess(cut, PreprocessConfig(height=4, width=12, frames="median"))

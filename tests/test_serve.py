@@ -597,3 +597,36 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
                                              headers={"Content-Type": "image/png"})
             with urllib.request.urlopen(request, timeout=10) as r:
                 assert json.loads(r.read())["result"] == w["result"]
+
+
+def test_animated_captchas_train_export_and_serve_with_their_frames_merged(make_cfg, tmp_path):
+    """preprocess.frames travels from training into the bundle, its ONNX export and the
+    server: a GIF posted to /v1/predict reads as its merged frames do."""
+    from bearcat.data.preprocess import load_image, merge_frames, preprocess
+    from bearcat.export import export
+    from bearcat.train import train
+
+    data = tmp_path / "gifs"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_gif_captchas.py"), "--out", str(data),
+                    "--count", "48"], check=True, capture_output=True)
+    metrics = train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={data}", "preprocess.frames=darkest"]))
+    summary = export(make_cfg([f"run_id={metrics['mlflow_run_id']}", "format=onnx",
+                               f"output_dir={tmp_path / 'export'}"], config_name="export", output="export_job"))
+    assert read_meta(summary["output_dir"])["preprocess"]["frames"] == "darkest"
+
+    gif = sorted(data.glob("*.gif"))[0]
+    merged, first = tmp_path / "merged.png", tmp_path / "first.png"
+    merge_frames(load_image(gif), "darkest").save(merged)
+    Image.open(gif).convert("RGB").save(first)
+    library = Predictor(tmp_path / "run" / "model")
+    assert library.pre.frames == "darkest"
+    want = library.predict([merged])[0]
+    with TestClient(create_app(load_predictor(summary["output_dir"], "onnx"), "gif")) as c:
+        r = c.post("/v1/predict", content=gif.read_bytes(), headers={"Content-Type": "image/gif"})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == want["result"]
+    assert r.json()["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+    # the merge is what the model reads: the first frame alone gives other outputs
+    outputs = library.model.predict_on_batch(np.stack([preprocess(p, library.pre) for p in (gif, merged, first)]))
+    outputs = np.asarray(outputs)
+    assert np.allclose(outputs[0], outputs[1]) and not np.allclose(outputs[0], outputs[2], atol=1e-4)

@@ -38,6 +38,10 @@ def _inspect(job) -> dict:
     try:
         img = load_image(path, pre["max_pixels"])  # from the path: PIL then names the file, not a buffer
         info |= {"width": img.width, "height": img.height, "mode": img.mode}
+        try:
+            info["frames"] = getattr(img, "n_frames", 1)
+        except Exception:  # preprocess names the damage below if preprocess.frames reads the frames
+            info["frames"] = 1
         notes = []
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             notes.append("16-bit image, scaled to 8-bit")
@@ -221,6 +225,8 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
         "height": _stats(heights),
         "modes": dict(Counter(i["mode"] for i in good)),
         "converted": converted,
+        "animated": sum(i["frames"] > 1 for i in good),
+        "frames": pre.frames,
         "larger_than_input": larger,
         "preprocess": {"height": pre.height, "width": pre.width},
         "recommended_preprocess": recommend_size(widths, heights, max(lengths, default=1)),
@@ -272,6 +278,9 @@ def format_report(r: dict, max_listed: int = 10) -> str:
         (f"charset ({len(r['charset'])})", r["charset"] or "-"),
         ("image modes", ", ".join(f"{k} {v}" for k, v in sorted(r["modes"].items())) or "-"),
         ("converted", f"{len(r['converted'])} (16-bit, palette or transparent; converted on load)"),
+        ("animated", f"{r['animated']}" + (f" (preprocess.frames={r['frames']}" + (
+            ": only their first frame is read; darkest, lightest or median merges every frame)"
+            if r["frames"] == "first" else ": every frame merged)") if r["animated"] else "")),
         ("duplicates", f"{len(dup['groups'])} groups, {dup['extra_copies']} extra copies, "
                        f"{len(dup['conflicting_labels'])} with different labels, "
                        f"{len(dup['across_splits'])} across splits"),

@@ -34,7 +34,10 @@ def _cache_key(samples, cfg: PreprocessConfig) -> str:
     """Each file by its name, label, size and modification time, not by its folder: a moved
     or renamed dataset folder (`mv` keeps the times) still finds its arrays. The paths a
     cached split reports are always the ones asked for (load_split)."""
-    h = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    settings = cfg.to_dict()
+    if settings["frames"] == "first":  # the default leaves out the key, so caches made before it stay valid
+        del settings["frames"]
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
     for path, label in samples:
         st = os.stat(source_file(path))  # a packed record: its shard file
         h.update(f"{Path(path).name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageSequence
 
 from bearcat.checks import is_number, is_whole_number
 
@@ -23,6 +23,12 @@ DEFAULT_MAX_PIXELS = 20_000_000
 # "min" keeps pale coloured text dark: yellow (255, 255, 0) is luma 226, nearly the white of
 # the background, but its darkest channel is 0.
 GRAY_MODES = ("luma", "min")
+
+# How the frames of an animated image (GIF, APNG, WebP) become one picture. Captchas that
+# blink or type their characters show only some of them in any one frame: "darkest" (dark text
+# on a light ground) or "lightest" (light text on a dark ground) gathers them; "median" keeps
+# what most frames show and drops noise that moves from frame to frame.
+FRAME_MODES = ("first", "darkest", "lightest", "median")
 
 
 class ImageError(ValueError):
@@ -38,6 +44,7 @@ class PreprocessConfig:
     gamma: float = 1.0        # pixel = 255 * (pixel / 255) ** gamma; above 1 darkens pale strokes (1 = off)
     threshold: int | None = None  # binarise grayscale at this level (0-255), after gamma; None = off
     pad_value: int = 128      # grey used to pad to the input size
+    frames: str = "first"     # animated images: "first" frame only | "darkest" | "lightest" | "median" of every frame
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
@@ -51,6 +58,8 @@ class PreprocessConfig:
             if not is_whole_number(value) or value < low or (high is not None and value > high):
                 span = f"{low}-{high}" if high is not None else f"at least {low}"
                 raise ValueError(f"preprocess.{key}={value!r}: a whole number, {span}")
+        if self.frames not in FRAME_MODES:
+            raise ValueError(f"preprocess.frames={self.frames!r}: choose one of {', '.join(FRAME_MODES)}")
         if self.gray not in GRAY_MODES:
             raise ValueError(f"preprocess.gray={self.gray!r}: choose one of {', '.join(GRAY_MODES)}")
         if not is_whole_number(self.channels) or self.channels not in (1, 3):
@@ -123,6 +132,39 @@ def _to_mode(img: Image.Image, channels: int, gray: str = "luma") -> Image.Image
     return img.convert("L" if channels == 1 else "RGB")
 
 
+def merge_frames(img: Image.Image, how: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 name: str | None = None) -> Image.Image:
+    """An animated image's frames, each shown on white as a browser shows it, merged pixel
+    by pixel (`how`: a FRAME_MODES entry) into one RGB image. A still image, or
+    how="first", is returned as it is."""
+    if how == "first":
+        return img
+    label = _label(img, name)
+    try:
+        count = getattr(img, "n_frames", 1)  # a GIF is read to its end to count them
+    except Exception as err:
+        raise ImageError(f"{label}: cannot count its frames ({type(err).__name__}: {err})") from None
+    if count <= 1:
+        return img
+    if img.width * img.height * count > max_pixels:  # every frame is decoded: the limit covers them all
+        raise ImageError(f"{label}: {count} frames of {img.width}x{img.height} pixels exceed the limit of {max_pixels}")
+    frames = []
+    try:
+        for frame in ImageSequence.Iterator(img):
+            frames.append(np.asarray(_to_mode(ImageOps.exif_transpose(frame), 3)))
+    except Exception as err:
+        raise ImageError(f"{label}: cannot decode frame {len(frames) + 1} of {count} "
+                         f"({type(err).__name__}: {err})") from None
+    stack = np.stack(frames)
+    if how == "darkest":
+        merged = stack.min(axis=0)
+    elif how == "lightest":
+        merged = stack.max(axis=0)
+    else:
+        merged = np.rint(np.median(stack, axis=0)).astype(np.uint8)
+    return Image.fromarray(merged, "RGB")
+
+
 @lru_cache(maxsize=8)
 def _gamma_table(gamma: float) -> list[int]:
     """The 256-entry curve, made once per gamma rather than for every image."""
@@ -140,10 +182,11 @@ def letterbox(width: int, height: int, cfg: PreprocessConfig):
 def preprocess(source, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:
     """Image -> uint8 array (cfg.height, cfg.width, cfg.channels).
 
-    Keep the aspect ratio, scale down only if larger than the input size, centre on a
-    grey (`pad_value`) canvas, optionally grayscale (luma or darkest channel), gamma and threshold.
+    Merge an animated image's frames (`frames`), keep the aspect ratio, scale down only if
+    larger than the input size, centre on a grey (`pad_value`) canvas, optionally grayscale
+    (luma or darkest channel), gamma and threshold.
     """
-    img = load_image(source, cfg.max_pixels, name)
+    img = merge_frames(load_image(source, cfg.max_pixels, name), cfg.frames, cfg.max_pixels, name or _label(source, None))
     try:
         img = _to_mode(ImageOps.exif_transpose(img), cfg.channels, cfg.gray)
         size, offset, _ = letterbox(img.width, img.height, cfg)
