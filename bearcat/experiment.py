@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat.data.labels import Vocabulary
-from bearcat.data.pipeline import LoadedSplit, load_split
+from bearcat.data.pipeline import LoadedSplit, load_split, warn_if_animated
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import SPLITS, Splits
 from bearcat.metrics import text_metrics
@@ -130,6 +130,7 @@ def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...]
     skipped = dict(splits.skipped)
     splits = filter_labels(splits, mode, skipped)
     pre = preprocess_config(cfg)
+    warn_if_animated(getattr(splits, only[0]), pre)
     loaded = {}
     for split in only:
         samples = getattr(splits, split)

@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -599,7 +600,7 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
                 assert json.loads(r.read())["result"] == w["result"]
 
 
-def test_animated_captchas_train_export_and_serve_with_their_frames_merged(make_cfg, tmp_path):
+def test_animated_captchas_train_export_and_serve_with_their_frames_merged(make_cfg, tmp_path, caplog):
     """preprocess.frames travels from training into the bundle, its ONNX export and the
     server: a GIF posted to /v1/predict reads as its merged frames do."""
     from bearcat.data.preprocess import load_image, merge_frames, preprocess
@@ -609,7 +610,10 @@ def test_animated_captchas_train_export_and_serve_with_their_frames_merged(make_
     data = tmp_path / "gifs"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_gif_captchas.py"), "--out", str(data),
                     "--count", "48"], check=True, capture_output=True)
-    metrics = train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={data}", "preprocess.frames=darkest"]))
+    with caplog.at_level(logging.WARNING, logger="bearcat"):
+        metrics = train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={data}",
+                                  "preprocess.frames=darkest"]))
+    assert "reads only the first" not in caplog.text  # the warning of frames=first (test_train) is not given
     summary = export(make_cfg([f"run_id={metrics['mlflow_run_id']}", "format=onnx",
                                f"output_dir={tmp_path / 'export'}"], config_name="export", output="export_job"))
     assert read_meta(summary["output_dir"])["preprocess"]["frames"] == "darkest"

@@ -265,6 +265,17 @@ def test_folder_dataset_real_images_with_bad_files(make_cfg, swust_copy, tmp_pat
     assert snapshot(data) == before  # nothing in the user's folder changed
 
 
+def test_training_on_animated_captchas_read_by_their_first_frame_says_so(make_cfg, tmp_path, caplog):
+    data = tmp_path / "gifs"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_gif_captchas.py"), "--out", str(data),
+                    "--count", "40"], check=True, capture_output=True)
+    with caplog.at_level(logging.WARNING, logger="bearcat"):
+        metrics = train(make_cfg(TINY + ["dataset=folder", f"dataset.root={data}"]))
+    warned = [r.getMessage() for r in caplog.records if "preprocess.frames=first reads only the first" in r.getMessage()]
+    assert len(warned) == 1 and str(data) in warned[0] and "has 4 frames" in warned[0]
+    assert run_of(metrics).data.metrics["data_train_images"] == 32  # trained all the same
+
+
 def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.root=.*nowhere"):
         train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'nowhere'}"]))

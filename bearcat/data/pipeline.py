@@ -105,6 +105,32 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
     return _split(samples, stacked, kept, errors)
 
 
+ANIMATABLE = (".gif", ".png", ".apng", ".webp")  # formats whose files can hold several frames
+ANIMATION_PROBE = 20  # files opened to look for frames: enough to notice a set of animated captchas
+
+
+def warn_if_animated(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> str | None:
+    """With preprocess.frames=first, warn (and return the file) when one of the first
+    ANIMATION_PROBE files of a format that can animate has several frames: the model would
+    otherwise train on part of each animation without a word."""
+    if cfg.frames != "first" or not samples or is_ref(samples[0][0]):
+        return None
+    from PIL import Image
+
+    probed = [path for path, _ in samples if Path(path).suffix.lower() in ANIMATABLE][:ANIMATION_PROBE]
+    for path in probed:
+        try:
+            with Image.open(path) as img:
+                count = getattr(img, "n_frames", 1)
+        except Exception:  # unreadable files are reported where they are decoded
+            continue
+        if count > 1:
+            log.warning("%s has %d frames, and preprocess.frames=first reads only the first: darkest, lightest or "
+                        "median merges them (README \"Animated captchas\")", path, count)
+            return path
+    return None
+
+
 def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,
                  augment=None, drop_remainder: bool = False, repeat: bool = False, start: int = 0):
     """A batched, prefetched tf.data.Dataset of (float32 images, targets).
