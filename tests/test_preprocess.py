@@ -141,7 +141,8 @@ def test_bad_images_name_the_file(tmp_path):
 
 def animation(frames: list[Image.Image], fmt: str) -> bytes:
     buf = io.BytesIO()
-    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **extra)
     return buf.getvalue()
 
 
@@ -161,7 +162,7 @@ def blinking_frames() -> list[Image.Image]:
     return frames
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "PNG"])  # PNG: an APNG
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])  # PNG: an APNG
 def test_animated_frames_are_merged_pixel_by_pixel(tmp_path, fmt):
     data = animation(blinking_frames(), fmt)
     assert Image.open(io.BytesIO(data)).n_frames == 3
