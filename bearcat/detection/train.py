@@ -66,7 +66,8 @@ def names_characters(has_recogniser: bool, class_mode: str) -> bool:
 
 def detection_metric_names(cfg: DictConfig) -> list[str]:
     """What a detection run returns, before it trains (check_settings compares
-    optimized_metric with it; a test compares it with a real run's metrics)."""
+    optimized_metric with it; a test compares it with a real run's metrics). Click success
+    is left out after all when no captcha has a prompt (score_detections)."""
     scored = ["map", "map50", "map75"]
     if names_characters(bool(cfg.mode.get("recogniser")), cfg.mode.class_mode):
         scored += ["map_boxes", "map50_boxes", "click_success"]
@@ -91,8 +92,9 @@ def score_detections(detector: Detector, records: list, categories: list[str],
     metrics = {"map": scores["map"], "map50": scores["map50"], "map75": scores["map75"]}
     if named:
         agnostic = evaluate_detections(records, boxes, categories, class_agnostic=True)
-        metrics |= {"map_boxes": agnostic["map"], "map50_boxes": agnostic["map50"],
-                    "click_success": click_success(records, results, detector.mode.score_threshold)}
+        metrics |= {"map_boxes": agnostic["map"], "map50_boxes": agnostic["map50"]}
+        if any(r.prompt for r in records):  # no prompt, nothing to click: a slider's gap
+            metrics["click_success"] = click_success(records, results, detector.mode.score_threshold)
     return {k: float(v) for k, v in metrics.items()}, scores, results
 
 

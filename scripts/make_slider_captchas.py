@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Slider captchas: a background with a puzzle-piece-shaped gap, and the gap's box in a
+Pascal VOC XML beside each image: the example of `experiment=slider`.
+
+    python scripts/make_slider_captchas.py --out data/slider [--count 3000] [--seed 0]
+    python -m bearcat.train experiment=slider dataset.root=data/slider
+
+Each image is 260 x 160 (GeeTest's size). The gap is a square piece of 40 to 50 pixels with
+a round knob on two of its sides, shaded 35-60% darker than the background under it, with
+a light rim, anywhere right of where the piece starts. Backgrounds are drawn as the click
+captchas' are (gradients, noise, shapes), or cut from your own pictures with
+`--background-dir DIR`. Writes OUT/NNNNN.png, OUT/NNNNN.xml (one object `gap`; its xmin is
+the answer: how far the piece must travel, plus where it starts) and OUT/pieces/NNNNN.png
+(the piece, cut from the picture before the gap was shaded). Refuses a folder that already
+holds images: nothing is overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZE = (260, 160)
+PIECE = (40, 50)        # piece side range, pixels (knobs included)
+START = 6               # where the piece starts: the gap is always right of it
+SHADE = (0.40, 0.65)    # the gap keeps this share of the background's brightness
+
+
+def piece_mask(side: int, rng: random.Random):
+    """An 'L' mask of side x side: a square body with a round knob on its top or bottom and
+    on its left or right side."""
+    from PIL import Image, ImageDraw
+
+    knob = round(side * 0.14)
+    body = (knob, knob, side - knob - 1, side - knob - 1)
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.rectangle(body, fill=255)
+    cx = (body[0] + body[2]) / 2
+    cy = (body[1] + body[3]) / 2
+    top = rng.random() < 0.5
+    right = rng.random() < 0.5
+    ky = body[1] if top else body[3]
+    kx = body[2] if right else body[0]
+    draw.ellipse((cx - knob, ky - knob, cx + knob, ky + knob), fill=255)
+    draw.ellipse((kx - knob, cy - knob, kx + knob, cy + knob), fill=255)
+    return mask
+
+
+def slider_captcha(rng: random.Random, images: list[str]):
+    """(image, piece, gap box x1 y1 x2 y2) of one captcha."""
+    import numpy as np
+    from PIL import Image, ImageChops, ImageFilter
+
+    from bearcat.data.click import _background
+
+    width, height = SIZE
+    kind = "images" if images else rng.choice(("gradient", "noise", "shapes"))
+    picture = Image.fromarray(_background(rng, kind, width, height, images))
+    side = rng.randint(*PIECE)
+    mask = piece_mask(side, rng)
+    x = rng.randint(START + side + 4, width - side - 2)
+    y = rng.randint(2, height - side - 2)
+    full = Image.new("L", SIZE, 0)
+    full.paste(mask, (x, y))
+    piece = picture.crop((x, y, x + side, y + side))
+    piece.putalpha(mask)
+    rim = ImageChops.subtract(full.filter(ImageFilter.MaxFilter(3)), full)
+    pixels = np.asarray(picture, np.float32)
+    inside = np.asarray(full, np.float32)[..., None] / 255.0
+    edge = np.asarray(rim, np.float32)[..., None] / 255.0
+    pixels = pixels * (1 - inside * (1 - rng.uniform(*SHADE)))
+    pixels = pixels + edge * (255 - pixels) * 0.6
+    box = full.getbbox()  # x2, y2 exclusive
+    return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)), piece, box
+
+
+def main() -> None:
+    from bearcat.data.click import ClickObject, ClickRecord
+    from bearcat.data.labels import is_image_file
+    from bearcat.data.voc import write_voc
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="a new or empty folder")
+    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--background-dir", default=None, help="cut the backgrounds from these pictures")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.is_dir() and any(is_image_file(p) for p in out.iterdir()):
+        sys.exit(f"{out}: already holds images; choose a new or empty folder")
+    images = []
+    if args.background_dir:
+        images = sorted(str(p) for p in Path(args.background_dir).iterdir() if is_image_file(p))
+        if not images:
+            sys.exit(f"--background-dir {args.background_dir}: no pictures in it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pieces").mkdir(exist_ok=True)
+    rng = random.Random(args.seed)
+    for n in range(args.count):
+        image, piece, box = slider_captcha(rng, images)
+        path = out / f"{n:05d}.png"
+        image.save(path)
+        piece.save(out / "pieces" / f"{n:05d}.png")
+        write_voc(ClickRecord(str(path), *SIZE, "", [ClickObject("gap", tuple(map(float, box)), True)]),
+                  out / f"{n:05d}.xml")
+    print(f"{args.count} slider captchas in {out} (pieces in {out / 'pieces'})")
+
+
+if __name__ == "__main__":
+    main()
