@@ -7,6 +7,7 @@ every epoch then only shuffles, augments (training split only), batches and pref
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -117,8 +118,8 @@ def warn_if_animated(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> s
         return None
     from PIL import Image
 
-    probed = [path for path, _ in samples if Path(path).suffix.lower() in ANIMATABLE][:ANIMATION_PROBE]
-    for path in probed:
+    probed = (path for path, _ in samples if Path(path).suffix.lower() in ANIMATABLE)
+    for path in itertools.islice(probed, ANIMATION_PROBE):  # not the whole list: the default has 120,000
         try:
             with Image.open(path) as img:
                 count = getattr(img, "n_frames", 1)
