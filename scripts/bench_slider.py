@@ -2,6 +2,7 @@
 found gap is from the true one on captchas drawn with another seed.
 
     python scripts/bench_slider.py                              # 3,000 captchas, 15 min of training
+    python scripts/bench_slider.py --decoys 1                   # with a fainter fake gap in each
     python scripts/bench_slider.py --count 300 --test-count 50 --minutes 1   # quick check
 
 Reported: the run's test mAP and mAP50 (COCO, on its own 10% test split), then on
@@ -29,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 TOLERANCES = (2, 4, 8)
 
 
-def draw(folder: Path, count: int, seed: int) -> None:
+def draw(folder: Path, count: int, seed: int, decoys: int) -> None:
     if not folder.is_dir():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_slider_captchas.py"), "--out", str(folder),
-                        "--count", str(count), "--seed", str(seed)], check=True)
+                        "--count", str(count), "--seed", str(seed), "--decoys", str(decoys)], check=True)
 
 
 def offsets(bundle: Path, folder: Path) -> dict:
@@ -71,13 +72,15 @@ def main():
     parser.add_argument("--count", type=int, default=3000, help="captchas to train on (train, val and test splits)")
     parser.add_argument("--test-count", type=int, default=300, help="fresh captchas to measure the offsets on")
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget (minutes)")
+    parser.add_argument("--decoys", type=int, default=0, help="fake gaps per captcha (training and fresh captchas)")
     add_common_args(parser, ROOT / "outputs" / "bench" / "slider")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    data, fresh = args.out / f"data-{args.count}", args.out / f"fresh-{args.test_count}"
-    draw(data, args.count, 0)
-    draw(fresh, args.test_count, 1)
+    tag = f"-decoys{args.decoys}" if args.decoys else ""
+    data, fresh = args.out / f"data-{args.count}{tag}", args.out / f"fresh-{args.test_count}{tag}"
+    draw(data, args.count, 0, args.decoys)
+    draw(fresh, args.test_count, 1, args.decoys)
     run_dir = args.out / f"{stamp}-run"
     start = time.monotonic()
     metrics = train(compose_train([

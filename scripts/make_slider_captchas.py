@@ -11,8 +11,9 @@ a light rim, anywhere right of where the piece starts. Backgrounds are drawn as 
 captchas' are (gradients, noise, shapes), or cut from your own pictures with
 `--background-dir DIR`. Writes OUT/NNNNN.png, OUT/NNNNN.xml (one object `gap`; its xmin is
 the answer: how far the piece must travel, plus where it starts) and OUT/pieces/NNNNN.png
-(the piece, cut from the picture before the gap was shaded). Refuses a folder that already
-holds images: nothing is overwritten.
+(the piece, cut from the picture before the gap was shaded). `--decoys N` adds up to N
+fake gaps, the same shapes shaded fainter and without a rim; only the real gap is boxed.
+Refuses a folder that already holds images: nothing is overwritten.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ SIZE = (260, 160)
 PIECE = (40, 50)        # piece side range, pixels (knobs included)
 START = 6               # where the piece starts: the gap is always right of it
 SHADE = (0.40, 0.65)    # the gap keeps this share of the background's brightness
+DECOY_SHADE = (0.70, 0.85)  # a fake gap, fainter
 
 
 def piece_mask(side: int, rng: random.Random):
@@ -50,8 +52,32 @@ def piece_mask(side: int, rng: random.Random):
     return mask
 
 
-def slider_captcha(rng: random.Random, images: list[str]):
-    """(image, piece, gap box x1 y1 x2 y2) of one captcha."""
+def overlaps(a, b, margin: int = 4) -> bool:
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def decoy(rng: random.Random, pixels, taken: list) -> None:
+    """A fake gap, shaded fainter than the real one and without its rim, where it overlaps
+    no gap drawn so far (tried a few times; left out when there is no room)."""
+    import numpy as np
+
+    width, height = SIZE
+    side = rng.randint(*PIECE)
+    mask = np.asarray(piece_mask(side, rng), np.float32)[..., None] / 255.0
+    for _ in range(20):
+        x, y = rng.randint(START + side + 4, width - side - 2), rng.randint(2, height - side - 2)
+        box = (x, y, x + side, y + side)
+        if not any(overlaps(box, other) for other in taken):
+            area = pixels[y:y + side, x:x + side]
+            pixels[y:y + side, x:x + side] = area * (1 - mask * (1 - rng.uniform(*DECOY_SHADE)))
+            taken.append(box)
+            return
+
+
+def slider_captcha(rng: random.Random, images: list[str], decoys: int = 0, decoy_rng: random.Random | None = None):
+    """(image, piece, gap box x1 y1 x2 y2) of one captcha, with up to `decoys` fake gaps
+    drawn from `decoy_rng`: `rng` draws the same, so every captcha's real gap and picture
+    are those of decoys=0."""
     import numpy as np
     from PIL import Image, ImageChops, ImageFilter
 
@@ -75,6 +101,9 @@ def slider_captcha(rng: random.Random, images: list[str]):
     pixels = pixels * (1 - inside * (1 - rng.uniform(*SHADE)))
     pixels = pixels + edge * (255 - pixels) * 0.6
     box = full.getbbox()  # x2, y2 exclusive
+    taken = [box]
+    for _ in range(decoys):
+        decoy(decoy_rng, pixels, taken)
     return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)), piece, box
 
 
@@ -88,6 +117,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--background-dir", default=None, help="cut the backgrounds from these pictures")
+    ap.add_argument("--decoys", type=int, default=0,
+                    help="fake gaps per captcha: the same shapes, fainter (70-85%% of the brightness) and without a rim")
     args = ap.parse_args()
     out = Path(args.out)
     if out.is_dir() and any(is_image_file(p) for p in out.iterdir()):
@@ -101,7 +132,8 @@ def main() -> None:
     (out / "pieces").mkdir(exist_ok=True)
     rng = random.Random(args.seed)
     for n in range(args.count):
-        image, piece, box = slider_captcha(rng, images)
+        decoy_rng = random.Random(f"{args.seed}/decoys/{n}") if args.decoys else None
+        image, piece, box = slider_captcha(rng, images, args.decoys, decoy_rng)
         path = out / f"{n:05d}.png"
         image.save(path)
         piece.save(out / "pieces" / f"{n:05d}.png")

@@ -13,8 +13,8 @@ from conftest import ROOT
 SCRIPT = ROOT / "scripts" / "make_slider_captchas.py"
 
 
-def draw(folder, count: int) -> None:
-    subprocess.run([sys.executable, str(SCRIPT), "--out", str(folder), "--count", str(count)], check=True,
+def draw(folder, count: int, *extra: str) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(folder), "--count", str(count), *extra], check=True,
                    capture_output=True)
 
 
@@ -41,6 +41,29 @@ def test_each_captcha_boxes_its_shaded_gap_and_keeps_its_piece(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), "--out", str(data), "--count", "2"], capture_output=True,
                            text=True)
     assert again.returncode != 0 and "already holds images" in again.stderr
+
+
+def test_decoys_are_fainter_gaps_away_from_the_real_one_which_stays_as_it_was(tmp_path):
+    from bearcat.data.voc import read_voc
+
+    draw(tmp_path / "plain", 6)
+    draw(tmp_path / "decoys", 6, "--decoys", "1")
+    with_decoy = 0
+    for n in range(6):
+        plain, tricky = (read_voc(tmp_path / kind / f"{n:05d}.xml") for kind in ("plain", "decoys"))
+        assert [o.box for o in tricky.objects] == [o.box for o in plain.objects]  # only the real gap is boxed
+        x1, y1, x2, y2 = (int(v) for v in plain.objects[0].box)
+        a, b = (np.asarray(Image.open(r.path).convert("RGB"), np.int32) for r in (plain, tricky))
+        changed = (a != b).any(axis=2)
+        assert not changed[max(0, y1 - 2):y2 + 2, max(0, x1 - 2):x2 + 2].any()  # the gap and its rim untouched
+        if changed.any():
+            with_decoy += 1
+            assert (b[changed] <= a[changed]).all()  # a decoy only darkens
+            ys, xs = np.nonzero(changed)
+            assert 40 - 8 <= xs.max() - xs.min() + 1 <= 50 and 40 - 8 <= ys.max() - ys.min() + 1 <= 50  # one piece
+            shade = b[changed].sum() / max(1, a[changed].sum())
+            assert 0.69 <= shade <= 0.86, shade  # fainter than any real gap (at most 0.65)
+    assert with_decoy >= 5  # a decoy finds room almost always
 
 
 def test_slider_experiment_trains_a_one_class_detector(make_cfg, tmp_path):
