@@ -125,6 +125,8 @@ def main() -> None:
         sys.exit(f"{out}: already holds images; choose a new or empty folder")
     images = []
     if args.background_dir:
+        if not Path(args.background_dir).is_dir():
+            sys.exit(f"--background-dir {args.background_dir}: folder not found")
         images = sorted(str(p) for p in Path(args.background_dir).iterdir() if is_image_file(p))
         if not images:
             sys.exit(f"--background-dir {args.background_dir}: no pictures in it")
