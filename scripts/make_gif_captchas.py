@@ -67,7 +67,7 @@ def captcha_frames(label: str, rng: random.Random, font_file: str) -> list:
 def main() -> None:
     from captcha.image import DEFAULT_FONTS
 
-    from bearcat.data.labels import is_image_file
+    from bearcat.data.labels import holds_images
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="a new or empty folder")
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)
-    if out.is_dir() and any(is_image_file(p) for p in out.iterdir()):
+    if holds_images(out):
         sys.exit(f"{out}: already holds images; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)

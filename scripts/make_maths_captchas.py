@@ -34,7 +34,7 @@ def expression(rng: random.Random) -> str:
 def main() -> None:
     from captcha.image import ImageCaptcha
 
-    from bearcat.data.labels import is_image_file
+    from bearcat.data.labels import holds_images
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="a new or empty folder")
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=60)
     args = ap.parse_args()
     out = Path(args.out)
-    if (out / "labels.csv").exists() or (out.is_dir() and any(is_image_file(p) for p in out.iterdir())):
+    if (out / "labels.csv").exists() or holds_images(out):
         sys.exit(f"--out {out}: already holds images or labels.csv; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)

@@ -98,6 +98,12 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def holds_images(folder: Path) -> bool:
+    """Whether `folder` exists with an image directly in it: the tools that write images
+    refuse such a folder rather than overwrite."""
+    return folder.is_dir() and any(is_image_file(p) for p in folder.iterdir())
+
+
 def file_md5(path) -> str:
     """The md5 of a file's bytes: the same image under any name (labelled copies are named
     `LABEL_<md5>.<ext>`)."""

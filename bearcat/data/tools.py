@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from bearcat.data.labels import LabelsFile, is_image_file, label_from_name
+from bearcat.data.labels import LabelsFile, holds_images, is_image_file, label_from_name
 from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, split_samples, synthetic_settings
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers:
     holds images (generation never overwrites)."""
     out = Path(output)
     for split in SPLITS:
-        if (out / split).is_dir() and any(is_image_file(p) for p in (out / split).iterdir()):
+        if holds_images(out / split):
             raise FileExistsError(f"generate.output={out}: {out / split} already holds images; "
                                   "choose an empty or new folder (generate never overwrites)")
     settings = synthetic_settings(**settings)
