@@ -52,6 +52,11 @@ def piece_mask(side: int, rng: random.Random):
     return mask
 
 
+def position(rng: random.Random, side: int) -> tuple[int, int]:
+    """Where a piece of this side may go: right of where the piece starts, inside the image."""
+    return rng.randint(START + side + 4, SIZE[0] - side - 2), rng.randint(2, SIZE[1] - side - 2)
+
+
 def overlaps(a, b, margin: int = 4) -> bool:
     return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
 
@@ -61,11 +66,10 @@ def decoy(rng: random.Random, pixels, taken: list) -> None:
     no gap drawn so far (tried a few times; left out when there is no room)."""
     import numpy as np
 
-    width, height = SIZE
     side = rng.randint(*PIECE)
     mask = np.asarray(piece_mask(side, rng), np.float32)[..., None] / 255.0
     for _ in range(20):
-        x, y = rng.randint(START + side + 4, width - side - 2), rng.randint(2, height - side - 2)
+        x, y = position(rng, side)
         box = (x, y, x + side, y + side)
         if not any(overlaps(box, other) for other in taken):
             area = pixels[y:y + side, x:x + side]
@@ -88,8 +92,7 @@ def slider_captcha(rng: random.Random, images: list[str], decoys: int = 0, decoy
     picture = Image.fromarray(_background(rng, kind, width, height, images))
     side = rng.randint(*PIECE)
     mask = piece_mask(side, rng)
-    x = rng.randint(START + side + 4, width - side - 2)
-    y = rng.randint(2, height - side - 2)
+    x, y = position(rng, side)
     full = Image.new("L", SIZE, 0)
     full.paste(mask, (x, y))
     piece = picture.crop((x, y, x + side, y + side))
@@ -109,7 +112,7 @@ def slider_captcha(rng: random.Random, images: list[str], decoys: int = 0, decoy
 
 def main() -> None:
     from bearcat.data.click import ClickObject, ClickRecord
-    from bearcat.data.labels import is_image_file
+    from bearcat.data.labels import holds_images, is_image_file
     from bearcat.data.voc import write_voc
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,7 +124,7 @@ def main() -> None:
                     help="fake gaps per captcha: the same shapes, fainter (70-85%% of the brightness) and without a rim")
     args = ap.parse_args()
     out = Path(args.out)
-    if out.is_dir() and any(is_image_file(p) for p in out.iterdir()):
+    if holds_images(out):
         sys.exit(f"{out}: already holds images; choose a new or empty folder")
     images = []
     if args.background_dir:
