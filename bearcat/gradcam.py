@@ -91,6 +91,11 @@ def check_method(method: str) -> None:
         raise ValueError(f"gradcam_method={method}: choose one of {', '.join(METHODS)}")
 
 
+def refused_for_boxes(setting: str) -> ValueError:
+    """The error of asking heat maps (`setting`) of a detector: predict and serve raise it."""
+    return ValueError(f"{setting}: heat maps explain text and class readings, not a click-captcha detector's boxes")
+
+
 def check_settings(cfg, runtime: str, setting: str, images: str = "images") -> None:
     """The heat-map settings of an evaluate or predict config (`gradcam_method`,
     `gradcam_images`, and the runtime: the maps need the Keras model's gradients), checked

@@ -107,7 +107,7 @@ def predict(cfg: DictConfig) -> dict:
     heat_dir = Path(cfg.gradcam) if cfg.get("gradcam") else None
     runtime = named_runtime(cfg.model, cfg.runtime)
     if heat_dir is not None:
-        from bearcat.gradcam import check_settings
+        from bearcat.gradcam import check_settings, refused_for_boxes
 
         runtime = "keras" if runtime == "auto" else runtime  # auto: the Keras model, for its gradients
         check_settings(cfg, runtime, f"gradcam={cfg.gradcam}")
@@ -117,8 +117,7 @@ def predict(cfg: DictConfig) -> dict:
         if heat_dir is None:
             predictor = load_predictor(bundle, runtime, cfg.threads, decoding_settings(cfg))
         elif read_meta(bundle)["mode"]["name"] == "efficientdet":
-            raise ValueError(f"gradcam={cfg.gradcam}: heat maps explain text and class readings, not a click-captcha "
-                             "detector's boxes")
+            raise refused_for_boxes(f"gradcam={cfg.gradcam}")
         else:  # the Keras model itself, for its gradients
             predictor = Predictor(bundle, decoding=decoding_settings(cfg))
             predictor.runtime = "keras"

@@ -51,9 +51,10 @@ def check_explain(predictor) -> None:
     """explain=true needs Keras (the maps need the model's gradients) and a model that reads text or classes."""
     import importlib.util
 
+    from bearcat.gradcam import refused_for_boxes
+
     if getattr(predictor, "detects", False):
-        raise ValueError("explain=true: heat maps explain text and class readings, not a click-captcha "
-                         "detector's boxes")
+        raise refused_for_boxes("explain=true")
     if importlib.util.find_spec("keras") is None:
         raise ModuleNotFoundError("explain=true: heat maps need the full install (Keras and TensorFlow); "
                                   "pip install . or leave explain=false")
