@@ -112,7 +112,7 @@ def slider_captcha(rng: random.Random, images: list[str], decoys: int = 0, decoy
 
 def main() -> None:
     from bearcat.data.click import ClickObject, ClickRecord
-    from bearcat.data.labels import holds_images, is_image_file
+    from bearcat.data.labels import holds_images, pictures_in
     from bearcat.data.voc import write_voc
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,13 +126,10 @@ def main() -> None:
     out = Path(args.out)
     if holds_images(out):
         sys.exit(f"{out}: already holds images; choose a new or empty folder")
-    images = []
-    if args.background_dir:
-        if not Path(args.background_dir).is_dir():
-            sys.exit(f"--background-dir {args.background_dir}: folder not found")
-        images = sorted(str(p) for p in Path(args.background_dir).iterdir() if is_image_file(p))
-        if not images:
-            sys.exit(f"--background-dir {args.background_dir}: no pictures in it")
+    try:
+        images = pictures_in(args.background_dir, "--background-dir") if args.background_dir else []
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(str(error))
     out.mkdir(parents=True, exist_ok=True)
     (out / "pieces").mkdir(exist_ok=True)
     rng = random.Random(args.seed)

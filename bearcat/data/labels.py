@@ -104,6 +104,18 @@ def holds_images(folder: Path) -> bool:
     return folder.is_dir() and any(is_image_file(p) for p in folder.iterdir())
 
 
+def pictures_in(folder, option: str) -> list[str]:
+    """The images directly in `folder`, sorted; an error naming `option` when the folder is
+    missing or holds none (the generators' `--background-dir`)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option} {folder}: folder not found")
+    found = sorted(str(p) for p in path.iterdir() if is_image_file(p))
+    if not found:
+        raise ValueError(f"{option} {folder}: no pictures in it")
+    return found
+
+
 def file_md5(path) -> str:
     """The md5 of a file's bytes: the same image under any name (labelled copies are named
     `LABEL_<md5>.<ext>`)."""
