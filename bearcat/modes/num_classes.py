@@ -5,9 +5,15 @@ Every distinct label is a class (from the file name, or one sub-folder per class
 accuracy (`accuracy`) and top-5 accuracy (`top5_accuracy`); each prediction also carries
 its five best classes in `"top5"` and their probabilities in `"top5_probs"`.
 
+With `angle=true` (rotation captchas: every class is an angle in degrees) each prediction
+also carries `"angle"`: the mean direction of the best class and the two classes either
+side of it, weighted by their probabilities, which is finer than one class step.
+
 Confidence rule: the top class's probability.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,6 +22,35 @@ from bearcat.modes.base import Mode
 from bearcat.modes.ordinary import smoothed_crossentropy
 
 TOP_K = 5
+ANGLE_NEIGHBOURS = 2  # classes either side of the best one that the angle is averaged over
+
+
+def angle_between(a: float, b: float) -> float:
+    """The shorter way round between two angles in degrees (0-180)."""
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+def mean_direction(angles, weights) -> float:
+    """The weighted mean direction of angles in degrees, 0-360: 350 and 10 average to 0."""
+    x = sum(w * math.cos(math.radians(a)) for a, w in zip(angles, weights))
+    y = sum(w * math.sin(math.radians(a)) for a, w in zip(angles, weights))
+    return math.degrees(math.atan2(y, x)) % 360.0
+
+
+def class_angles(names) -> np.ndarray:
+    """Each class name read as an angle in degrees; a clear error for one that is not."""
+    out = []
+    for name in names:
+        try:
+            value = float(name)
+        except ValueError:
+            value = None
+        if value is None or not 0.0 <= value < 360.0:
+            raise ValueError(f"mode.angle=true: every class must be an angle in degrees (0 to 360, the label of "
+                             f"each image); the class {name!r} is not")
+        out.append(value)
+    return np.array(out)
 
 
 class NumClassesMode(Mode):
@@ -23,9 +58,16 @@ class NumClassesMode(Mode):
     text = False
 
     def __init__(self, vocab, max_length=1, units: int = 128, dropout: float = 0.2, label_smoothing: float = 0.0,
-                 **extra):
-        super().__init__(vocab, max_length, units=units, dropout=dropout, label_smoothing=label_smoothing, **extra)
+                 angle: bool = False, **extra):
+        super().__init__(vocab, max_length, units=units, dropout=dropout, label_smoothing=label_smoothing,
+                         angle=bool(angle), **extra)
         self.class_ids = {c: i + 1 for i, c in enumerate(vocab.chars)}
+        self.angles = class_angles(vocab.chars) if angle else None
+        if self.angles is not None and len(self.angles) > 1:
+            # the neighbourhood: as many class steps either side as ANGLE_NEIGHBOURS, where a step
+            # is the smallest gap between two classes
+            gaps = [angle_between(a, b) for i, a in enumerate(self.angles) for b in self.angles[i + 1:]]
+            self.window = ANGLE_NEIGHBOURS * min(gaps) + 1e-6
 
     @classmethod
     def make_vocabulary(cls, labels, charset=None) -> Vocabulary:
@@ -65,4 +107,13 @@ class NumClassesMode(Mode):
             ids = [i for i in ids if i > 0]
             out.append({"result": names[ids[0] - 1], "confidence": float(row[ids[0]]),
                         "top5": [names[i - 1] for i in ids], "top5_probs": [float(row[i]) for i in ids]})
+            if self.angles is not None:
+                out[-1]["angle"] = round(self.refined_angle(row[1:], ids[0] - 1), 2)
         return out
+
+    def refined_angle(self, probs: np.ndarray, best: int) -> float:
+        """The best class's angle moved towards its neighbours by their probabilities."""
+        if len(self.angles) == 1:
+            return float(self.angles[0])
+        near = [i for i, a in enumerate(self.angles) if angle_between(a, self.angles[best]) <= self.window]
+        return mean_direction(self.angles[near], np.maximum(probs[near], 0.0))
