@@ -58,24 +58,32 @@ def read_meta(folder) -> dict:
 
 
 def decoding_override(mode_name: str, decoding: dict | None) -> dict:
-    """The reading-time `decoder` / `beam_width` settings that are set (None = the model's
-    own, from training), checked: only CTC models choose how they decode."""
+    """The reading-time `decoder` / `beam_width` / `answer` settings that are set (None = the
+    model's own, from training), checked: only CTC models choose how they decode, only text
+    models work out answers."""
     chosen = {k: v for k, v in (decoding or {}).items() if v is not None}
-    if not chosen:
-        return {}
-    if mode_name not in ("ctc", "ctc_tiny"):
-        key, value = next(iter(chosen.items()))
+    if "answer" in chosen:
+        if mode_name not in ("ctc", "ctc_tiny", "ordinary"):
+            raise ValueError(f"answer={chosen['answer']}: answers are worked out from text readings (ctc, "
+                             f"ctc_tiny and ordinary models); this model's mode is {mode_name} (leave it null)")
+        from bearcat.answers import answer_function
+
+        answer_function(chosen["answer"], "answer")
+    search = {k: v for k, v in chosen.items() if k != "answer"}
+    if search and mode_name not in ("ctc", "ctc_tiny"):
+        key, value = next(iter(search.items()))
         raise ValueError(f"{key}={value}: decoder and beam_width are for ctc and ctc_tiny models; "
                          f"this model's mode is {mode_name} (leave them null)")
-    from bearcat.modes.ctc import check_decoder
+    if search:
+        from bearcat.modes.ctc import check_decoder
 
-    check_decoder(chosen.get("decoder", "greedy"), chosen.get("beam_width", 1), prefix="")
+        check_decoder(search.get("decoder", "greedy"), search.get("beam_width", 1), prefix="")
     return chosen
 
 
 def decoding_settings(cfg) -> dict:
-    """`decoder` and `beam_width` of an evaluate, predict, serve or label config."""
-    return {"decoder": cfg.get("decoder"), "beam_width": cfg.get("beam_width")}
+    """`decoder`, `beam_width` and `answer` of an evaluate, predict, serve or label config."""
+    return {"decoder": cfg.get("decoder"), "beam_width": cfg.get("beam_width"), "answer": cfg.get("answer")}
 
 
 class Predictor:

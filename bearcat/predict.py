@@ -56,24 +56,37 @@ def plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+EXTRA_COLUMNS = ("answer", "angle")  # what a maths (mode.answer) or rotation (mode.angle) model adds
+
+
+def extra_columns(rows: list[tuple[Path, dict]]) -> list[str]:
+    return [k for k in EXTRA_COLUMNS if any(k in r for _, r in rows)]
+
+
 def write_readings(out: Path, rows: list[tuple[Path, dict]]) -> None:
-    """.csv: file, result, confidence; .jsonl: one object per image with everything read."""
+    """.csv: file, result, confidence (and answer or angle when the model gives them); .jsonl:
+    one object per image with everything read."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    extra = extra_columns(rows)
     with replacing(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for path, r in rows:
                 f.write(json.dumps({"file": str(path), **r}, ensure_ascii=False, default=plain) + "\n")
         else:
             writer = csv.writer(f)
-            writer.writerow(["file", "result", "confidence"])
-            writer.writerows([str(path), r["result"], f"{float(r['confidence']):.6f}"] for path, r in rows)
+            writer.writerow(["file", "result", "confidence", *extra])
+            writer.writerows([str(path), r["result"], f"{float(r['confidence']):.6f}", *(r.get(k) for k in extra)]
+                             for path, r in rows)
 
 
 def print_readings(rows: list[tuple[Path, dict]]) -> None:
-    """file<TAB>reading<TAB>confidence per image; a reader that stops early (`| head`) is fine."""
+    """file<TAB>reading<TAB>confidence (<TAB>answer or angle) per image; a reader that stops
+    early (`| head`) is fine."""
+    extra = extra_columns(rows)
     try:
         for path, r in rows:
-            sys.stdout.write(f"{path}\t{r['result']}\t{float(r['confidence']):.4f}\n")
+            more = "".join("\t" + ("" if r.get(k) is None else str(r[k])) for k in extra)
+            sys.stdout.write(f"{path}\t{r['result']}\t{float(r['confidence']):.4f}{more}\n")
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

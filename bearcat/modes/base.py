@@ -5,6 +5,7 @@ import importlib
 
 import numpy as np
 
+from bearcat.answers import answer_function
 from bearcat.data.labels import Vocabulary
 
 # mode name -> "module:Class"; a mode never reads files.
@@ -25,6 +26,7 @@ class Mode:
         self.vocab = vocab
         self.max_length = int(max_length)
         self.options = options
+        self.answer = answer_function(options.get("answer"))  # checked before any training
 
     # --- labels
     @classmethod
@@ -60,6 +62,14 @@ class Mode:
     def decode(self, probs: np.ndarray) -> list[dict]:
         """Model output for a batch -> [{"result": str, "confidence": float}, ...]."""
         raise NotImplementedError
+
+    def with_answers(self, results: list[dict]) -> list[dict]:
+        """Each reading's `"answer"` worked out, with `mode.answer` set (maths captchas); the
+        text modes' decode ends here."""
+        if self.answer is not None:
+            for r in results:
+                r["answer"] = self.answer(r["result"])
+        return results
 
     def config(self) -> dict:
         """Everything needed to rebuild decoding at serving time (stored in the bundle)."""

@@ -194,11 +194,13 @@ class CTCMode(Mode):
     def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 96, rnn_layers: int = 1,
                  rnn_unroll: bool = True, dropout: float = 0.0, confidence_penalty: float = 0.1,
                  decoder: str = "beam_search", beam_width: int = 10, time_upsample: int = 2,
-                 time_upsample_at: str = "output", split_blank_bias: float = 3.0, **extra):
+                 time_upsample_at: str = "output", split_blank_bias: float = 3.0, answer: str | None = None,
+                 **extra):
         super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
                          rnn_unroll=rnn_unroll, dropout=dropout, confidence_penalty=confidence_penalty,
                          decoder=decoder, beam_width=beam_width, time_upsample=time_upsample,
-                         time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, **extra)
+                         time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias, answer=answer,
+                         **extra)
         check_decoder(decoder, beam_width)
 
     @property
@@ -305,4 +307,4 @@ class CTCMode(Mode):
                 if searched_confidence > confidence:
                     ids, confidence = searched, searched_confidence
             out.append({"result": self.vocab.decode(ids), "confidence": confidence})
-        return out
+        return self.with_answers(out)

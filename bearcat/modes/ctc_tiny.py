@@ -20,11 +20,12 @@ class CTCTinyMode(CTCMode):
     def __init__(self, vocab, max_length, time_steps: int = 16, units: int = 64, conv_layers: int = 3,
                  kernel_size: int = 5, dropout: float = 0.0, time_upsample: int = 2, time_upsample_at: str = "conv",
                  split_blank_bias: float = 3.0, confidence_penalty: float = 0.1, decoder: str = "beam_search",
-                 beam_width: int = 10, **extra):
+                 beam_width: int = 10, answer: str | None = None, **extra):
         Mode.__init__(self, vocab, max_length, time_steps=time_steps, units=units, conv_layers=conv_layers,
                       kernel_size=kernel_size, dropout=dropout, time_upsample=time_upsample,
                       time_upsample_at=time_upsample_at, split_blank_bias=split_blank_bias,
-                      confidence_penalty=confidence_penalty, decoder=decoder, beam_width=beam_width, **extra)
+                      confidence_penalty=confidence_penalty, decoder=decoder, beam_width=beam_width, answer=answer,
+                      **extra)
         check_decoder(decoder, beam_width)
         if int(time_upsample) < 1:
             raise ValueError(f"mode.time_upsample={time_upsample}: must be 1 or more")

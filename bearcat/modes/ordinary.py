@@ -46,10 +46,10 @@ class OrdinaryMode(Mode):
     # Keyword defaults are conf/mode/ordinary.yaml's.
     def __init__(self, vocab, max_length, rnn: str = "gru", rnn_units: int = 128, rnn_layers: int = 1,
                  rnn_unroll: bool = True, attention_heads: int = 4, dropout: float = 0.0,
-                 label_smoothing: float = 0.1, **extra):
+                 label_smoothing: float = 0.1, answer: str | None = None, **extra):
         super().__init__(vocab, max_length, rnn=rnn, rnn_units=rnn_units, rnn_layers=rnn_layers,
                          rnn_unroll=rnn_unroll, attention_heads=attention_heads, dropout=dropout,
-                         label_smoothing=label_smoothing, **extra)
+                         label_smoothing=label_smoothing, answer=answer, **extra)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"mode.label_smoothing={label_smoothing}: must be in [0, 1)")
         if rnn_units % attention_heads:
@@ -79,4 +79,5 @@ class OrdinaryMode(Mode):
         probs = np.asarray(probs)
         ids = probs.argmax(axis=-1)  # (B, max_length); vocab.decode drops the blank (0)
         confidence = interval_confidence(probs.max(axis=-1))
-        return [{"result": self.vocab.decode(row), "confidence": float(c)} for row, c in zip(ids, confidence)]
+        return self.with_answers([{"result": self.vocab.decode(row), "confidence": float(c)}
+                                  for row, c in zip(ids, confidence)])
