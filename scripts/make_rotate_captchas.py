@@ -103,13 +103,30 @@ def scene(rng: random.Random, size: int):
     return image
 
 
-def photo(rng: random.Random, path: str, size: int):
-    """A random square of an upright photo, sometimes mirrored (still upright), size x size."""
-    from PIL import Image, ImageOps
+def load_photos(paths: list[str], size: int) -> list:
+    """Every photo decoded once, its shorter side scaled down to what the smallest crop needs
+    (a captcha is cut from a photo many times). A photo that cannot be read is an error naming
+    it, before anything is written."""
+    from PIL import Image
 
     from bearcat.data.preprocess import load_image
 
-    image = load_image(path).convert("RGB")
+    shorter = round(size / 0.6)  # the smallest crop, 0.6 of the shorter side, is then `size` pixels
+    out = []
+    for path in paths:
+        image = load_image(path).convert("RGB")
+        scale = shorter / min(image.size)
+        if scale < 1:
+            image = image.resize((max(shorter, round(image.width * scale)), max(shorter, round(image.height * scale))),
+                                 Image.LANCZOS)
+        out.append(image)
+    return out
+
+
+def photo(rng: random.Random, image, size: int):
+    """A random square of an upright photo, sometimes mirrored (still upright), size x size."""
+    from PIL import Image, ImageOps
+
     side = round(min(image.size) * rng.uniform(0.6, 1.0))
     x, y = rng.randint(0, image.width - side), rng.randint(0, image.height - side)
     square = image.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
@@ -143,6 +160,7 @@ def label_of(angle: float, step: int) -> str:
 
 def main() -> None:
     from bearcat.data.labels import holds_images, pictures_in
+    from bearcat.data.preprocess import ImageError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="a new or empty folder")
@@ -159,7 +177,8 @@ def main() -> None:
         sys.exit(f"{out}: already holds images; choose a new or empty folder")
     try:
         photos = pictures_in(args.background_dir, "--background-dir") if args.background_dir else []
-    except (FileNotFoundError, ValueError) as error:
+        photos = load_photos(photos, args.size)
+    except (FileNotFoundError, ValueError, ImageError) as error:
         sys.exit(str(error))
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)

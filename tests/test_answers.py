@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT
+from test_serve import http_entry_point, upload_page
 
 
 @pytest.mark.parametrize("reading, answer", [
@@ -75,6 +76,14 @@ def test_a_maths_model_answers_in_predict_files_and_the_server(make_cfg, tmp_pat
         r = c.post("/v1/predict", content=images[0].read_bytes(), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     assert r.json()["result"] == readings[0]["result"] and r.json()["answer"] == readings[0]["answer"]
+    # the upload page shows the reading and its answer
+    with http_entry_point("bearcat.serve", [f"model={bundle}", "runtime=keras"], tmp_path / "serve.log",
+                          "/health") as url, upload_page(url, "keras") as page:
+        page.set_input_files("#file", str(images[0]))
+        page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+        want = readings[0]
+        answer = "(no answer)" if want["answer"] is None else want["answer"]
+        assert page.inner_text("#answer") == f"{want['result'] or '(nothing read)'} = {answer}"
 
     # a model trained without it (here: its bundle with the key taken out) answers when asked
     older = tmp_path / "older"

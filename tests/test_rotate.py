@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from decimal import ROUND_HALF_UP, Decimal
 import random
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from test_serve import http_entry_point, upload_page
 
 SCRIPT = ROOT / "scripts" / "make_rotate_captchas.py"
 
@@ -70,6 +72,9 @@ def test_pictures_cut_from_your_photos_are_turned_by_the_labelled_angle(tmp_path
     assert (photos / "two_colours.png").read_bytes() == before and len(list(photos.iterdir())) == 1
     missing = draw(tmp_path / "other", 2, "--background-dir", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "folder not found" in missing.stderr
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    broken = draw(tmp_path / "other", 2, "--background-dir", str(photos))
+    assert broken.returncode != 0 and "broken.jpg" in broken.stderr and not (tmp_path / "other").exists()
 
 
 def test_turning_a_captcha_back_by_its_angle_gives_the_upright_picture():
@@ -153,3 +158,10 @@ def test_rotate_experiment_trains_and_its_onnx_export_and_server_answer_an_angle
         r = c.post("/v1/predict", content=files[0].read_bytes(), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     assert r.json()["result"] == want[0]["result"] and r.json()["angle"] == pytest.approx(want[0]["angle"], abs=0.05)
+    with http_entry_point("bearcat.serve", [f"model={summary['output_dir']}"], tmp_path / "serve.log",
+                          "/health") as url, upload_page(url) as page:  # the upload page shows the angle
+        page.set_input_files("#file", str(files[0]))
+        page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
+        # JavaScript's toFixed rounds a tie up; Python's format would round it to even
+        shown = Decimal(r.json()["angle"]).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        assert page.inner_text("#answer") == f"turned {shown}° clockwise"

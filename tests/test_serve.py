@@ -330,7 +330,7 @@ def test_client_example_prints_answers_and_accuracy(server, expected, tmp_path):
 
 
 @contextlib.contextmanager
-def upload_page(url: str):
+def upload_page(url: str, runtime: str = "onnx"):
     """The server's upload page in headless Chromium, its model information loaded."""
     from playwright.sync_api import sync_playwright
 
@@ -340,7 +340,7 @@ def upload_page(url: str):
         try:
             page = browser.new_page()
             page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('runtime onnx')")
+            page.wait_for_function(f"document.getElementById('model').textContent.includes('runtime {runtime}')")
             yield page
         finally:
             browser.close()
