@@ -1,8 +1,9 @@
 """What to type for a reading, when the captcha asks a question: `mode.answer=arithmetic`
 works out a maths captcha (`7*3=?` -> `21`).
 
-The expression is parsed, never `eval`-ed: whole numbers, + - * / (also x, ×, ÷), brackets,
-the usual precedence, and a trailing `=`, `=?` or `?`. A reading that is not such an
+The expression is parsed, never `eval`-ed: whole numbers, + - * / (also x, ×, ÷, their
+full-width forms and the Chinese words 加 减 乘 除, 加上 减去 乘以 除以), brackets, the usual
+precedence, and a trailing `=`, `=?`, `?` or 等于. A reading that is not such an
 expression with an operator (a digit or the operator misread away) has no answer: None.
 """
 from __future__ import annotations
@@ -11,10 +12,16 @@ import re
 from fractions import Fraction
 
 OPERATORS = {"+": "+", "-": "-", "*": "*", "x": "*", "X": "*", "×": "*", "/": "/", "÷": "/"}
+# Chinese captchas write the operators as words (3加5等于?) or full-width signs; longer words first
+WORDS = [("乘以", "*"), ("除以", "/"), ("加上", "+"), ("减去", "-"), ("等于", "="), ("加", "+"), ("减", "-"),
+         ("乘", "*"), ("除", "/"), ("＋", "+"), ("－", "-"), ("＊", "*"), ("／", "/"), ("＝", "="), ("？", "?"),
+         ("（", "("), ("）", ")")]
 TOKEN = re.compile(r"\s*(?:(\d+)|(.))")
 
 
 def _tokens(text: str) -> list[str] | None:
+    for word, sign in WORDS:
+        text = text.replace(word, sign)
     body = re.sub(r"\s*=?\s*\??\s*$", "", text.strip())  # "7*3=?", "7*3=", "7*3?" -> "7*3"
     out = []
     for number, symbol in TOKEN.findall(body):
