@@ -255,6 +255,10 @@ def score(mode: Mode, truths: list[str], results: list[dict]) -> dict[str, float
         metrics = {"accuracy": metrics["accuracy"],
                    "top5_accuracy": sum(t in r.get("top5", (r["result"],)) for t, r in zip(truths, results))
                    / max(1, len(truths))}
+    if any("angle" in r for r in results):  # a rotation model (mode.angle): how far off, in degrees
+        from bearcat.modes.num_classes import angle_metrics
+
+        metrics |= angle_metrics(truths, results)
     return metrics
 
 

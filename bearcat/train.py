@@ -239,7 +239,8 @@ def run_metric_names(cfg: DictConfig) -> list[str]:
     from bearcat.modes.base import mode_class
 
     # the probe's scoring reads only the class attribute `text`, so the mode's class stands in for a mode
-    probe = test_metrics(mode_class(cfg.mode.name), ["a"], [{"result": "a", "confidence": 1.0, "top5": ["a"]}],
+    angle = {"angle": 0.0} if cfg.mode.get("angle") else {}  # rotation models add angle errors
+    probe = test_metrics(mode_class(cfg.mode.name), ["0"], [{"result": "0", "confidence": 1.0, "top5": ["0"], **angle}],
                          ms=0.0, low_confidence=0.5)
     return sorted([*probe, f"best_{cfg.callbacks.monitor}"])
 

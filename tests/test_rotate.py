@@ -106,6 +106,8 @@ def probs_for(mode, weights: dict) -> np.ndarray:
 
 
 def test_the_angle_answer_is_refined_between_neighbouring_classes_and_wraps_round():
+    from bearcat.modes.num_classes import angle_metrics
+
     names = [str(a) for a in range(0, 360, 10)]
     mode = angle_mode(names)
     # half-way between 350 and 0, across the wrap: 355, not 175
@@ -118,6 +120,9 @@ def test_the_angle_answer_is_refined_between_neighbouring_classes_and_wraps_roun
     assert answer["angle"] == pytest.approx(120.0)
     assert "angle" not in angle_mode(names, angle=False).decode(probs_for(mode, {"120": 1.0}))[0]
     assert angle_mode(names).config()["angle"] is True  # saved in the bundle with the mode
+    # the metrics a rotation run logs: errors against the labels' angles, across the wrap too
+    assert angle_metrics(["350", "10", "90"], [{"angle": 355.0}, {"angle": 30.0}, {"angle": 90.0}]) == \
+        pytest.approx({"angle_error": 25 / 3, "angle_within_10deg": 2 / 3})
 
     with pytest.raises(ValueError, match=r"mode.angle=true.*'cat'"):
         angle_mode(["0", "90", "cat"])
@@ -141,6 +146,7 @@ def test_rotate_experiment_trains_and_its_onnx_export_and_server_answer_an_angle
                               "preprocess.width=32", "trainer.epochs=2", "trainer.batch_size=16",
                               "trainer.max_minutes=null", "trainer.verbose=0"]))
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert 0.0 <= metrics["test_angle_error"] <= 180.0 and 0.0 <= metrics["test_angle_within_10deg"] <= 1.0
     meta = read_meta(tmp_path / "run" / "model")
     assert meta["mode"]["angle"] is True and meta["vocabulary"] == sorted(str(a) for a in range(0, 360, 30))
 

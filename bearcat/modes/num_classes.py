@@ -38,6 +38,15 @@ def mean_direction(angles, weights) -> float:
     return math.degrees(math.atan2(y, x)) % 360.0
 
 
+def angle_metrics(truths: list[str], results: list[dict]) -> dict[str, float]:
+    """Each answer's `angle` against its label's angle: the mean error in degrees and the
+    share within 10 degrees. Labels are angles rounded to the class step, so these include
+    up to half a step of the labels' own rounding."""
+    errors = [angle_between(r["angle"], float(t)) for t, r in zip(truths, results)]
+    n = max(1, len(errors))
+    return {"angle_error": sum(errors) / n, "angle_within_10deg": sum(e <= 10.0 for e in errors) / n}
+
+
 def class_angles(names) -> np.ndarray:
     """Each class name read as an angle in degrees; a clear error for one that is not."""
     out = []
