@@ -2,7 +2,7 @@
 model's angle is from the true one on captchas drawn with another seed.
 
     python scripts/bench_rotate.py                              # 30,000 captchas, 10 min of training
-    python scripts/bench_rotate.py --step 5                     # 72 classes of 5 degrees
+    python scripts/bench_rotate.py --step 10                    # 36 classes of 10 degrees
     python scripts/bench_rotate.py --count 300 --test-count 50 --minutes 1   # quick check
 
 Reported: the run's test accuracy (the exact class, on its own 10% test split), then on
@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--count", type=int, default=30000, help="captchas to train on (train, val and test splits)")
     parser.add_argument("--test-count", type=int, default=500, help="fresh captchas to measure the errors on")
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget (minutes)")
-    parser.add_argument("--step", type=int, default=10, help="degrees per class")
+    parser.add_argument("--step", type=int, default=5, help="degrees per class")
     add_common_args(parser, ROOT / "outputs" / "bench" / "rotate")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

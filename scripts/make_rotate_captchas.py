@@ -2,12 +2,12 @@
 """Rotation captchas: a round picture turned by some angle, which the user must turn back
 upright. The example of `experiment=rotate` (mode=num_classes, one class per angle step).
 
-    python scripts/make_rotate_captchas.py --out data/rotate [--count 30000] [--step 10] [--seed 0]
+    python scripts/make_rotate_captchas.py --out data/rotate [--count 30000] [--step 5] [--seed 0]
     python -m bearcat.train experiment=rotate dataset.root=data/rotate
 
 Each captcha is a round picture `--size` pixels across (white outside the circle) turned
 clockwise by an angle drawn uniformly from 0-360 degrees. Its label is that angle rounded to
-the nearest multiple of `--step` (0, 10, ..., 350 with the default step): turn the picture
+the nearest multiple of `--step` (0, 5, ..., 355 with the default step): turn the picture
 back counter-clockwise by it. The exact angle of each file is in OUT/angles.csv (columns
 file, angle), for measuring errors finer than a step.
 
@@ -165,7 +165,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="a new or empty folder")
     ap.add_argument("--count", type=int, default=30000)
-    ap.add_argument("--step", type=int, default=10, help="degrees per class; must divide 360")
+    ap.add_argument("--step", type=int, default=5,
+                    help="degrees per class; must divide 360 (5 read finer angles than 10: README)")
     ap.add_argument("--size", type=int, default=128, help="the round picture's diameter, pixels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--background-dir", default=None, help="cut the pictures from these upright photos")
