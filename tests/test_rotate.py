@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from decimal import ROUND_HALF_UP, Decimal
 import random
 import subprocess
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pytest
