@@ -72,11 +72,14 @@ class NumClassesMode(Mode):
                          angle=bool(angle), **extra)
         self.class_ids = {c: i + 1 for i, c in enumerate(vocab.chars)}
         self.angles = class_angles(vocab.chars) if angle else None
-        if self.angles is not None and len(self.angles) > 1:
-            # the neighbourhood: as many class steps either side as ANGLE_NEIGHBOURS, where a step
-            # is the smallest gap between two classes
+        if self.angles is not None:
+            # each class's neighbourhood, fixed by the classes, so found once here rather than per
+            # answer: the classes within ANGLE_NEIGHBOURS steps of it, a step being the smallest
+            # gap between two classes
             gaps = [angle_between(a, b) for i, a in enumerate(self.angles) for b in self.angles[i + 1:]]
-            self.window = ANGLE_NEIGHBOURS * min(gaps) + 1e-6
+            window = ANGLE_NEIGHBOURS * min(gaps, default=0.0) + 1e-6
+            self.neighbours = [np.array([j for j, b in enumerate(self.angles) if angle_between(a, b) <= window])
+                               for a in self.angles]
 
     @classmethod
     def make_vocabulary(cls, labels, charset=None) -> Vocabulary:
@@ -122,7 +125,5 @@ class NumClassesMode(Mode):
 
     def refined_angle(self, probs: np.ndarray, best: int) -> float:
         """The best class's angle moved towards its neighbours by their probabilities."""
-        if len(self.angles) == 1:
-            return float(self.angles[0])
-        near = [i for i, a in enumerate(self.angles) if angle_between(a, self.angles[best]) <= self.window]
+        near = self.neighbours[best]
         return mean_direction(self.angles[near], np.maximum(probs[near], 0.0))
