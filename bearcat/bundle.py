@@ -63,18 +63,20 @@ def decoding_override(mode_name: str, decoding: dict | None) -> dict:
     models work out answers."""
     chosen = {k: v for k, v in (decoding or {}).items() if v is not None}
     if "answer" in chosen:
-        if mode_name not in ("ctc", "ctc_tiny", "ordinary"):
+        from bearcat.modes.base import mode_class
+
+        if not mode_class(mode_name).text:  # answers are worked out of text readings
             raise ValueError(f"answer={chosen['answer']}: answers are worked out from text readings (ctc, "
                              f"ctc_tiny and ordinary models); this model's mode is {mode_name} (leave it null)")
         from bearcat.answers import answer_function
 
         answer_function(chosen["answer"], "answer")
     search = {k: v for k, v in chosen.items() if k != "answer"}
-    if search and mode_name not in ("ctc", "ctc_tiny"):
-        key, value = next(iter(search.items()))
-        raise ValueError(f"{key}={value}: decoder and beam_width are for ctc and ctc_tiny models; "
-                         f"this model's mode is {mode_name} (leave them null)")
     if search:
+        if mode_name not in ("ctc", "ctc_tiny"):
+            key, value = next(iter(search.items()))
+            raise ValueError(f"{key}={value}: decoder and beam_width are for ctc and ctc_tiny models; "
+                             f"this model's mode is {mode_name} (leave them null)")
         from bearcat.modes.ctc import check_decoder
 
         check_decoder(search.get("decoder", "greedy"), search.get("beam_width", 1), prefix="")
