@@ -94,22 +94,34 @@ def probe(cfg: DictConfig, steps: int = 10) -> dict:
 
 
 def budgeted_run(overrides: list[str], minutes: float, output_dir: Path, probe_steps: int = 10) -> dict:
-    """Probe the speed, then train for `minutes` of training time: with the default
-    cosine schedule, `trainer.max_minutes` anneals the learning rate over the budget and
-    stops training when it is spent (mid-epoch if need be), so the epoch cap is only a
-    ceiling. Returns the test metrics from train() plus the speeds and the wall time."""
+    """Probe the speed (`probe_steps=0`: not), then train for `minutes` of training time:
+    with the default cosine schedule, `trainer.max_minutes` anneals the learning rate over the
+    budget and stops training when it is spent (mid-epoch if need be), so the epoch cap is
+    only a ceiling. Returns the test metrics from train() plus the speeds and the wall time."""
     import keras
 
     from bearcat.train import train
 
     base = [f"paths.output_dir={output_dir}", "trainer.verbose=2", *overrides]
-    measured = probe(compose_train(base), probe_steps)
+    measured = probe(compose_train(base), probe_steps) if probe_steps else {}
     cfg = compose_train([*base, f"trainer.epochs={EPOCH_CAP}", f"trainer.max_minutes={minutes}"])
     start = time.monotonic()
     metrics = train(cfg)
     wall = time.monotonic() - start
     keras.backend.clear_session()
     return {**measured, **metrics, "budget_minutes": minutes, "wall_s": wall, **epochs_run(metrics["mlflow_run_id"])}
+
+
+def generated(script: str, folder: Path, *args: str) -> Path:
+    """`folder`, drawn by `python scripts/<script> --out folder <args>` unless it is already
+    there: a benchmark draws its captchas once and reuses them."""
+    import subprocess
+    import sys
+
+    if not folder.is_dir():
+        scripts = Path(__file__).resolve().parents[1] / "scripts"
+        subprocess.run([sys.executable, str(scripts / script), "--out", str(folder), *args], check=True)
+    return folder
 
 
 def epochs_run(run_id: str) -> dict:

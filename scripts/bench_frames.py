@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ COLUMNS = [("preprocess.frames", "frames", "s"), ("test accuracy", "test_accurac
 
 
 def main():
-    from bearcat.benchmark import add_common_args, run_series
+    from bearcat.benchmark import add_common_args, generated, run_series
     from bearcat.data.preprocess import FRAME_MODES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,10 +38,7 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    data = args.out / f"gif-{args.count}"
-    if not data.is_dir():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_gif_captchas.py"), "--out", str(data),
-                        "--count", str(args.count)], check=True)
+    data = generated("make_gif_captchas.py", args.out / f"gif-{args.count}", "--count", str(args.count))
 
     def overrides(frames):
         return ["dataset=folder", f"dataset.root={data}", f"preprocess.frames={frames}",

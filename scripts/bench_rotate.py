@@ -20,7 +20,6 @@ import csv
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOLERANCES = (5, 10, 15)
-
-
-def draw(folder: Path, count: int, seed: int, step: int) -> None:
-    if not folder.is_dir():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_rotate_captchas.py"), "--out", str(folder),
-                        "--count", str(count), "--seed", str(seed), "--step", str(step)], check=True)
 
 
 def summary(errors: list[float], prefix: str) -> dict:
@@ -68,8 +61,7 @@ def angle_errors(bundle: Path, folder: Path) -> dict:
 
 
 def main():
-    from bearcat.benchmark import EPOCH_CAP, add_common_args, compose_train, epochs_run, save_report
-    from bearcat.train import train
+    from bearcat.benchmark import add_common_args, budgeted_run, generated, save_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=30000, help="captchas to train on (train, val and test splits)")
@@ -82,19 +74,16 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data, fresh = args.out / f"data-{args.count}-step{args.step}", args.out / f"fresh-{args.test_count}-step{args.step}"
     start = time.monotonic()
-    draw(data, args.count, 0, args.step)
+    generated("make_rotate_captchas.py", data, "--count", str(args.count), "--seed", "0", "--step", str(args.step))
     draw_s = time.monotonic() - start
-    draw(fresh, args.test_count, 1, args.step)
+    generated("make_rotate_captchas.py", fresh, "--count", str(args.test_count), "--seed", "1", "--step", str(args.step))
     run_dir = args.out / f"{stamp}-run"
-    start = time.monotonic()
-    metrics = train(compose_train([
-        "experiment=rotate", f"dataset.root={data}", f"paths.output_dir={run_dir}", "mlflow.experiment_name=bench_rotate",
-        "trainer.verbose=2", f"trainer.epochs={EPOCH_CAP}", f"trainer.max_minutes={args.minutes}", *args.overrides]))
-    row = {**metrics, "draw_s": draw_s, "train_wall_s": time.monotonic() - start,
-           **epochs_run(metrics["mlflow_run_id"])}
+    row = budgeted_run(["experiment=rotate", f"dataset.root={data}", "mlflow.experiment_name=bench_rotate",
+                        *args.overrides], args.minutes, run_dir, probe_steps=0)
+    row["draw_s"] = draw_s
     row.update(angle_errors(run_dir / "model", fresh))
     save_report(args.out / f"{stamp}-report.json", row)
-    keys = ["test_accuracy", "epochs", "draw_s", "train_wall_s", "captchas",
+    keys = ["test_accuracy", "epochs", "draw_s", "wall_s", "captchas",
             *(k for k in row if k.startswith(("class_", "angle_"))), "ms_per_captcha"]
     print(json.dumps({k: row.get(k) for k in keys}, indent=1))
     print(f"report: {args.out / f'{stamp}-report.json'}")

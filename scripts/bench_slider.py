@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOLERANCES = (2, 4, 8)
-
-
-def draw(folder: Path, count: int, seed: int, decoys: int) -> None:
-    if not folder.is_dir():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_slider_captchas.py"), "--out", str(folder),
-                        "--count", str(count), "--seed", str(seed), "--decoys", str(decoys)], check=True)
 
 
 def offsets(bundle: Path, folder: Path) -> dict:
@@ -65,8 +58,7 @@ def offsets(bundle: Path, folder: Path) -> dict:
 
 
 def main():
-    from bearcat.benchmark import EPOCH_CAP, add_common_args, compose_train, epochs_run, save_report
-    from bearcat.train import train
+    from bearcat.benchmark import add_common_args, budgeted_run, generated, save_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=3000, help="captchas to train on (train, val and test splits)")
@@ -79,17 +71,14 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tag = f"-decoys{args.decoys}" if args.decoys else ""
     data, fresh = args.out / f"data-{args.count}{tag}", args.out / f"fresh-{args.test_count}{tag}"
-    draw(data, args.count, 0, args.decoys)
-    draw(fresh, args.test_count, 1, args.decoys)
+    for folder, count, seed in ((data, args.count, 0), (fresh, args.test_count, 1)):
+        generated("make_slider_captchas.py", folder, "--count", str(count), "--seed", str(seed), "--decoys", str(args.decoys))
     run_dir = args.out / f"{stamp}-run"
-    start = time.monotonic()
-    metrics = train(compose_train([
-        "experiment=slider", f"dataset.root={data}", f"paths.output_dir={run_dir}", "mlflow.experiment_name=bench_slider",
-        "trainer.verbose=2", f"trainer.epochs={EPOCH_CAP}", f"trainer.max_minutes={args.minutes}", *args.overrides]))
-    row = {**metrics, "train_wall_s": time.monotonic() - start, **epochs_run(metrics["mlflow_run_id"])}
+    row = budgeted_run(["experiment=slider", f"dataset.root={data}", "mlflow.experiment_name=bench_slider",
+                        *args.overrides], args.minutes, run_dir, probe_steps=0)
     row.update(offsets(run_dir / "model", fresh))
     save_report(args.out / f"{stamp}-report.json", row)
-    keys = ["test_map", "test_map50", "epochs", "train_wall_s", "captchas", *(f"within_{t}px" for t in TOLERANCES),
+    keys = ["test_map", "test_map50", "epochs", "wall_s", "captchas", *(f"within_{t}px" for t in TOLERANCES),
             "no_box", "median_error_px", "max_error_px", "ms_per_captcha"]
     print(json.dumps({k: row.get(k) for k in keys}, indent=1))
     print(f"report: {args.out / f'{stamp}-report.json'}")
