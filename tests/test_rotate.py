@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import random
+import shutil
 import subprocess
 import sys
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import CONF, ROOT
 from test_serve import http_entry_point, upload_page
 
 SCRIPT = ROOT / "scripts" / "make_rotate_captchas.py"
@@ -130,44 +131,89 @@ def test_the_angle_answer_is_refined_between_neighbouring_classes_and_wraps_roun
         angle_mode(["0", "400"])
 
 
-def test_rotate_experiment_trains_and_its_onnx_export_and_server_answer_an_angle(make_cfg, tmp_path):
+@pytest.fixture(scope="module")
+def rotate_run(tmp_path_factory):
+    """A tiny experiment=rotate run (30-degree classes) and its ONNX and TFLite export."""
+    from hydra import compose, initialize_config_dir
+
+    from bearcat.export import export
+    from bearcat.train import train
+
+    root = tmp_path_factory.mktemp("rotate")
+    data = root / "rotate"
+    assert draw(data, 96, "--step", "30", "--size", "64").returncode == 0
+    paths = [f"paths.cache_dir={root / 'cache'}", f"mlflow.artifact_root={root / 'artifacts'}"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            train_cfg = compose(config_name="train", overrides=[
+                "experiment=rotate", f"dataset.root={data}", "preprocess.height=32", "preprocess.width=32",
+                "trainer.epochs=2", "trainer.batch_size=16", "trainer.max_minutes=null", "trainer.verbose=0",
+                f"paths.output_dir={root / 'run'}", *paths])
+        metrics = train(train_cfg)
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            export_cfg = compose(config_name="export", overrides=[
+                f"run_id={metrics['mlflow_run_id']}", "format=[onnx,tflite]", f"output_dir={root / 'export'}",
+                f"paths.output_dir={root / 'export_job'}", *paths])
+        summary = export(export_cfg)
+    return {"metrics": metrics, "data": data, "model": root / "run" / "model", "export": summary["output_dir"]}
+
+
+def test_rotate_experiment_trains_and_its_onnx_export_and_server_answer_an_angle(rotate_run, tmp_path):
     from fastapi.testclient import TestClient
 
     from bearcat.bundle import Predictor, read_meta
-    from bearcat.export import export
     from bearcat.modes.num_classes import angle_between
     from bearcat.runtime import load_predictor
     from bearcat.server.app import create_app
-    from bearcat.train import train
 
-    data = tmp_path / "rotate"
-    assert draw(data, 96, "--step", "30", "--size", "64").returncode == 0
-    metrics = train(make_cfg(["experiment=rotate", f"dataset.root={data}", "preprocess.height=32",
-                              "preprocess.width=32", "trainer.epochs=2", "trainer.batch_size=16",
-                              "trainer.max_minutes=null", "trainer.verbose=0"]))
+    metrics, data = rotate_run["metrics"], rotate_run["data"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert 0.0 <= metrics["test_angle_error"] <= 180.0 and 0.0 <= metrics["test_angle_within_10deg"] <= 1.0
-    meta = read_meta(tmp_path / "run" / "model")
+    meta = read_meta(rotate_run["model"])
     assert meta["mode"]["angle"] is True and meta["vocabulary"] == sorted(str(a) for a in range(0, 360, 30))
 
-    library = Predictor(tmp_path / "run" / "model")
+    library = Predictor(rotate_run["model"])
     files = sorted(data.glob("*.png"))[:4]
     want = library.predict(files)
     for answer in want:  # the refined angle stays within two classes of the best one
         assert angle_between(answer["angle"], float(answer["result"])) <= 60.0
 
-    summary = export(make_cfg([f"run_id={metrics['mlflow_run_id']}", "format=onnx",
-                               f"output_dir={tmp_path / 'export'}"], config_name="export", output="export_job"))
-    onnx = load_predictor(summary["output_dir"], "onnx")
+    onnx = load_predictor(rotate_run["export"], "onnx")
     assert [a["angle"] for a in onnx.predict(files)] == pytest.approx([a["angle"] for a in want], abs=0.05)
     with TestClient(create_app(onnx, "rotate")) as c:
         r = c.post("/v1/predict", content=files[0].read_bytes(), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     assert r.json()["result"] == want[0]["result"] and r.json()["angle"] == pytest.approx(want[0]["angle"], abs=0.05)
-    with http_entry_point("bearcat.serve", [f"model={summary['output_dir']}"], tmp_path / "serve.log",
+    with http_entry_point("bearcat.serve", [f"model={rotate_run['export']}"], tmp_path / "serve.log",
                           "/health") as url, upload_page(url) as page:  # the upload page shows the angle
         page.set_input_files("#file", str(files[0]))
         page.wait_for_function("document.getElementById('confidence').textContent.startsWith('confidence')")
         # JavaScript's toFixed rounds a tie up; Python's format would round it to even
         shown = Decimal(r.json()["angle"]).quantize(Decimal("0.1"), ROUND_HALF_UP)
         assert page.inner_text("#answer") == f"turned {shown}° clockwise"
+
+
+@pytest.mark.slow
+def test_a_light_install_answers_the_angle_like_the_library(rotate_run, light_python, tmp_path):
+    """Without TensorFlow, predict's CSV gives the angle the full library gives, with ONNX
+    Runtime and with LiteRT."""
+    from bearcat.runtime import load_predictor
+
+    files = sorted(rotate_run["data"].glob("*.png"))[:8]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in files:
+        shutil.copy2(f, folder / f.name)
+    for runtime in ("onnx", "tflite"):
+        out = tmp_path / f"{runtime}.csv"
+        done = subprocess.run([str(light_python), "-m", "bearcat.predict", f"model={rotate_run['export']}",
+                               f"images={folder}", f"runtime={runtime}", f"out={out}",
+                               f"hydra.run.dir={tmp_path / 'hydra'}"], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+        library = load_predictor(rotate_run["export"], runtime).predict(files)
+        assert list(rows[0]) == ["file", "result", "confidence", "angle"]
+        assert [r["result"] for r in rows] == [w["result"] for w in library], runtime
+        assert [float(r["angle"]) for r in rows] == pytest.approx([w["angle"] for w in library], abs=1e-3)

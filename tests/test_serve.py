@@ -564,7 +564,8 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
     folder.mkdir()
     for f in files:
         shutil.copy2(f, folder / f.name)
-    for runtime, extra in [("onnx", []), ("tflite", []), ("onnx", ["decoder=greedy"])]:
+    # answer=arithmetic: readings that are no sum have none (bearcat.answers, pure Python, works it out)
+    for runtime, extra in [("onnx", []), ("tflite", []), ("onnx", ["decoder=greedy"]), ("onnx", ["answer=arithmetic"])]:
         out = tmp_path / f"{runtime}{len(extra)}.jsonl"
         done = run([str(light_python), "-m", "bearcat.predict", f"model={exported['dir']}", f"images={folder}",
                     f"runtime={runtime}", f"out={out}", *extra, f"hydra.run.dir={tmp_path / 'hydra'}"])
@@ -574,6 +575,8 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["result"] for r in rows] == [w["result"] for w in library], (runtime, extra)
         assert [r["confidence"] for r in rows] == pytest.approx([w["confidence"] for w in library], abs=1e-5)
+        assert [r.get("answer", "none given") for r in rows] == [w.get("answer", "none given") for w in library]
+        assert all(("answer" in r) == ("answer=arithmetic" in extra) for r in rows)
     labelled = tmp_path / "labelled"  # the labelling page: least confident reading first, pre-filled
     readings = load_predictor(exported["dir"], "onnx").predict(files)
     first = min(zip(readings, files), key=lambda rf: (rf[0]["confidence"], rf[1].name))
