@@ -2,8 +2,10 @@
 evaluate (and later export/serve) so each entry point stays a few lines."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +91,31 @@ def load_sources(cfg: DictConfig) -> Splits:
         raise ValueError(f"dataset._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
     if "preprocess" in inspect.signature(source).parameters:
         extra["preprocess"] = preprocess_config(cfg).to_dict()
+    settings = OmegaConf.to_container(cfg.dataset, resolve=True)  # train_limit is applied here, not by the source
+    settings.pop("train_limit", None)
     try:
-        return instantiate(cfg.dataset, cache_dir=cfg.paths.cache_dir, _convert_="all", **extra)
+        splits = instantiate(settings, cache_dir=cfg.paths.cache_dir, _convert_="all", **extra)
     except InstantiationException as err:  # show the source's own message, not Hydra's wrapper
         if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
             raise err.__cause__ from None
         raise
+    limit = cfg.dataset.get("train_limit")
+    return splits if limit is None else limit_train(splits, limit, int(cfg.trainer.get("seed", 0)))
+
+
+def limit_train(splits, limit, seed: int):
+    """`splits` with only `limit` of its training images, picked at random by `seed` but
+    nested: with the same seed, a smaller limit's images are among a larger one's (so a
+    learning curve adds images rather than swapping them). Val and test are untouched."""
+    train = splits.train
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= len(train):
+        raise ValueError(f"dataset.train_limit={limit}: give a whole number from 1 to {len(train)}, "
+                         f"the training images of this dataset (or null for all)")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    kept = sorted(order[:limit])  # in the source's own order
+    log.info("dataset.train_limit=%d: training on %d of %d training images", limit, limit, len(train))
+    return dataclasses.replace(splits, train=[train[i] for i in kept])
 
 
 def build_vocab_and_mode(cfg: DictConfig, splits: Splits, earlier: list[str] | None = None) -> Mode:

@@ -7,7 +7,9 @@ output folder), so it works whether the jobs run in the same process (basic laun
 in worker processes (joblib) or on other machines (submitit, with a shared tracking
 server). When the sweep ends the parent gets a summary table of every job (overrides,
 status, metrics) as `sweep_summary.csv` / `sweep_summary.md` and the best value of
-`optimized_metric`. Like tracking.py, this is the only other module that talks to MLflow.
+`optimized_metric`. A sweep whose jobs differ only in their number of training images
+(and seed) also gets its learning curve. Like tracking.py, this is the only other module
+that talks to MLflow.
 """
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ SWEEP_ID = "bearcat.sweep_id"      # tag on the parent and every child: the swee
 ROLE = "bearcat.sweep_role"        # "parent" on the parent run
 JOB_NUM = "bearcat.job_num"        # tag on a child: Hydra's job number in the sweep
 OVERRIDES = "bearcat.overrides"    # tag on a child: the job's own overrides, space separated
-SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map", "best_val_map")
+SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map", "best_val_map",
+                   "data_train_images")
+# overrides that may differ between the jobs of a learning curve: the training images and the seed
+CURVE_KEYS = ("dataset.train_limit", "dataset.train_size", "trainer.seed")
 
 
 def job_context() -> dict[str, str] | None:
@@ -79,7 +84,8 @@ def child_run_options(experiment_id: str) -> dict[str, Any]:
 
 def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dict[str, Any]:
     """Write the children's table into out_dir, attach it to the parent, log the best value
-    of `metric` on the parent. Returns {"rows", "best"}."""
+    of `metric` on the parent; for a learning curve also its table and `curve_*` metrics
+    (step = training images). Returns {"rows", "best", "curve"}."""
     client = _client()
     parent = client.get_run(parent_id)
     children = client.search_runs([parent.info.experiment_id],
@@ -115,6 +121,13 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
 
     for name in ("sweep_summary.csv", "sweep_summary.md"):
         client.log_artifact(parent_id, str(out_dir / name))
+    curve = learning_curve(rows, metric)
+    if curve:
+        for name in write_curve(curve, out_dir):
+            client.log_artifact(parent_id, str(out_dir / name))
+        for point in curve:  # MLflow's chart of a metric against its step draws the curve
+            for key, value in point["mean"].items():
+                client.log_metric(parent_id, f"curve_{key}", value, step=point["train_images"])
     client.log_metric(parent_id, "jobs", len(rows))
     client.log_metric(parent_id, "jobs_finished", sum(r["status"] == "FINISHED" for r in rows))
     if best is not None:
@@ -122,7 +135,53 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
         for key, value in (("best_run_id", best["run_id"]), ("best_job", best["job"]),
                            ("best_overrides", best["overrides"])):
             client.set_tag(parent_id, f"bearcat.{key}", str(value))
-    return {"rows": rows, "best": best}
+    return {"rows": rows, "best": best, "curve": curve}
+
+
+def learning_curve(rows: list[dict], metric: str) -> list[dict]:
+    """The finished jobs' metrics against their number of training images, when the jobs
+    differ only in that (dataset.train_limit or train_size) and their seed: one point per
+    size, the mean over its seeds. [] when the sweep is no learning curve."""
+    done = [r for r in rows if r["status"] == "FINISHED" and r.get("data_train_images") is not None]
+    rest = {" ".join(o for o in r["overrides"].split() if o.split("=", 1)[0].lstrip("+") not in CURVE_KEYS)
+            for r in done}
+    sizes = sorted({int(r["data_train_images"]) for r in done})
+    if len(rest) != 1 or len(sizes) < 2:
+        return []
+    names = [m for m in dict.fromkeys((metric, *SUMMARY_METRICS)) if m != "data_train_images"]
+    curve = []
+    for size in sizes:
+        group = [r for r in done if int(r["data_train_images"]) == size]
+        values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
+        values = {m: v for m, v in values.items() if v}
+        curve.append({"train_images": size, "jobs": len(group), "mean": {m: sum(v) / len(v) for m, v in values.items()},
+                      "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()}})
+    return curve
+
+
+def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
+    """learning_curve.csv (one row per size: mean, min and max over its jobs) and
+    learning_curve.md (the means, and the first size whose mean reaches a few levels)."""
+    names = list(dict.fromkeys(m for point in curve for m in point["mean"]))
+    with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["train_images", "jobs", *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
+        for p in curve:
+            writer.writerow([p["train_images"], p["jobs"],
+                             *(p[s].get(m, "") for m in names for s in ("mean", "min", "max"))])
+    lines = ["| training images | jobs | " + " | ".join(names) + " |", "|" + "---:|" * (len(names) + 2)]
+    for p in curve:
+        cells = [f"{p['mean'][m]:.4f}" if m in p["mean"] else "" for m in names]
+        lines.append(f"| {p['train_images']} | {p['jobs']} | " + " | ".join(cells) + " |")
+    score = next((m for m in ("test_accuracy", "test_map") if m in names), None)
+    if score:  # how many images a level takes: the captcha's strength against this model
+        lines.append("")
+        for level in (0.5, 0.9, 0.95, 0.99):
+            first = next((p["train_images"] for p in curve if p["mean"].get(score, -1.0) >= level), None)
+            lines.append(f"- {score} {level}: " + (f"reached with {first} training images" if first else
+                                                     f"not reached with {curve[-1]['train_images']}"))
+    (out_dir / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ["learning_curve.csv", "learning_curve.md"]
 
 
 class MlflowSweepCallback(Callback):

@@ -86,6 +86,7 @@ def test_multirun_parent_children_and_summary(tmp_path, launcher):
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_finished"] == 2
     assert parent.data.tags["bearcat.best_run_id"] == chosen.info.run_id
     assert (sweep_dir / "sweep_summary.md").read_text().count("\n") == 4  # header, rule, 2 jobs
+    assert not (sweep_dir / "learning_curve.csv").exists()  # the jobs differ in more than their images
 
 
 def test_optuna_three_trials_return_a_best_value(tmp_path):

@@ -1,0 +1,108 @@
+"""Learning curves: `dataset.train_limit` trains on nested subsets of the training images, and a
+sweep over it gets a curve (table, `curve_*` metrics with step = training images) in its parent."""
+from __future__ import annotations
+
+import csv
+
+import mlflow
+import pytest
+
+from conftest import SHARED
+from test_sweeps import run_sweep, runs_of
+
+REAL = SHARED / "swust_cas_20200226"
+
+
+def splits_with(make_cfg, *overrides):
+    from bearcat.experiment import load_sources
+
+    return load_sources(make_cfg(["dataset=folder", f"dataset.root={REAL}", *overrides]))
+
+
+def test_train_limit_picks_nested_subsets_and_leaves_val_and_test_alone(make_cfg):
+    full = splits_with(make_cfg)
+    small = splits_with(make_cfg, "dataset.train_limit=50")
+    larger = splits_with(make_cfg, "dataset.train_limit=200")
+    assert len(small.train) == 50 and len(larger.train) == 200
+    assert set(small.train) < set(larger.train) < set(full.train)  # nested: a larger limit adds images
+    assert (small.val, small.test) == (full.val, full.test)
+    order = {sample: i for i, sample in enumerate(full.train)}
+    assert [order[s] for s in larger.train] == sorted(order[s] for s in larger.train)  # the source's order kept
+    assert set(splits_with(make_cfg, "dataset.train_limit=50", "trainer.seed=7").train) != set(small.train)
+    assert splits_with(make_cfg, f"dataset.train_limit={len(full.train)}").train == full.train
+
+
+def test_train_limit_applies_to_detection_datasets_too(make_cfg, tmp_path):
+    from bearcat.experiment import load_sources
+    from test_slider import draw
+
+    draw(tmp_path / "slider", 30)
+    full = load_sources(make_cfg(["experiment=slider", f"dataset.root={tmp_path / 'slider'}"]))
+    limited = load_sources(make_cfg(["experiment=slider", f"dataset.root={tmp_path / 'slider'}",
+                                     "dataset.train_limit=5"]))
+    assert len(limited.train) == 5 and {r.path for r in limited.train} < {r.path for r in full.train}
+    assert limited.categories == full.categories == ["gap"] and limited.test == full.test
+
+
+@pytest.mark.parametrize("limit", ["0", "100000", "0.5", "many"])
+def test_a_train_limit_out_of_range_names_the_key(make_cfg, limit):
+    images = len(splits_with(make_cfg).train)
+    with pytest.raises(ValueError, match=rf"dataset.train_limit={limit}: give a whole number from 1 to {images},"):
+        splits_with(make_cfg, f"dataset.train_limit={limit}")
+
+
+def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_path, tmp_store):
+    """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
+    on the parent with the size as step; a sweep that varies anything else gets no curve."""
+    from bearcat.sweeps import JOB_NUM, OVERRIDES, SWEEP_ID, summarize
+
+    mlflow.set_tracking_uri(tmp_store)  # summarize's client too (a sweep test may have set another)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("curve")
+
+    def sweep(name, jobs):
+        parent = client.create_run(experiment, tags={SWEEP_ID: name}).info.run_id
+        for num, (overrides, images, accuracy) in enumerate(jobs):
+            child = client.create_run(experiment, tags={SWEEP_ID: name, JOB_NUM: str(num), OVERRIDES: overrides,
+                                                        "mlflow.parentRunId": parent}).info.run_id
+            for key, value in (("data_train_images", images), ("test_accuracy", accuracy),
+                               ("best_val_accuracy", accuracy + 0.01)):
+                client.log_metric(child, key, value)
+            client.set_terminated(child)
+        return parent, summarize(parent, "best_val_accuracy", "maximize", tmp_path / name)
+
+    parent, result = sweep("curve", [("dataset.train_limit=100 trainer.seed=1 experiment=swust", 100, 0.40),
+                                     ("dataset.train_limit=100 trainer.seed=2 experiment=swust", 100, 0.60),
+                                     ("dataset.train_limit=400 trainer.seed=1 experiment=swust", 400, 0.92),
+                                     ("dataset.train_limit=400 trainer.seed=2 experiment=swust", 400, 0.96)])
+    assert [(p["train_images"], p["jobs"]) for p in result["curve"]] == [(100, 2), (400, 2)]
+    history = client.get_metric_history(parent, "curve_test_accuracy")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.5), (400, 0.94)]
+    with open(tmp_path / "curve" / "learning_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["train_images"], r["test_accuracy_min"], r["test_accuracy_max"]) for r in rows] == [
+        ("100", "0.4", "0.6"), ("400", "0.92", "0.96")]
+    text = (tmp_path / "curve" / "learning_curve.md").read_text()
+    assert "- test_accuracy 0.5: reached with 100 training images" in text
+    assert "- test_accuracy 0.9: reached with 400 training images" in text
+    assert "- test_accuracy 0.95: not reached with 400" in text
+    assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md"}
+
+    other, result = sweep("optimizers", [("optimizer=adam dataset.train_limit=100", 100, 0.5),
+                                         ("optimizer=sgd dataset.train_limit=400", 400, 0.9)])
+    assert result["curve"] == [] and not (tmp_path / "optimizers" / "learning_curve.csv").exists()
+    assert client.get_metric_history(other, "curve_test_accuracy") == []
+
+
+def test_a_train_limit_sweep_logs_its_learning_curve(tmp_path):
+    client, sweep_dir = run_sweep(tmp_path, "dataset.train_limit=16,32")
+    runs = runs_of(client)
+    parent = next(r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.metrics["data_train_images"] for c in children) == [16, 32]
+    history = client.get_metric_history(parent.info.run_id, "curve_test_accuracy")
+    by_size = {int(c.data.metrics["data_train_images"]): c.data.metrics["test_accuracy"] for c in children}
+    assert sorted((m.step, m.value) for m in history) == sorted(by_size.items())
+    with open(sweep_dir / "learning_curve.csv", newline="") as f:
+        assert [int(r["train_images"]) for r in csv.DictReader(f)] == [16, 32]
+    assert len(list((tmp_path / "cache" / "synthetic").iterdir())) == 1  # one drawing serves every size
