@@ -2,6 +2,7 @@
 evaluate (and later export/serve) so each entry point stays a few lines."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bearcat.data.labels import Vocabulary
 from bearcat.data.pipeline import LoadedSplit, load_split, warn_if_animated
@@ -91,8 +92,9 @@ def load_sources(cfg: DictConfig) -> Splits:
         raise ValueError(f"dataset._target_={target}: cannot be imported ({str(err).splitlines()[0]})") from None
     if "preprocess" in inspect.signature(source).parameters:
         extra["preprocess"] = preprocess_config(cfg).to_dict()
-    settings = OmegaConf.to_container(cfg.dataset, resolve=True)  # train_limit is applied here, not by the source
-    settings.pop("train_limit", None)
+    settings = copy.deepcopy(cfg.dataset)  # keeps its parent: interpolations and errors name dataset.<key>
+    with open_dict(settings):
+        settings.pop("train_limit", None)  # applied here, not by the source
     try:
         splits = instantiate(settings, cache_dir=cfg.paths.cache_dir, _convert_="all", **extra)
     except InstantiationException as err:  # show the source's own message, not Hydra's wrapper

@@ -565,7 +565,8 @@ def test_a_light_install_reads_and_serves_like_the_library(light_python, exporte
     for f in files:
         shutil.copy2(f, folder / f.name)
     # answer=arithmetic: readings that are no sum have none (bearcat.answers, pure Python, works it out)
-    for runtime, extra in [("onnx", []), ("tflite", []), ("onnx", ["decoder=greedy"]), ("onnx", ["answer=arithmetic"])]:
+    for runtime, extra in [("onnx", []), ("tflite", []), ("onnx", ["decoder=greedy"]),
+                           ("onnx", ["answer=arithmetic"])]:
         out = tmp_path / f"{runtime}{len(extra)}.jsonl"
         done = run([str(light_python), "-m", "bearcat.predict", f"model={exported['dir']}", f"images={folder}",
                     f"runtime={runtime}", f"out={out}", *extra, f"hydra.run.dir={tmp_path / 'hydra'}"])
