@@ -1,6 +1,8 @@
-"""PNG contact sheets: test predictions with their truth, wrong ones first."""
+"""PNG contact sheets: test predictions with their truth, wrong ones first; a learning
+curve's chart."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,45 @@ def training_preview(images: np.ndarray, labels: list[str], path, augment=None, 
     if augment is not None:
         shown = augment.apply_batch(shown)
     return contact_sheet(shown, [labels[i] for i in pick], path, columns, scale=scale)
+
+
+CHART_SIZE = (640, 400)             # width, height of a curve chart, pixels
+CHART_MARGINS = (60, 20, 36, 50)    # left, right, top, bottom: room for the axis labels
+CURVE_COLOUR = (31, 119, 180)
+
+
+def curve_chart(sizes: list[int], means: list[float], lows: list[float], highs: list[float], title: str,
+                path) -> Path:
+    """A learning curve as PNG: `means` (0-1) against `sizes` (training images, at least two),
+    with a bar from low to high at each size (the spread over its jobs). The x axis is
+    logarithmic when the sizes span 4x or more, as learning curves usually do."""
+    (width, height), (left, right, top, bottom) = CHART_SIZE, CHART_MARGINS
+    log_x = sizes[-1] >= 4 * sizes[0]
+    scale = math.log if log_x else float
+    first, last = scale(sizes[0]), scale(sizes[-1])
+
+    def x(size):
+        return left + (scale(size) - first) / (last - first) * (width - left - right)
+
+    def y(value):
+        return top + (1.0 - min(max(value, 0.0), 1.0)) * (height - top - bottom)
+
+    font = _font(12)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for level in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.line([(left, y(level)), (width - right, y(level))], fill=(225, 225, 225))
+        draw.text((8, y(level) - 7), f"{level:.2f}", fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for size in sizes:
+        draw.text((x(size) - 3 * len(str(size)), height - bottom + 6), str(size), fill="black", font=font)
+    draw.text((left, 10), title, fill="black", font=font)
+    draw.text((left, height - 22), "training images" + (" (log scale)" if log_x else ""), fill="black", font=font)
+    points = [(x(size), y(mean)) for size, mean in zip(sizes, means)]
+    draw.line(points, fill=CURVE_COLOUR, width=2)
+    for size, low, high in zip(sizes, lows, highs):
+        draw.line([(x(size), y(low)), (x(size), y(high))], fill=CURVE_COLOUR, width=1)
+    for px, py in points:
+        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=CURVE_COLOUR)
+    image.save(path)
+    return Path(path)

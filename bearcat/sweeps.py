@@ -160,8 +160,9 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
 
 
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
-    """learning_curve.csv (one row per size: mean, min and max over its jobs) and
-    learning_curve.md (the means, and the first size whose mean reaches a few levels)."""
+    """learning_curve.csv (one row per size: mean, min and max over its jobs),
+    learning_curve.md (the means, and the first size whose mean reaches a few levels) and
+    learning_curve.png (test accuracy, or a detector's test mAP, against the size)."""
     names = list(dict.fromkeys(m for point in curve for m in point["mean"]))
     with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -181,7 +182,16 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
             lines.append(f"- {score} {level}: " + (f"reached with {first} training images" if first else
                                                      f"not reached with {curve[-1]['train_images']}"))
     (out_dir / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return ["learning_curve.csv", "learning_curve.md"]
+    written = ["learning_curve.csv", "learning_curve.md"]
+    charted = [p for p in curve if score in p["mean"]] if score else []
+    if len(charted) > 1:
+        from bearcat.gallery import curve_chart
+
+        curve_chart([p["train_images"] for p in charted], [p["mean"][score] for p in charted],
+                    [p["min"][score] for p in charted], [p["max"][score] for p in charted],
+                    f"{score}: mean of each size's jobs (bar: lowest to highest)", out_dir / "learning_curve.png")
+        written.append("learning_curve.png")
+    return written
 
 
 class MlflowSweepCallback(Callback):

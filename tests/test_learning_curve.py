@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 
 import mlflow
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import SHARED
 from test_sweeps import run_sweep, runs_of
@@ -54,6 +56,7 @@ def test_a_train_limit_out_of_range_names_the_key(make_cfg, limit):
 def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_path, tmp_store):
     """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
     on the parent with the size as step; a sweep that varies anything else gets no curve."""
+    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOUR
     from bearcat.sweeps import JOB_NUM, OVERRIDES, SWEEP_ID, summarize
 
     mlflow.set_tracking_uri(tmp_store)  # summarize's client too (a sweep test may have set another)
@@ -86,11 +89,20 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert "- test_accuracy 0.5: reached with 100 training images" in text
     assert "- test_accuracy 0.9: reached with 400 training images" in text
     assert "- test_accuracy 0.95: not reached with 400" in text
-    assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md"}
+    assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md",
+                                                               "learning_curve.png"}
+    # the chart: the curve's colour spans the bars (0.40 to 0.96) from the first size to the last
+    chart = np.asarray(Image.open(tmp_path / "curve" / "learning_curve.png").convert("RGB"))
+    assert chart.shape == (CHART_SIZE[1], CHART_SIZE[0], 3)
+    ys, xs = np.nonzero((chart == CURVE_COLOUR).all(axis=2))
+    left, right, top, bottom = CHART_MARGINS
+    plot = CHART_SIZE[1] - top - bottom
+    assert ys.min() == pytest.approx(top + 0.04 * plot, abs=2) and ys.max() == pytest.approx(top + 0.60 * plot, abs=2)
+    assert xs.min() == pytest.approx(left - 4, abs=2) and xs.max() == pytest.approx(CHART_SIZE[0] - right + 4, abs=2)
 
     other, result = sweep("optimizers", [("optimizer=adam dataset.train_limit=100", 100, 0.5),
                                          ("optimizer=sgd dataset.train_limit=400", 400, 0.9)])
-    assert result["curve"] == [] and not (tmp_path / "optimizers" / "learning_curve.csv").exists()
+    assert result["curve"] == [] and not list((tmp_path / "optimizers").glob("learning_curve.*"))
     assert client.get_metric_history(other, "curve_test_accuracy") == []
 
 
