@@ -170,10 +170,11 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
         for p in curve:
             writer.writerow([p["train_images"], p["jobs"],
                              *(p[s].get(m, "") for m in names for s in ("mean", "min", "max"))])
-    lines = ["| training images | jobs | " + " | ".join(names) + " |", "|" + "---:|" * (len(names) + 2)]
-    for p in curve:
-        cells = [f"{p['mean'][m]:.4f}" if m in p["mean"] else "" for m in names]
-        lines.append(f"| {p['train_images']} | {p['jobs']} | " + " | ".join(cells) + " |")
+    from bearcat.benchmark import table
+
+    points = [{"train_images": p["train_images"], "jobs": p["jobs"], **p["mean"]} for p in curve]
+    lines = [table(points, [("training images", "train_images", "d"), ("jobs", "jobs", "d"),
+                            *((m, m, ".4f") for m in names)])]
     score = next((m for m in ("test_accuracy", "test_map") if m in names), None)
     if score:  # how many images a level takes: the captcha's strength against this model
         lines.append("")
