@@ -85,11 +85,11 @@ def slider_captcha(rng: random.Random, images: list[str], decoys: int = 0, decoy
     import numpy as np
     from PIL import Image, ImageChops, ImageFilter
 
-    from bearcat.data.click import _background
+    from bearcat.data.click import draw_background
 
     width, height = SIZE
     kind = "images" if images else rng.choice(("gradient", "noise", "shapes"))
-    picture = Image.fromarray(_background(rng, kind, width, height, images))
+    picture = Image.fromarray(draw_background(rng, kind, width, height, images))
     side = rng.randint(*PIECE)
     mask = piece_mask(side, rng)
     x, y = position(rng, side)

@@ -125,8 +125,9 @@ def _tinted(rng, grey: int, tint: int = 40) -> tuple[int, int, int]:
     return tuple(max(0, min(255, grey + rng.randint(-tint, tint))) for _ in range(3))
 
 
-def _background(rng, kind: str, width: int, height: int, images: list[str]) -> np.ndarray:
-    """An RGB uint8 array (height, width, 3)."""
+def draw_background(rng, kind: str, width: int, height: int, images: list[str]) -> np.ndarray:
+    """A background of `kind` (gradient, noise, shapes, images): an RGB uint8 array (height,
+    width, 3). Slider captchas (scripts/make_slider_captchas.py) draw their pictures with it too."""
     from PIL import Image, ImageDraw
 
     light = rng.random() < 0.6
@@ -216,7 +217,7 @@ def render(s: dict, split: str, index: int):
     kind = s["background"]
     if kind == "mixed":
         kind = rng.choice(("gradient", "noise", "shapes") + (("images",) if s["images"] else ()))
-    background = _background(rng, kind, s["width"], s["height"], s["images"])
+    background = draw_background(rng, kind, s["width"], s["height"], s["images"])
     for _ in range(50):
         n_targets, n_distractors = rng.randint(*s["targets"]), rng.randint(*s["distractors"])
         chars = rng.sample(s["charset"], n_targets + n_distractors)
