@@ -111,13 +111,12 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-        if r is best:
-            cells[0] += " (best)"
-        lines.append("| " + " | ".join(cells) + " |")
-    (out_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from bearcat.benchmark import table
+
+    marked = [{**r, "job": f"{r['job']} (best)"} if r is best else r for r in rows]
+    floats = {c for r in rows for c in columns if isinstance(r.get(c), float)}
+    md = table(marked, [(c, c, ".4f" if c in floats else "") for c in columns])
+    (out_dir / "sweep_summary.md").write_text(md + "\n", encoding="utf-8")
 
     for name in ("sweep_summary.csv", "sweep_summary.md"):
         client.log_artifact(parent_id, str(out_dir / name))

@@ -85,7 +85,15 @@ def test_multirun_parent_children_and_summary(tmp_path, launcher):
     assert "best_test_accuracy" not in parent.data.metrics
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_finished"] == 2
     assert parent.data.tags["bearcat.best_run_id"] == chosen.info.run_id
-    assert (sweep_dir / "sweep_summary.md").read_text().count("\n") == 4  # header, rule, 2 jobs
+    md = (sweep_dir / "sweep_summary.md").read_text().splitlines()
+    assert len(md) == 4  # header, rule, 2 jobs
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    table_rows = {cells[header.index("run_id")]: cells for cells in
+                  ([c.strip() for c in line.strip("|").split("|")] for line in md[2:])}
+    for child in children:  # the chosen job marked, the figures as logged to 4 places
+        cells = table_rows[child.info.run_id]
+        assert cells[0].endswith("(best)") == (child is chosen)
+        assert cells[header.index("test_accuracy")] == f"{child.data.metrics['test_accuracy']:.4f}"
     assert not (sweep_dir / "learning_curve.csv").exists()  # the jobs differ in more than their images
 
 
