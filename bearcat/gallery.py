@@ -66,15 +66,19 @@ def training_preview(images: np.ndarray, labels: list[str], path, augment=None, 
 
 CHART_SIZE = (640, 400)             # width, height of a curve chart, pixels
 CHART_MARGINS = (60, 20, 36, 50)    # left, right, top, bottom: room for the axis labels
-CURVE_COLOUR = (31, 119, 180)
+# one colour per curve (a design, an optimizer, ...), in the order of the sweep's jobs
+CURVE_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
-def curve_chart(sizes: list[int], means: list[float], lows: list[float], highs: list[float], title: str,
-                path) -> Path:
-    """A learning curve as PNG: `means` (0-1) against `sizes` (training images, at least two),
-    with a bar from low to high at each size (the spread over its jobs). The x axis is
-    logarithmic when the sizes span 4x or more, as learning curves usually do."""
+def curve_chart(series: list[dict], title: str, path) -> Path:
+    """Learning curves as PNG. Each series is {"label", "sizes" (training images), "means"
+    (0-1), "lows", "highs"}: its means joined by a line, with a bar from low to high at each
+    size (the spread over its jobs). The x axis spans every series' sizes (at least two),
+    logarithmic when they span 4x or more, as learning curves usually do. With more than one
+    series a legend under the chart names them."""
     (width, height), (left, right, top, bottom) = CHART_SIZE, CHART_MARGINS
+    sizes = sorted({size for one in series for size in one["sizes"]})
     log_x = sizes[-1] >= 4 * sizes[0]
     scale = math.log if log_x else float
     first, last = scale(sizes[0]), scale(sizes[-1])
@@ -86,7 +90,9 @@ def curve_chart(sizes: list[int], means: list[float], lows: list[float], highs: 
         return top + (1.0 - min(max(value, 0.0), 1.0)) * (height - top - bottom)
 
     font = _font(12)
-    image = Image.new("RGB", (width, height), "white")
+    line = 16  # a legend row: below the chart, so it never hides a curve
+    legend = line * len(series) + 6 if len(series) > 1 else 0
+    image = Image.new("RGB", (width, height + legend), "white")
     draw = ImageDraw.Draw(image)
     for level in (0.0, 0.25, 0.5, 0.75, 1.0):
         draw.line([(left, y(level)), (width - right, y(level))], fill=(225, 225, 225))
@@ -96,11 +102,18 @@ def curve_chart(sizes: list[int], means: list[float], lows: list[float], highs: 
         draw.text((x(size) - 3 * len(str(size)), height - bottom + 6), str(size), fill="black", font=font)
     draw.text((left, 10), title, fill="black", font=font)
     draw.text((left, height - 22), "training images" + (" (log scale)" if log_x else ""), fill="black", font=font)
-    points = [(x(size), y(mean)) for size, mean in zip(sizes, means)]
-    draw.line(points, fill=CURVE_COLOUR, width=2)
-    for size, low, high in zip(sizes, lows, highs):
-        draw.line([(x(size), y(low)), (x(size), y(high))], fill=CURVE_COLOUR, width=1)
-    for px, py in points:
-        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=CURVE_COLOUR)
+    for k, one in enumerate(series):
+        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
+        points = [(x(size), y(mean)) for size, mean in zip(one["sizes"], one["means"])]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for size, low, high in zip(one["sizes"], one["lows"], one["highs"]):
+            draw.line([(x(size), y(low)), (x(size), y(high))], fill=colour, width=1)
+        for px, py in points:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+    for k, one in enumerate(series if legend else []):
+        colour, row = CURVE_COLOURS[k % len(CURVE_COLOURS)], height + k * line
+        draw.rectangle([left, row + 3, left + 12, row + 11], fill=colour)
+        draw.text((left + 18, row), one["label"], fill="black", font=font)
     image.save(path)
     return Path(path)

@@ -7,14 +7,15 @@ output folder), so it works whether the jobs run in the same process (basic laun
 in worker processes (joblib) or on other machines (submitit, with a shared tracking
 server). When the sweep ends the parent gets a summary table of every job (overrides,
 status, metrics) as `sweep_summary.csv` / `sweep_summary.md` and the best value of
-`optimized_metric`. A sweep whose jobs differ only in their number of training images
-(and seed) also gets its learning curve. Like tracking.py, this is the only other module
-that talks to MLflow.
+`optimized_metric`. A sweep over the number of training images also gets learning
+curves: one per group of jobs that share their other overrides (a captcha design, an
+optimizer, ...). Like tracking.py, this is the only other module that talks to MLflow.
 """
 from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,10 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
     if curve:
         for name in write_curve(curve, out_dir):
             client.log_artifact(parent_id, str(out_dir / name))
+        suffix = curve_metric_names(curve)
         for point in curve:  # MLflow's chart of a metric against its step draws the curve
             for key, value in point["mean"].items():
-                client.log_metric(parent_id, f"curve_{key}", value, step=point["train_images"])
+                client.log_metric(parent_id, f"curve_{key}{suffix[point['group']]}", value, step=point["train_images"])
     client.log_metric(parent_id, "jobs", len(rows))
     client.log_metric(parent_id, "jobs_finished", sum(r["status"] == "FINISHED" for r in rows))
     if best is not None:
@@ -137,58 +139,92 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
     return {"rows": rows, "best": best, "curve": curve}
 
 
+def _setting(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def learning_curve(rows: list[dict], metric: str) -> list[dict]:
-    """The finished jobs' metrics against their number of training images, when the jobs
-    differ only in that (dataset.train_limit or train_size) and their seed: one point per
-    size, the mean over its seeds. [] when the sweep is no learning curve."""
+    """The finished jobs' metrics against their number of training images (dataset.train_limit
+    or train_size), one curve per group of jobs that share every other override: a design, an
+    optimizer, ... Each point is one size of one group, the mean over its jobs (seeds); its
+    "group" names the overrides that set the group apart ("all" when there is one group).
+    [] when no group has two sizes: the sweep is no learning curve."""
     done = [r for r in rows if r["status"] == "FINISHED" and r.get("data_train_images") is not None]
-    rest = {" ".join(o for o in r["overrides"].split() if o.split("=", 1)[0].lstrip("+") not in CURVE_KEYS)
-            for r in done}
-    sizes = sorted({int(r["data_train_images"]) for r in done})
-    if len(rest) != 1 or len(sizes) < 2:
+    groups: dict[tuple, list[dict]] = {}
+    for r in done:  # in job order, so the first group's colour is the first job's
+        groups.setdefault(tuple(o for o in r["overrides"].split() if _setting(o) not in CURVE_KEYS), []).append(r)
+    if not any(len({int(r["data_train_images"]) for r in jobs}) > 1 for jobs in groups.values()):
         return []
+    shared = set.intersection(*(set(key) for key in groups))
     names = [m for m in dict.fromkeys((metric, *SUMMARY_METRICS)) if m != "data_train_images"]
     curve = []
-    for size in sizes:
-        group = [r for r in done if int(r["data_train_images"]) == size]
-        values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
-        values = {m: v for m, v in values.items() if v}
-        curve.append({"train_images": size, "jobs": len(group), "mean": {m: sum(v) / len(v) for m, v in values.items()},
-                      "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()}})
+    for key, jobs in groups.items():
+        label = " ".join(o for o in key if o not in shared) or "all"
+        for size in sorted({int(r["data_train_images"]) for r in jobs}):
+            group = [r for r in jobs if int(r["data_train_images"]) == size]
+            values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
+            values = {m: v for m, v in values.items() if v}
+            curve.append({"group": label, "train_images": size, "jobs": len(group),
+                          "mean": {m: sum(v) / len(v) for m, v in values.items()},
+                          "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()}})
     return curve
 
 
+def curve_metric_names(curve: list[dict]) -> dict[str, str]:
+    """{group: suffix of its `curve_*` metrics}: "" for a single curve, else "/" and the group
+    in the characters MLflow allows in a metric name (an override's leading "+" dropped, "="
+    as ":"), or "/group_<k>" should two groups read alike that way."""
+    groups = list(dict.fromkeys(p["group"] for p in curve))
+    if len(groups) == 1:
+        return {groups[0]: ""}
+    safe = {g: "/" + re.sub(r"[^\w.\- :/]", "_", " ".join(o.lstrip("+~") for o in g.split()).replace("=", ":"))[:200]
+            for g in groups}
+    if len(set(safe.values())) < len(groups):
+        safe = {g: f"/group_{k + 1}" for k, g in enumerate(groups)}
+    return safe
+
+
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
-    """learning_curve.csv (one row per size: mean, min and max over its jobs),
-    learning_curve.md (the means, and the first size whose mean reaches a few levels) and
-    learning_curve.png (test accuracy, or a detector's test mAP, against the size)."""
+    """learning_curve.csv (one row per group and size: mean, min and max over its jobs),
+    learning_curve.md (the means, and for each group the first size whose mean reaches a few
+    levels) and learning_curve.png (test accuracy, or a detector's test mAP, against the
+    size: one line per group)."""
     names = list(dict.fromkeys(m for point in curve for m in point["mean"]))
+    groups = list(dict.fromkeys(p["group"] for p in curve))
     with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["train_images", "jobs", *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
+        writer.writerow(["group", "train_images", "jobs", *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
         for p in curve:
-            writer.writerow([p["train_images"], p["jobs"],
+            writer.writerow([p["group"], p["train_images"], p["jobs"],
                              *(p[s].get(m, "") for m in names for s in ("mean", "min", "max"))])
     from bearcat.benchmark import table
 
-    points = [{"train_images": p["train_images"], "jobs": p["jobs"], **p["mean"]} for p in curve]
-    lines = [table(points, [("training images", "train_images", "d"), ("jobs", "jobs", "d"),
-                            *((m, m, ".4f") for m in names)])]
+    points = [{"group": p["group"], "train_images": p["train_images"], "jobs": p["jobs"], **p["mean"]} for p in curve]
+    columns = [("training images", "train_images", "d"), ("jobs", "jobs", "d"), *((m, m, ".4f") for m in names)]
+    lines = [table(points, ([("group", "group", "")] if len(groups) > 1 else []) + columns)]
     score = next((m for m in ("test_accuracy", "test_map") if m in names), None)
     if score:  # how many images a level takes: the captcha's strength against this model
         lines.append("")
-        for level in (0.5, 0.9, 0.95, 0.99):
-            first = next((p["train_images"] for p in curve if p["mean"].get(score, -1.0) >= level), None)
-            lines.append(f"- {score} {level}: " + (f"reached with {first} training images" if first else
-                                                     f"not reached with {curve[-1]['train_images']}"))
+        for group in groups:
+            own = [p for p in curve if p["group"] == group]
+            lead = f"- {group}: " if len(groups) > 1 else "- "
+            for level in (0.5, 0.9, 0.95, 0.99):
+                first = next((p["train_images"] for p in own if p["mean"].get(score, -1.0) >= level), None)
+                lines.append(f"{lead}{score} {level}: " + (f"reached with {first} training images" if first else
+                                                              f"not reached with {own[-1]['train_images']}"))
     (out_dir / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     written = ["learning_curve.csv", "learning_curve.md"]
     charted = [p for p in curve if score in p["mean"]] if score else []
-    if len(charted) > 1:
+    if len({p["train_images"] for p in charted}) > 1:
         from bearcat.gallery import curve_chart
 
-        curve_chart([p["train_images"] for p in charted], [p["mean"][score] for p in charted],
-                    [p["min"][score] for p in charted], [p["max"][score] for p in charted],
+        series = []
+        for group in groups:
+            own = [p for p in charted if p["group"] == group]
+            series.append({"label": group, "sizes": [p["train_images"] for p in own],
+                           "means": [p["mean"][score] for p in own], "lows": [p["min"][score] for p in own],
+                           "highs": [p["max"][score] for p in own]})
+        curve_chart([one for one in series if one["sizes"]],
                     f"{score}: mean of each size's jobs (bar: lowest to highest)", out_dir / "learning_curve.png")
         written.append("learning_curve.png")
     return written

@@ -53,10 +53,11 @@ def test_a_train_limit_out_of_range_names_the_key(make_cfg, limit):
         splits_with(make_cfg, f"dataset.train_limit={limit}")
 
 
-def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_path, tmp_store):
-    """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
-    on the parent with the size as step; a sweep that varies anything else gets no curve."""
-    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOUR
+@pytest.fixture
+def logged_sweep(tmp_path, tmp_store):
+    """sweep(name, [(overrides, training images, test accuracy), ...]): a parent run with one
+    finished child per job in a fresh MLflow store, then `summarize`d into tmp_path/name;
+    (client, parent run id, summary)."""
     from bearcat.sweeps import JOB_NUM, OVERRIDES, SWEEP_ID, summarize
 
     mlflow.set_tracking_uri(tmp_store)  # summarize's client too (a sweep test may have set another)
@@ -72,19 +73,28 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
                                ("best_val_accuracy", accuracy + 0.01)):
                 client.log_metric(child, key, value)
             client.set_terminated(child)
-        return parent, summarize(parent, "best_val_accuracy", "maximize", tmp_path / name)
+        return client, parent, summarize(parent, "best_val_accuracy", "maximize", tmp_path / name)
 
-    parent, result = sweep("curve", [("dataset.train_limit=100 trainer.seed=1 experiment=swust", 100, 0.40),
-                                     ("dataset.train_limit=100 trainer.seed=2 experiment=swust", 100, 0.60),
-                                     ("dataset.train_limit=400 trainer.seed=1 experiment=swust", 400, 0.92),
-                                     ("dataset.train_limit=400 trainer.seed=2 experiment=swust", 400, 0.96)])
+    return sweep
+
+
+def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_path, logged_sweep):
+    """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
+    on the parent with the size as step; a sweep that varies anything else gets no curve."""
+    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOURS
+
+    client, parent, result = logged_sweep("curve", [
+        ("dataset.train_limit=100 trainer.seed=1 experiment=swust", 100, 0.40),
+        ("dataset.train_limit=100 trainer.seed=2 experiment=swust", 100, 0.60),
+        ("dataset.train_limit=400 trainer.seed=1 experiment=swust", 400, 0.92),
+        ("dataset.train_limit=400 trainer.seed=2 experiment=swust", 400, 0.96)])
     assert [(p["train_images"], p["jobs"]) for p in result["curve"]] == [(100, 2), (400, 2)]
     history = client.get_metric_history(parent, "curve_test_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.5), (400, 0.94)]
     with open(tmp_path / "curve" / "learning_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["train_images"], r["test_accuracy_min"], r["test_accuracy_max"]) for r in rows] == [
-        ("100", "0.4", "0.6"), ("400", "0.92", "0.96")]
+    assert [(r["group"], r["train_images"], r["test_accuracy_min"], r["test_accuracy_max"]) for r in rows] == [
+        ("all", "100", "0.4", "0.6"), ("all", "400", "0.92", "0.96")]
     text = (tmp_path / "curve" / "learning_curve.md").read_text()
     assert "- test_accuracy 0.5: reached with 100 training images" in text
     assert "- test_accuracy 0.9: reached with 400 training images" in text
@@ -94,16 +104,62 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     # the chart: the curve's colour spans the bars (0.40 to 0.96) from the first size to the last
     chart = np.asarray(Image.open(tmp_path / "curve" / "learning_curve.png").convert("RGB"))
     assert chart.shape == (CHART_SIZE[1], CHART_SIZE[0], 3)
-    ys, xs = np.nonzero((chart == CURVE_COLOUR).all(axis=2))
+    ys, xs = np.nonzero((chart == CURVE_COLOURS[0]).all(axis=2))
     left, right, top, bottom = CHART_MARGINS
     plot = CHART_SIZE[1] - top - bottom
     assert ys.min() == pytest.approx(top + 0.04 * plot, abs=2) and ys.max() == pytest.approx(top + 0.60 * plot, abs=2)
     assert xs.min() == pytest.approx(left - 4, abs=2) and xs.max() == pytest.approx(CHART_SIZE[0] - right + 4, abs=2)
 
-    other, result = sweep("optimizers", [("optimizer=adam dataset.train_limit=100", 100, 0.5),
-                                         ("optimizer=sgd dataset.train_limit=400", 400, 0.9)])
+    # each optimizer has one size: no curve to draw
+    client, other, result = logged_sweep("optimizers", [("optimizer=adam dataset.train_limit=100", 100, 0.5),
+                                                        ("optimizer=sgd dataset.train_limit=400", 400, 0.9)])
     assert result["curve"] == [] and not list((tmp_path / "optimizers").glob("learning_curve.*"))
     assert client.get_metric_history(other, "curve_test_accuracy") == []
+
+
+def test_two_designs_get_a_curve_each_named_by_what_sets_them_apart(tmp_path, logged_sweep):
+    """A sweep over two captcha designs and the number of training images: one curve per
+    design, never averaged across them; the overrides every job shares are left out of the
+    names; a design measured at one size is one point."""
+    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOURS
+
+    plain, noisy, once = "+dataset.style.noise_lines=0", "+dataset.style.noise_lines=8", "+dataset.style.noise_lines=20"
+    jobs = [(f"experiment=swust {design} dataset.train_limit={size} trainer.seed={seed}", size, accuracy)
+            for design, size, seed, accuracy in [(plain, 100, 1, 0.60), (plain, 100, 2, 0.70), (plain, 400, 1, 0.98),
+                                                 (noisy, 100, 1, 0.10), (noisy, 400, 1, 0.50), (noisy, 1600, 1, 0.92),
+                                                 (once, 400, 1, 0.20)]]
+    client, parent, result = logged_sweep("designs", jobs)
+    assert [(p["group"], p["train_images"], p["jobs"], round(p["mean"]["test_accuracy"], 6)) for p in result["curve"]] == [
+        (plain, 100, 2, 0.65), (plain, 400, 1, 0.98), (noisy, 100, 1, 0.1), (noisy, 400, 1, 0.5),
+        (noisy, 1600, 1, 0.92), (once, 400, 1, 0.2)]
+    for design, points in ((plain, [(100, 0.65), (400, 0.98)]), (noisy, [(100, 0.1), (400, 0.5), (1600, 0.92)]),
+                           (once, [(400, 0.2)])):
+        history = client.get_metric_history(parent, "curve_test_accuracy/" + design[1:].replace("=", ":"))
+        assert sorted((m.step, round(m.value, 6)) for m in history) == points
+    assert client.get_metric_history(parent, "curve_test_accuracy") == []  # only the per-design names
+    with open(tmp_path / "designs" / "learning_curve.csv", newline="") as f:
+        assert [(r["group"], r["train_images"]) for r in csv.DictReader(f)] == [
+            (plain, "100"), (plain, "400"), (noisy, "100"), (noisy, "400"), (noisy, "1600"), (once, "400")]
+    text = (tmp_path / "designs" / "learning_curve.md").read_text()
+    assert text.startswith("| group | training images | jobs |")
+    assert f"- {plain}: test_accuracy 0.95: reached with 400 training images" in text
+    assert f"- {noisy}: test_accuracy 0.9: reached with 1600 training images" in text
+    assert f"- {noisy}: test_accuracy 0.95: not reached with 1600" in text
+    assert f"- {once}: test_accuracy 0.5: not reached with 400" in text
+    # the chart: each design in its own colour, at its own heights, and a legend naming them
+    chart = np.asarray(Image.open(tmp_path / "designs" / "learning_curve.png").convert("RGB"))
+    left, right, top, bottom = CHART_MARGINS
+    plot_w, plot_h = CHART_SIZE[0] - left - right, CHART_SIZE[1] - top - bottom
+    assert chart.shape == (CHART_SIZE[1] + 3 * 16 + 6, CHART_SIZE[0], 3)  # a legend row per design below
+    plot, legend = chart[:CHART_SIZE[1]], chart[CHART_SIZE[1]:]
+    for colour, (high, low), last_x in ((CURVE_COLOURS[0], (0.98, 0.60), 0.5), (CURVE_COLOURS[1], (0.92, 0.10), 1.0),
+                                        (CURVE_COLOURS[2], (0.20, 0.20), 0.5)):
+        ys, xs = np.nonzero((plot == colour).all(axis=2))
+        assert ys.min() == pytest.approx(top + (1 - high) * plot_h, abs=5)
+        assert ys.max() == pytest.approx(top + (1 - low) * plot_h, abs=5)
+        assert xs.max() == pytest.approx(left + last_x * plot_w, abs=5)
+    for colour in CURVE_COLOURS[:3]:
+        assert (legend == colour).all(axis=2).sum() >= 12 * 8  # a swatch of each
 
 
 def test_a_train_limit_sweep_logs_its_learning_curve(tmp_path):
