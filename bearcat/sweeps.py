@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,57 @@ def curve_metric_names(curve: list[dict]) -> dict[str, str]:
     return safe
 
 
+COMPARE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def images_to_reach(points: list[tuple[int, float]], level: float) -> float | None:
+    """Training images a curve of (size, score) points needs to reach `level`, interpolated on
+    the log scale (curves are near straight there) between the first size at or above it and
+    the size before. None when the curve never reaches it, or already does at its first size
+    (how many fewer would do was not measured)."""
+    below = None
+    for size, value in points:
+        if value >= level:
+            if below is None:
+                return None
+            (low, low_value), (high, high_value) = below, (size, value)
+            return math.exp(math.log(low) + (level - low_value) / (high_value - low_value)
+                            * (math.log(high) - math.log(low)))
+        below = (size, value)
+    return None
+
+
+def design_comparison(curve: list[dict], score: str) -> list[str]:
+    """Markdown: for each level in COMPARE_LEVELS that every group's curve crosses between two
+    measured sizes, the training images each group needs (`images_to_reach`) and its ratio to
+    the first group's: how much stronger one design is than another, in images. Groups with
+    a single size (a failed job, say) are left out, and named."""
+    every = list(dict.fromkeys(p["group"] for p in curve))
+    points = {g: [(p["train_images"], p["mean"][score]) for p in curve if p["group"] == g and score in p["mean"]]
+              for g in every}
+    groups = [g for g in every if len(points[g]) > 1]
+    left_out = [f"Left out, measured at one size: {', '.join(f'`{g}`' for g in every if g not in groups)}."]
+    if len(groups) < 2:
+        return [f"Fewer than two groups have {score} at two sizes or more: nothing to compare."]
+    rows = []
+    for level in COMPARE_LEVELS:
+        needed = {g: images_to_reach(points[g], level) for g in groups}
+        if any(n is None for n in needed.values()):
+            continue
+        row = {"level": level, groups[0]: f"{needed[groups[0]]:,.0f}"}
+        row.update({g: f"{needed[g]:,.0f} ({needed[g] / needed[groups[0]]:.2f}x)" for g in groups[1:]})
+        rows.append(row)
+    notes = left_out if len(groups) < len(every) else []
+    if not rows:
+        return [f"No level of {', '.join(map(str, COMPARE_LEVELS))} is crossed by every group's {score} "
+                "between two measured sizes: add sizes to compare the designs in images.", *notes]
+    from bearcat.benchmark import table
+
+    return [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale; "
+            f"in brackets: against `{groups[0]}`):", "",
+            table(rows, [("level", "level", "g"), *((g, g, "") for g in groups)]), *notes]
+
+
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
     """learning_curve.csv (one row per group and size: mean, min and max over its jobs),
     learning_curve.md (the means, and for each group the first size whose mean reaches a few
@@ -212,6 +264,8 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
                 first = next((p["train_images"] for p in own if p["mean"].get(score, -1.0) >= level), None)
                 lines.append(f"{lead}{score} {level}: " + (f"reached with {first} training images" if first else
                                                               f"not reached with {own[-1]['train_images']}"))
+        if len(groups) > 1:
+            lines += ["", *design_comparison(curve, score)]
     (out_dir / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     written = ["learning_curve.csv", "learning_curve.md"]
     charted = [p for p in curve if score in p["mean"]] if score else []
@@ -292,3 +346,6 @@ class MlflowSweepCallback(Callback):
         best = result["best"]
         log.info("sweep summary: %d jobs; best %s = %s (%s)", len(result["rows"]), config.optimized_metric,
                  best and best[config.optimized_metric], best and best["overrides"])
+        if result["curve"]:
+            log.info("learning curves of %d group(s): %s", len({p["group"] for p in result["curve"]}),
+                     Path(sweep) / "learning_curve.md")

@@ -146,6 +146,8 @@ def test_two_designs_get_a_curve_each_named_by_what_sets_them_apart(tmp_path, lo
     assert f"- {noisy}: test_accuracy 0.9: reached with 1600 training images" in text
     assert f"- {noisy}: test_accuracy 0.95: not reached with 1600" in text
     assert f"- {once}: test_accuracy 0.5: not reached with 400" in text
+    assert "| level | +dataset.style.noise_lines=0 | +dataset.style.noise_lines=8 |" in text  # once: one size
+    assert "| 0.9 | 286 | 1,498 (5.24x) |" in text and "Left out, measured at one size: `" + once + "`." in text
     # the chart: each design in its own colour, at its own heights, and a legend naming them
     chart = np.asarray(Image.open(tmp_path / "designs" / "learning_curve.png").convert("RGB"))
     left, right, top, bottom = CHART_MARGINS
@@ -174,3 +176,41 @@ def test_a_train_limit_sweep_logs_its_learning_curve(tmp_path):
     with open(sweep_dir / "learning_curve.csv", newline="") as f:
         assert [int(r["train_images"]) for r in csv.DictReader(f)] == [16, 32]
     assert len(list((tmp_path / "cache" / "synthetic").iterdir())) == 1  # one drawing serves every size
+
+
+def test_images_to_reach_a_level_are_interpolated_on_the_log_scale():
+    from bearcat.sweeps import images_to_reach
+
+    curve = [(100, 0.2), (400, 0.6), (1600, 0.9)]
+    assert images_to_reach(curve, 0.4) == pytest.approx(200)  # half way between 100 and 400 on the log scale
+    assert images_to_reach(curve, 0.9) == pytest.approx(1600)
+    assert images_to_reach(curve, 0.95) is None  # never reached
+    assert images_to_reach(curve, 0.1) is None  # reached at the first size: how many fewer would do is unknown
+    assert images_to_reach([(100, 0.2), (400, 0.7), (1600, 0.6)], 0.65) == pytest.approx(100 * 4 ** 0.9)  # first crossing
+
+
+def test_a_design_comparison_gives_the_images_each_design_needs_and_their_ratio():
+    from bearcat.sweeps import design_comparison
+
+    def points(group, values):
+        return [{"group": group, "train_images": size, "mean": {"test_accuracy": value}} for size, value in values]
+
+    curve = points("font=a", [(100, 0.2), (400, 0.6), (1600, 0.9)]) + points(
+        "font=b", [(100, 0.1), (400, 0.3), (1600, 0.7), (6400, 0.95)])
+    lines = "\n".join(design_comparison(curve, "test_accuracy")).splitlines()
+    assert lines[2:4] == ["| level | font=a | font=b |", "|---|---|---|"]
+    assert lines[4:] == ["| 0.5 | 283 | 800 (2.83x) |", "| 0.6 | 400 | 1,131 (2.83x) |",
+                         "| 0.7 | 635 | 1,600 (2.52x) |", "| 0.8 | 1,008 | 2,786 (2.76x) |",
+                         "| 0.9 | 1,600 | 4,850 (3.03x) |"]  # 0.95 and 0.99: design a never gets there
+    # a design measured at one size is left out, and named; with one design left, nothing to compare
+    with_c = design_comparison(curve + points("font=c", [(400, 0.5)]), "test_accuracy")
+    assert with_c[:-1] == design_comparison(curve, "test_accuracy")
+    assert with_c[-1] == "Left out, measured at one size: `font=c`."
+    assert design_comparison(points("font=a", [(100, 0.2), (400, 0.6)]) + points("font=c", [(400, 0.5)]),
+                             "test_accuracy") == ["Fewer than two groups have test_accuracy at two sizes or more: "
+                                                  "nothing to compare."]
+    # designs that cross no level between two measured sizes
+    apart = design_comparison(points("font=a", [(100, 0.2), (400, 0.3)]) + points("font=b", [(100, 0.6), (400, 0.7)]),
+                              "test_accuracy")
+    assert apart == ["No level of 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99 is crossed by every group's test_accuracy "
+                     "between two measured sizes: add sizes to compare the designs in images."]
