@@ -205,18 +205,19 @@ def images_to_reach(points: list[tuple[int, float]], level: float) -> float | No
     return None
 
 
-def design_comparison(curve: list[dict], score: str) -> list[str]:
+def images_needed_table(curve: list[dict], score: str) -> list[str]:
     """Markdown: for each level in COMPARE_LEVELS that every group's curve crosses between two
-    measured sizes, the training images each group needs (`images_to_reach`) and its ratio to
-    the first group's: how much stronger one design is than another, in images. Groups with
-    a single size (a failed job, say) are left out, and named."""
+    measured sizes, the training images each group needs (`images_to_reach`) and, with several
+    groups, its ratio to the first group's: how much stronger one design is than another, in
+    images. Groups with a single size (a failed job, say) are left out, and named."""
     every = list(dict.fromkeys(p["group"] for p in curve))
     points = {g: [(p["train_images"], p["mean"][score]) for p in curve if p["group"] == g and score in p["mean"]]
               for g in every}
     groups = [g for g in every if len(points[g]) > 1]
-    left_out = [f"Left out, measured at one size: {', '.join(f'`{g}`' for g in every if g not in groups)}."]
-    if len(groups) < 2:
-        return [f"Fewer than two groups have {score} at two sizes or more: nothing to compare."]
+    notes = [f"Left out, measured at one size: {', '.join(f'`{g}`' for g in every if g not in groups)}."
+             ] if len(groups) < len(every) else []
+    if not groups:
+        return [f"No group has {score} at two sizes or more.", *notes]
     rows = []
     for level in COMPARE_LEVELS:
         needed = {g: images_to_reach(points[g], level) for g in groups}
@@ -225,15 +226,15 @@ def design_comparison(curve: list[dict], score: str) -> list[str]:
         row = {"level": level, groups[0]: f"{needed[groups[0]]:,.0f}"}
         row.update({g: f"{needed[g]:,.0f} ({needed[g] / needed[groups[0]]:.2f}x)" for g in groups[1:]})
         rows.append(row)
-    notes = left_out if len(groups) < len(every) else []
     if not rows:
         return [f"No level of {', '.join(map(str, COMPARE_LEVELS))} is crossed by every group's {score} "
-                "between two measured sizes: add sizes to compare the designs in images.", *notes]
+                "between two measured sizes: add sizes to say how many images a level takes.", *notes]
     from bearcat.benchmark import table
 
-    return [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale; "
-            f"in brackets: against `{groups[0]}`):", "",
-            table(rows, [("level", "level", "g"), *((g, g, "") for g in groups)]), *notes]
+    against = f"; in brackets: against `{groups[0]}`" if len(groups) > 1 else ""
+    return [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale{against}):",
+            "", table(rows, [("level", "level", "g"), *(("training images" if g == "all" else g, g, "")
+                                                        for g in groups)]), *notes]
 
 
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
@@ -264,8 +265,7 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
                 first = next((p["train_images"] for p in own if p["mean"].get(score, -1.0) >= level), None)
                 lines.append(f"{lead}{score} {level}: " + (f"reached with {first} training images" if first else
                                                               f"not reached with {own[-1]['train_images']}"))
-        if len(groups) > 1:
-            lines += ["", *design_comparison(curve, score)]
+        lines += ["", *images_needed_table(curve, score)]
     (out_dir / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     written = ["learning_curve.csv", "learning_curve.md"]
     charted = [p for p in curve if score in p["mean"]] if score else []

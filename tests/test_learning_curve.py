@@ -99,6 +99,7 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert "- test_accuracy 0.5: reached with 100 training images" in text
     assert "- test_accuracy 0.9: reached with 400 training images" in text
     assert "- test_accuracy 0.95: not reached with 400" in text
+    assert "| level | training images |\n|---|---|\n| 0.6 | 137 |" in text and "| 0.9 | 353 |\n" in text
     assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md",
                                                                "learning_curve.png"}
     # the chart: the curve's colour spans the bars (0.40 to 0.96) from the first size to the last
@@ -189,28 +190,29 @@ def test_images_to_reach_a_level_are_interpolated_on_the_log_scale():
     assert images_to_reach([(100, 0.2), (400, 0.7), (1600, 0.6)], 0.65) == pytest.approx(100 * 4 ** 0.9)  # first crossing
 
 
-def test_a_design_comparison_gives_the_images_each_design_needs_and_their_ratio():
-    from bearcat.sweeps import design_comparison
+def test_the_images_each_design_needs_for_a_level_and_their_ratio():
+    from bearcat.sweeps import images_needed_table
 
     def points(group, values):
         return [{"group": group, "train_images": size, "mean": {"test_accuracy": value}} for size, value in values]
 
+    def table_lines(curve):
+        return "\n".join(images_needed_table(curve, "test_accuracy")).splitlines()
+
     curve = points("font=a", [(100, 0.2), (400, 0.6), (1600, 0.9)]) + points(
         "font=b", [(100, 0.1), (400, 0.3), (1600, 0.7), (6400, 0.95)])
-    lines = "\n".join(design_comparison(curve, "test_accuracy")).splitlines()
+    lines = table_lines(curve)
     assert lines[2:4] == ["| level | font=a | font=b |", "|---|---|---|"]
     assert lines[4:] == ["| 0.5 | 283 | 800 (2.83x) |", "| 0.6 | 400 | 1,131 (2.83x) |",
                          "| 0.7 | 635 | 1,600 (2.52x) |", "| 0.8 | 1,008 | 2,786 (2.76x) |",
                          "| 0.9 | 1,600 | 4,850 (3.03x) |"]  # 0.95 and 0.99: design a never gets there
-    # a design measured at one size is left out, and named; with one design left, nothing to compare
-    with_c = design_comparison(curve + points("font=c", [(400, 0.5)]), "test_accuracy")
-    assert with_c[:-1] == design_comparison(curve, "test_accuracy")
-    assert with_c[-1] == "Left out, measured at one size: `font=c`."
-    assert design_comparison(points("font=a", [(100, 0.2), (400, 0.6)]) + points("font=c", [(400, 0.5)]),
-                             "test_accuracy") == ["Fewer than two groups have test_accuracy at two sizes or more: "
-                                                  "nothing to compare."]
-    # designs that cross no level between two measured sizes
-    apart = design_comparison(points("font=a", [(100, 0.2), (400, 0.3)]) + points("font=b", [(100, 0.6), (400, 0.7)]),
-                              "test_accuracy")
+    # a design measured at one size is left out, and named
+    with_c = table_lines(curve + points("font=c", [(400, 0.5)]))
+    assert with_c[:-1] == lines and with_c[-1] == "Left out, measured at one size: `font=c`."
+    # one curve: the images it needs, no ratio
+    assert table_lines(points("all", [(100, 0.2), (400, 0.6)]))[2:] == [
+        "| level | training images |", "|---|---|", "| 0.5 | 283 |", "| 0.6 | 400 |"]
+    # curves that cross no level between two measured sizes
+    apart = table_lines(points("font=a", [(100, 0.2), (400, 0.3)]) + points("font=b", [(100, 0.6), (400, 0.7)]))
     assert apart == ["No level of 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99 is crossed by every group's test_accuracy "
-                     "between two measured sizes: add sizes to compare the designs in images."]
+                     "between two measured sizes: add sizes to say how many images a level takes."]
