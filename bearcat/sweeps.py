@@ -239,9 +239,9 @@ def images_needed_table(curve: list[dict], score: str) -> list[str]:
 
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
     """learning_curve.csv (one row per group and size: mean, min and max over its jobs),
-    learning_curve.md (the means, and for each group the first size whose mean reaches a few
-    levels) and learning_curve.png (test accuracy, or a detector's test mAP, against the
-    size: one line per group)."""
+    learning_curve.md (the means; for each group the first size whose mean reaches a few
+    levels; the images each level takes, `images_needed_table`) and learning_curve.png (test
+    accuracy, or a detector's test mAP, against the size: one line per group)."""
     names = list(dict.fromkeys(m for point in curve for m in point["mean"]))
     groups = list(dict.fromkeys(p["group"] for p in curve))
     with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
