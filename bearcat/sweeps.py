@@ -23,6 +23,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bearcat.benchmark import table
+
 log = logging.getLogger(__name__)
 
 SWEEP_ID = "bearcat.sweep_id"      # tag on the parent and every child: the sweep's output folder
@@ -113,8 +115,6 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    from bearcat.benchmark import table
-
     marked = [{**r, "job": f"{r['job']} (best)"} if r is best else r for r in rows]
     floats = {c for r in rows for c in columns if isinstance(r.get(c), float)}
     md = table(marked, [(c, c, ".4f" if c in floats else "") for c in columns])
@@ -154,14 +154,15 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in done:  # in job order, so the first group's colour is the first job's
         groups.setdefault(tuple(o for o in r["overrides"].split() if _setting(o) not in CURVE_KEYS), []).append(r)
-    if not any(len({int(r["data_train_images"]) for r in jobs}) > 1 for jobs in groups.values()):
+    sizes = {key: sorted({int(r["data_train_images"]) for r in jobs}) for key, jobs in groups.items()}
+    if not any(len(measured) > 1 for measured in sizes.values()):
         return []
     shared = set.intersection(*(set(key) for key in groups))
     names = [m for m in dict.fromkeys((metric, *SUMMARY_METRICS)) if m != "data_train_images"]
     curve = []
     for key, jobs in groups.items():
         label = " ".join(o for o in key if o not in shared) or "all"
-        for size in sorted({int(r["data_train_images"]) for r in jobs}):
+        for size in sizes[key]:
             group = [r for r in jobs if int(r["data_train_images"]) == size]
             values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
             values = {m: v for m, v in values.items() if v}
@@ -171,11 +172,19 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
     return curve
 
 
+def by_group(curve: list[dict]) -> dict[str, list[dict]]:
+    """{group: its points}, the groups in the curve's (the jobs') order."""
+    grouped: dict[str, list[dict]] = {}
+    for point in curve:
+        grouped.setdefault(point["group"], []).append(point)
+    return grouped
+
+
 def curve_metric_names(curve: list[dict]) -> dict[str, str]:
     """{group: suffix of its `curve_*` metrics}: "" for a single curve, else "/" and the group
     in the characters MLflow allows in a metric name (an override's leading "+" dropped, "="
     as ":"), or "/group_<k>" should two groups read alike that way."""
-    groups = list(dict.fromkeys(p["group"] for p in curve))
+    groups = list(by_group(curve))
     if len(groups) == 1:
         return {groups[0]: ""}
     safe = {g: "/" + re.sub(r"[^\w.\- :/]", "_", " ".join(o.lstrip("+~") for o in g.split()).replace("=", ":"))[:200]
@@ -210,9 +219,9 @@ def images_needed_table(curve: list[dict], score: str) -> list[str]:
     measured sizes, the training images each group needs (`images_to_reach`) and, with several
     groups, its ratio to the first group's: how much stronger one design is than another, in
     images. Groups with a single size (a failed job, say) are left out, and named."""
-    every = list(dict.fromkeys(p["group"] for p in curve))
-    points = {g: [(p["train_images"], p["mean"][score]) for p in curve if p["group"] == g and score in p["mean"]]
-              for g in every}
+    points = {g: [(p["train_images"], p["mean"][score]) for p in own if score in p["mean"]]
+              for g, own in by_group(curve).items()}
+    every = list(points)
     groups = [g for g in every if len(points[g]) > 1]
     notes = [f"Left out, measured at one size: {', '.join(f'`{g}`' for g in every if g not in groups)}."
              ] if len(groups) < len(every) else []
@@ -229,8 +238,6 @@ def images_needed_table(curve: list[dict], score: str) -> list[str]:
     if not rows:
         return [f"No level of {', '.join(map(str, COMPARE_LEVELS))} is crossed by every group's {score} "
                 "between two measured sizes: add sizes to say how many images a level takes.", *notes]
-    from bearcat.benchmark import table
-
     against = f"; in brackets: against `{groups[0]}`" if len(groups) > 1 else ""
     return [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale{against}):",
             "", table(rows, [("level", "level", "g"), *(("training images" if g == "all" else g, g, "")
@@ -243,23 +250,21 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
     levels; the images each level takes, `images_needed_table`) and learning_curve.png (test
     accuracy, or a detector's test mAP, against the size: one line per group)."""
     names = list(dict.fromkeys(m for point in curve for m in point["mean"]))
-    groups = list(dict.fromkeys(p["group"] for p in curve))
+    grouped = by_group(curve)
+    groups = list(grouped)
     with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "train_images", "jobs", *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
         for p in curve:
             writer.writerow([p["group"], p["train_images"], p["jobs"],
                              *(p[s].get(m, "") for m in names for s in ("mean", "min", "max"))])
-    from bearcat.benchmark import table
-
     points = [{"group": p["group"], "train_images": p["train_images"], "jobs": p["jobs"], **p["mean"]} for p in curve]
     columns = [("training images", "train_images", "d"), ("jobs", "jobs", "d"), *((m, m, ".4f") for m in names)]
     lines = [table(points, ([("group", "group", "")] if len(groups) > 1 else []) + columns)]
     score = next((m for m in ("test_accuracy", "test_map") if m in names), None)
     if score:  # how many images a level takes: the captcha's strength against this model
         lines.append("")
-        for group in groups:
-            own = [p for p in curve if p["group"] == group]
+        for group, own in grouped.items():
             lead = f"- {group}: " if len(groups) > 1 else "- "
             for level in (0.5, 0.9, 0.95, 0.99):
                 first = next((p["train_images"] for p in own if p["mean"].get(score, -1.0) >= level), None)
@@ -273,8 +278,8 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
         from bearcat.gallery import curve_chart
 
         series = []
-        for group in groups:
-            own = [p for p in charted if p["group"] == group]
+        for group, points_of_group in grouped.items():
+            own = [p for p in points_of_group if score in p["mean"]]
             series.append({"label": group, "sizes": [p["train_images"] for p in own],
                            "means": [p["mean"][score] for p in own], "lows": [p["min"][score] for p in own],
                            "highs": [p["max"][score] for p in own]})
