@@ -144,11 +144,22 @@ def _setting(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _seed(overrides: str) -> str:
+    """The job's trainer.seed override, "default" without one."""
+    return next((o.split("=", 1)[1] for o in overrides.split() if _setting(o) == "trainer.seed"), "default")
+
+
+def _means(jobs: list[dict], names: list[str]) -> dict[str, float]:
+    values = {m: [r[m] for r in jobs if r.get(m) is not None] for m in names}
+    return {m: sum(v) / len(v) for m, v in values.items() if v}
+
+
 def learning_curve(rows: list[dict], metric: str) -> list[dict]:
     """The finished jobs' metrics against their number of training images (dataset.train_limit
     or train_size), one curve per group of jobs that share every other override: a design, an
     optimizer, ... Each point is one size of one group, the mean over its jobs (seeds); its
-    "group" names the overrides that set the group apart ("all" when there is one group).
+    "group" names the overrides that set the group apart ("all" when there is one group), its
+    "seeds" the means of each trainer.seed's jobs (the seeds' own curves).
     [] when no group has two sizes: the sweep is no learning curve."""
     done = [r for r in rows if r["status"] == "FINISHED" and r.get("data_train_images") is not None]
     groups: dict[tuple, list[dict]] = {}
@@ -166,9 +177,11 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
             group = [r for r in jobs if int(r["data_train_images"]) == size]
             values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
             values = {m: v for m, v in values.items() if v}
-            curve.append({"group": label, "train_images": size, "jobs": len(group),
-                          "mean": {m: sum(v) / len(v) for m, v in values.items()},
-                          "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()}})
+            seeds = {seed: _means([r for r in group if _seed(r["overrides"]) == seed], names)
+                     for seed in dict.fromkeys(_seed(r["overrides"]) for r in group)}
+            curve.append({"group": label, "train_images": size, "jobs": len(group), "mean": _means(group, names),
+                          "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()},
+                          "seeds": seeds})
     return curve
 
 
@@ -214,34 +227,99 @@ def images_to_reach(points: list[tuple[int, float]], level: float) -> float | No
     return None
 
 
+def seed_curves(points: list[dict], score: str) -> dict[str, list[tuple[int, float]]]:
+    """{seed: its own (size, score) curve} of one group's points: the seeds measured at two
+    sizes or more."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for point in points:
+        for seed, means in point.get("seeds", {}).items():
+            if score in means:
+                curves.setdefault(seed, []).append((point["train_images"], means[score]))
+    return {seed: own for seed, own in curves.items() if len(own) > 1}
+
+
+def images_bounds(points: list[tuple[int, float]], level: float) -> tuple[float, float]:
+    """(lowest, highest) training images a curve may need for `level`: the interpolated figure
+    twice; (0, first size) when its first size reaches it already; (last size, inf) when it
+    never does."""
+    found = images_to_reach(points, level)
+    if found is not None:
+        return found, found
+    if points[0][1] >= level:
+        return 0.0, float(points[0][0])
+    return float(points[-1][0]), math.inf
+
+
+def _span(bounds: list[tuple[float, float]]) -> str:
+    """"[lowest to highest]" of the seeds' bounds; an end a seed's curve did not pin down is
+    "≤ first size" or "> last size"."""
+    low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    low_text = f"≤{min(b[1] for b in bounds if b[0] == 0):,.0f}" if low == 0 else f"{low:,.0f}"
+    high_text = f">{max(b[0] for b in bounds if b[1] == math.inf):,.0f}" if high == math.inf else f"{high:,.0f}"
+    return f"[{low_text} to {high_text}]"
+
+
 def images_needed_table(curve: list[dict], score: str) -> list[str]:
     """Markdown: for each level in COMPARE_LEVELS that every group's curve crosses between two
     measured sizes, the training images each group needs (`images_to_reach`) and, with several
     groups, its ratio to the first group's: how much stronger one design is than another, in
-    images. Groups with a single size (a failed job, say) are left out, and named."""
+    images. A group with two seeds or more also gets the range over its seeds' own curves, and
+    a design against the first one the levels where the two ranges do not overlap: where the
+    gap is more than the seeds'. Groups with a single size (a failed job, say) are left out,
+    and named."""
+    grouped = by_group(curve)
     points = {g: [(p["train_images"], p["mean"][score]) for p in own if score in p["mean"]]
-              for g, own in by_group(curve).items()}
+              for g, own in grouped.items()}
     every = list(points)
     groups = [g for g in every if len(points[g]) > 1]
     notes = [f"Left out, measured at one size: {', '.join(f'`{g}`' for g in every if g not in groups)}."
              ] if len(groups) < len(every) else []
     if not groups:
         return [f"No group has {score} at two sizes or more.", *notes]
-    rows = []
+    seeds = {g: seed_curves(grouped[g], score) for g in groups}
+    seeds = {g: own for g, own in seeds.items() if len(own) > 1}
+    rows, spreads = [], {}
     for level in COMPARE_LEVELS:
         needed = {g: images_to_reach(points[g], level) for g in groups}
         if any(n is None for n in needed.values()):
             continue
-        row = {"level": level, groups[0]: f"{needed[groups[0]]:,.0f}"}
-        row.update({g: f"{needed[g]:,.0f} ({needed[g] / needed[groups[0]]:.2f}x)" for g in groups[1:]})
+        spreads[level] = {g: [images_bounds(own, level) for own in seeds[g].values()] for g in seeds}
+        cells = {g: f"{needed[g]:,.0f}" + (f" {_span(spreads[level][g])}" if g in seeds else "") for g in groups}
+        row = {"level": level, groups[0]: cells[groups[0]]}
+        row.update({g: f"{cells[g]} ({needed[g] / needed[groups[0]]:.2f}x)" for g in groups[1:]})
         rows.append(row)
     if not rows:
         return [f"No level of {', '.join(map(str, COMPARE_LEVELS))} is crossed by every group's {score} "
                 "between two measured sizes: add sizes to say how many images a level takes.", *notes]
     against = f"; in brackets: against `{groups[0]}`" if len(groups) > 1 else ""
-    return [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale{against}):",
-            "", table(rows, [("level", "level", "g"), *(("training images" if g == "all" else g, g, "")
-                                                        for g in groups)]), *notes]
+    counts = {len(own) for own in seeds.values()}
+    spread = ("; in square brackets: lowest to highest over the seeds' own curves, "
+              + (f"{counts.pop()} seeds" + (" each" if len(seeds) > 1 else "") if len(counts) == 1 else
+                 ", ".join(f"`{g}` {len(own)} seeds" for g, own in seeds.items()))) if seeds else ""
+    lines = [f"Training images to reach each {score} (between measured sizes: interpolated on the log scale"
+             f"{against}{spread}):", "",
+             table(rows, [("level", "level", "g"), *(("training images" if g == "all" else g, g, "") for g in groups)])]
+    for g in (g for g in groups[1:] if groups[0] in seeds and g in seeds):
+        lines += ["", _beyond_seeds(spreads, groups[0], g)]
+    return [*lines, *notes]
+
+
+def _beyond_seeds(spreads: dict[float, dict[str, list[tuple[float, float]]]], first: str, other: str) -> str:
+    """The levels at which design `other` needs more, or fewer, images than `first` whatever
+    the seeds (the two ranges apart), and those at which the ranges overlap."""
+    def apart(level: float, more: bool) -> bool:
+        above, below = (other, first) if more else (first, other)
+        return min(b[0] for b in spreads[level][above]) > max(b[1] for b in spreads[level][below])
+
+    said = []
+    for words, levels in (("more images at", [lv for lv in spreads if apart(lv, True)]),
+                          ("fewer images at", [lv for lv in spreads if apart(lv, False)]),
+                          ("the seeds' ranges overlap at", [lv for lv in spreads
+                                                            if not apart(lv, True) and not apart(lv, False)])):
+        if levels:
+            said.append(f"{words} {', '.join(map(str, levels))}")
+    return (f"`{other}` against `{first}`, beyond the seeds' spread (no seed of one inside the other's range): "
+            + "; ".join(said) + ".")
 
 
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:

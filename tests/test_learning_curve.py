@@ -99,7 +99,9 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert "- test_accuracy 0.5: reached with 100 training images" in text
     assert "- test_accuracy 0.9: reached with 400 training images" in text
     assert "- test_accuracy 0.95: not reached with 400" in text
-    assert "| level | training images |\n|---|---|\n| 0.6 | 137 |" in text and "| 0.9 | 353 |\n" in text
+    # the mean's figures, and the range over the two seeds' own curves (seed 2 reads 0.6 at 100 already)
+    assert "| level | training images |\n|---|---|\n| 0.6 | 137 [≤100 to 170] |" in text
+    assert "| 0.9 | 353 [317 to 379] |\n" in text
     assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md",
                                                                "learning_curve.png"}
     # the chart: the curve's colour spans the bars (0.40 to 0.96) from the first size to the last
@@ -216,3 +218,41 @@ def test_the_images_each_design_needs_for_a_level_and_their_ratio():
     apart = table_lines(points("font=a", [(100, 0.2), (400, 0.3)]) + points("font=b", [(100, 0.6), (400, 0.7)]))
     assert apart == ["No level of 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99 is crossed by every group's test_accuracy "
                      "between two measured sizes: add sizes to say how many images a level takes."]
+
+
+def test_the_seeds_spread_says_whether_a_gap_between_designs_is_more_than_the_seeds():
+    """Two seeds per design: each figure gets the range over the seeds' own curves (an end a
+    seed's curve does not pin down as ≤ first size or > last size), and a line names the
+    levels where the designs' ranges do not overlap. Figures worked out by hand."""
+    from bearcat.sweeps import images_needed_table
+
+    def table_lines(curve):
+        return "\n".join(images_needed_table(curve, "test_accuracy")).splitlines()
+
+    def design(group, seeds):
+        sizes = sorted({size for own in seeds.values() for size, _ in own})
+        return [{"group": group, "train_images": size,
+                 "mean": {"test_accuracy": sum(dict(own)[size] for own in seeds.values()) / len(seeds)},
+                 "seeds": {seed: {"test_accuracy": dict(own)[size]} for seed, own in seeds.items()}}
+                for size in sizes]
+
+    plain = design("font=a", {"1": [(100, 0.2), (400, 0.6)], "2": [(100, 0.4), (400, 0.8)]})
+    noisy = design("font=b", {"1": [(100, 0.1), (400, 0.3), (1600, 0.7)], "2": [(100, 0.1), (400, 0.5), (1600, 0.9)]})
+    lines = table_lines(plain + noisy)
+    assert lines[0].endswith("in square brackets: lowest to highest over the seeds' own curves, 2 seeds each):")
+    assert lines[4:7] == ["| 0.5 | 200 [141 to 283] | 566 [400 to 800] (2.83x) |",
+                          "| 0.6 | 283 [200 to 400] | 800 [566 to 1,131] (2.83x) |",
+                          "| 0.7 | 400 [283 to >400] | 1,131 [800 to 1,600] (2.83x) |"]  # seed 1 of a: 0.6 at most
+    assert lines[7:] == ["", "`font=b` against `font=a`, beyond the seeds' spread (no seed of one inside the other's "
+                             "range): more images at 0.5, 0.6; the seeds' ranges overlap at 0.7."]
+    swapped = table_lines(noisy + plain)
+    assert swapped[-1].endswith("range): fewer images at 0.5, 0.6; the seeds' ranges overlap at 0.7.")
+    # one design, its seeds' range; a seed at its level already at the first size reads ≤ that size
+    alone = design("all", {"1": [(100, 0.5), (400, 0.9)], "2": [(100, 0.3), (400, 0.7)]})
+    assert table_lines(alone)[4:] == ["| 0.5 | 141 [≤100 to 200] |", "| 0.6 | 200 [141 to 283] |",
+                                      "| 0.7 | 283 [200 to 400] |", "| 0.8 | 400 [283 to >400] |"]
+    # a design with one seed gets no range, and no line against the others
+    single = design("font=c", {"1": [(100, 0.2), (400, 0.6), (1600, 0.9)]})
+    mixed = table_lines(plain + single)
+    assert mixed[0].endswith("over the seeds' own curves, 2 seeds):")
+    assert mixed[4] == "| 0.5 | 200 [141 to 283] | 283 (1.41x) |" and not any("against" in l for l in mixed[5:])
