@@ -163,8 +163,10 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
     [] when no group has two sizes: the sweep is no learning curve."""
     done = [r for r in rows if r["status"] == "FINISHED" and r.get("data_train_images") is not None]
     groups: dict[tuple, list[dict]] = {}
+    keys: dict[frozenset, tuple] = {}  # the same overrides in another order (another sweep's) are the same group
     for r in done:  # in job order, so the first group's colour is the first job's
-        groups.setdefault(tuple(o for o in r["overrides"].split() if _setting(o) not in CURVE_KEYS), []).append(r)
+        own = tuple(o for o in r["overrides"].split() if _setting(o) not in CURVE_KEYS)
+        groups.setdefault(keys.setdefault(frozenset(own), own), []).append(r)
     sizes = {key: sorted({int(r["data_train_images"]) for r in jobs}) for key, jobs in groups.items()}
     if not any(len(measured) > 1 for measured in sizes.values()):
         return []
@@ -250,13 +252,16 @@ def images_bounds(points: list[tuple[int, float]], level: float) -> tuple[float,
     return float(points[-1][0]), math.inf
 
 
+def _bound_text(bound: tuple[float, float]) -> str:
+    """One seed's figure: the number, "≤ first size" or "> last size"."""
+    low, high = bound
+    return f"≤{high:,.0f}" if low == 0 else f">{low:,.0f}" if high == math.inf else f"{low:,.0f}"
+
+
 def _span(bounds: list[tuple[float, float]]) -> str:
-    """"[lowest to highest]" of the seeds' bounds; an end a seed's curve did not pin down is
-    "≤ first size" or "> last size"."""
-    low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
-    low_text = f"≤{min(b[1] for b in bounds if b[0] == 0):,.0f}" if low == 0 else f"{low:,.0f}"
-    high_text = f">{max(b[0] for b in bounds if b[1] == math.inf):,.0f}" if high == math.inf else f"{high:,.0f}"
-    return f"[{low_text} to {high_text}]"
+    """"[lowest to highest]" of the seeds' figures (`images_bounds`): the seed that may need
+    the fewest images and the one that may need the most."""
+    return f"[{_bound_text(min(bounds))} to {_bound_text(max(bounds, key=lambda b: (b[1], b[0])))}]"
 
 
 def images_needed_table(curve: list[dict], score: str) -> list[str]:

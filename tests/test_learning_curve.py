@@ -3,6 +3,8 @@ sweep over it gets a curve (table, `curve_*` metrics with step = training images
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -256,3 +258,36 @@ def test_the_seeds_spread_says_whether_a_gap_between_designs_is_more_than_the_se
     mixed = table_lines(plain + single)
     assert mixed[0].endswith("over the seeds' own curves, 2 seeds):")
     assert mixed[4] == "| 0.5 | 200 [141 to 283] | 283 (1.41x) |" and not any("against" in l for l in mixed[5:])
+
+
+def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
+    """`python -m bearcat.curve` joins the summaries of two sweeps: a third size and a second
+    seed run later are the same curve (their overrides in another order), with the seeds'
+    spread; a folder without a summary, or jobs at one size, are refused by name."""
+    from bearcat.curve import join_curves
+
+    logged_sweep("first", [("font=a dataset.train_limit=100 trainer.seed=1", 100, 0.2),
+                           ("font=a dataset.train_limit=400 trainer.seed=1", 400, 0.6)])
+    logged_sweep("later", [("trainer.seed=1 dataset.train_limit=1600 font=a", 1600, 0.9),
+                           ("trainer.seed=2 dataset.train_limit=100 font=a", 100, 0.4),
+                           ("trainer.seed=2 dataset.train_limit=400 font=a", 400, 0.8)])
+    out = tmp_path / "joint"
+    done = subprocess.run([sys.executable, "-m", "bearcat.curve", f"sweeps=[{tmp_path / 'first'},{tmp_path / 'later'}]",
+                           f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "learning curve of 5 job(s) from 2 sweep(s)" in done.stdout
+    with open(out / "learning_curve.csv", newline="") as f:
+        assert [(r["group"], r["train_images"], r["jobs"], r["test_accuracy_min"], r["test_accuracy_max"])
+                for r in csv.DictReader(f)] == [("all", "100", "2", "0.2", "0.4"), ("all", "400", "2", "0.6", "0.8"),
+                                                ("all", "1600", "1", "0.9", "0.9")]
+    text = (out / "learning_curve.md").read_text()
+    # 0.5: the mean (100: 0.3, 400: 0.7) at 200; seed 1 at 283, seed 2 at 141 (worked out by hand)
+    assert "| 0.5 | 200 [141 to 283] |" in text and "2 seeds):" in text
+    assert (out / "learning_curve.png").stat().st_size > 1000
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "sweep_summary.csv")):
+        join_curves([str(tmp_path / "first"), str(tmp_path / "nowhere")], tmp_path / "x")
+    logged_sweep("flat", [("font=a dataset.train_limit=100", 100, 0.2), ("font=b dataset.train_limit=400", 400, 0.6)])
+    with pytest.raises(ValueError, match="no group of finished jobs was measured at two sizes"):
+        join_curves([str(tmp_path / "flat")], tmp_path / "y")
+    assert not (tmp_path / "y").exists()

@@ -1,0 +1,82 @@
+"""Learning curves from finished sweeps, put together: `python -m bearcat.curve
+sweeps=[DIR,DIR,...] out=DIR`.
+
+A sweep over the number of training images writes its curve when it ends (bearcat/sweeps.py).
+To add sizes or seeds to a measured curve, run only the new jobs as another sweep, then join
+the sweeps here: their `sweep_summary.csv` rows are read back and go through the same
+`learning_curve` and `write_curve` as a single sweep's, so jobs with the same overrides (other
+than size and seed) are one curve whichever sweep ran them. Nothing is trained or logged.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from bearcat import CONFIG_DIR
+from bearcat.sweeps import learning_curve, write_curve
+
+log = logging.getLogger(__name__)
+TEXT_COLUMNS = ("run_id", "status", "overrides")
+
+
+def read_summary(path: Path) -> tuple[list[dict], str]:
+    """A sweep's rows from its sweep_summary.csv (numbers as numbers, empty cells as None) and
+    its optimized metric (the column after `overrides`)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    missing = [c for c in ("job", "status", "overrides") if c not in columns]
+    if missing or len(columns) <= columns.index("overrides") + 1:
+        raise ValueError(f"sweeps: {path} is no sweep summary (columns {columns}; wanted job, status, overrides "
+                         "and the optimized metric after them)")
+
+    def value(column: str, text: str):
+        if column in TEXT_COLUMNS:
+            return text
+        if text == "":
+            return None
+        try:
+            return int(text) if column == "job" else float(text)
+        except ValueError:
+            raise ValueError(f"sweeps: {path}, column {column}: {text!r} is not a number") from None
+
+    return [{c: value(c, r[c]) for c in columns} for r in rows], columns[columns.index("overrides") + 1]
+
+
+def join_curves(sweeps: list[str], out: Path) -> list[dict]:
+    """The learning curve of every finished job of these sweep folders, written into `out`."""
+    if isinstance(sweeps, str) or len(sweeps) < 1:
+        raise ValueError(f"sweeps={sweeps!r}: give a list of sweep folders, e.g. sweeps=[outputs/multiruns/a,"
+                         "outputs/multiruns/b]")
+    rows, metric = [], None
+    for folder in sweeps:
+        path = Path(str(folder)) / "sweep_summary.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"sweeps: {path} not found; a sweep writes it when it ends "
+                                    "(python -m bearcat.train -m ...)")
+        own, own_metric = read_summary(path)
+        rows += own
+        metric = metric or own_metric
+    curve = learning_curve(rows, metric)
+    if not curve:
+        raise ValueError(f"sweeps={list(map(str, sweeps))}: no group of finished jobs was measured at two sizes "
+                         "(dataset.train_limit or dataset.train_size), so there is no curve")
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_curve(curve, out)
+    log.info("learning curve of %d job(s) from %d sweep(s): %s", len(rows), len(sweeps),
+             ", ".join(str(out / name) for name in written))
+    return curve
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curve")
+def main(cfg: DictConfig) -> None:
+    join_curves(list(cfg.sweeps) if not isinstance(cfg.sweeps, str) else cfg.sweeps, Path(cfg.out))
+
+
+if __name__ == "__main__":
+    main()
