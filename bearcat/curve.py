@@ -50,9 +50,8 @@ def read_summary(path: Path) -> tuple[list[dict], str]:
 
 def join_curves(sweeps: list[str], out: Path) -> list[dict]:
     """The learning curve of every finished job of these sweep folders, written into `out`."""
-    if isinstance(sweeps, str) or len(sweeps) < 1:
-        raise ValueError(f"sweeps={sweeps!r}: give a list of sweep folders, e.g. sweeps=[outputs/multiruns/a,"
-                         "outputs/multiruns/b]")
+    if not sweeps:
+        raise ValueError("sweeps=[]: give the sweep folders, e.g. sweeps=[outputs/multiruns/a,outputs/multiruns/b]")
     rows, metric = [], None
     for folder in sweeps:
         path = Path(str(folder)) / "sweep_summary.csv"
@@ -75,7 +74,8 @@ def join_curves(sweeps: list[str], out: Path) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curve")
 def main(cfg: DictConfig) -> None:
-    join_curves(list(cfg.sweeps) if not isinstance(cfg.sweeps, str) else cfg.sweeps, Path(cfg.out))
+    # one folder may be given bare (sweeps=DIR): its curve drawn again
+    join_curves([cfg.sweeps] if isinstance(cfg.sweeps, str) else list(cfg.sweeps), Path(cfg.out))
 
 
 if __name__ == "__main__":

@@ -284,9 +284,20 @@ def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     # 0.5: the mean (100: 0.3, 400: 0.7) at 200; seed 1 at 283, seed 2 at 141 (worked out by hand)
     assert "| 0.5 | 200 [141 to 283] |" in text and "2 seeds):" in text
     assert (out / "learning_curve.png").stat().st_size > 1000
+    # one folder given bare: that sweep's curve again
+    alone = subprocess.run([sys.executable, "-m", "bearcat.curve", f"sweeps={tmp_path / 'first'}",
+                            f"out={tmp_path / 'again'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                           capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    with open(tmp_path / "again" / "learning_curve.csv", newline="") as f:
+        assert [r["train_images"] for r in csv.DictReader(f)] == ["100", "400"]
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "sweep_summary.csv")):
         join_curves([str(tmp_path / "first"), str(tmp_path / "nowhere")], tmp_path / "x")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "sweep_summary.csv").write_text("job,status\n0,FINISHED\n")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'odd' / 'sweep_summary.csv'} is no sweep summary"):
+        join_curves([str(tmp_path / "odd")], tmp_path / "x")
     logged_sweep("flat", [("font=a dataset.train_limit=100", 100, 0.2), ("font=b dataset.train_limit=400", 400, 0.6)])
     with pytest.raises(ValueError, match="no group of finished jobs was measured at two sizes"):
         join_curves([str(tmp_path / "flat")], tmp_path / "y")
