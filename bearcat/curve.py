@@ -5,7 +5,8 @@ A sweep over the number of training images writes its curve when it ends (bearca
 To add sizes or seeds to a measured curve, run only the new jobs as another sweep, then join
 the sweeps here: their `sweep_summary.csv` rows are read back and go through the same
 `learning_curve` and `write_curve` as a single sweep's, so jobs with the same overrides (other
-than size and seed) are one curve whichever sweep ran them. Nothing is trained or logged.
+than size and seed) are one curve whichever sweep ran them. Nothing is trained; the joint
+curve is also an MLflow run of its own (its files and `curve_*` metrics, as a sweep's parent).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bearcat import CONFIG_DIR
-from bearcat.sweeps import learning_curve, write_curve
+from bearcat.sweeps import learning_curve, log_curve, write_curve
 
 log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("run_id", "status", "overrides")
@@ -48,8 +49,9 @@ def read_summary(path: Path) -> tuple[list[dict], str]:
     return [{c: value(c, r[c]) for c in columns} for r in rows], columns[columns.index("overrides") + 1]
 
 
-def join_curves(sweeps: list[str], out: Path) -> list[dict]:
-    """The learning curve of every finished job of these sweep folders, written into `out`."""
+def join_curves(sweeps: list[str], out: Path, mlflow_cfg=None) -> dict:
+    """The learning curve of every finished job of these sweep folders, written into `out` and,
+    given the `mlflow` config, logged as a run named curve-<out's name>: {"curve", "run_id"}."""
     if not sweeps:
         raise ValueError("sweeps=[]: give the sweep folders, e.g. sweeps=[outputs/multiruns/a,outputs/multiruns/b]")
     rows, metric = [], None
@@ -69,13 +71,23 @@ def join_curves(sweeps: list[str], out: Path) -> list[dict]:
     written = write_curve(curve, out)
     log.info("learning curve of %d job(s) from %d sweep(s): %s", len(rows), len(sweeps),
              ", ".join(str(out / name) for name in written))
-    return curve
+    run_id = None
+    if mlflow_cfg is not None:
+        from bearcat import tracking
+
+        tags = {"bearcat.task": "curve", "bearcat.curve_sweeps": " ".join(str(Path(str(f)).resolve()) for f in sweeps)}
+        with tracking.start_run(tracking.setup(mlflow_cfg), run_name=f"curve-{out.resolve().name}", tags=tags) as run:
+            run_id = run.info.run_id
+            log_curve(run_id, curve, out, written)
+        log.info("MLflow run %s: the joint curve's files and curve_* metrics", run_id)
+    return {"curve": curve, "run_id": run_id}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curve")
 def main(cfg: DictConfig) -> None:
     # one folder may be given bare (sweeps=DIR): its curve drawn again
-    join_curves([cfg.sweeps] if isinstance(cfg.sweeps, str) else list(cfg.sweeps), Path(cfg.out))
+    join_curves([cfg.sweeps] if isinstance(cfg.sweeps, str) else list(cfg.sweeps), Path(cfg.out),
+                cfg.mlflow if cfg.log_to_mlflow else None)
 
 
 if __name__ == "__main__":

@@ -124,12 +124,7 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
         client.log_artifact(parent_id, str(out_dir / name))
     curve = learning_curve(rows, metric)
     if curve:
-        for name in write_curve(curve, out_dir):
-            client.log_artifact(parent_id, str(out_dir / name))
-        suffix = curve_metric_names(curve)
-        for point in curve:  # MLflow's chart of a metric against its step draws the curve
-            for key, value in point["mean"].items():
-                client.log_metric(parent_id, f"curve_{key}{suffix[point['group']]}", value, step=point["train_images"])
+        log_curve(parent_id, curve, out_dir, write_curve(curve, out_dir))
     client.log_metric(parent_id, "jobs", len(rows))
     client.log_metric(parent_id, "jobs_finished", sum(r["status"] == "FINISHED" for r in rows))
     if best is not None:
@@ -138,6 +133,19 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
                            ("best_overrides", best["overrides"])):
             client.set_tag(parent_id, f"bearcat.{key}", str(value))
     return {"rows": rows, "best": best, "curve": curve}
+
+
+def log_curve(run_id: str, curve: list[dict], out_dir: Path, written: list[str]) -> None:
+    """Attach a learning curve's files (`write_curve`) to an MLflow run and log its `curve_*`
+    metrics with the training images as step: MLflow's chart of such a metric against its
+    step draws the curve."""
+    client = _client()
+    for name in written:
+        client.log_artifact(run_id, str(out_dir / name))
+    suffix = curve_metric_names(curve)
+    for point in curve:
+        for key, value in point["mean"].items():
+            client.log_metric(run_id, f"curve_{key}{suffix[point['group']]}", value, step=point["train_images"])
 
 
 def _setting(override: str) -> str:

@@ -263,7 +263,8 @@ def test_the_seeds_spread_says_whether_a_gap_between_designs_is_more_than_the_se
 def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     """`python -m bearcat.curve` joins the summaries of two sweeps: a third size and a second
     seed run later are the same curve (their overrides in another order), with the seeds'
-    spread; a folder without a summary, or jobs at one size, are refused by name."""
+    spread, also logged as an MLflow run; a folder without a summary, a file that is none, or
+    jobs at one size are refused by name."""
     from bearcat.curve import join_curves
 
     logged_sweep("first", [("font=a dataset.train_limit=100 trainer.seed=1", 100, 0.2),
@@ -273,9 +274,20 @@ def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
                            ("trainer.seed=2 dataset.train_limit=400 font=a", 400, 0.8)])
     out = tmp_path / "joint"
     done = subprocess.run([sys.executable, "-m", "bearcat.curve", f"sweeps=[{tmp_path / 'first'},{tmp_path / 'later'}]",
-                           f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+                           f"out={out}", f"hydra.run.dir={tmp_path / 'run'}",
+                           f"mlflow.artifact_root={tmp_path / 'artifacts'}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "learning curve of 5 job(s) from 2 sweep(s)" in done.stdout
+    # the joint curve is an MLflow run of its own (MLFLOW_TRACKING_URI: this test's store)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`bearcat.task` = 'curve'")
+    assert [r.info.run_name for r in runs] == ["curve-joint"] and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["bearcat.curve_sweeps"] == f"{tmp_path / 'first'} {tmp_path / 'later'}"
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {
+        "learning_curve.csv", "learning_curve.md", "learning_curve.png"}
+    history = client.get_metric_history(runs[0].info.run_id, "curve_test_accuracy")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.3), (400, 0.7), (1600, 0.9)]
     with open(out / "learning_curve.csv", newline="") as f:
         assert [(r["group"], r["train_images"], r["jobs"], r["test_accuracy_min"], r["test_accuracy_max"])
                 for r in csv.DictReader(f)] == [("all", "100", "2", "0.2", "0.4"), ("all", "400", "2", "0.6", "0.8"),
@@ -286,9 +298,10 @@ def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     assert (out / "learning_curve.png").stat().st_size > 1000
     # one folder given bare: that sweep's curve again
     alone = subprocess.run([sys.executable, "-m", "bearcat.curve", f"sweeps={tmp_path / 'first'}",
-                            f"out={tmp_path / 'again'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                            f"out={tmp_path / 'again'}", f"hydra.run.dir={tmp_path / 'run'}", "log_to_mlflow=false"],
                            capture_output=True, text=True)
     assert alone.returncode == 0, alone.stderr
+    assert len(client.search_runs([runs[0].info.experiment_id], filter_string="tags.`bearcat.task` = 'curve'")) == 1
     with open(tmp_path / "again" / "learning_curve.csv", newline="") as f:
         assert [r["train_images"] for r in csv.DictReader(f)] == ["100", "400"]
 
