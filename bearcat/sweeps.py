@@ -135,6 +135,19 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
     return {"rows": rows, "best": best, "curve": curve}
 
 
+def download_summary(parent_id: str, dst: Path) -> Path:
+    """The sweep_summary.csv of a sweep's parent run, downloaded into dst (a sweep run on
+    other machines against a shared tracking server, its folder not here)."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="sweep_summary.csv",
+                                                        dst_path=str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise FileNotFoundError(f"sweeps: MLflow run {parent_id} has no sweep_summary.csv in "
+                                f"{mlflow.get_tracking_uri()} (a sweep's parent run has one): {e}") from None
+
+
 def log_curve(run_id: str, curve: list[dict], out_dir: Path, written: list[str]) -> None:
     """Attach a learning curve's files (`write_curve`) to an MLflow run and log its `curve_*`
     metrics with the training images as step: MLflow's chart of such a metric against its

@@ -263,12 +263,13 @@ def test_the_seeds_spread_says_whether_a_gap_between_designs_is_more_than_the_se
 def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     """`python -m bearcat.curve` joins the summaries of two sweeps: a third size and a second
     seed run later are the same curve (their overrides in another order), with the seeds'
-    spread, also logged as an MLflow run; a folder without a summary, a file that is none, or
-    jobs at one size are refused by name."""
+    spread, also logged as an MLflow run; a sweep may be given by its parent run id; a folder
+    without a summary, an unknown run, a file that is no summary, or jobs at one size are
+    refused by name."""
     from bearcat.curve import join_curves
 
-    logged_sweep("first", [("font=a dataset.train_limit=100 trainer.seed=1", 100, 0.2),
-                           ("font=a dataset.train_limit=400 trainer.seed=1", 400, 0.6)])
+    _, first_parent, _ = logged_sweep("first", [("font=a dataset.train_limit=100 trainer.seed=1", 100, 0.2),
+                                                ("font=a dataset.train_limit=400 trainer.seed=1", 400, 0.6)])
     logged_sweep("later", [("trainer.seed=1 dataset.train_limit=1600 font=a", 1600, 0.9),
                            ("trainer.seed=2 dataset.train_limit=100 font=a", 100, 0.4),
                            ("trainer.seed=2 dataset.train_limit=400 font=a", 400, 0.8)])
@@ -305,6 +306,12 @@ def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     with open(tmp_path / "again" / "learning_curve.csv", newline="") as f:
         assert [r["train_images"] for r in csv.DictReader(f)] == ["100", "400"]
 
+    # a sweep given by its MLflow parent run id (run elsewhere): its summary comes from the parent's artifacts
+    by_id = join_curves([first_parent, str(tmp_path / "later")], tmp_path / "by_id")
+    assert [(p["train_images"], p["jobs"]) for p in by_id["curve"]] == [(100, 2), (400, 2), (1600, 1)]
+    assert (tmp_path / "by_id" / "learning_curve.md").read_text() == text
+    with pytest.raises(FileNotFoundError, match=f"MLflow run {'0' * 32} has no sweep_summary.csv"):
+        join_curves(["0" * 32], tmp_path / "x")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "sweep_summary.csv")):
         join_curves([str(tmp_path / "first"), str(tmp_path / "nowhere")], tmp_path / "x")
     (tmp_path / "odd").mkdir()
