@@ -156,9 +156,14 @@ def log_curve(run_id: str, curve: list[dict], out_dir: Path, written: list[str])
     for name in written:
         client.log_artifact(run_id, str(out_dir / name))
     suffix = curve_metric_names(curve)
+    logged: dict[str, set] = {}  # a sweep summarized again (Optuna's goes on after a failed job) adds no duplicates
     for point in curve:
         for key, value in point["mean"].items():
-            client.log_metric(run_id, f"curve_{key}{suffix[point['group']]}", value, step=point["train_images"])
+            name = f"curve_{key}{suffix[point['group']]}"
+            if name not in logged:
+                logged[name] = {(m.step, m.value) for m in client.get_metric_history(run_id, name)}
+            if (point["train_images"], value) not in logged[name]:
+                client.log_metric(run_id, name, value, step=point["train_images"])
 
 
 def _setting(override: str) -> str:

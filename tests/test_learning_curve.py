@@ -84,6 +84,7 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
     on the parent with the size as step; a sweep that varies anything else gets no curve."""
     from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOURS
+    from bearcat.sweeps import summarize
 
     client, parent, result = logged_sweep("curve", [
         ("dataset.train_limit=100 trainer.seed=1 experiment=swust", 100, 0.40),
@@ -93,6 +94,9 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert [(p["train_images"], p["jobs"]) for p in result["curve"]] == [(100, 2), (400, 2)]
     history = client.get_metric_history(parent, "curve_test_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.5), (400, 0.94)]
+    # summarized again (Optuna's sweeper does so after a failed job): no point logged twice
+    summarize(parent, "best_val_accuracy", "maximize", tmp_path / "curve")
+    assert len(client.get_metric_history(parent, "curve_test_accuracy")) == 2
     with open(tmp_path / "curve" / "learning_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["group"], r["train_images"], r["test_accuracy_min"], r["test_accuracy_max"]) for r in rows] == [
