@@ -175,9 +175,14 @@ def _seed(overrides: str) -> str:
     return next((o.split("=", 1)[1] for o in overrides.split() if _setting(o) == "trainer.seed"), "default")
 
 
-def _means(jobs: list[dict], names: list[str]) -> dict[str, float]:
+def _values(jobs: list[dict], names: list[str]) -> dict[str, list[float]]:
+    """{metric: its values over these jobs}, the metrics no job has left out."""
     values = {m: [r[m] for r in jobs if r.get(m) is not None] for m in names}
-    return {m: sum(v) / len(v) for m, v in values.items() if v}
+    return {m: v for m, v in values.items() if v}
+
+
+def _means(values: dict[str, list[float]]) -> dict[str, float]:
+    return {m: sum(v) / len(v) for m, v in values.items()}
 
 
 def learning_curve(rows: list[dict], metric: str) -> list[dict]:
@@ -203,13 +208,13 @@ def learning_curve(rows: list[dict], metric: str) -> list[dict]:
         label = " ".join(o for o in key if o not in shared) or "all"
         for size in sizes[key]:
             group = [r for r in jobs if int(r["data_train_images"]) == size]
-            values = {m: [r[m] for r in group if r.get(m) is not None] for m in names}
-            values = {m: v for m, v in values.items() if v}
-            seeds = {seed: _means([r for r in group if _seed(r["overrides"]) == seed], names)
-                     for seed in dict.fromkeys(_seed(r["overrides"]) for r in group)}
-            curve.append({"group": label, "train_images": size, "jobs": len(group), "mean": _means(group, names),
+            values = _values(group, names)
+            by_seed: dict[str, list[dict]] = {}
+            for r in group:
+                by_seed.setdefault(_seed(r["overrides"]), []).append(r)
+            curve.append({"group": label, "train_images": size, "jobs": len(group), "mean": _means(values),
                           "min": {m: min(v) for m, v in values.items()}, "max": {m: max(v) for m, v in values.items()},
-                          "seeds": seeds})
+                          "seeds": {seed: _means(_values(own, names)) for seed, own in by_seed.items()}})
     return curve
 
 

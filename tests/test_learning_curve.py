@@ -198,14 +198,16 @@ def test_images_to_reach_a_level_are_interpolated_on_the_log_scale():
     assert images_to_reach([(100, 0.2), (400, 0.7), (1600, 0.6)], 0.65) == pytest.approx(100 * 4 ** 0.9)  # first crossing
 
 
-def test_the_images_each_design_needs_for_a_level_and_their_ratio():
+def table_lines(curve):
+    """images_needed_table's test_accuracy markdown, one line per item."""
     from bearcat.sweeps import images_needed_table
 
+    return "\n".join(images_needed_table(curve, "test_accuracy")).splitlines()
+
+
+def test_the_images_each_design_needs_for_a_level_and_their_ratio():
     def points(group, values):
         return [{"group": group, "train_images": size, "mean": {"test_accuracy": value}} for size, value in values]
-
-    def table_lines(curve):
-        return "\n".join(images_needed_table(curve, "test_accuracy")).splitlines()
 
     curve = points("font=a", [(100, 0.2), (400, 0.6), (1600, 0.9)]) + points(
         "font=b", [(100, 0.1), (400, 0.3), (1600, 0.7), (6400, 0.95)])
@@ -230,11 +232,6 @@ def test_the_seeds_spread_says_whether_a_gap_between_designs_is_more_than_the_se
     """Two seeds per design: each figure gets the range over the seeds' own curves (an end a
     seed's curve does not pin down as ≤ first size or > last size), and a line names the
     levels where the designs' ranges do not overlap. Figures worked out by hand."""
-    from bearcat.sweeps import images_needed_table
-
-    def table_lines(curve):
-        return "\n".join(images_needed_table(curve, "test_accuracy")).splitlines()
-
     def design(group, seeds):
         sizes = sorted({size for own in seeds.values() for size, _ in own})
         return [{"group": group, "train_images": size,
