@@ -83,7 +83,7 @@ def logged_sweep(tmp_path, tmp_store):
 def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_path, logged_sweep):
     """Two seeds at two sizes: one point per size, the mean of its seeds; `curve_*` metrics
     on the parent with the size as step; a sweep that varies anything else gets no curve."""
-    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOURS
+    from bearcat.gallery import CHART_MARGINS, CHART_PAD, CHART_SIZE, CURVE_COLOURS
     from bearcat.sweeps import summarize
 
     client, parent, result = logged_sweep("curve", [
@@ -110,14 +110,17 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert "| 0.9 | 353 [317 to 379] |\n" in text
     assert {a.path for a in client.list_artifacts(parent)} >= {"learning_curve.csv", "learning_curve.md",
                                                                "learning_curve.png"}
-    # the chart: the curve's colour spans the bars (0.40 to 0.96) from the first size to the last
+    # the chart: the curve's colour spans the bars' caps (0.40 to 0.96, on an axis from 0.4 to
+    # 1.0) from the first size to the last (caps 6 px either side)
     chart = np.asarray(Image.open(tmp_path / "curve" / "learning_curve.png").convert("RGB"))
     assert chart.shape == (CHART_SIZE[1], CHART_SIZE[0], 3)
     ys, xs = np.nonzero((chart == CURVE_COLOURS[0]).all(axis=2))
     left, right, top, bottom = CHART_MARGINS
-    plot = CHART_SIZE[1] - top - bottom
-    assert ys.min() == pytest.approx(top + 0.04 * plot, abs=2) and ys.max() == pytest.approx(top + 0.60 * plot, abs=2)
-    assert xs.min() == pytest.approx(left - 4, abs=2) and xs.max() == pytest.approx(CHART_SIZE[0] - right + 4, abs=2)
+    plot = CHART_SIZE[1] - top - bottom - 2 * CHART_PAD
+    assert ys.min() == pytest.approx(top + CHART_PAD + 0.04 / 0.6 * plot, abs=2)
+    assert ys.max() == pytest.approx(top + CHART_PAD + 0.60 / 0.6 * plot, abs=2)
+    assert xs.min() == pytest.approx(left + CHART_PAD - 6, abs=2)
+    assert xs.max() == pytest.approx(CHART_SIZE[0] - right - CHART_PAD + 6, abs=2)
 
     # each optimizer has one size: no curve to draw
     client, other, result = logged_sweep("optimizers", [("optimizer=adam dataset.train_limit=100", 100, 0.5),
@@ -130,7 +133,7 @@ def test_two_designs_get_a_curve_each_named_by_what_sets_them_apart(tmp_path, lo
     """A sweep over two captcha designs and the number of training images: one curve per
     design, never averaged across them; the overrides every job shares are left out of the
     names; a design measured at one size is one point."""
-    from bearcat.gallery import CHART_MARGINS, CHART_SIZE, CURVE_COLOURS
+    from bearcat.gallery import CHART_MARGINS, CHART_PAD, CHART_SIZE, CURVE_COLOURS
 
     plain, noisy, once = "+dataset.style.noise_lines=0", "+dataset.style.noise_lines=8", "+dataset.style.noise_lines=20"
     jobs = [(f"experiment=swust {design} dataset.train_limit={size} trainer.seed={seed}", size, accuracy)
@@ -160,15 +163,16 @@ def test_two_designs_get_a_curve_each_named_by_what_sets_them_apart(tmp_path, lo
     # the chart: each design in its own colour, at its own heights, and a legend naming them
     chart = np.asarray(Image.open(tmp_path / "designs" / "learning_curve.png").convert("RGB"))
     left, right, top, bottom = CHART_MARGINS
-    plot_w, plot_h = CHART_SIZE[0] - left - right, CHART_SIZE[1] - top - bottom
+    plot_w, plot_h = CHART_SIZE[0] - left - right - 2 * CHART_PAD, CHART_SIZE[1] - top - bottom - 2 * CHART_PAD
     assert chart.shape == (CHART_SIZE[1] + 3 * 16 + 6, CHART_SIZE[0], 3)  # a legend row per design below
     plot, legend = chart[:CHART_SIZE[1]], chart[CHART_SIZE[1]:]
+    # values from 0.10 to 0.98: an axis from 0 to 1
     for colour, (high, low), last_x in ((CURVE_COLOURS[0], (0.98, 0.60), 0.5), (CURVE_COLOURS[1], (0.92, 0.10), 1.0),
                                         (CURVE_COLOURS[2], (0.20, 0.20), 0.5)):
         ys, xs = np.nonzero((plot == colour).all(axis=2))
-        assert ys.min() == pytest.approx(top + (1 - high) * plot_h, abs=5)
-        assert ys.max() == pytest.approx(top + (1 - low) * plot_h, abs=5)
-        assert xs.max() == pytest.approx(left + last_x * plot_w, abs=5)
+        assert ys.min() == pytest.approx(top + CHART_PAD + (1 - high) * plot_h, abs=5)
+        assert ys.max() == pytest.approx(top + CHART_PAD + (1 - low) * plot_h, abs=5)
+        assert xs.max() == pytest.approx(left + CHART_PAD + last_x * plot_w, abs=5)
     for colour in CURVE_COLOURS[:3]:
         assert (legend == colour).all(axis=2).sum() >= 12 * 8  # a swatch of each
 
@@ -196,6 +200,53 @@ def test_images_to_reach_a_level_are_interpolated_on_the_log_scale():
     assert images_to_reach(curve, 0.95) is None  # never reached
     assert images_to_reach(curve, 0.1) is None  # reached at the first size: how many fewer would do is unknown
     assert images_to_reach([(100, 0.2), (400, 0.7), (1600, 0.6)], 0.65) == pytest.approx(100 * 4 ** 0.9)  # first crossing
+
+
+def test_the_chart_zooms_to_close_scores_so_a_narrow_spread_shows(tmp_path):
+    """Scores between 0.86 and 0.90 get an axis from 0.85 to 0.91, where a spread of 0.0105
+    over three seeds is a capped bar of about 50 px (3 px on a 0-1 axis, under the marker);
+    a size's label stays inside the image, and a long group name is shortened in the middle."""
+    from PIL import ImageDraw
+
+    from bearcat.gallery import CHART_MARGINS, CHART_PAD, CHART_SIZE, CURVE_COLOURS, _font, curve_chart, fitted, \
+        value_axis
+
+    assert value_axis([0.86, 0.875, 0.8985]) == (0.85, 0.91, 0.01)  # widened to 0.05, then to whole steps
+    assert value_axis([0.4, 0.96]) == (0.4, 1.0, 0.1)
+    assert value_axis([0.1, 0.98]) == (0.0, 1.0, 0.2)  # 0.1 steps would be 9 intervals
+    assert value_axis([0.2]) == (0.17, 0.23, 0.01) and value_axis([1.0, 1.0]) == (0.95, 1.0, 0.01)
+
+    long = "+dataset.style.noise_lines=20 " + "x" * 200 + " trainer.batch_size=64"
+    curve_chart([{"label": "plain", "sizes": [2000, 32000], "means": [0.875, 0.8938], "lows": [0.86, 0.888],
+                  "highs": [0.89, 0.8985]},
+                 {"label": long, "sizes": [2000, 32000], "means": [0.87, 0.87], "lows": [0.87, 0.87],
+                  "highs": [0.87, 0.87]}], "test", tmp_path / "chart.png")
+    chart = np.asarray(Image.open(tmp_path / "chart.png").convert("RGB"))
+    left, right, top, bottom = CHART_MARGINS
+    width, height = CHART_SIZE
+    plot_h = height - top - bottom - 2 * CHART_PAD
+
+    def y(value):
+        return top + CHART_PAD + (0.91 - value) / 0.06 * plot_h
+
+    last_x = width - right - CHART_PAD  # the last size
+    beside = chart[:height, last_x + 5]  # right of the markers (3 px), left of the caps' ends (6 px)
+    rows = np.nonzero((beside == CURVE_COLOURS[0]).all(axis=1))[0]
+    assert rows.min() == pytest.approx(y(0.8985), abs=2) and rows.max() == pytest.approx(y(0.888), abs=2)
+    assert rows.max() - rows.min() > 40
+    assert not (beside == CURVE_COLOURS[1]).all(axis=1).any()  # no spread, no bar
+    labels = chart[height - bottom + 4:height - bottom + 22]
+    dark = np.nonzero((labels < 100).all(axis=2).any(axis=0))[0]
+    last_label = dark[dark > last_x - 40]  # "32000": centred under its point, wholly inside the image
+    assert (last_label.min() + last_label.max()) / 2 == pytest.approx(last_x, abs=3) and dark.max() <= width - 2
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), _font(12)
+    short = fitted(draw, long, font, 400)
+    assert draw.textlength(short, font=font) <= 400 and "…" in short
+    assert short.startswith("+dataset.style.noise_lines=20 x") and short.endswith("x trainer.batch_size=64")
+    assert fitted(draw, "plain", font, 400) == "plain"
+    legend = chart[height:]
+    assert legend.shape[0] == 2 * 16 + 6 and (legend == CURVE_COLOURS[1]).all(axis=2).sum() >= 12 * 8
 
 
 def table_lines(curve):
