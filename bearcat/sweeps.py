@@ -358,6 +358,24 @@ def _beyond_seeds(spreads: dict[float, dict[str, list[tuple[float, float]]]], fi
             + "; ".join(said) + ".")
 
 
+def _seed_list(point: dict) -> str:
+    """The trainer.seed values of a point's jobs, in job order ("default": no override)."""
+    return " ".join(point.get("seeds", {}))
+
+
+def mixed_seeds(grouped: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines naming each group whose sizes were measured with different seeds (as
+    when sweeps run apart are joined): its mean curve then mixes seeds, and a gap between two
+    sizes may be partly the seeds'."""
+    lines = []
+    for group, points in grouped.items():
+        if len({frozenset(p.get("seeds", ())) for p in points}) > 1:
+            sizes = "; ".join(f"{p['train_images']}: {_seed_list(p)}" for p in points)
+            lines.append(f"Seeds differ between the sizes of `{group}` ({sizes}): its mean curve mixes seeds; "
+                         "run the missing seeds to compare like with like.")
+    return [""] + lines if lines else []
+
+
 def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
     """learning_curve.csv (one row per group and size: mean, min and max over its jobs),
     learning_curve.md (the means; for each group the first size whose mean reaches a few
@@ -368,13 +386,18 @@ def write_curve(curve: list[dict], out_dir: Path) -> list[str]:
     groups = list(grouped)
     with open(out_dir / "learning_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", "train_images", "jobs", *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
+        writer.writerow(["group", "train_images", "jobs", "seeds",
+                         *(f"{m}_{s}" for m in names for s in ("mean", "min", "max"))])
         for p in curve:
-            writer.writerow([p["group"], p["train_images"], p["jobs"],
+            writer.writerow([p["group"], p["train_images"], p["jobs"], _seed_list(p),
                              *(p[s].get(m, "") for m in names for s in ("mean", "min", "max"))])
-    points = [{"group": p["group"], "train_images": p["train_images"], "jobs": p["jobs"], **p["mean"]} for p in curve]
-    columns = [("training images", "train_images", "d"), ("jobs", "jobs", "d"), *((m, m, ".4f") for m in names)]
+    points = [{"group": p["group"], "train_images": p["train_images"], "jobs": p["jobs"], "seeds": _seed_list(p),
+               **p["mean"]} for p in curve]
+    seeded = any(set(p.get("seeds", ())) - {"default"} for p in curve)
+    columns = [("training images", "train_images", "d"), ("jobs", "jobs", "d"),
+               *([("seeds", "seeds", "")] if seeded else []), *((m, m, ".4f") for m in names)]
     lines = [table(points, ([("group", "group", "")] if len(groups) > 1 else []) + columns)]
+    lines += mixed_seeds(grouped)
     score = next((m for m in ("test_accuracy", "test_map") if m in names), None)
     if score:  # how many images a level takes: the captcha's strength against this model
         lines.append("")

@@ -99,9 +99,11 @@ def test_a_summary_of_jobs_differing_in_size_and_seed_is_a_learning_curve(tmp_pa
     assert len(client.get_metric_history(parent, "curve_test_accuracy")) == 2
     with open(tmp_path / "curve" / "learning_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["group"], r["train_images"], r["test_accuracy_min"], r["test_accuracy_max"]) for r in rows] == [
-        ("all", "100", "0.4", "0.6"), ("all", "400", "0.92", "0.96")]
+    assert [(r["group"], r["train_images"], r["seeds"], r["test_accuracy_min"], r["test_accuracy_max"])
+            for r in rows] == [("all", "100", "1 2", "0.4", "0.6"), ("all", "400", "1 2", "0.92", "0.96")]
     text = (tmp_path / "curve" / "learning_curve.md").read_text()
+    assert text.startswith("| training images | jobs | seeds | best_val_accuracy | test_accuracy |")
+    assert "Seeds differ" not in text  # both sizes measured with seeds 1 and 2
     assert "- test_accuracy 0.5: reached with 100 training images" in text
     assert "- test_accuracy 0.9: reached with 400 training images" in text
     assert "- test_accuracy 0.95: not reached with 400" in text
@@ -342,10 +344,14 @@ def test_sweeps_run_apart_join_into_one_curve(tmp_path, logged_sweep):
     history = client.get_metric_history(runs[0].info.run_id, "curve_test_accuracy")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(100, 0.3), (400, 0.7), (1600, 0.9)]
     with open(out / "learning_curve.csv", newline="") as f:
-        assert [(r["group"], r["train_images"], r["jobs"], r["test_accuracy_min"], r["test_accuracy_max"])
-                for r in csv.DictReader(f)] == [("all", "100", "2", "0.2", "0.4"), ("all", "400", "2", "0.6", "0.8"),
-                                                ("all", "1600", "1", "0.9", "0.9")]
+        assert [(r["group"], r["train_images"], r["jobs"], r["seeds"], r["test_accuracy_min"], r["test_accuracy_max"])
+                for r in csv.DictReader(f)] == [("all", "100", "2", "1 2", "0.2", "0.4"),
+                                                ("all", "400", "2", "1 2", "0.6", "0.8"),
+                                                ("all", "1600", "1", "1", "0.9", "0.9")]
     text = (out / "learning_curve.md").read_text()
+    # seed 2 was not run at 1600: the mean curve mixes seeds, and the file says so
+    assert ("Seeds differ between the sizes of `all` (100: 1 2; 400: 1 2; 1600: 1): its mean curve mixes seeds; "
+            "run the missing seeds to compare like with like.") in text
     # 0.5: the mean (100: 0.3, 400: 0.7) at 200; seed 1 at 283, seed 2 at 141 (worked out by hand)
     assert "| 0.5 | 200 [141 to 283] |" in text and "2 seeds):" in text
     assert (out / "learning_curve.png").stat().st_size > 1000
