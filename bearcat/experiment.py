@@ -19,7 +19,7 @@ from bearcat.data.labels import Vocabulary
 from bearcat.data.pipeline import LoadedSplit, load_split, warn_if_animated
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import SPLITS, Splits
-from bearcat.metrics import text_metrics
+from bearcat.metrics import text_metrics, wilson_interval
 from bearcat.modes import Mode, build_mode
 from bearcat.modes.base import mode_class
 
@@ -278,6 +278,8 @@ def score(mode: Mode, truths: list[str], results: list[dict]) -> dict[str, float
         metrics = {"accuracy": metrics["accuracy"],
                    "top5_accuracy": sum(t in r.get("top5", (r["result"],)) for t, r in zip(truths, results))
                    / max(1, len(truths))}
+    right = sum(t == p for t, p in zip(truths, preds))
+    metrics["accuracy_ci_low"], metrics["accuracy_ci_high"] = wilson_interval(right, len(truths))
     if any("angle" in r for r in results):  # a rotation model (mode.angle): how far off, in degrees
         from bearcat.modes.num_classes import angle_metrics
 

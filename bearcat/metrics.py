@@ -1,6 +1,8 @@
 """Text metrics: exact match, character accuracy and character error rate (CER)."""
 from __future__ import annotations
 
+import math
+
 # A metric whose name ends so is better lower (val_loss, test_cer, best_val_cer, test_ms_per_image...);
 # every other one Bearcat reports (accuracies, mAP, click success) is better higher.
 LOWER_IS_BETTER_ENDINGS = ("loss", "cer", "ms_per_image", "low_confidence_fraction")
@@ -8,6 +10,18 @@ LOWER_IS_BETTER_ENDINGS = ("loss", "cer", "ms_per_image", "low_confidence_fracti
 
 def lower_is_better(metric: str) -> bool:
     return str(metric).endswith(LOWER_IS_BETTER_ENDINGS)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% (z = 1.96) Wilson score interval of a proportion measured as successes/trials:
+    where the accuracy on all such images likely lies, given this test set's size. Unlike
+    p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is not zero-wide at 0 or 1 correct."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def edit_ops(truth: str, pred: str) -> tuple[int, int, int, int]:

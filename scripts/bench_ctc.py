@@ -165,8 +165,11 @@ def main():
     print(f"workdir {workdir}", flush=True)
 
     default = run_default(workdir, args.minutes, args.default_overrides)
+    interval = (f" (95% interval {default['test_accuracy_ci_low']:.4f}-{default['test_accuracy_ci_high']:.4f})"
+                if "test_accuracy_ci_low" in default else "")
     print(f"default: wall {default['wall_s']:.0f}s (generation included), test_accuracy "
-          f"{default['test_accuracy']:.4f}, char {default['test_char_accuracy']:.4f}, cer {default['test_cer']:.4f}"
+          f"{default['test_accuracy']:.4f}{interval}, char {default['test_char_accuracy']:.4f}, "
+          f"cer {default['test_cer']:.4f}"
           + (f"; the process exited {default['exit_s']:.1f} s after its last log line" if default["exit_s"] else ""),
           flush=True)
 

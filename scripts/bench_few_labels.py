@@ -257,17 +257,20 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    print(f"\n{'run':<14} {'images':>6} {'epochs':>6} {'test acc':>9} {'reviewed':>9} {'char acc':>9} {'goal':>5} "
-          f"{'seconds':>8}  pseudo-labels")
+    from bearcat.metrics import wilson_interval
+
+    print(f"\n{'run':<14} {'images':>6} {'epochs':>6} {'test acc':>9} {'95% interval':>13} {'reviewed':>9} "
+          f"{'char acc':>9} {'goal':>5} {'seconds':>8}  pseudo-labels")
     for r in results:
         if r["images"] is None:
             continue
+        low, high = wilson_interval(round(r["test_accuracy"] * args.test), args.test)  # the fixed test split's size
         pseudo = (f"  {r['pseudo']} of {r['unlabelled']}, precision {r['pseudo_precision']:.4f}, "
                   f"read in {r['pseudo_seconds']:.0f} s" if "pseudo" in r else "")
         checked = f"{r['test_accuracy_reviewed']:>9.4f}" if "test_accuracy_reviewed" in r else f"{'-':>9}"
         chars = f"{r['test_char_accuracy']:>9.4f}" if r.get("test_char_accuracy") is not None else f"{'-':>9}"
-        print(f"{r['run']:<14} {r['images']:>6} {r['epochs'] or '-':>6} {r['test_accuracy']:>9.4f} {checked} "
-              f"{chars} {r['goal'] or '':>5} {r['seconds']:>8.0f}{pseudo}")
+        print(f"{r['run']:<14} {r['images']:>6} {r['epochs'] or '-':>6} {r['test_accuracy']:>9.4f} "
+              f"{low:>6.4f}-{high:.4f} {checked} {chars} {r['goal'] or '':>5} {r['seconds']:>8.0f}{pseudo}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 TEXT_MODES = ("ctc", "ctc_tiny", "ordinary")
 COLUMNS = [("mode", "mode", "s"), ("test accuracy", "test_accuracy", ".4f"),
+           ("95% low", "test_accuracy_ci_low", ".4f"), ("95% high", "test_accuracy_ci_high", ".4f"),
            ("char accuracy", "test_char_accuracy", ".4f"), ("top-5 accuracy", "test_top5_accuracy", ".4f"),
            ("train images/s (fit)", "fit_train_images_per_s", ".0f"),
            ("train images/s (probe)", "train_images_per_s", ".0f"), ("inference ms/image", "test_ms_per_image", ".2f"),

@@ -46,6 +46,29 @@ def test_edit_ops_and_metrics():
     assert text_metrics(["AB"], [""])["cer"] == 1.0
 
 
+def test_accuracy_gets_the_95_percent_wilson_interval_of_its_test_size():
+    """The textbook values (5 of 10: 0.2366-0.7634; none of 10: up to 0.2775), one that does
+    not leave [0, 1] at 10 of 10, and one that narrows as the test set grows; score() gives a
+    run's test_accuracy_ci_low / _high from the readings."""
+    from bearcat.experiment import score
+    from bearcat.metrics import wilson_interval
+    from bearcat.modes import build_mode
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(386, 400) == pytest.approx((0.9421, 0.9790), abs=1e-4)  # few labels' 0.965: not 0.98
+    assert wilson_interval(1917, 2000) == pytest.approx((0.9488, 0.9664), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing measured: anything
+    mode = build_mode("ctc", Vocabulary.from_labels([], charset="AB"), 2)
+    truths = ["AB", "BA", "AA", "BB"]
+    results = [{"result": r, "confidence": 1.0} for r in ("AB", "BA", "AA", "AB")]
+    metrics = score(mode, truths, results)
+    assert metrics["accuracy"] == 0.75
+    assert (metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == wilson_interval(3, 4)
+    assert metrics["accuracy_ci_low"] < 0.75 < metrics["accuracy_ci_high"]
+
+
 def test_batched_test_time_leaves_out_the_first_call_of_each_shape(monkeypatch):
     """test_ms_per_image: a model that is slow on the first call of each batch shape (as Keras
     is, building its graph) is timed on its steady calls only; every image is still read."""

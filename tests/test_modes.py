@@ -17,6 +17,7 @@ from bearcat.data.labels import Vocabulary
 from bearcat.data.tiles import SHAPES, tiles
 from bearcat.evaluate import evaluate
 from bearcat.experiment import build_model, mode_options
+from bearcat.metrics import wilson_interval
 from bearcat.modes import build_mode
 from bearcat.modes.ordinary import interval_confidence
 from bearcat.train import run_metric_names, train
@@ -51,6 +52,12 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
         assert key in logged, key
     assert 0.0 <= logged["test_accuracy"] <= 1.0
     assert logged["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    # the 95% interval of the right readings among the test images: wide for a handful of them
+    tested = int(cfg.dataset.test_size)
+    right = round(logged["test_accuracy"] * tested)
+    assert (logged["test_accuracy_ci_low"], logged["test_accuracy_ci_high"]) == pytest.approx(
+        wilson_interval(right, tested))
+    assert logged["test_accuracy_ci_high"] - logged["test_accuracy_ci_low"] > 0.15
     # what optimized_metric is checked against before training is what the run returned
     assert run_metric_names(cfg) == sorted(set(metrics) - {"mlflow_run_id"})
     # the bundle serves the mode it was trained with
