@@ -48,6 +48,32 @@ def test_train_limit_applies_to_detection_datasets_too(make_cfg, tmp_path):
     assert limited.categories == full.categories == ["gap"] and limited.test == full.test
 
 
+def test_a_run_of_a_learning_curve_is_evaluated_on_its_test_split_and_its_own_training_images(make_cfg, tmp_path):
+    """A run trained with dataset.train_limit (every job of a learning curve) is scored by
+    `evaluate`: on its test split (this failed for want of a trainer.seed, and would have asked
+    for the training images it no longer draws), and with split=train on the very images it
+    trained on, picked by its own seed."""
+    import csv
+
+    from bearcat.evaluate import evaluate
+    from bearcat.experiment import load_sources
+    from bearcat.train import train
+
+    cfg = make_cfg(["debug=fast", "dataset.train_limit=24", "trainer.seed=7"])
+    train(cfg)
+    run_dir = tmp_path / "run"
+    scored = {}
+    for split in ("test", "train"):
+        metrics = evaluate(make_cfg([f"checkpoint={run_dir}", f"split={split}", "latency_images=1"],
+                                    config_name="evaluate", output=f"eval_{split}"))
+        with open(tmp_path / f"eval_{split}" / "analysis" / "predictions.csv", newline="") as f:
+            scored[split] = [row["file"] for row in csv.DictReader(f)]
+        assert metrics["test_images"] == len(scored[split])
+    trained = load_sources(cfg)  # the 24 images the run trained on, as training picked them
+    assert len(scored["test"]) == cfg.dataset.test_size
+    assert scored["train"] == [path for path, _ in trained.train] and len(scored["train"]) == 24
+
+
 @pytest.mark.parametrize("limit", ["0", "100000", "0.5", "many"])
 def test_a_train_limit_out_of_range_names_the_key(make_cfg, limit):
     images = len(splits_with(make_cfg).train)
