@@ -24,6 +24,29 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value for two readers of the same images: the chance that a
+    fair coin splits the `only_a + only_b` images they disagree on at least this unevenly.
+    The images both read alike say nothing about which reader is better."""
+    disagreements, fewer = only_a + only_b, min(only_a, only_b)
+    if disagreements == 0:
+        return 1.0
+    tail = sum(math.comb(disagreements, k) for k in range(fewer + 1)) / 2 ** disagreements
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(only_a: int, only_b: int, images: int, z: float = 1.959964) -> tuple[float, float, float]:
+    """B's accuracy minus A's on the same images, with its 95% interval: (difference, low, high).
+    The interval is Agresti and Min's (half an image added to each cell of the 2x2 table), which
+    stays sensible when the readers rarely disagree, where the plain Wald one collapses to 0."""
+    if images <= 0:
+        return 0.0, -1.0, 1.0
+    b, c, n = only_a + 0.5, only_b + 0.5, images + 2.0
+    centre = (c - b) / n
+    half = z * math.sqrt(max((b + c) - (c - b) ** 2 / n, 0.0)) / n
+    return (only_b - only_a) / images, max(-1.0, centre - half), min(1.0, centre + half)
+
+
 def edit_ops(truth: str, pred: str) -> tuple[int, int, int, int]:
     """Levenshtein alignment -> (matches, substitutions, deletions, insertions)."""
     n, m = len(truth), len(pred)

@@ -331,3 +331,76 @@ def test_labels_the_model_cannot_produce_are_scored_as_failures(trained_run, swu
     assert metrics["test_accuracy"] <= (len(labels) - beyond) / len(labels)
     rows = (tmp_path / "eval" / "analysis" / "predictions.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + len(labels)
+
+
+def test_two_evaluations_are_compared_image_by_image(trained_run, tmp_path, monkeypatch):
+    """`python -m bearcat.compare`: an evaluation against copies of its readings with some
+    wrong ones set right: the counts, b - a with its interval, the exact McNemar p (by hand:
+    3 to 0 is 2/8, 7 to 0 is 2/128) and the verdict; evaluations given as an MLflow run id, a
+    folder and a CSV; refused by name: a training run (no readings), another label for an
+    image, no image in common, a missing folder."""
+    import csv
+    import subprocess
+    import sys
+
+    from bearcat.compare import compare
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            f"run_id={trained_run['run_id']}", "latency_images=1", f"paths.output_dir={tmp_path / 'eval'}",
+            f"paths.cache_dir={trained_run['root'] / 'cache'}"])
+    metrics = evaluate(cfg)
+    readings = tmp_path / "eval" / "analysis" / "predictions.csv"
+    with open(readings, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    wrong = [k for k, r in enumerate(rows) if r["prediction"] != r["label"]]
+    assert len(wrong) >= 7  # a barely trained model
+
+    def variant(name: str, fixed: int, change=None):
+        """A folder holding a copy of the readings with the first `fixed` wrong ones set right."""
+        copy = [dict(r) for r in rows]
+        for k in wrong[:fixed]:
+            copy[k]["prediction"], copy[k]["right"] = copy[k]["label"], "1"
+        if change:
+            change(copy)
+        path = tmp_path / name / "analysis" / "predictions.csv"
+        path.parent.mkdir(parents=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(copy)
+        return tmp_path / name
+
+    done = subprocess.run([sys.executable, "-m", "bearcat.compare", f"a={metrics['mlflow_run_id']}",
+                           f"b={variant('b3', 3)}", f"out={tmp_path / 'cmp'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    n = len(rows)
+    assert result["images"] == n and result["a"]["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert result["b"]["accuracy"] == pytest.approx(metrics["test_accuracy"] + 3 / n)
+    assert (result["only_a_right"], result["only_b_right"], result["neither_right"]) == (0, 3, len(wrong) - 3)
+    assert result["difference"] == pytest.approx(3 / n) and result["mcnemar_p"] == 0.25
+    assert result["difference_ci_low"] < 0 < result["difference_ci_high"]  # 3 images could be chance
+    assert [d["file"] for d in result["disagreements"]] == [rows[k]["file"] for k in wrong[:3]]
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Verdict: b is ahead, but by no more than chance could give" in text and "McNemar p = 0.25" in text
+    assert text in done.stdout
+
+    better = compare(str(readings), str(variant("b7", 7)), tmp_path / "cmp7")  # a CSV and a folder
+    assert better["mcnemar_p"] == 2 / 128 and better["verdict"].startswith("b reads better than a")
+    assert better["difference_ci_low"] > 0
+    same = compare(str(readings), str(tmp_path / "eval"), tmp_path / "same")
+    assert (same["only_a_right"], same["only_b_right"], same["mcnemar_p"]) == (0, 0, 1.0)
+
+    with pytest.raises(FileNotFoundError, match="a training run does not"):
+        compare(trained_run["run_id"], str(readings), tmp_path / "x")
+    relabelled = variant("relabelled", 0, lambda copy: copy[0].update(label=copy[0]["label"] + "X"))
+    with pytest.raises(ValueError, match=f"{rows[0]['file']}: labelled"):
+        compare(str(readings), str(relabelled), tmp_path / "x")
+    elsewhere = variant("elsewhere", 0, lambda copy: [r.update(file="other/" + r["file"]) for r in copy])
+    with pytest.raises(ValueError, match="share no image file"):
+        compare(str(readings), str(elsewhere), tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="b=.*nowhere: no such file or folder"):
+        compare(str(readings), str(tmp_path / "nowhere"), tmp_path / "x")

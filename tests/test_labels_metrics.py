@@ -97,3 +97,25 @@ def test_batched_test_time_leaves_out_the_first_call_of_each_shape(monkeypatch):
     assert len(results) == 10 and seen == {4, 2}
     assert ms == pytest.approx(1.0)  # 10 images at 1 ms, no graph building
     assert FirstCallSlow.calls == 2 + 3  # one warm-up per shape, then the three batches
+
+
+def test_paired_comparison_statistics_by_hand():
+    """McNemar's exact p: a fair coin splits 6 disagreements 6-0 with chance 2/64, 9-1 with
+    2 * 11/1024; even splits and none at all say nothing (1). b - a on 2,000 images where b alone
+    reads 23 and a alone 9: +0.007, and Agresti and Min's interval worked out by hand
+    (9.5 and 23.5 of 2,002: 0.006993 ± 1.96 * sqrt(33 - 14^2 / 2002) / 2002)."""
+    import math
+
+    from bearcat.metrics import mcnemar_p, paired_difference
+
+    assert mcnemar_p(0, 6) == 2 / 64 and mcnemar_p(6, 0) == 2 / 64
+    assert mcnemar_p(1, 9) == 2 * 11 / 1024
+    assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0 and mcnemar_p(0, 1) == 1.0
+    difference, low, high = paired_difference(9, 23, 2000)
+    half = 1.959964 * math.sqrt(33 - 14 ** 2 / 2002) / 2002
+    assert difference == pytest.approx(0.007)
+    assert (low, high) == pytest.approx((14 / 2002 - half, 14 / 2002 + half))
+    assert low > 0  # b is ahead beyond chance: McNemar agrees
+    assert mcnemar_p(9, 23) < 0.05
+    _, low, high = paired_difference(0, 0, 100)  # never disagreeing: a narrow interval around 0, not none
+    assert low < 0 < high and high < 0.02

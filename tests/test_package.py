@@ -47,7 +47,7 @@ def test_a_wheel_holds_the_config_tree_and_trains_outside_the_checkout(tmp_path,
 
     commands = sorted(p.name for p in (site / "bin").glob("bearcat-*"))
     assert commands == [f"bearcat-{n}" for n in sorted(
-        ["train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup", "curve"])]
+        ["train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup", "curve", "compare"])]
     run([str(site / "bin" / "bearcat-train"), "debug=fast", "dataset.train_size=32", "dataset.val_size=8",
          "dataset.test_size=8", "trainer.epochs=1", "trainer.bn_calibration_images=0", "trainer.max_minutes=null",
          "hydra.run.dir=outputs/run"], cwd=elsewhere, env=env)

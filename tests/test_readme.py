@@ -17,7 +17,7 @@ from bearcat import CONFIG_DIR
 from bearcat.click import CLI_KEYS, CLI_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup", "curve")
+CONFIGS = ("train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup", "curve", "compare")
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 
 

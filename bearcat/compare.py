@@ -1,0 +1,165 @@
+"""Two evaluations of the same images, compared: `python -m bearcat.compare a=EVAL b=EVAL`.
+
+Is model B better than model A on this test set, or is the gap chance? Each evaluation
+(`python -m bearcat.evaluate`) writes every image's reading to `analysis/predictions.csv`;
+given two (their output folders, the CSV files, or their MLflow run ids), this matches the
+images by file, counts those only one of the two reads right, and gives B's accuracy minus
+A's with its 95% interval and the exact McNemar p-value (bearcat/metrics.py). Paired, so far
+sharper than comparing two accuracies' own intervals: the images both read alike cancel out.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from bearcat import CONFIG_DIR
+from bearcat.atomic import write_json
+from bearcat.metrics import mcnemar_p, paired_difference, wilson_interval
+
+log = logging.getLogger("bearcat.compare")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+PREDICTIONS = "analysis/predictions.csv"  # where evaluate writes the readings (bearcat/analysis.py)
+SHOWN = 20  # disagreements listed in compare.md (compare.json has them all)
+SIGNIFICANT = 0.05
+
+
+def predictions_file(key: str, source: str, scratch: Path) -> Path:
+    """The predictions.csv of an evaluation given as its output folder, the file itself, or
+    its MLflow run id (downloaded into scratch)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = path / PREDICTIONS
+        if not found.is_file():
+            raise FileNotFoundError(f"{key}={source}: no {PREDICTIONS} in this folder; give an evaluation's output "
+                                    "folder (python -m bearcat.evaluate writes it), its predictions.csv or its run id")
+        return found
+    if RUN_ID.fullmatch(source):
+        from bearcat import tracking
+
+        try:
+            return tracking.download_artifacts(source, PREDICTIONS, str(scratch / source))
+        except Exception as err:  # MLflow raises several types for an unknown run or artifact
+            raise FileNotFoundError(f"{key}={source}: MLflow run without {PREDICTIONS} in {tracking.current_uri()} "
+                                    f"(an evaluate run has one; a training run does not): {err}") from None
+    raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
+
+
+def read_predictions(key: str, path: Path) -> dict[str, tuple[str, str]]:
+    """{file: (label, reading)} of a predictions.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "label", "prediction"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{key}: {path} is no predictions file (no column {', '.join(sorted(missing))})")
+        rows = {}
+        for row in reader:
+            if row["file"] in rows:
+                raise ValueError(f"{key}: {path} lists {row['file']} twice")
+            rows[row["file"]] = (row["label"], row["prediction"])
+    if not rows:
+        raise ValueError(f"{key}: {path} holds no readings")
+    return rows
+
+
+def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]]) -> dict:
+    """The paired comparison of two evaluations' readings on the files both read."""
+    common = [f for f in a if f in b]
+    if not common:
+        raise ValueError("a and b share no image file: evaluate both models on the same data (same dataset "
+                         "settings and split) to compare them")
+    for f in common:
+        if a[f][0] != b[f][0]:
+            raise ValueError(f"{f}: labelled {a[f][0]!r} in a but {b[f][0]!r} in b (one evaluation folded the case? "
+                             "evaluate both with the same dataset.lowercase)")
+    right_a = {f for f in common if a[f][1] == a[f][0]}
+    right_b = {f for f in common if b[f][1] == b[f][0]}
+    only_a, only_b = sorted(right_a - right_b), sorted(right_b - right_a)
+    n = len(common)
+    difference, low, high = paired_difference(len(only_a), len(only_b), n)
+    p = mcnemar_p(len(only_a), len(only_b))
+
+    def accuracy(right: set) -> dict:
+        ci_low, ci_high = wilson_interval(len(right), n)
+        return {"accuracy": len(right) / n, "ci_low": ci_low, "ci_high": ci_high}
+
+    return {"images": n, "only_in_a": len(a) - n, "only_in_b": len(b) - n,
+            "a": accuracy(right_a), "b": accuracy(right_b),
+            "both_right": len(right_a & right_b), "neither_right": n - len(right_a | right_b),
+            "only_a_right": len(only_a), "only_b_right": len(only_b),
+            "difference": difference, "difference_ci_low": low, "difference_ci_high": high, "mcnemar_p": p,
+            "verdict": verdict(len(only_a), len(only_b), p),
+            "disagreements": [{"file": f, "label": a[f][0], "a": a[f][1], "b": b[f][1]}
+                              for f in common if f in right_a ^ right_b]}
+
+
+def verdict(only_a: int, only_b: int, p: float) -> str:
+    """One sentence a reader can act on."""
+    if only_a == only_b:
+        return f"no difference: each reads {only_a} image(s) the other misses"
+    better, worse = ("b", "a") if only_b > only_a else ("a", "b")
+    if p < SIGNIFICANT:
+        return f"{better} reads better than {worse} (McNemar p = {p:.3g} < {SIGNIFICANT})"
+    return (f"{better} is ahead, but by no more than chance could give at this test size (McNemar p = {p:.3g}); "
+            "test on more images to tell")
+
+
+def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
+    lines = ["| | a | b |", "|---|---|---|", f"| evaluation | `{sources['a']}` | `{sources['b']}` |"]
+    lines.append("| exact match (95% interval) | " + " | ".join(
+        f"{result[k]['accuracy']:.4f} ({result[k]['ci_low']:.4f}-{result[k]['ci_high']:.4f})" for k in "ab") + " |")
+    lines.append(f"| right where the other is wrong | {result['only_a_right']} | {result['only_b_right']} |")
+    lines += ["", f"{result['images']} images read by both: {result['both_right']} right in both, "
+                  f"{result['neither_right']} in neither."]
+    if result["only_in_a"] or result["only_in_b"]:
+        lines.append(f"Left out, read by one only: {result['only_in_a']} of a's, {result['only_in_b']} of b's.")
+    lines += ["", f"b - a: {result['difference']:+.4f} (95% interval {result['difference_ci_low']:+.4f} to "
+                  f"{result['difference_ci_high']:+.4f}); exact McNemar p = {result['mcnemar_p']:.3g}.",
+              "", f"Verdict: {result['verdict']}."]
+    shown = result["disagreements"][:SHOWN]
+    if shown:
+        lines += ["", f"Images one reads right and the other wrong ({len(shown)} of {len(result['disagreements'])}):",
+                  "", "| file | label | a | b |", "|---|---|---|---|"]
+        lines += [f"| {Path(d['file']).name} | {d['label']} | {d['a']} | {d['b']} |" for d in shown]
+    return "\n".join(lines) + "\n"
+
+
+def compare(a: str, b: str, out: Path, mlflow_cfg=None) -> dict:
+    """Compare evaluations a and b (folders, predictions.csv files or MLflow run ids, looked up
+    in the `mlflow` config's store); compare.json and compare.md into out."""
+    sources = {"a": str(a), "b": str(b)}
+    if any(RUN_ID.fullmatch(s) and not Path(s).exists() for s in sources.values()) and mlflow_cfg is not None:
+        import mlflow
+
+        from bearcat import tracking
+
+        mlflow.set_tracking_uri(tracking.tracking_uri(mlflow_cfg.tracking_uri))
+    with tempfile.TemporaryDirectory() as scratch:
+        readings = {k: read_predictions(k, predictions_file(k, s, Path(scratch))) for k, s in sources.items()}
+    result = compare_readings(readings["a"], readings["b"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", {"sources": sources, **result}, indent=1)
+    text = comparison_markdown(result, sources)
+    (out / "compare.md").write_text(text, encoding="utf-8")
+    print(text, flush=True)
+    log.info("comparison written: %s, %s", out / "compare.md", out / "compare.json")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(cfg.out) if cfg.get("out") else Path(HydraConfig.get().runtime.output_dir)
+    compare(str(cfg.a), str(cfg.b), out, cfg.mlflow)
+
+
+if __name__ == "__main__":
+    main()
