@@ -130,6 +130,59 @@ def confidence_report(truths: list[str], results: list[dict], threshold: float, 
     }
 
 
+ANSWER_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # confidences a user may answer above
+ANSWER_TARGETS = (0.95, 0.99)  # accuracies of the answers given that a user may want
+
+
+def answer_thresholds(truths: list[str], results: list[dict], thresholds=ANSWER_THRESHOLDS,
+                      targets=ANSWER_TARGETS) -> dict:
+    """For a solver that answers only readings at least this confident and otherwise asks
+    for another captcha: per threshold, the share answered, the accuracy of those answers,
+    captchas shown per one solved (1 / (answered x accuracy)) and wrong answers sent per
+    one solved; and per target accuracy, the lowest threshold whose answers reach it on
+    these images, with the share it answers (picked here, so check it on other images)."""
+    conf = np.array([float(r["confidence"]) for r in results], np.float64)
+    right = np.array([r["result"] == t for r, t in zip(results, truths)], bool)
+    rows = []
+    for level in thresholds:
+        sure = conf >= level
+        accuracy = float(right[sure].mean()) if sure.any() else None
+        solved = float(sure.mean()) * accuracy if accuracy else 0.0
+        rows.append({"threshold": level, "answered": float(sure.mean()) if len(conf) else 0.0, "accuracy": accuracy,
+                     "captchas_per_solved": 1.0 / solved if solved else None,
+                     "wrong_per_solved": (1.0 - accuracy) / accuracy if accuracy else None})
+    order = np.argsort(-conf, kind="stable")
+    ranked, hits = conf[order], np.cumsum(right[order])
+    answered = np.arange(1, len(conf) + 1)
+    ends = np.r_[ranked[1:] < ranked[:-1], True] if len(conf) else np.zeros(0, bool)  # answer all of a tie or none
+    reached = []
+    for target in targets:
+        fits = np.nonzero(ends & (hits >= target * answered - 1e-9))[0]
+        k = int(fits.max()) if fits.size else None
+        reached.append({"accuracy": target, "threshold": float(ranked[k]) if k is not None else None,
+                        "answered": (k + 1) / len(conf) if k is not None else 0.0,
+                        "accuracy_reached": float(hits[k] / (k + 1)) if k is not None else None})
+    return {"images": len(conf), "thresholds": rows, "targets": reached}
+
+
+def answer_thresholds_markdown(answering: dict) -> str:
+    """`answer_thresholds` as a person reads it: a table per threshold, a line per target."""
+    from bearcat.benchmark import table
+
+    rows = [{**row, "answered": 100 * row["answered"],
+             "accuracy": None if row["accuracy"] is None else 100 * row["accuracy"]} for row in answering["thresholds"]]
+    lines = [f"Answering only readings at least this confident ({answering['images']} images):", "",
+             table(rows, [("confidence at least", "threshold", "g"), ("answered, %", "answered", ".1f"),
+                          ("right of those, %", "accuracy", ".2f"), ("captchas per solved", "captchas_per_solved", ".2f"),
+                          ("wrong answers per solved", "wrong_per_solved", ".3f")]), ""]
+    for reached in answering["targets"]:
+        lines.append(f"- right {100 * reached['accuracy']:g}% of the time: " + (
+            f"answer at confidence {reached['threshold']:.4f} or more, {100 * reached['answered']:.1f}% of the images "
+            f"({100 * reached['accuracy_reached']:.2f}% right); picked on these images, so check it on others"
+            if reached["threshold"] is not None else "no threshold gets there on these images"))
+    return "\n".join(lines) + "\n"
+
+
 def histogram_png(report: dict, path, size=(480, 260)) -> Path:
     """Stacked bars per confidence bin: right (green) under wrong (red); the threshold dashed."""
     w, h = size
@@ -188,7 +241,7 @@ def write_predictions(path, paths: list[str], truths: list[str], results: list[d
 
 
 def write_report(folder, truths: list[str], results: list[dict], threshold: float,
-                 text: bool = True) -> tuple[dict, list[Path]]:
+                 text: bool = True, answer_at: float | None = None) -> tuple[dict, list[Path]]:
     """Confusions, per-character (per-class) recall, confidence histogram (JSON + PNG) and,
     for text modes, failure kinds and accuracy per label length into `folder`; returns the
     metrics to log and the files written."""
@@ -196,9 +249,11 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     folder.mkdir(parents=True, exist_ok=True)
     preds = [r["result"] for r in results]
     report = confidence_report(truths, results, threshold)
+    levels = sorted({*ANSWER_THRESHOLDS, *([float(answer_at)] if answer_at is not None else [])})
+    answering = answer_thresholds(truths, results, thresholds=levels)
     tables = {"confusions": confusions(truths, preds, text=text),
               "per_character" if text else "per_class": per_symbol(truths, preds, text),
-              "confidence_histogram": report}
+              "confidence_histogram": report, "answer_thresholds": answering}
     if text:  # characters missed or added, and lengths, mean nothing for class names
         tables |= {"failure_kinds": failure_kinds(truths, preds), "by_length": by_length(truths, preds)}
     files = []
@@ -206,8 +261,15 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
         files.append(folder / f"{name}.json")
         write_json(files[-1], table, indent=1)
     files.append(histogram_png(report, folder / "confidence_histogram.png"))
+    files.append(folder / "answer_thresholds.md")
+    files[-1].write_text(answer_thresholds_markdown(answering), encoding="utf-8")
     metrics = {"accuracy_confident": report["confident_accuracy"], "confident_fraction": report["confident_fraction"],
                "accuracy_unsure": report["unsure_accuracy"]}
+    for reached in answering["targets"]:  # e.g. answered_at_99: the share a solver right 99% of the time answers
+        level = f"{round(reached['accuracy'] * 100)}"
+        metrics[f"answered_at_{level}"] = reached["answered"]
+        if reached["threshold"] is not None:
+            metrics[f"threshold_at_{level}"] = reached["threshold"]
     metrics |= {f"failures_{k}": v for k, v in tables.get("failure_kinds", {}).items()}
     metrics |= {f"accuracy_length_{row['length']}": row["accuracy"] for row in tables.get("by_length", [])}
     return metrics, files
@@ -261,7 +323,7 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
 
     out_dir = Path(out_dir)
     metrics, files = write_report(out_dir / "analysis", data.labels, results, cfg.low_confidence,
-                                  text=predictor.mode.text)
+                                  text=predictor.mode.text, answer_at=cfg.get("answer_threshold"))
     files.append(write_predictions(out_dir / "analysis" / "predictions.csv", list(data.paths), data.labels, results))
     artifacts = [(f, "analysis") for f in files]
     metrics |= latency(predictor, list(data.paths[:cfg.latency_images]))

@@ -1,4 +1,6 @@
-"""Text metrics: exact match, character accuracy and character error rate (CER)."""
+"""Scores: exact match, character accuracy and character error rate (CER); how sure an
+accuracy is (its Wilson interval) and whether one reader beats another on the same images
+(McNemar's exact test, the paired difference's interval; bearcat/compare.py)."""
 from __future__ import annotations
 
 import math

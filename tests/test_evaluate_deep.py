@@ -146,12 +146,45 @@ def test_evaluating_generated_data_draws_only_the_scored_split(tmp_path):
         evaluation_config(cfg_for("tset"), None, meta)
 
 
+def test_answer_thresholds_say_what_answering_only_confident_readings_costs():
+    """Ten readings, one wrong at confidence 0.95: per threshold the share answered, their
+    accuracy, captchas per solved and wrong answers per solved (by hand); per target the
+    lowest threshold whose answers reach it, never splitting readings of equal confidence."""
+    from bearcat.analysis import answer_thresholds, answer_thresholds_markdown
+
+    confidences = [0.99, 0.98, 0.97, 0.96, 0.9, 0.8, 0.7, 0.6, 0.5, 0.95]
+    results = [{"result": "ab" if k < 9 else "ax", "confidence": c} for k, c in enumerate(confidences)]
+    found = answer_thresholds(["ab"] * 10, results, thresholds=(0.5, 0.9, 0.99), targets=(0.8, 0.95))
+    assert found["thresholds"] == [
+        {"threshold": 0.5, "answered": 1.0, "accuracy": 0.9, "captchas_per_solved": pytest.approx(1 / 0.9),
+         "wrong_per_solved": pytest.approx(1 / 9)},
+        {"threshold": 0.9, "answered": 0.6, "accuracy": pytest.approx(5 / 6), "captchas_per_solved": pytest.approx(2.0),
+         "wrong_per_solved": pytest.approx(0.2)},
+        {"threshold": 0.99, "answered": 0.1, "accuracy": 1.0, "captchas_per_solved": pytest.approx(10.0),
+         "wrong_per_solved": 0.0}]
+    # 0.8: all ten read 0.9 right; 0.95: only the four above the wrong one (five with it read 0.8)
+    assert found["targets"] == [
+        {"accuracy": 0.8, "threshold": 0.5, "answered": 1.0, "accuracy_reached": 0.9},
+        {"accuracy": 0.95, "threshold": 0.96, "answered": 0.4, "accuracy_reached": 1.0}]
+    # a right and a wrong reading equally sure: both answered or neither
+    tied = answer_thresholds(["a", "a", "a"], [{"result": "a", "confidence": 0.9}, {"result": "a", "confidence": 0.8},
+                                               {"result": "b", "confidence": 0.8}], targets=(0.99,))
+    assert tied["targets"] == [{"accuracy": 0.99, "threshold": 0.9, "answered": pytest.approx(1 / 3),
+                                "accuracy_reached": 1.0}]
+    never = answer_thresholds(["a"], [{"result": "b", "confidence": 0.99}], targets=(0.95,))
+    assert never["targets"][0]["threshold"] is None and never["thresholds"][0]["captchas_per_solved"] is None
+    text = answer_thresholds_markdown(found)
+    assert "| 0.9 | 60.0 | 83.33 | 2.00 | 0.200 |" in text
+    assert "- right 95% of the time: answer at confidence 0.9600 or more, 40.0% of the images" in text
+
+
 def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[
             f"run_id={trained_run['run_id']}", "gradcam=true", "gradcam_images=4", "latency_images=5",
             "suspect_confidence=0",  # a barely trained model: list every failure
+            "answer_threshold=0.42",  # a confidence of one's own, added to the answer thresholds
             f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={trained_run['root'] / 'cache'}"])
     metrics = evaluate(cfg)
     for key in ("test_accuracy", "test_char_accuracy", "test_cer", "test_accuracy_confident", "test_confident_fraction",
@@ -162,6 +195,11 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
     assert metrics["test_failures"] == round((1 - metrics["test_accuracy"]) * test_size)
     assert 0 < metrics["test_latency_ms_p50"] <= metrics["test_latency_ms_p95"]
     out = tmp_path / "eval"
+    answering = json.loads((out / "analysis" / "answer_thresholds.json").read_text())
+    assert answering["images"] == test_size and [r["threshold"] for r in answering["thresholds"]] == [
+        0.42, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert [metrics[f"test_answered_at_{k}"] for k in (95, 99)] == [t["answered"] for t in answering["targets"]]
+    assert (out / "analysis" / "answer_thresholds.md").read_text().startswith("Answering only readings")
     histogram = json.loads((out / "analysis" / "confidence_histogram.json").read_text())
     assert sum(histogram["right"]) + sum(histogram["wrong"]) == test_size
     pairs = json.loads((out / "analysis" / "confusions.json").read_text())
