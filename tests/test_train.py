@@ -312,7 +312,8 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     ("experiment=click optimized_metric=test_click_success", "optimized_metric=test_click_success: not a metric"),
     # a misspelt or unreported metric: named before training, not after it
     ("optimized_metric=test_acuracy", r"optimized_metric=test_acuracy: not a metric of this run; choose one of "
-                                      r"\['best_val_accuracy', 'test_accuracy', 'test_cer'"),
+                                      r"\['best_val_accuracy', 'test_accuracy', 'test_accuracy_ci_high', "
+                                      r"'test_accuracy_ci_low', 'test_cer'"),
     ("callbacks.monitor=val_loss", r"optimized_metric=best_val_accuracy: not a metric of this run; "
                                    r"choose one of \['best_val_loss'"),
 ])
