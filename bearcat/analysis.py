@@ -352,15 +352,14 @@ def explain_readings(cfg, predictor, data, results: list[dict], failed: list[int
                           [results[i] for i in order], out_dir, labels=[data.labels[i] for i in order])
 
 
-def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: list[dict], out_dir,
-                   labels: list[str] | None = None, probs=None) -> list[tuple[Path, str]]:
+def heat_maps(cfg, predictor, images: np.ndarray, paths: list, results: list[dict], labels: list[str] | None = None,
+              probs=None) -> tuple[Image.Image, dict]:
     """Heat maps of preprocessed `images` read as `results` by a Keras `predictor`, with the
-    `gradcam_layer` and `gradcam_method` settings of `cfg`: `gradcam.png` (a row per image:
-    the whole reading, then each character; captioned `reading / label`, or the reading and
-    its confidence when there are no labels) and `gradcam.json` (layer, method, and per image
-    its file, label if known, reading and each character's probability and horizontal centre
-    of heat in input pixels). `probs`: the model's outputs for `images`, when the caller has
-    them. Returns (file, MLflow artifact folder) pairs."""
+    `gradcam_layer` and `gradcam_method` settings of `cfg`: the sheet (a row per image: the
+    whole reading, then each character; captioned `reading / label`, or the reading and its
+    confidence when there are no labels) and the summary (layer, method, and per image its
+    file, label if known, reading and each character's probability and horizontal centre of
+    heat in input pixels). `probs`: the model's outputs for `images`, when the caller has them."""
     from bearcat.gradcam import centre_x, explain, gradcam_sheet
     from bearcat.modes.ctc import CTCMode
 
@@ -372,14 +371,23 @@ def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: lis
     char_name = (lambda cid: predictor.mode.vocab.decode([cid])) if predictor.mode.text else str
     captions = ([f"{r['result']} / {label}" for r, label in zip(results, labels)] if labels is not None
                 else [f"{r['result']} ({float(r['confidence']):.2f})" for r in results])
-    sheet = gradcam_sheet(images, found, captions, Path(out_dir) / "gradcam.png", char_name)
     rows = []
     for k, (path, r, chars, chances) in enumerate(zip(paths, results, found.characters, found.probabilities)):
         known = {"label": labels[k]} if labels is not None else {"confidence": round(float(r["confidence"]), 4)}
         rows.append({"file": str(path), **known, "result": r["result"],
                      "characters": [{"char": char_name(cid), "probability": round(p, 4), "centre_x": centre_x(heat)}
                                     for (cid, heat), p in zip(chars, chances)]})
-    summary = Path(out_dir) / "gradcam.json"
-    write_json(summary, {"layer": found.layer, "method": found.method, "images": len(results), "readings": rows},
-               indent=1)
-    return [(sheet, "gradcam"), (summary, "gradcam")]
+    summary = {"layer": found.layer, "method": found.method, "images": len(results), "readings": rows}
+    return gradcam_sheet(images, found, captions, char_name), summary
+
+
+def explain_images(cfg, predictor, images: np.ndarray, paths: list, results: list[dict], out_dir,
+                   labels: list[str] | None = None) -> list[tuple[Path, str]]:
+    """`heat_maps` written into out_dir as gradcam.png and gradcam.json; returns (file, MLflow
+    artifact folder) pairs."""
+    sheet, summary = heat_maps(cfg, predictor, images, paths, results, labels)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_dir / "gradcam.png")
+    write_json(out_dir / "gradcam.json", summary, indent=1)
+    return [(out_dir / "gradcam.png", "gradcam"), (out_dir / "gradcam.json", "gradcam")]

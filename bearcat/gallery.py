@@ -19,6 +19,15 @@ def _font(size: int):
 def contact_sheet(images: np.ndarray, captions: list[str], path, columns: int = 4,
                   colors: list | None = None, scale: int = 1) -> Path:
     """Grid of uint8 (H, W, C) images, each with its caption underneath, saved as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet_image(images, captions, columns, colors, scale).save(path)
+    return path
+
+
+def sheet_image(images: np.ndarray, captions: list[str], columns: int = 4, colors: list | None = None,
+                scale: int = 1) -> Image.Image:
+    """`contact_sheet`'s grid as an image, for a caller that sends it rather than saves it."""
     h, w = images.shape[1] * scale, images.shape[2] * scale
     cell_w, cell_h = max(w, 160), h + 30
     rows = max(1, (len(images) + columns - 1) // columns)
@@ -30,10 +39,7 @@ def contact_sheet(images: np.ndarray, captions: list[str], path, columns: int = 
         tile = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
         sheet.paste(tile.resize((w, h), Image.NEAREST) if scale != 1 else tile, (x, y))
         draw.text((x + 2, y + h + 2), text, fill=colors[k] if colors else (0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return sheet
 
 
 def prediction_gallery(images: np.ndarray, truths: list[str], results: list[dict], path,

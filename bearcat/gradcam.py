@@ -23,12 +23,11 @@ every character's, or every position when all are blank (reserved id 0). One-lab
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bearcat.gallery import contact_sheet
+from bearcat.gallery import sheet_image
 from bearcat.modes.ctc import best_path
 
 EPS = 1e-7
@@ -189,7 +188,7 @@ def centre_x(heat: np.ndarray) -> float | None:
     return float((columns * (np.arange(len(columns)) + 0.5)).sum() / columns.sum())
 
 
-def gradcam_sheet(images: np.ndarray, found: Explanation, captions: list[str], path, char_name=str) -> Path:
+def gradcam_sheet(images: np.ndarray, found: Explanation, captions: list[str], char_name=str) -> Image.Image:
     """A contact sheet of `found`, one row per image: the whole reading's map (captioned),
     then one map per character read, captioned with `char_name(class id)` and its probability."""
     columns = 1 + max(map(len, found.characters), default=0)
@@ -204,4 +203,4 @@ def gradcam_sheet(images: np.ndarray, found: Explanation, captions: list[str], p
             texts.append(f"{k + 1}: {char_name(cid)} ({p:.2f})")
         tiles += [blank] * (columns - 1 - len(chars))
         texts += [""] * (columns - 1 - len(chars))
-    return contact_sheet(np.stack(tiles), texts, path, columns=columns, scale=2)
+    return sheet_image(np.stack(tiles), texts, columns=columns, scale=2)

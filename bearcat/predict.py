@@ -102,7 +102,6 @@ def draw_heat_maps(cfg: DictConfig, predictor, rows: list[tuple[Path, dict]], fo
 
     chosen = sorted(rows, key=lambda row: float(row[1]["confidence"]))[:int(cfg.gradcam_images)]
     images = np.stack([preprocess(path, predictor.pre) for path, _ in chosen])
-    folder.mkdir(parents=True, exist_ok=True)
     explain_images(cfg, predictor, images, [path for path, _ in chosen], [r for _, r in chosen], folder)
     return folder / "gradcam.png"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import io
 import json
 import logging
 import os
@@ -161,23 +162,22 @@ HEAT_MAPS = {"gradcam_layer": None, "gradcam_method": "hirescam"}  # /v1/explain
 
 def heat_map_answer(explainer, array) -> dict:
     """One preprocessed image read by the Keras `explainer` -> its reading, each character's
-    probability and centre of heat (bearcat.analysis.explain_images), and the maps as a PNG
-    data URL: the whole reading first, then one per character."""
+    probability and centre of heat (bearcat.analysis.heat_maps), and the maps as a PNG data
+    URL: the whole reading first, then one per character."""
     import base64
-    import tempfile
     from types import SimpleNamespace
 
-    from bearcat.analysis import explain_images
+    from bearcat.analysis import heat_maps
 
     images = array[None]
     probs = explainer.model.predict_on_batch(images.astype("float32"))  # once: the reading, and the maps' scores
     result = explainer.mode.decode(probs)[0]
-    with tempfile.TemporaryDirectory() as folder:
-        explain_images(SimpleNamespace(**HEAT_MAPS), explainer, images, ["upload"], [result], folder, probs=probs)
-        reading = json.loads((Path(folder) / "gradcam.json").read_text(encoding="utf-8"))["readings"][0]
-        png = base64.b64encode((Path(folder) / "gradcam.png").read_bytes()).decode("ascii")
+    sheet, summary = heat_maps(SimpleNamespace(**HEAT_MAPS), explainer, images, ["upload"], [result], probs=probs)
+    png = io.BytesIO()
+    sheet.save(png, format="PNG")
     return {"result": result["result"], "confidence": float(result["confidence"]),
-            "characters": reading["characters"], "image": f"data:image/png;base64,{png}"}
+            "characters": summary["readings"][0]["characters"],
+            "image": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")}
 
 
 def warm_up(predictor) -> float:
