@@ -1,7 +1,8 @@
-"""Two evaluations of the same images, compared: `python -m bearcat.compare a=EVAL b=EVAL`.
+"""Two readers of the same images, compared: `python -m bearcat.compare a=RUN b=RUN`.
 
-Is model B better than model A on this test set, or is the gap chance? Each evaluation
-(`python -m bearcat.evaluate`) writes every image's reading to `analysis/predictions.csv`;
+Is model B better than model A on this test set, or is the gap chance? Every training run
+writes its test split's readings to `predictions/test_predictions.csv` and every evaluation
+(`python -m bearcat.evaluate`, any data, runtime or decoder) to `analysis/predictions.csv`;
 given two (their output folders, the CSV files, or their MLflow run ids), this matches the
 images by file, counts those only one of the two reads right, and gives B's accuracy minus
 A's with its 95% interval and the exact McNemar p-value (bearcat/metrics.py). Paired, so far
@@ -24,31 +25,35 @@ from bearcat.metrics import mcnemar_p, paired_difference, wilson_interval
 
 log = logging.getLogger("bearcat.compare")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-PREDICTIONS = "analysis/predictions.csv"  # where evaluate writes the readings (bearcat/analysis.py)
+# where the readings are: an evaluation's (bearcat/analysis.py), then a training run's of its test split
+PREDICTIONS = ("analysis/predictions.csv", "predictions/test_predictions.csv")
 SHOWN = 20  # disagreements listed in compare.md (compare.json has them all)
 SIGNIFICANT = 0.05
 
 
 def predictions_file(key: str, source: str, scratch: Path) -> Path:
-    """The predictions.csv of an evaluation given as its output folder, the file itself, or
-    its MLflow run id (downloaded into scratch)."""
+    """The readings of an evaluation or a training run (its test split) given as its output
+    folder, the CSV itself, or its MLflow run id (downloaded into scratch)."""
     path = Path(source)
     if path.is_file():
         return path
+    wanted = " or ".join(PREDICTIONS)
     if path.is_dir():
-        found = path / PREDICTIONS
-        if not found.is_file():
-            raise FileNotFoundError(f"{key}={source}: no {PREDICTIONS} in this folder; give an evaluation's output "
-                                    "folder (python -m bearcat.evaluate writes it), its predictions.csv or its run id")
+        found = next((path / name for name in PREDICTIONS if (path / name).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{key}={source}: no {wanted} in this folder; give the output folder of an "
+                                    "evaluation or a training run, its CSV of readings, or its MLflow run id")
         return found
     if RUN_ID.fullmatch(source):
         from bearcat import tracking
 
-        try:
-            return tracking.download_artifacts(source, PREDICTIONS, str(scratch / source))
-        except Exception as err:  # MLflow raises several types for an unknown run or artifact
-            raise FileNotFoundError(f"{key}={source}: MLflow run without {PREDICTIONS} in {tracking.current_uri()} "
-                                    f"(an evaluate run has one; a training run does not): {err}") from None
+        for name in PREDICTIONS:
+            try:
+                return tracking.download_artifacts(source, name, str(scratch / source))
+            except Exception:  # MLflow raises several types for an unknown run or artifact
+                continue
+        raise FileNotFoundError(f"{key}={source}: no MLflow run with {wanted} in {tracking.current_uri()} (evaluate "
+                                "runs have the first; training runs logged before 2026-12-06 have neither)")
     raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
 
 
@@ -70,15 +75,22 @@ def read_predictions(key: str, path: Path) -> dict[str, tuple[str, str]]:
 
 
 def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]]) -> dict:
-    """The paired comparison of two evaluations' readings on the files both read."""
+    """The paired comparison of two readers' readings on the files both read: matched by path,
+    or by file name when no path is shared (the same data read from another folder or cache)
+    and the names are unique on both sides."""
     common = [f for f in a if f in b]
     if not common:
-        raise ValueError("a and b share no image file: evaluate both models on the same data (same dataset "
-                         "settings and split) to compare them")
+        by_name = [{Path(f).name: reading for f, reading in side.items()} for side in (a, b)]
+        if all(len(named) == len(side) for named, side in zip(by_name, (a, b))):
+            a, b = by_name
+            common = [f for f in a if f in b]
+    if not common:
+        raise ValueError("a and b share no image file: compare readings of the same data (the same dataset "
+                         "settings and split; evaluate both models on it)")
     for f in common:
         if a[f][0] != b[f][0]:
-            raise ValueError(f"{f}: labelled {a[f][0]!r} in a but {b[f][0]!r} in b (one evaluation folded the case? "
-                             "evaluate both with the same dataset.lowercase)")
+            raise ValueError(f"{f}: labelled {a[f][0]!r} in a but {b[f][0]!r} in b (one folded the case? read both "
+                             "with the same dataset.lowercase)")
     right_a = {f for f in common if a[f][1] == a[f][0]}
     right_b = {f for f in common if b[f][1] == b[f][0]}
     only_a, only_b = sorted(right_a - right_b), sorted(right_b - right_a)
@@ -112,7 +124,7 @@ def verdict(only_a: int, only_b: int, p: float) -> str:
 
 
 def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
-    lines = ["| | a | b |", "|---|---|---|", f"| evaluation | `{sources['a']}` | `{sources['b']}` |"]
+    lines = ["| | a | b |", "|---|---|---|", f"| readings of | `{sources['a']}` | `{sources['b']}` |"]
     lines.append("| exact match (95% interval) | " + " | ".join(
         f"{result[k]['accuracy']:.4f} ({result[k]['ci_low']:.4f}-{result[k]['ci_high']:.4f})" for k in "ab") + " |")
     lines.append(f"| right where the other is wrong | {result['only_a_right']} | {result['only_b_right']} |")
@@ -132,8 +144,8 @@ def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
 
 
 def compare(a: str, b: str, out: Path, mlflow_cfg=None) -> dict:
-    """Compare evaluations a and b (folders, predictions.csv files or MLflow run ids, looked up
-    in the `mlflow` config's store); compare.json and compare.md into out."""
+    """Compare the readings of a and b (run or evaluation folders, CSV files or MLflow run ids,
+    looked up in the `mlflow` config's store); compare.json and compare.md into out."""
     sources = {"a": str(a), "b": str(b)}
     if any(RUN_ID.fullmatch(s) and not Path(s).exists() for s in sources.values()) and mlflow_cfg is not None:
         import mlflow

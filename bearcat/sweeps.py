@@ -108,6 +108,8 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
     scored = [r for r in rows if r[metric] is not None and r["status"] == "FINISHED"]
     pick = max if direction == "maximize" else min
     best = pick(scored, key=lambda r: r[metric]) if scored else None
+    if best is not None:
+        against_best(rows, best)
 
     columns = list(dict.fromkeys(k for r in rows for k in r)) or ["job", "run_id", "status", "overrides", metric]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,37 @@ def summarize(parent_id: str, metric: str, direction: str, out_dir: Path) -> dic
                            ("best_overrides", best["overrides"])):
             client.set_tag(parent_id, f"bearcat.{key}", str(value))
     return {"rows": rows, "best": best, "curve": curve}
+
+
+def against_best(rows: list[dict], best: dict) -> None:
+    """Each finished job's test readings paired with the best job's (bearcat.compare): its
+    `vs_best_difference` (test accuracy minus the best job's) and `vs_best_p` (exact McNemar:
+    could chance give a gap this size?). Only for jobs that read the same test images (not
+    another design's) and logged their readings (runs before 2026-12-06 did not)."""
+    import tempfile
+
+    import mlflow
+
+    from bearcat.compare import compare_readings, read_predictions
+
+    with tempfile.TemporaryDirectory() as scratch:
+        def readings(run_id: str) -> dict | None:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=f"{scratch}/{run_id}",
+                                                           artifact_path="predictions/test_predictions.csv")
+            except (mlflow.exceptions.MlflowException, OSError):
+                return None
+            return read_predictions(run_id, Path(path))
+
+        own = readings(best["run_id"])
+        for row in rows:
+            if own is None or row is best or row["status"] != "FINISHED":
+                continue
+            other = readings(row["run_id"])
+            if other is None or set(other) != set(own) or any(other[f][0] != own[f][0] for f in own):
+                continue
+            paired = compare_readings(own, other)
+            row["vs_best_difference"], row["vs_best_p"] = paired["difference"], paired["mcnemar_p"]
 
 
 def download_summary(parent_id: str, dst: Path) -> Path:

@@ -255,6 +255,7 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     import keras
 
     from bearcat import tracking
+    from bearcat.analysis import write_predictions
     from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer
     from bearcat.data.augment import build_augment
@@ -358,6 +359,9 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         gallery = prediction_gallery(test_split.images, test_split.labels, results,
                                      out_dir / "predictions" / "test_gallery.png")
         tracking.log_artifact(gallery, "predictions")
+        # every test image's reading: what `bearcat.compare` pairs two runs by
+        tracking.log_artifact(write_predictions(out_dir / "predictions" / "test_predictions.csv",
+                                                list(test_split.paths), test_split.labels, results), "predictions")
         bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
                               {"mlflow_run_id": run.info.run_id})
         tracking.log_artifacts(bundle, "model")

@@ -3,6 +3,7 @@ latency, failures gallery and Grad-CAM, logged to MLflow."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -57,14 +58,16 @@ def test_report_tables_by_mode_kind_and_predictions_csv(tmp_path):
     metrics, files = write_report(tmp_path / "text", ["学习", "AB", "ABD"], results, 0.7)
     assert {f.name for f in files} == {"confusions.json", "per_character.json", "by_length.json",
                                        "failure_kinds.json", "confidence_histogram.json",
-                                       "confidence_histogram.png"}
+                                       "confidence_histogram.png", "answer_thresholds.json", "answer_thresholds.md"}
+    # two of three right, the wrong one at 0.8: 95% right only above it, at 0.9 (a third answered)
+    assert metrics["answered_at_95"] == pytest.approx(1 / 3) and metrics["threshold_at_95"] == 0.9
     assert metrics["accuracy_length_2"] == 1.0 and metrics["accuracy_length_3"] == 0.0
     assert metrics["failures_substituted"] == 1
     per_char = json.loads((tmp_path / "text" / "per_character.json").read_text(encoding="utf-8"))
     assert {"truth": "学", "count": 1, "right": 1, "recall": 1.0, "read_as": None} in per_char
     metrics, files = write_report(tmp_path / "classes", ["star", "ring"], results[:2], 0.7, text=False)
     assert {f.name for f in files} == {"confusions.json", "per_class.json", "confidence_histogram.json",
-                                       "confidence_histogram.png"}
+                                       "confidence_histogram.png", "answer_thresholds.json", "answer_thresholds.md"}
     assert not any(k.startswith(("failures_", "accuracy_length_")) for k in metrics)
     csv_path = write_predictions(tmp_path / "p.csv", ["a/学习_1.png", "b.png", "c.png"], ["学习", "AB", "ABD"],
                                  results)
@@ -374,8 +377,9 @@ def test_labels_the_model_cannot_produce_are_scored_as_failures(trained_run, swu
 def test_two_evaluations_are_compared_image_by_image(trained_run, tmp_path, monkeypatch):
     """`python -m bearcat.compare`: an evaluation against copies of its readings with some
     wrong ones set right: the counts, b - a with its interval, the exact McNemar p (by hand:
-    3 to 0 is 2/8, 7 to 0 is 2/128) and the verdict; evaluations given as an MLflow run id, a
-    folder and a CSV; refused by name: a training run (no readings), another label for an
+    3 to 0 is 2/8, 7 to 0 is 2/128) and the verdict; readings given as an MLflow run id, a
+    folder and a CSV, of an evaluation or of a training run (its test split, read as its
+    evaluation reads it); refused by name: a run without readings, another label for an
     image, no image in common, a missing folder."""
     import csv
     import subprocess
@@ -432,12 +436,20 @@ def test_two_evaluations_are_compared_image_by_image(trained_run, tmp_path, monk
     same = compare(str(readings), str(tmp_path / "eval"), tmp_path / "same")
     assert (same["only_a_right"], same["only_b_right"], same["mcnemar_p"]) == (0, 0, 1.0)
 
-    with pytest.raises(FileNotFoundError, match="a training run does not"):
-        compare(trained_run["run_id"], str(readings), tmp_path / "x")
+    # a training run's own readings of its test split (its run id, or its folder): the evaluation's
+    trained = compare(trained_run["run_id"], str(tmp_path / "eval"), tmp_path / "trained")
+    assert (trained["images"], trained["only_a_right"], trained["only_b_right"]) == (n, 0, 0)
+    assert trained["a"] == trained["b"]
+    assert compare(str(trained_run["output_dir"]), str(readings), tmp_path / "trained_dir")["images"] == n
+    with pytest.raises(FileNotFoundError, match="no MLflow run with analysis/predictions.csv or predictions/test"):
+        compare("0" * 32, str(readings), tmp_path / "x")
     relabelled = variant("relabelled", 0, lambda copy: copy[0].update(label=copy[0]["label"] + "X"))
     with pytest.raises(ValueError, match=f"{rows[0]['file']}: labelled"):
         compare(str(readings), str(relabelled), tmp_path / "x")
-    elsewhere = variant("elsewhere", 0, lambda copy: [r.update(file="other/" + r["file"]) for r in copy])
+    # the same images in another folder (another cache): matched by file name
+    moved = variant("moved", 3, lambda copy: [r.update(file="other/" + Path(r["file"]).name) for r in copy])
+    assert compare(str(readings), str(moved), tmp_path / "moved")["only_b_right"] == 3
+    elsewhere = variant("elsewhere", 0, lambda copy: [r.update(file="other/x" + Path(r["file"]).name) for r in copy])
     with pytest.raises(ValueError, match="share no image file"):
         compare(str(readings), str(elsewhere), tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="b=.*nowhere: no such file or folder"):

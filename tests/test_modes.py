@@ -58,6 +58,10 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
     assert (logged["test_accuracy_ci_low"], logged["test_accuracy_ci_high"]) == pytest.approx(
         wilson_interval(right, tested))
     assert logged["test_accuracy_ci_high"] - logged["test_accuracy_ci_low"] > 0.15
+    # every test image's reading, for bearcat.compare: as many right as the accuracy says
+    rows = (Path(cfg.paths.output_dir) / "predictions" / "test_predictions.csv").read_text().splitlines()
+    assert rows[0] == "file,label,prediction,confidence,right" and len(rows) == 1 + tested
+    assert sum(int(r.rsplit(",", 1)[1]) for r in rows[1:]) == right
     # what optimized_metric is checked against before training is what the run returned
     assert run_metric_names(cfg) == sorted(set(metrics) - {"mlflow_run_id"})
     # the bundle serves the mode it was trained with

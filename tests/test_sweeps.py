@@ -83,6 +83,15 @@ def test_multirun_parent_children_and_summary(tmp_path, launcher):
     chosen = max((by_job["0"], by_job["1"]), key=lambda c: c.data.metrics["best_val_accuracy"])  # ties: job 0
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(chosen.data.metrics["best_val_accuracy"])
     assert "best_test_accuracy" not in parent.data.metrics
+    # the other job's test readings paired with the best job's: same test images, so a difference
+    # and an exact McNemar p (blank for the best job itself)
+    for row in rows:
+        if row["run_id"] == chosen.info.run_id:
+            assert row["vs_best_difference"] == row["vs_best_p"] == ""
+        else:
+            assert float(row["vs_best_difference"]) == pytest.approx(
+                float(row["test_accuracy"]) - chosen.data.metrics["test_accuracy"])
+            assert 0.0 < float(row["vs_best_p"]) <= 1.0
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_finished"] == 2
     assert parent.data.tags["bearcat.best_run_id"] == chosen.info.run_id
     md = (sweep_dir / "sweep_summary.md").read_text().splitlines()
