@@ -78,12 +78,12 @@ def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]
     """The paired comparison of two readers' readings on the files both read: matched by path,
     or by file name when no path is shared (the same data read from another folder or cache)
     and the names are unique on both sides."""
-    common = [f for f in a if f in b]
+    common, matched_by = [f for f in a if f in b], "path"
     if not common:
         by_name = [{Path(f).name: reading for f, reading in side.items()} for side in (a, b)]
         if all(len(named) == len(side) for named, side in zip(by_name, (a, b))):
             a, b = by_name
-            common = [f for f in a if f in b]
+            common, matched_by = [f for f in a if f in b], "file name"
     if not common:
         raise ValueError("a and b share no image file: compare readings of the same data (the same dataset "
                          "settings and split; evaluate both models on it)")
@@ -102,7 +102,7 @@ def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]
         ci_low, ci_high = wilson_interval(len(right), n)
         return {"accuracy": len(right) / n, "ci_low": ci_low, "ci_high": ci_high}
 
-    return {"images": n, "only_in_a": len(a) - n, "only_in_b": len(b) - n,
+    return {"images": n, "matched_by": matched_by, "only_in_a": len(a) - n, "only_in_b": len(b) - n,
             "a": accuracy(right_a), "b": accuracy(right_b),
             "both_right": len(right_a & right_b), "neither_right": n - len(right_a | right_b),
             "only_a_right": len(only_a), "only_b_right": len(only_b),
@@ -130,6 +130,9 @@ def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
     lines.append(f"| right where the other is wrong | {result['only_a_right']} | {result['only_b_right']} |")
     lines += ["", f"{result['images']} images read by both: {result['both_right']} right in both, "
                   f"{result['neither_right']} in neither."]
+    if result["matched_by"] == "file name":  # generated captchas: one text drawn two ways
+        lines.append("Matched by file name (no path in common): the same images in other folders, or, for two "
+                     "generated designs with the same dataset.seed, each text drawn by both.")
     if result["only_in_a"] or result["only_in_b"]:
         lines.append(f"Left out, read by one only: {result['only_in_a']} of a's, {result['only_in_b']} of b's.")
     lines += ["", f"b - a: {result['difference']:+.4f} (95% interval {result['difference_ci_low']:+.4f} to "

@@ -448,7 +448,10 @@ def test_two_evaluations_are_compared_image_by_image(trained_run, tmp_path, monk
         compare(str(readings), str(relabelled), tmp_path / "x")
     # the same images in another folder (another cache): matched by file name
     moved = variant("moved", 3, lambda copy: [r.update(file="other/" + Path(r["file"]).name) for r in copy])
-    assert compare(str(readings), str(moved), tmp_path / "moved")["only_b_right"] == 3
+    moved_result = compare(str(readings), str(moved), tmp_path / "moved")
+    assert (moved_result["matched_by"], moved_result["only_b_right"]) == ("file name", 3)
+    assert "Matched by file name" in (tmp_path / "moved" / "compare.md").read_text()
+    assert result["matched_by"] == "path"
     elsewhere = variant("elsewhere", 0, lambda copy: [r.update(file="other/x" + Path(r["file"]).name) for r in copy])
     with pytest.raises(ValueError, match="share no image file"):
         compare(str(readings), str(elsewhere), tmp_path / "x")
