@@ -153,9 +153,9 @@ def against_best(rows: list[dict], best: dict) -> None:
             try:
                 path = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=f"{scratch}/{run_id}",
                                                            artifact_path="predictions/test_predictions.csv")
-            except (mlflow.exceptions.MlflowException, OSError):
-                return None
-            return read_predictions(run_id, Path(path))
+                return read_predictions(run_id, Path(path))
+            except (mlflow.exceptions.MlflowException, OSError, ValueError):  # no readings, or unreadable ones:
+                return None  # no comparison for that job, and the summary still gets written
 
         own = readings(best["run_id"])
         for row in rows:
