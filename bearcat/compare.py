@@ -93,10 +93,10 @@ def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]
                              "with the same dataset.lowercase)")
     right_a = {f for f in common if a[f][1] == a[f][0]}
     right_b = {f for f in common if b[f][1] == b[f][0]}
-    only_a, only_b = sorted(right_a - right_b), sorted(right_b - right_a)
+    only_a, only_b = len(right_a - right_b), len(right_b - right_a)
     n = len(common)
-    difference, low, high = paired_difference(len(only_a), len(only_b), n)
-    p = mcnemar_p(len(only_a), len(only_b))
+    difference, low, high = paired_difference(only_a, only_b, n)
+    p = mcnemar_p(only_a, only_b)
 
     def accuracy(right: set) -> dict:
         ci_low, ci_high = wilson_interval(len(right), n)
@@ -105,9 +105,9 @@ def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]
     return {"images": n, "matched_by": matched_by, "only_in_a": len(a) - n, "only_in_b": len(b) - n,
             "a": accuracy(right_a), "b": accuracy(right_b),
             "both_right": len(right_a & right_b), "neither_right": n - len(right_a | right_b),
-            "only_a_right": len(only_a), "only_b_right": len(only_b),
+            "only_a_right": only_a, "only_b_right": only_b,
             "difference": difference, "difference_ci_low": low, "difference_ci_high": high, "mcnemar_p": p,
-            "verdict": verdict(len(only_a), len(only_b), p),
+            "verdict": verdict(only_a, only_b, p),
             "disagreements": [{"file": f, "label": a[f][0], "a": a[f][1], "b": b[f][1]}
                               for f in common if f in right_a ^ right_b]}
 
