@@ -24,6 +24,12 @@ FORMAT = "bearcat-bundle/1"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id
 
 
+def is_run_id(source) -> bool:
+    """`source` names an MLflow run: it looks like a run id and is no path here (a folder or
+    file of that name wins)."""
+    return RUN_ID.match(str(source)) is not None and not Path(str(source)).exists()
+
+
 def write_bundle(folder, model, mode, pre: PreprocessConfig, extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +146,7 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
         return Path(model).parent
     # MLflow only for the registry or a run id: a local bundle starts without importing it,
     # and a mistyped path fails on its name without opening (or creating) a tracking store.
-    if model.startswith("models:/") or (not Path(model).exists() and RUN_ID.match(model)):
+    if model.startswith("models:/") or is_run_id(model):
         require_mlflow(key, model)
         from bearcat import tracking
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -21,12 +20,13 @@ from omegaconf import DictConfig
 
 from bearcat import CONFIG_DIR
 from bearcat.atomic import write_json
+from bearcat.bundle import is_run_id
 from bearcat.metrics import mcnemar_p, paired_difference, wilson_interval
 
 log = logging.getLogger("bearcat.compare")
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-# where the readings are: an evaluation's (bearcat/analysis.py), then a training run's of its test split
-PREDICTIONS = ("analysis/predictions.csv", "predictions/test_predictions.csv")
+EVALUATED = "analysis/predictions.csv"  # an evaluation's readings (bearcat/analysis.py)
+TESTED = "predictions/test_predictions.csv"  # a training run's, of its test split (bearcat/train.py)
+PREDICTIONS = (EVALUATED, TESTED)
 SHOWN = 20  # disagreements listed in compare.md (compare.json has them all)
 SIGNIFICANT = 0.05
 
@@ -44,17 +44,29 @@ def predictions_file(key: str, source: str, scratch: Path) -> Path:
             raise FileNotFoundError(f"{key}={source}: no {wanted} in this folder; give the output folder of an "
                                     "evaluation or a training run, its CSV of readings, or its MLflow run id")
         return found
-    if RUN_ID.fullmatch(source):
-        from bearcat import tracking
+    if is_run_id(source):
+        found = download_readings(source, scratch)
+        if found is None:
+            from bearcat import tracking
 
-        for name in PREDICTIONS:
-            try:
-                return tracking.download_artifacts(source, name, str(scratch / source))
-            except Exception:  # MLflow raises several types for an unknown run or artifact
-                continue
-        raise FileNotFoundError(f"{key}={source}: no MLflow run with {wanted} in {tracking.current_uri()} (evaluate "
-                                "runs have the first; training runs logged before 2026-12-06 have neither)")
+            raise FileNotFoundError(f"{key}={source}: no MLflow run with {wanted} in {tracking.current_uri()} "
+                                    "(evaluate runs have the first; training runs logged before 2026-12-06 have "
+                                    "neither)")
+        return found
     raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
+
+
+def download_readings(run_id: str, scratch: Path, names: tuple[str, ...] = PREDICTIONS) -> Path | None:
+    """The first of `names` among the MLflow run's artifacts, downloaded into scratch; None
+    when it has none of them (or there is no such run)."""
+    from bearcat import tracking
+
+    for name in names:
+        try:
+            return tracking.download_artifacts(run_id, name, str(Path(scratch) / run_id))
+        except Exception:  # MLflow raises several types for an unknown run or artifact
+            continue
+    return None
 
 
 def read_predictions(key: str, path: Path) -> dict[str, tuple[str, str]]:
@@ -150,7 +162,7 @@ def compare(a: str, b: str, out: Path, mlflow_cfg=None) -> dict:
     """Compare the readings of a and b (run or evaluation folders, CSV files or MLflow run ids,
     looked up in the `mlflow` config's store); compare.json and compare.md into out."""
     sources = {"a": str(a), "b": str(b)}
-    if any(RUN_ID.fullmatch(s) and not Path(s).exists() for s in sources.values()) and mlflow_cfg is not None:
+    if any(is_run_id(s) for s in sources.values()) and mlflow_cfg is not None:
         import mlflow
 
         from bearcat import tracking

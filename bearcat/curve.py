@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import hydra
 from omegaconf import DictConfig
 
 from bearcat import CONFIG_DIR
+from bearcat.bundle import is_run_id
 from bearcat.sweeps import download_summary, learning_curve, log_curve, write_curve
 
 log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("run_id", "status", "overrides")
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def read_summary(path: Path) -> tuple[list[dict], str]:
@@ -51,11 +50,6 @@ def read_summary(path: Path) -> tuple[list[dict], str]:
             raise ValueError(f"sweeps: {path}, column {column}: {text!r} is not a number") from None
 
     return [{c: value(c, r[c]) for c in columns} for r in rows], columns[columns.index("overrides") + 1]
-
-
-def is_run_id(source: str) -> bool:
-    """A sweep given as its MLflow parent run id (a folder of that name wins)."""
-    return RUN_ID.fullmatch(str(source)) is not None and not Path(str(source)).is_dir()
 
 
 def summary_path(source: str, scratch: Path) -> Path:

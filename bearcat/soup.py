@@ -88,10 +88,10 @@ def training_config(name: str, folder: Path) -> Path | None:
     """The training config of a model (config.yaml beside its bundle in a run folder, or its
     MLflow run's, fetched beside the fetched bundle); None when neither exists."""
     from bearcat import tracking
-    from bearcat.bundle import RUN_ID
+    from bearcat.bundle import is_run_id
 
     beside = Path(folder).parent / "config.yaml"
-    if not beside.is_file() and RUN_ID.match(name) and not Path(name).exists():
+    if not beside.is_file() and is_run_id(name):
         try:
             tracking.download_artifacts(name, "config.yaml", str(beside.parent))
         except Exception:  # a run without one (a soup of bare bundles): nothing to log

@@ -144,18 +144,15 @@ def against_best(rows: list[dict], best: dict) -> None:
     another design's) and logged their readings (runs before 2026-12-06 did not)."""
     import tempfile
 
-    import mlflow
-
-    from bearcat.compare import compare_readings, read_predictions
+    from bearcat.compare import TESTED, compare_readings, download_readings, read_predictions
 
     with tempfile.TemporaryDirectory() as scratch:
         def readings(run_id: str) -> dict | None:
+            path = download_readings(run_id, Path(scratch), (TESTED,))
             try:
-                path = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=f"{scratch}/{run_id}",
-                                                           artifact_path="predictions/test_predictions.csv")
-                return read_predictions(run_id, Path(path))
-            except (mlflow.exceptions.MlflowException, OSError, ValueError):  # no readings, or unreadable ones:
-                return None  # no comparison for that job, and the summary still gets written
+                return read_predictions(run_id, path) if path is not None else None
+            except (OSError, ValueError):  # unreadable readings: no comparison for that job, and the
+                return None  # summary still gets written
 
         own = readings(best["run_id"])
         for row in rows:
