@@ -146,9 +146,10 @@ def answer_thresholds(truths: list[str], results: list[dict], thresholds=ANSWER_
     rows = []
     for level in thresholds:
         sure = conf >= level
+        share = float(sure.mean()) if len(conf) else 0.0
         accuracy = float(right[sure].mean()) if sure.any() else None
-        solved = float(sure.mean()) * accuracy if accuracy else 0.0
-        rows.append({"threshold": level, "answered": float(sure.mean()) if len(conf) else 0.0, "accuracy": accuracy,
+        solved = share * accuracy if accuracy else 0.0
+        rows.append({"threshold": level, "answered": share, "accuracy": accuracy,
                      "captchas_per_solved": 1.0 / solved if solved else None,
                      "wrong_per_solved": (1.0 - accuracy) / accuracy if accuracy else None})
     order = np.argsort(-conf, kind="stable")
