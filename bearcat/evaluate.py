@@ -1,4 +1,5 @@
-"""Evaluate entry point: `python -m bearcat.evaluate run_id=ID` (or checkpoint=PATH).
+"""Evaluate entry point: `python -m bearcat.evaluate run_id=ID` (or checkpoint=PATH, or
+model= as predict and serve take it).
 
 Scores a trained bundle on its own test split or any dataset, prints the metrics and logs
 them to an MLflow run nested under the training run.
@@ -19,26 +20,58 @@ log = logging.getLogger("bearcat.evaluate")
 
 
 def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str | None]:
-    """-> (bundle folder, the training config file if known, source MLflow run id)."""
+    """-> (bundle folder, the training config file if known, source MLflow run id). The model
+    is named by `run_id=`, `checkpoint=` (a path) or `model=`, which takes whatever predict's
+    and serve's `model=` takes (a run or bundle folder, a file of a bundle, a run id, or
+    models:/NAME/VERSION)."""
+    from bearcat.bundle import bundle_member, is_run_id, resolve_model
+
+    named = [key for key in ("run_id", "checkpoint", "model") if cfg.get(key)]
+    if len(named) > 1:  # which one would win is not obvious: refuse rather than guess
+        raise ValueError(f"{' and '.join(f'{k}={cfg[k]}' for k in named)}: name the model once")
+    if not named:
+        raise ValueError("pass run_id=<MLflow run id>, checkpoint=<run output folder or bundle folder> or "
+                         "model=<bundle or run folder, run id or models:/NAME/VERSION>")
+    key = named[0]
+    source = str(cfg[key])
+    if key == "model":
+        if bundle_member(source):
+            source = str(Path(source).parent)
+        elif source.startswith("models:/"):
+            bundle = resolve_model(source, workdir, key="model")
+            return bundle, *_run_config(bundle, workdir)
+        if is_run_id(source):
+            key = "run_id"
+    if key == "run_id":
+        return _from_run(source, key, workdir)
+    return _from_path(Path(source), key, workdir)
+
+
+def model_named(cfg: DictConfig) -> str:
+    """What names the model (run_id=, checkpoint= or model=), as logged with an evaluation."""
+    return str(next((cfg[k] for k in ("checkpoint", "model", "run_id") if cfg.get(k)), None))
+
+
+def _from_run(run_id: str, key: str, workdir: str) -> tuple[Path, Path | None, str]:
     from bearcat import tracking
+
+    try:
+        bundle = tracking.download_artifacts(run_id, "model", workdir)
+    except Exception as err:  # MLflow raises several types for an unknown run or artifact
+        raise ValueError(f"{key}={run_id}: cannot fetch the run's model bundle from the MLflow "
+                         f"store {tracking.current_uri()} (MLFLOW_TRACKING_URI picks another store): {err}") from None
+    try:
+        config = tracking.download_artifacts(run_id, "config.yaml", workdir)
+    except Exception:  # a run without a training config (a soup of bundles): dataset= names the data
+        config = None
+    return bundle, config, run_id
+
+
+def _from_path(path: Path, key: str, workdir: str) -> tuple[Path, Path | None, str | None]:
     from bearcat.bundle import BUNDLE_FILE
 
-    if cfg.run_id:
-        try:
-            bundle = tracking.download_artifacts(cfg.run_id, "model", workdir)
-        except Exception as err:  # MLflow raises several types for an unknown run or artifact
-            raise ValueError(f"run_id={cfg.run_id}: cannot fetch the run's model bundle from the MLflow "
-                             f"store {tracking.current_uri()} (MLFLOW_TRACKING_URI picks another store): {err}") from None
-        try:
-            config = tracking.download_artifacts(cfg.run_id, "config.yaml", workdir)
-        except Exception:  # a run without a training config (a soup of bundles): dataset= names the data
-            config = None
-        return bundle, config, cfg.run_id
-    if not cfg.checkpoint:
-        raise ValueError("pass run_id=<MLflow run id> or checkpoint=<run output folder or bundle folder>")
-    path = Path(cfg.checkpoint)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint={path}: not found")
+        raise FileNotFoundError(f"{key}={path}: not found")
     if (path / BUNDLE_FILE).is_file():
         config = path.parent / "config.yaml"
         if config.is_file():
@@ -46,7 +79,7 @@ def locate_bundle(cfg: DictConfig, workdir: str) -> tuple[Path, Path | None, str
         return path, *_run_config(path, workdir)
     if (path / "model" / BUNDLE_FILE).is_file():
         return path / "model", path / "config.yaml", None
-    raise FileNotFoundError(f"checkpoint={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+    raise FileNotFoundError(f"{key}={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
 
 
 def _run_config(bundle: Path, workdir: str) -> tuple[Path | None, str | None]:
@@ -125,10 +158,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat.data.sources import SPLITS
     from bearcat.experiment import load_sources, predict, test_metrics
     from bearcat.gallery import prediction_gallery
-    from bearcat.runtime import load_predictor
+    from bearcat.runtime import load_predictor, named_runtime
 
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
+    if cfg.get("model"):  # model=<bundle>/model.onnx scores that format, as predict and serve run it
+        with open_dict(cfg):
+            cfg.runtime = named_runtime(cfg.model, str(cfg.runtime))
     if cfg.gradcam:
         from bearcat.gradcam import check_settings
 
@@ -177,7 +213,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tags["bearcat.source_run_id"] = source_run
     with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=source_run) as run:
         tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-                             "split": cfg.split, "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run),
+                             "split": cfg.split, "checkpoint": model_named(cfg), "source_run_id": str(source_run),
                              "runtime": runtime, **{k: v for k, v in mode.options.items() if k in decoding}})
         tracking.log_metrics(metrics | {f"skipped_{k.replace(' ', '_')}": v for k, v in skipped.items()})
         tracking.log_artifact(gallery, "predictions")

@@ -1,4 +1,4 @@
-"""Export entry point: `python -m bearcat.export run_id=ID|checkpoint=PATH format=onnx`.
+"""Export entry point: `python -m bearcat.export run_id=ID|checkpoint=PATH|model=... format=onnx`.
 
 Writes an export bundle (default `outputs/exports/<run id>/`): `bundle.json` (vocabulary,
 preprocessing and decoding settings, what was exported and its parity report), the Keras

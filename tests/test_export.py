@@ -563,3 +563,51 @@ def test_quantized_parity_matches_boxes_in_any_order_within_a_few_pixels():
     # text models: the string itself
     assert close_answers({"result": "x7k", "confidence": 0.9}, {"result": "x7k", "confidence": 0.8}, 2)
     assert not close_answers({"result": "x7k"}, {"result": "x7K"}, 2)
+
+
+def test_evaluate_and_export_take_model_as_predict_does(exported, tmp_path, monkeypatch):
+    """model= names the model in evaluate and export as in predict and serve: a registered
+    model (scored on its run's test split, found through bundle.json, and exported again), a
+    file of a bundle (scored in that format), a run id. Two ways at once are refused by name."""
+    import mlflow
+
+    from bearcat.evaluate import evaluate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", exported["tracking_uri"])
+    version = exported["summary"]["registered_version"]
+
+    def scores(*overrides, name: str) -> dict:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return evaluate(compose(config_name="evaluate", overrides=[
+                *overrides, "latency_images=2", f"paths.output_dir={tmp_path / name}",
+                f"paths.cache_dir={exported['root'] / 'cache'}"]))
+
+    by_run = scores(f"run_id={exported['run_id']}", name="run")
+    registered = scores(f"model=models:/{exported['model_name']}/{version}", name="registered")
+    onnx_file = scores(f"model={exported['dir'] / 'model.onnx'}", name="onnx")
+    run_id = scores(f"model={exported['run_id']}", name="model_run_id")
+    test_size = OmegaConf.load(f"{CONF}/debug/fast.yaml").dataset.test_size
+    for got in (registered, onnx_file, run_id):
+        assert got["test_images"] == test_size
+        assert got["test_accuracy"] == pytest.approx(by_run["test_accuracy"])
+        assert got["test_cer"] == pytest.approx(by_run["test_cer"])
+    client = mlflow.tracking.MlflowClient(exported["tracking_uri"])
+    for got, runtime in ((registered, "keras"), (onnx_file, "onnx"), (run_id, "keras")):
+        run = client.get_run(got["mlflow_run_id"])
+        assert run.data.params["runtime"] == runtime
+        assert run.data.tags["mlflow.parentRunId"] == exported["run_id"]
+    assert client.get_run(onnx_file["mlflow_run_id"]).data.params["checkpoint"] == str(exported["dir"] / "model.onnx")
+
+    with pytest.raises(ValueError, match=f"run_id={exported['run_id']} and model=.*: name the model once"):
+        scores(f"run_id={exported['run_id']}", f"model={exported['dir']}", name="twice")
+    with pytest.raises(FileNotFoundError, match="model=.*missing: not found"):
+        scores(f"model={tmp_path / 'missing'}", name="missing")
+    with pytest.raises(ValueError, match="pass run_id=.*checkpoint=.*model="):
+        scores(name="none")
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        summary = export(compose(config_name="export", overrides=[
+            f"model=models:/{exported['model_name']}/{version}", "format=onnx", f"output_dir={tmp_path / 'export'}",
+            f"paths.output_dir={tmp_path / 'export_job'}", f"paths.cache_dir={exported['root'] / 'cache'}"]))
+    assert summary["formats"] == ["onnx"] and summary["parity"]["onnx"]["different_results"] == 0
+    assert read_meta(tmp_path / "export")["mlflow_run_id"] == exported["run_id"]

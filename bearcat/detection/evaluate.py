@@ -16,7 +16,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     from bearcat.data.sources import SPLITS
     from bearcat.detection.predictor import Detector
     from bearcat.detection.train import detection_gallery, score_detections
-    from bearcat.evaluate import evaluation_config
+    from bearcat.evaluate import evaluation_config, model_named
     from bearcat.experiment import load_sources
 
     runtime = str(cfg.get("runtime", "keras"))
@@ -51,7 +51,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     parent = source_run if source_run and tracking.run_exists(source_run) else None
     with tracking.start_run(experiment_id, run_name="evaluate", tags=tags, parent_run_id=parent) as run:
         tracking.log_params({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True), "split": cfg.split,
-                             "checkpoint": str(cfg.checkpoint), "source_run_id": str(source_run),
+                             "checkpoint": model_named(cfg), "source_run_id": str(source_run),
                              "runtime": runtime})
         tracking.log_metrics(metrics)
         for path in (per_class, gallery, out_dir / "metrics.json"):
