@@ -4,6 +4,7 @@ returns a best value. Tiny data (debug=fast) keeps each sweep to a few seconds o
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -104,6 +105,28 @@ def test_multirun_parent_children_and_summary(tmp_path, launcher):
         assert cells[0].endswith("(best)") == (child is chosen)
         assert cells[header.index("test_accuracy")] == f"{child.data.metrics['test_accuracy']:.4f}"
     assert not (sweep_dir / "learning_curve.csv").exists()  # both jobs train on the same images: no curve
+
+
+def test_a_sweep_over_designs_pairs_each_job_with_the_best_text_by_text(tmp_path):
+    """Two designs drawn with the same dataset.seed: other files (other cache folders), the
+    same texts under the same names, so vs_best pairs them by name."""
+    client, sweep_dir = run_sweep(tmp_path, "+dataset.style.noise_lines=0,20", timeout=240)
+    with (sweep_dir / "sweep_summary.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["status"] == "FINISHED" for r in rows)
+    readings = []
+    for job in ("0", "1"):
+        with (sweep_dir / job / "predictions" / "test_predictions.csv").open(encoding="utf-8") as f:
+            readings.append({r["file"]: r["label"] for r in csv.DictReader(f)})
+    assert not set(readings[0]) & set(readings[1])  # no path in common
+    assert sorted((Path(f).name, label) for f, label in readings[0].items()) == sorted(
+        (Path(f).name, label) for f, label in readings[1].items())
+    best = [r for r in rows if r["vs_best_difference"] == ""]
+    other = [r for r in rows if r["vs_best_difference"] != ""]
+    assert len(best) == 1 and len(other) == 1
+    assert float(other[0]["vs_best_difference"]) == pytest.approx(
+        float(other[0]["test_accuracy"]) - float(best[0]["test_accuracy"]))
+    assert 0.0 < float(other[0]["vs_best_p"]) <= 1.0
 
 
 def test_optuna_three_trials_return_a_best_value(tmp_path):
