@@ -88,11 +88,14 @@ def read_predictions(key: str, path: Path) -> dict[str, tuple[str, str]]:
 
 def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]]) -> dict:
     """The paired comparison of two readers' readings on the files both read: matched by path,
-    or by file name when no path is shared (the same data read from another folder or cache)
-    and the names are unique on both sides."""
+    or by file name when no path is shared (the same data read from another folder or cache,
+    or packed with action=pack) and the names are unique on both sides."""
+    from bearcat.data.pack import packed_names
+
     common, matched_by = [f for f in a if f in b], "path"
     if not common:
-        by_name = [{Path(f).name: reading for f, reading in side.items()} for side in (a, b)]
+        packed = packed_names([*a, *b])  # an image of packed data goes by the name it was packed under
+        by_name = [{packed.get(f, Path(f).name): reading for f, reading in side.items()} for side in (a, b)]
         if all(len(named) == len(side) for named, side in zip(by_name, (a, b))):
             a, b = by_name
             common, matched_by = [f for f in a if f in b], "file name"
@@ -143,7 +146,7 @@ def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
     lines += ["", f"{result['images']} images read by both: {result['both_right']} right in both, "
                   f"{result['neither_right']} in neither."]
     if result["matched_by"] == "file name":  # generated captchas: one text drawn two ways
-        lines.append("Matched by file name (no path in common): the same images in other folders, or, for two "
+        lines.append("Matched by file name (no path in common): the same images in other folders or packed, or, for two "
                      "generated designs with the same dataset.seed, each text drawn by both.")
     if result["only_in_a"] or result["only_in_b"]:
         lines.append(f"Left out, read by one only: {result['only_in_a']} of a's, {result['only_in_b']} of b's.")

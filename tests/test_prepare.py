@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bearcat.data.pack import packed
+from bearcat.compare import compare
+from bearcat.data.pack import packed, packed_names
 from bearcat.data.pipeline import load_split
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import folder
+from bearcat.evaluate import evaluate
 from bearcat.experiment import preprocess_config
 from bearcat.prepare import prepare
 from bearcat.train import train
@@ -229,6 +231,21 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
     assert run.data.metrics["data_train_images"] == 80 and run.data.metrics["data_test_images"] == 10
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "preview.png" in {
         a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+    # readings of packed data go by the names the images were packed under: each packed image
+    # is named as its file (3 train shards), and the run's test readings pair with an
+    # evaluation of the same model on the folder itself, image for image
+    pk = packed(str(tmp_path / "packed"))
+    names = packed_names(ref for split in ("train", "val", "test") for ref, _ in getattr(pk, split))
+    for split in ("train", "val", "test"):
+        refs = [ref for ref, _ in getattr(pk, split)]
+        assert [names[r] for r in refs] == [Path(p).name for p, _ in getattr(src, split) if "broken" not in p], split
+    on_folder = evaluate(make_cfg([f"checkpoint={tmp_path / 'run'}", "dataset=folder", f"dataset.root={data}",
+                                   "dataset.lowercase=true", "latency_images=1"], "evaluate", "eval"))
+    paired = compare(metrics["mlflow_run_id"], str(tmp_path / "eval"), tmp_path / "cmp")
+    assert paired["matched_by"] == "file name" and paired["images"] == 10 == on_folder["test_images"]
+    assert (paired["only_in_a"], paired["only_in_b"], paired["only_a_right"], paired["only_b_right"]) == (0, 0, 0, 0)
+    assert paired["a"]["accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
 def test_preview_sheet_shows_augmented_training_images(make_cfg, swust_copy, tmp_path):

@@ -143,6 +143,39 @@ def packed(root: str | None, lowercase: bool = False, charset: str | None = None
                   charset=(charset.lower() if lowercase and charset else charset) or None)
 
 
+def packed_names(refs) -> dict[str, str]:
+    """{ref: the file name the image had when it was packed} for the refs (`<shard>#<index>`,
+    as dataset=packed names its images) whose packed.json is still beside the shard; other
+    refs are left out. Lets readings of packed data be matched with readings of the folder."""
+    names, shards = {}, {}
+    for ref in refs:
+        shard, sep, index = str(ref).rpartition("#")
+        if not (sep and shard.endswith(".tfrecord") and index.isdigit()):
+            continue
+        folder = Path(shard).parent
+        if folder not in shards:
+            shards[folder] = _shard_names(folder)
+        packed_here = shards[folder].get(Path(shard).name, [])
+        if int(index) < len(packed_here):
+            names[ref] = packed_here[int(index)]
+    return names
+
+
+def _shard_names(folder: Path) -> dict[str, list[str]]:
+    """{shard file: the file names packed into it, in record order}; {} without a manifest."""
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError):  # gone, or not a packed folder after all
+        return {}
+    out = {}
+    for entry in manifest.get("splits", {}).values():
+        names, start = entry.get("names", []), 0
+        for shard in entry["shards"]:
+            out[shard["file"]] = names[start:start + shard["count"]]
+            start += shard["count"]
+    return out
+
+
 def _records(path: str):
     """The records of a TFRecord file (framing: length, length CRC, data, data CRC). Read
     in plain Python: ~10x faster than a tf.data reader for small records. The CRCs are not
