@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bearcat.atomic import write_json
+from bearcat.data.pack import is_ref, packed_files
 from bearcat.gallery import _font
 
 
@@ -229,6 +230,13 @@ def latency(predictor, sources: list, repeats: int = 1) -> dict:
             "latency_ms_mean": float(t.mean())}
 
 
+def timed_sources(paths: list[str]) -> list:
+    """What `latency` times for each image: its file, or for packed data the file's bytes
+    kept in the shard; packed raw data keeps no file, so none of it is timed."""
+    packed = packed_files(paths)
+    return [packed[p][1] if p in packed else p for p in paths if p in packed or not is_ref(p)]
+
+
 def write_predictions(path, paths: list[str], truths: list[str], results: list[dict]) -> Path:
     """Every image's reading as CSV (file, label, prediction, confidence, right), in data
     order: for the user's own analysis."""
@@ -303,12 +311,18 @@ def write_suspects(folder, suspects: list[int], paths: list[str], truths: list[s
     copies = folder / "label_suspects"
     shutil.rmtree(copies, ignore_errors=True)
     copies.mkdir()
+    packed = packed_files([paths[i] for i in suspects])  # dataset=packed: the files kept in the shards
     for k, i in enumerate(suspects):
-        source = Path(paths[i])
+        if is_ref(paths[i]) and paths[i] not in packed:
+            continue  # packed raw: no file was kept; the table and the sheet show it
+        source = Path(packed[paths[i]][0] if paths[i] in packed else paths[i])
         target = copies / source.name
         if target.exists():  # the same name in two splits: keep both
             target = copies / f"{source.stem}_{k}{source.suffix}"
-        shutil.copy2(source, target)
+        if paths[i] in packed:
+            target.write_bytes(packed[paths[i]][1])
+        else:
+            shutil.copy2(source, target)
     if not suspects:
         return [table]
     return [table, reading_sheet(images, truths, results, suspects[:48], folder / "label_suspects.png", scale=2)]
@@ -327,7 +341,7 @@ def deep_evaluation(cfg, predictor, data, results: list[dict], out_dir) -> tuple
                                   text=predictor.mode.text, answer_at=cfg.get("answer_threshold"))
     files.append(write_predictions(out_dir / "analysis" / "predictions.csv", list(data.paths), data.labels, results))
     artifacts = [(f, "analysis") for f in files]
-    metrics |= latency(predictor, list(data.paths[:cfg.latency_images]))
+    metrics |= latency(predictor, timed_sources(list(data.paths[:cfg.latency_images])))
     failed = [i for i, (r, t) in enumerate(zip(results, data.labels)) if r["result"] != t]
     metrics["failures"] = len(failed)
     suspects = label_suspects(data.labels, results, cfg.suspect_confidence)

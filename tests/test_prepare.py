@@ -247,6 +247,20 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
     assert (paired["only_in_a"], paired["only_in_b"], paired["only_a_right"], paired["only_b_right"]) == (0, 0, 0, 0)
     assert paired["a"]["accuracy"] == pytest.approx(metrics["test_accuracy"])
 
+    # evaluated on packed data itself: timed from the file bytes kept in the shards, and the
+    # label suspects copied out under their packed names; raw data keeps no file to time or copy
+    on_packed = evaluate(make_cfg([f"checkpoint={tmp_path / 'run'}", "latency_images=2", "suspect_confidence=0"],
+                                  "evaluate", "eval_packed"))
+    assert on_packed["test_images"] == 10 and on_packed["test_latency_ms_p50"] > 0
+    copied = sorted(p.name for p in (tmp_path / "eval_packed" / "analysis" / "label_suspects").iterdir())
+    assert len(copied) == on_packed["test_label_suspects"] == on_packed["test_failures"] > 0
+    assert set(copied) <= {Path(p).name for p, _ in src.test}
+    on_raw = evaluate(make_cfg([f"checkpoint={tmp_path / 'run'}", "dataset=packed", f"dataset.root={tmp_path / 'raw'}",
+                                "latency_images=2", "suspect_confidence=0"], "evaluate", "eval_raw"))
+    assert on_raw["test_images"] == 10 and "test_latency_ms_p50" not in on_raw
+    assert on_raw["test_accuracy"] == pytest.approx(on_packed["test_accuracy"])
+    assert not list((tmp_path / "eval_raw" / "analysis" / "label_suspects").iterdir())
+
 
 def test_preview_sheet_shows_augmented_training_images(make_cfg, swust_copy, tmp_path):
     data = tmp_path / "data"

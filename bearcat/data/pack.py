@@ -148,17 +148,40 @@ def packed_names(refs) -> dict[str, str]:
     as dataset=packed names its images) whose packed.json is still beside the shard; other
     refs are left out. Lets readings of packed data be matched with readings of the folder."""
     names, shards = {}, {}
-    for ref in refs:
-        shard, sep, index = str(ref).rpartition("#")
-        if not (sep and shard.endswith(".tfrecord") and index.isdigit()):
-            continue
+    for ref, shard, index in _packed_refs(refs):
         folder = Path(shard).parent
         if folder not in shards:
             shards[folder] = _shard_names(folder)
         packed_here = shards[folder].get(Path(shard).name, [])
-        if int(index) < len(packed_here):
-            names[ref] = packed_here[int(index)]
+        if index < len(packed_here):
+            names[ref] = packed_here[index]
     return names
+
+
+def packed_files(refs) -> dict[str, tuple[str, bytes]]:
+    """{ref: (the file name it was packed under, the file's bytes)} for the refs of packed
+    data that keeps the files (pack.encoding=file): what evaluate times from file to answer
+    and copies for review. Refs of raw-encoded data (no file kept) and other paths are left
+    out."""
+    out, shards, encodings = {}, {}, {}
+    for ref, shard, index in _packed_refs(refs):
+        folder = Path(shard).parent
+        if folder not in encodings:
+            encodings[folder] = read_manifest(folder)["encoding"]
+        if encodings[folder] != "file":
+            continue
+        if shard not in shards:
+            shards[shard] = _read_shard(shard)
+        out[ref] = (shards[shard]["name"][index], shards[shard]["image"][index])
+    return out
+
+
+def _packed_refs(refs):
+    """(ref, shard file, record index) of each packed record's ref among `refs`."""
+    for ref in refs:
+        match = _REF.match(str(ref))
+        if match:
+            yield ref, match.group(1), int(match.group(2))
 
 
 def _shard_names(folder: Path) -> dict[str, list[str]]:
