@@ -23,6 +23,11 @@ def _root(cfg: DictConfig) -> str:
     root = cfg.dataset.get("root")
     if root in (None, "", "???"):
         raise ValueError(f"action={cfg.action} works on a folder: pass dataset=folder dataset.root=PATH")
+    from bearcat.data.pack import MANIFEST
+
+    if (Path(root) / MANIFEST).is_file():  # else it reports "0 images" and looks like an empty folder
+        raise ValueError(f"action={cfg.action}: dataset.root={root} holds packed data ({MANIFEST}); run it on "
+                         "the folder of images the data was packed from (pack leaves out unreadable images)")
     return root
 
 

@@ -207,6 +207,10 @@ def test_pack_is_lossless_and_trains_from_packed(make_cfg, swust_copy, tmp_path)
     assert raw["counts"] == out["counts"]
     with pytest.raises(FileExistsError, match="already holds packed data"):
         prepare(make_cfg(base + [f"pack.output={tmp_path / 'packed'}"], config_name="prepare"))
+    for action in ("check", "split"):  # they work on folders of images, not on shards
+        with pytest.raises(ValueError, match=f"action={action}: dataset.root=.*packed holds packed data"):
+            prepare(make_cfg([f"action={action}", "dataset=packed", f"dataset.root={tmp_path / 'packed'}"],
+                             config_name="prepare"))
 
     pre = preprocess_config(make_cfg([]))
     src = folder(str(data), lowercase=True)
