@@ -135,20 +135,38 @@ def solve(image, prompt: str, model=None, runtime: str = "auto") -> list[dict]:
     return order_clicks(prompt, result["boxes"])
 
 
-def click_success(records: list, results: list[dict], score_threshold: float = 0.0) -> float:
-    """Share of captchas whose every prompted character is clicked inside its true box,
-    in order (the end-to-end success of a click solver)."""
-    solved = 0
+MISSED = "_"  # a prompt character not clicked inside its box (never a prompt character: the click charset refuses _)
+
+
+def click_readings(records: list, results: list[dict], score_threshold: float = 0.0) -> list[dict]:
+    """Each captcha's clicks read as text, for per-image scoring and bearcat.compare: its
+    prompt with every character not clicked inside its true box replaced by `_` (right when
+    it equals the prompt); confidence: the least score among its clicks."""
+    readings = []
     for record, result in zip(records, results):
         # the detector's threshold, as in `solve` (a recogniser's doubt is weighed, not cut)
         boxes = [b for b in result["boxes"] if b.get("detector_score", b["score"]) >= score_threshold]
         clicks = order_clicks(record.prompt, boxes)
-        targets = [o for o in record.objects if o.target]
-        by_char = {o.name: o.box for o in targets}
-        solved += all(c["x"] is not None and c["char"] in by_char
-                      and by_char[c["char"]][0] <= c["x"] <= by_char[c["char"]][2]
-                      and by_char[c["char"]][1] <= c["y"] <= by_char[c["char"]][3] for c in clicks) and bool(clicks)
-    return solved / max(1, len(records))
+        by_char = {o.name: o.box for o in record.objects if o.target}
+
+        def inside(c: dict) -> bool:
+            box = by_char.get(c["char"])
+            return c["x"] is not None and box is not None and box[0] <= c["x"] <= box[2] and box[1] <= c["y"] <= box[3]
+
+        text = "".join(c["char"] if inside(c) else MISSED for c in clicks) or MISSED  # no prompt: nothing solved
+        readings.append({"result": text, "confidence": min((c["score"] for c in clicks), default=0.0)})
+    return readings
+
+
+def click_success(records: list, results: list[dict], score_threshold: float = 0.0) -> float:
+    """Share of captchas whose every prompted character is clicked inside its true box,
+    in order (the end-to-end success of a click solver)."""
+    return solved_share(records, click_readings(records, results, score_threshold))
+
+
+def solved_share(records: list, readings: list[dict]) -> float:
+    """Share of the `click_readings` that read their captcha's whole prompt."""
+    return sum(r["result"] == record.prompt for r, record in zip(readings, records)) / max(1, len(records))
 
 
 CLI_KEYS = ("model", "image", "prompt")  # the command's required arguments

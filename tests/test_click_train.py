@@ -4,6 +4,7 @@ HTTP API, an ONNX export of both models with its parity check, read without Tens
 from __future__ import annotations
 
 import base64
+import csv
 import functools
 import io
 import json
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -311,6 +313,7 @@ def test_a_light_install_solves_click_captchas_like_the_library(click_run, click
 
 
 def test_evaluate_scores_a_detection_run(click_run, caplog):
+    from bearcat.compare import compare
     from bearcat.evaluate import evaluate
 
     root = click_run["root"]
@@ -322,6 +325,15 @@ def test_evaluate_scores_a_detection_run(click_run, caplog):
     assert metrics["test_map"] == pytest.approx(click_run["metrics"]["test_map"], abs=1e-6)
     assert metrics["test_click_success"] == pytest.approx(click_run["metrics"]["test_click_success"])
     assert (root / "evaluate" / "per_class_ap.json").is_file() and (root / "evaluate" / "evaluation_boxes.png").is_file()
+    # captcha by captcha (prompt, clicks read as text): the training run's test split and the
+    # evaluation's, which bearcat.compare pairs
+    with (root / "evaluate" / "analysis" / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(len(r["prediction"]) == len(r["label"]) > 0 for r in rows)
+    assert np.mean([r["right"] == "1" for r in rows]) == pytest.approx(metrics["test_click_success"])
+    paired = compare(str(root / "detector"), str(root / "evaluate"), root / "compare")
+    assert (paired["images"], paired["only_a_right"], paired["only_b_right"]) == (6, 0, 0)
+    assert paired["a"]["accuracy"] == pytest.approx(click_run["metrics"]["test_click_success"])
 
 
 def test_upload_page_solves_a_click_captcha_in_headless_chromium(click_run, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bearcat.click import cheapest_assignment, click_success, order_clicks
+from bearcat.click import cheapest_assignment, click_readings, click_success, order_clicks
 from bearcat.data.click import ClickObject, ClickRecord
 from bearcat.data.labels import Vocabulary
 from bearcat.data.preprocess import PreprocessConfig
@@ -111,6 +111,12 @@ def test_clicks_follow_the_prompt_and_success_needs_every_character_in_its_box()
     wrong = [_box("地", 50, 0, 70, 20), _box("天", 0, 0, 20, 20)]  # 天 clicked on the distractor's spot
     assert click_success([record, record], [{"boxes": boxes}, {"boxes": wrong}]) == 0.5
     assert click_success([record], [{"boxes": boxes[:1]}]) == 0.0  # 天 not found
+    # the same, captcha by captcha, as text: each character not clicked inside its box is _
+    readings = click_readings([record] * 3, [{"boxes": boxes}, {"boxes": wrong}, {"boxes": boxes[:1]}])
+    assert [r["result"] for r in readings] == ["地天", "地_", "地_"]
+    assert [r["confidence"] for r in readings] == [0.8, 0.9, 0.0]  # the least click score; 0 for a miss
+    unprompted = ClickRecord("b.png", 200, 40, "", record.objects)
+    assert click_readings([unprompted], [{"boxes": boxes}])[0]["result"] == "_"  # nothing to click: not solved
 
 
 def _named(x1, candidates, score=0.9):

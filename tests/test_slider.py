@@ -81,6 +81,7 @@ def test_slider_experiment_trains_a_one_class_detector(make_cfg, tmp_path):
         "trainer.batch_size=8", "trainer.max_minutes=null", "trainer.verbose=0", "trainer.bn_calibration_images=16"]))
     assert 0.0 <= metrics["test_map"] <= 1.0 and "test_map_boxes" in metrics
     assert "test_click_success" not in metrics  # nothing to click: a slider has no prompt
+    assert not (tmp_path / "run" / "predictions" / "test_predictions.csv").exists()  # so no click readings
     detector = Detector(tmp_path / "run" / "model")
     assert detector.names == ["gap"]
     boxes = detector.predict([str(data / "00000.png")], score_threshold=0.0)[0]["boxes"]

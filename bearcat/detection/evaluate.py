@@ -15,7 +15,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     from bearcat import tracking
     from bearcat.data.sources import SPLITS
     from bearcat.detection.predictor import Detector
-    from bearcat.detection.train import detection_gallery, score_detections
+    from bearcat.detection.train import detection_gallery, score_detections, write_click_readings
     from bearcat.evaluate import evaluation_config, model_named
     from bearcat.experiment import load_sources
 
@@ -44,6 +44,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     per_class = out_dir / "per_class_ap.json"
     per_class.write_text(json.dumps(scores["per_class_ap"], ensure_ascii=False, indent=1), encoding="utf-8")
     gallery = detection_gallery(records, results, out_dir / "evaluation_boxes.png", count=cfg.gallery_size)
+    readings = write_click_readings(out_dir / "analysis" / "predictions.csv", records, results)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split), "bearcat.runtime": runtime}
     if source_run:
@@ -56,5 +57,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
         tracking.log_metrics(metrics)
         for path in (per_class, gallery, out_dir / "metrics.json"):
             tracking.log_artifact(path, "predictions")
+        if readings is not None:
+            tracking.log_artifact(readings, "analysis")
     print(json.dumps(metrics, indent=1))
     return {**metrics, "mlflow_run_id": run.info.run_id}

@@ -78,10 +78,11 @@ def score_detections(detector: Detector, records: list, categories: list[str],
                      score_threshold: float = 0.05) -> tuple[dict, dict, list[dict]]:
     """-> (metrics, pycocotools scores incl. per-class AP, predictions). mAP is per
     character when the detector names characters (recogniser or per_char), else class
-    agnostic; click success needs names."""
+    agnostic; click success needs names. With click success, each prediction also carries
+    its captcha's `click` reading (bearcat.click.click_readings)."""
     from PIL import Image
 
-    from bearcat.click import click_success
+    from bearcat.click import click_readings, solved_share
     from bearcat.detection.coco_eval import evaluate_detections
 
     images = [Image.open(r.path).convert("RGB") for r in records]
@@ -94,8 +95,23 @@ def score_detections(detector: Detector, records: list, categories: list[str],
         agnostic = evaluate_detections(records, boxes, categories, class_agnostic=True)
         metrics |= {"map_boxes": agnostic["map"], "map50_boxes": agnostic["map50"]}
         if any(r.prompt for r in records):  # no prompt, nothing to click: a slider's gap
-            metrics["click_success"] = click_success(records, results, detector.mode.score_threshold)
+            readings = click_readings(records, results, detector.mode.score_threshold)
+            metrics["click_success"] = solved_share(records, readings)
+            for result, reading in zip(results, readings):
+                result["click"] = reading
     return {k: float(v) for k, v in metrics.items()}, scores, results
+
+
+def write_click_readings(path: Path, records: list, results: list[dict]) -> Path | None:
+    """The captchas' click readings as a predictions CSV (file, prompt as label, reading,
+    confidence, right), the file bearcat.compare pairs; None when nothing was clicked (no
+    prompts, or a detector that names no characters)."""
+    from bearcat.analysis import write_predictions
+
+    if not results or "click" not in results[0]:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_predictions(path, [r.path for r in records], [r.prompt for r in records], [r["click"] for r in results])
 
 
 def load_recogniser(cfg: DictConfig, workdir: str):
@@ -218,6 +234,9 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
         per_class.write_text(json.dumps(scores["per_class_ap"], ensure_ascii=False, indent=1), encoding="utf-8")
         tracking.log_artifact(per_class, "predictions")
         tracking.log_artifact(detection_gallery(test_records, results, pred_dir / "test_boxes.png"), "predictions")
+        readings = write_click_readings(pred_dir / "test_predictions.csv", test_records, results)
+        if readings is not None:
+            tracking.log_artifact(readings, "predictions")
         bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
                               {"mlflow_run_id": run.info.run_id, "categories": splits.categories})
         if recogniser_dir is not None:  # self-contained: the recogniser travels with the detector
