@@ -135,13 +135,14 @@ def solve(image, prompt: str, model=None, runtime: str = "auto") -> list[dict]:
     return order_clicks(prompt, result["boxes"])
 
 
-MISSED = "_"  # a prompt character not clicked inside its box (never a prompt character: the click charset refuses _)
+MISSED = "_?#*~"  # marks a prompt character not clicked inside its box: the first of these the prompt lacks
 
 
 def click_readings(records: list, results: list[dict], score_threshold: float = 0.0) -> list[dict]:
     """Each captcha's clicks read as text, for per-image scoring and bearcat.compare: its
-    prompt with every character not clicked inside its true box replaced by `_` (right when
-    it equals the prompt); confidence: the least score among its clicks."""
+    prompt with every character not clicked inside its true box replaced by `_` (or another
+    mark the prompt lacks; right when it equals the prompt); confidence: the least score
+    among its clicks."""
     readings = []
     for record, result in zip(records, results):
         # the detector's threshold, as in `solve` (a recogniser's doubt is weighed, not cut)
@@ -153,7 +154,9 @@ def click_readings(records: list, results: list[dict], score_threshold: float = 
             box = by_char.get(c["char"])
             return c["x"] is not None and box is not None and box[0] <= c["x"] <= box[2] and box[1] <= c["y"] <= box[3]
 
-        text = "".join(c["char"] if inside(c) else MISSED for c in clicks) or MISSED  # no prompt: nothing solved
+        # `_` unless the prompt holds one (generated captchas never do): a miss must never read right
+        missed = next((m for m in MISSED if m not in record.prompt), "\ufffd\ufffd")
+        text = "".join(c["char"] if inside(c) else missed for c in clicks) or missed  # no prompt: nothing solved
         readings.append({"result": text, "confidence": min((c["score"] for c in clicks), default=0.0)})
     return readings
 

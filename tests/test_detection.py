@@ -117,6 +117,8 @@ def test_clicks_follow_the_prompt_and_success_needs_every_character_in_its_box()
     assert [r["confidence"] for r in readings] == [0.8, 0.9, 0.0]  # the least click score; 0 for a miss
     unprompted = ClickRecord("b.png", 200, 40, "", record.objects)
     assert click_readings([unprompted], [{"boxes": boxes}])[0]["result"] == "_"  # nothing to click: not solved
+    underscore = ClickRecord("c.png", 200, 40, "_天", [ClickObject("_", (48, 0, 72, 22), True), record.objects[0]])
+    assert click_readings([underscore], [{"boxes": wrong}])[0]["result"] == "??"  # _ itself missed: never right
 
 
 def _named(x1, candidates, score=0.9):
