@@ -25,6 +25,7 @@ from bearcat.metrics import mcnemar_p, paired_difference, wilson_interval
 
 log = logging.getLogger("bearcat.compare")
 EVALUATED = "analysis/predictions.csv"  # an evaluation's readings (bearcat/analysis.py)
+NO_READINGS = " (a detector has readings only when it clicks prompts: a slider's gap detector has none)"
 TESTED = "predictions/test_predictions.csv"  # a training run's, of its test split (bearcat/train.py)
 PREDICTIONS = (EVALUATED, TESTED)
 SHOWN = 20  # disagreements listed in compare.md (compare.json has them all)
@@ -42,7 +43,8 @@ def predictions_file(key: str, source: str, scratch: Path) -> Path:
         found = next((path / name for name in PREDICTIONS if (path / name).is_file()), None)
         if found is None:
             raise FileNotFoundError(f"{key}={source}: no {wanted} in this folder; give the output folder of an "
-                                    "evaluation or a training run, its CSV of readings, or its MLflow run id")
+                                    "evaluation or a training run, its CSV of readings, or its MLflow run id"
+                                    + NO_READINGS)
         return found
     if is_run_id(source):
         found = download_readings(source, scratch)
@@ -50,8 +52,8 @@ def predictions_file(key: str, source: str, scratch: Path) -> Path:
             from bearcat import tracking
 
             raise FileNotFoundError(f"{key}={source}: no MLflow run with {wanted} in {tracking.current_uri()} "
-                                    "(evaluate runs have the first; training runs logged before 2026-12-06 have "
-                                    "neither)")
+                                    f"(evaluate runs have the first; training runs logged before 2026-12-06 have "
+                                    f"neither){NO_READINGS}")
         return found
     raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
 

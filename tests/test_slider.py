@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import ROOT
@@ -82,6 +83,10 @@ def test_slider_experiment_trains_a_one_class_detector(make_cfg, tmp_path):
     assert 0.0 <= metrics["test_map"] <= 1.0 and "test_map_boxes" in metrics
     assert "test_click_success" not in metrics  # nothing to click: a slider has no prompt
     assert not (tmp_path / "run" / "predictions" / "test_predictions.csv").exists()  # so no click readings
+    from bearcat.compare import compare
+
+    with pytest.raises(FileNotFoundError, match="a slider's gap detector has none"):  # said, when compared
+        compare(str(tmp_path / "run"), str(tmp_path / "run"), tmp_path / "compare")
     detector = Detector(tmp_path / "run" / "model")
     assert detector.names == ["gap"]
     boxes = detector.predict([str(data / "00000.png")], score_threshold=0.0)[0]["boxes"]
