@@ -32,7 +32,7 @@ ROLE = "bearcat.sweep_role"        # "parent" on the parent run
 JOB_NUM = "bearcat.job_num"        # tag on a child: Hydra's job number in the sweep
 OVERRIDES = "bearcat.overrides"    # tag on a child: the job's own overrides, space separated
 SUMMARY_METRICS = ("test_accuracy", "test_char_accuracy", "test_cer", "best_val_accuracy", "test_map", "best_val_map",
-                   "data_train_images")
+                   "test_click_success", "data_train_images")
 # overrides that may differ between the jobs of a learning curve: the training images and the seed
 CURVE_KEYS = ("dataset.train_limit", "dataset.train_size", "trainer.seed")
 
