@@ -52,7 +52,7 @@ def predictions_file(key: str, source: str, scratch: Path) -> Path:
             from bearcat import tracking
 
             raise FileNotFoundError(f"{key}={source}: no MLflow run with {wanted} in {tracking.current_uri()} "
-                                    f"(evaluate runs have the first; training runs logged before 2026-12-06 have "
+                                    "(evaluate runs have the first; training runs logged before 2026-12-06 have "
                                     f"neither){NO_READINGS}")
         return found
     raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
@@ -148,8 +148,8 @@ def comparison_markdown(result: dict, sources: dict[str, str]) -> str:
     lines += ["", f"{result['images']} images read by both: {result['both_right']} right in both, "
                   f"{result['neither_right']} in neither."]
     if result["matched_by"] == "file name":  # generated captchas: one text drawn two ways
-        lines.append("Matched by file name (no path in common): the same images in other folders or packed, or, for two "
-                     "generated designs with the same dataset.seed, each text drawn by both.")
+        lines.append("Matched by file name (no path in common): the same images in other folders or packed, or, "
+                     "for two generated designs with the same dataset.seed, each text drawn by both.")
     if result["only_in_a"] or result["only_in_b"]:
         lines.append(f"Left out, read by one only: {result['only_in_a']} of a's, {result['only_in_b']} of b's.")
     lines += ["", f"b - a: {result['difference']:+.4f} (95% interval {result['difference_ci_low']:+.4f} to "

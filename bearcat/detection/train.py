@@ -111,7 +111,8 @@ def write_click_readings(path: Path, records: list, results: list[dict]) -> Path
     if not results or "click" not in results[0]:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_predictions(path, [r.path for r in records], [r.prompt for r in records], [r["click"] for r in results])
+    return write_predictions(path, [r.path for r in records], [r.prompt for r in records],
+                             [r["click"] for r in results])
 
 
 def load_recogniser(cfg: DictConfig, workdir: str):
