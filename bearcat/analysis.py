@@ -258,11 +258,9 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
     folder.mkdir(parents=True, exist_ok=True)
     preds = [r["result"] for r in results]
     report = confidence_report(truths, results, threshold)
-    levels = sorted({*ANSWER_THRESHOLDS, *([float(answer_at)] if answer_at is not None else [])})
-    answering = answer_thresholds(truths, results, thresholds=levels)
     tables = {"confusions": confusions(truths, preds, text=text),
               "per_character" if text else "per_class": per_symbol(truths, preds, text),
-              "confidence_histogram": report, "answer_thresholds": answering}
+              "confidence_histogram": report}
     if text:  # characters missed or added, and lengths, mean nothing for class names
         tables |= {"failure_kinds": failure_kinds(truths, preds), "by_length": by_length(truths, preds)}
     files = []
@@ -270,18 +268,34 @@ def write_report(folder, truths: list[str], results: list[dict], threshold: floa
         files.append(folder / f"{name}.json")
         write_json(files[-1], table, indent=1)
     files.append(histogram_png(report, folder / "confidence_histogram.png"))
-    files.append(folder / "answer_thresholds.md")
-    files[-1].write_text(answer_thresholds_markdown(answering), encoding="utf-8")
     metrics = {"accuracy_confident": report["confident_accuracy"], "confident_fraction": report["confident_fraction"],
                "accuracy_unsure": report["unsure_accuracy"]}
+    answering, answer_files = write_answer_thresholds(folder, truths, results, answer_at)
+    metrics |= answering
+    files += answer_files
+    metrics |= {f"failures_{k}": v for k, v in tables.get("failure_kinds", {}).items()}
+    metrics |= {f"accuracy_length_{row['length']}": row["accuracy"] for row in tables.get("by_length", [])}
+    return metrics, files
+
+
+def write_answer_thresholds(folder, truths: list[str], results: list[dict],
+                            answer_at: float | None = None) -> tuple[dict, list[Path]]:
+    """`answer_thresholds` into folder/answer_thresholds.{json,md}, `answer_at` added to the
+    table; returns its metrics (answered_at_95 / threshold_at_95, ... per target) and the
+    files. For text and class readings and for click detectors' readings alike."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    levels = sorted({*ANSWER_THRESHOLDS, *([float(answer_at)] if answer_at is not None else [])})
+    answering = answer_thresholds(truths, results, thresholds=levels)
+    write_json(folder / "answer_thresholds.json", answering, indent=1)
+    (folder / "answer_thresholds.md").write_text(answer_thresholds_markdown(answering), encoding="utf-8")
+    metrics = {}
     for reached in answering["targets"]:  # e.g. answered_at_99: the share a solver right 99% of the time answers
         level = f"{round(reached['accuracy'] * 100)}"
         metrics[f"answered_at_{level}"] = reached["answered"]
         if reached["threshold"] is not None:
             metrics[f"threshold_at_{level}"] = reached["threshold"]
-    metrics |= {f"failures_{k}": v for k, v in tables.get("failure_kinds", {}).items()}
-    metrics |= {f"accuracy_length_{row['length']}": row["accuracy"] for row in tables.get("by_length", [])}
-    return metrics, files
+    return metrics, [folder / "answer_thresholds.json", folder / "answer_thresholds.md"]
 
 
 def label_suspects(truths: list[str], results: list[dict], min_confidence: float) -> list[int]:

@@ -313,6 +313,7 @@ def test_a_light_install_solves_click_captchas_like_the_library(click_run, click
 
 
 def test_evaluate_scores_a_detection_run(click_run, caplog):
+    from bearcat import analysis
     from bearcat.compare import compare
     from bearcat.evaluate import evaluate
 
@@ -334,6 +335,12 @@ def test_evaluate_scores_a_detection_run(click_run, caplog):
     paired = compare(str(root / "detector"), str(root / "evaluate"), root / "compare")
     assert (paired["images"], paired["only_a_right"], paired["only_b_right"]) == (6, 0, 0)
     assert paired["a"]["accuracy"] == pytest.approx(click_run["metrics"]["test_click_success"])
+    # which click confidence to answer above, from the same readings
+    answering = json.loads((root / "evaluate" / "analysis" / "answer_thresholds.json").read_text())
+    assert answering["images"] == 6 and (root / "evaluate" / "analysis" / "answer_thresholds.md").is_file()
+    want = analysis.answer_thresholds([r["label"] for r in rows],
+                                      [{"result": r["prediction"], "confidence": r["confidence"]} for r in rows])
+    assert metrics["test_answered_at_99"] == pytest.approx(want["targets"][-1]["answered"], abs=1e-3)
 
 
 def test_upload_page_solves_a_click_captcha_in_headless_chromium(click_run, tmp_path):

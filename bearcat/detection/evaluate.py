@@ -45,6 +45,13 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
     per_class.write_text(json.dumps(scores["per_class_ap"], ensure_ascii=False, indent=1), encoding="utf-8")
     gallery = detection_gallery(records, results, out_dir / "evaluation_boxes.png", count=cfg.gallery_size)
     readings = write_click_readings(out_dir / "analysis" / "predictions.csv", records, results)
+    answer_files = []
+    if readings is not None:  # which click confidence to answer above, as for text readings
+        from bearcat.analysis import write_answer_thresholds
+
+        answering, answer_files = write_answer_thresholds(out_dir / "analysis", [r.prompt for r in records],
+                                                          [r["click"] for r in results], cfg.get("answer_threshold"))
+        metrics |= {f"test_{k}": v for k, v in answering.items()}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     tags = {"bearcat.task": "evaluate", "bearcat.split": str(cfg.split), "bearcat.runtime": runtime}
     if source_run:
@@ -57,7 +64,7 @@ def evaluate_detection(cfg: DictConfig, bundle: Path, train_config: Path | None,
         tracking.log_metrics(metrics)
         for path in (per_class, gallery, out_dir / "metrics.json"):
             tracking.log_artifact(path, "predictions")
-        if readings is not None:
-            tracking.log_artifact(readings, "analysis")
+        for path in ([readings] if readings is not None else []) + answer_files:
+            tracking.log_artifact(path, "analysis")
     print(json.dumps(metrics, indent=1))
     return {**metrics, "mlflow_run_id": run.info.run_id}
