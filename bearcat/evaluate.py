@@ -68,18 +68,15 @@ def _from_run(run_id: str, key: str, workdir: str) -> tuple[Path, Path | None, s
 
 
 def _from_path(path: Path, key: str, workdir: str) -> tuple[Path, Path | None, str | None]:
-    from bearcat.bundle import BUNDLE_FILE
+    from bearcat.bundle import locate_init_bundle
 
     if not path.exists():
         raise FileNotFoundError(f"{key}={path}: not found")
-    if (path / BUNDLE_FILE).is_file():
-        config = path.parent / "config.yaml"
-        if config.is_file():
-            return path, config, None
-        return path, *_run_config(path, workdir)
-    if (path / "model" / BUNDLE_FILE).is_file():
-        return path / "model", path / "config.yaml", None
-    raise FileNotFoundError(f"{key}={path}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
+    bundle = locate_init_bundle(str(path), workdir, key=key)[0]  # path itself, or path/model of a run folder
+    config = bundle.parent / "config.yaml"
+    if bundle != path or config.is_file():  # a run folder's own config, or a bundle beside its run's
+        return bundle, config, None
+    return bundle, *_run_config(bundle, workdir)  # an export bundle away from its run's folder
 
 
 def _run_config(bundle: Path, workdir: str) -> tuple[Path | None, str | None]:
