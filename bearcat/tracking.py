@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def setup(cfg_mlflow, uri: str | None = None) -> str:
 
 def current_uri() -> str:
     return mlflow.get_tracking_uri()
+
+
+def store_overrides(cfg_mlflow) -> list[str]:
+    """This run's mlflow.* settings that differ from conf/mlflow/default.yaml, as command-line
+    overrides: what a next command (evaluate, export) needs to find the run in its store."""
+    from bearcat import CONFIG_DIR
+
+    default = OmegaConf.load(Path(CONFIG_DIR) / "mlflow" / "default.yaml")
+    changed = []
+    for key, value in default.items():
+        mine = cfg_mlflow.get(key)
+        if mine != value:
+            changed.append(shlex.quote(f"mlflow.{key}={'null' if mine is None else mine}"))
+    return changed
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, str]:

@@ -366,11 +366,13 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
                               {"mlflow_run_id": run.info.run_id})
         tracking.log_artifacts(bundle, "model")
     run_id = run.info.run_id
-    # the serve hints must work as given: a run's bundle holds Keras only, and serve defaults to ONNX
-    log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s | "
-             "python -m bearcat.export run_id=%s format=onnx, then python -m bearcat.serve "
+    # the hints must work as given: evaluate and export find the run in this store (its
+    # non-default mlflow.* settings repeated), a run's bundle holds Keras only, serve defaults to ONNX
+    store = "".join(" " + arg for arg in tracking.store_overrides(cfg.mlflow))
+    log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s%s | "
+             "python -m bearcat.export run_id=%s format=onnx%s, then python -m bearcat.serve "
              "model=outputs/exports/%s (or at once: python -m bearcat.serve model=%s runtime=keras) | "
-             "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, run_id, run_id, out_dir,
+             "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, store, run_id, store, run_id, out_dir,
              tracking.current_uri())
     metrics["mlflow_run_id"] = run_id
     return metrics

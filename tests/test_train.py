@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,8 +36,10 @@ def artifact_paths(run_id, path=""):
     return out
 
 
-def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, caplog, capfd):
-    cfg = make_cfg([*TINY, "trainer.verbose=auto"])
+def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, tmp_store, monkeypatch, caplog, capfd):
+    # the store named in the config, not by MLFLOW_TRACKING_URI: the hinted commands must name it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    cfg = make_cfg([*TINY, "trainer.verbose=auto", f"mlflow.tracking_uri={tmp_store}"])
     with caplog.at_level(logging.INFO, logger="bearcat.train"):
         metrics = train(cfg)
     # output to a pipe or file (here pytest's capture), not a terminal: a line per epoch, no bar
@@ -49,7 +52,10 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finished:")]
     assert len(done) == 1, "the run ends by saying where it is and what to run next"
     assert f"run folder {cfg.paths.output_dir}, MLflow run {run.info.run_id}" in done[0]
-    assert f"bearcat.evaluate run_id={run.info.run_id}" in done[0]
+    hinted = shlex.split(done[0].split("Next: python -m bearcat.evaluate ")[1].split(" |")[0])
+    assert hinted == [f"run_id={run.info.run_id}", f"mlflow.tracking_uri={tmp_store}",
+                      f"mlflow.artifact_root={cfg.mlflow.artifact_root}"]
+    assert f"bearcat.export run_id={run.info.run_id} format=onnx {shlex.join(hinted[1:])}," in done[0]
     assert f"bearcat.serve model={cfg.paths.output_dir} runtime=keras" in done[0]  # a run holds no ONNX
     assert f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}" in done[0]
     for key in ["loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"]:
@@ -62,8 +68,8 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, c
     assert {"model/model.keras", "model/bundle.json", "vocabulary.json", "config.yaml",
             "predictions/test_gallery.png"} <= files
 
-    # evaluate from the run id: same model, same test split -> the same figures
-    ev = evaluate(make_cfg([f"run_id={run.info.run_id}"], config_name="evaluate", output="eval"))
+    # evaluate as the hint says, from the run id: same model, same test split -> the same figures
+    ev = evaluate(make_cfg(hinted, config_name="evaluate", output="eval"))
     for key in ["test_accuracy", "test_char_accuracy", "test_cer"]:
         assert ev[key] == pytest.approx(run.data.metrics[key], abs=1e-6), key
     ev_run = mlflow.get_run(ev["mlflow_run_id"])
