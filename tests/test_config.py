@@ -1,4 +1,5 @@
 """Every option of every config group composes, and a wrong option is a clear error."""
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,42 @@ def test_debug_fast_shrinks_every_preset(make_cfg, preset):
     assert cfg.trainer.epochs == 1 and cfg.trainer.batch_size == 16
     if "train_size" in cfg.dataset:
         assert cfg.dataset.train_size == 64
+
+
+@pytest.mark.parametrize("name,overrides,meant", [
+    ("train", ["+trainer.max_minute=1"], "write trainer.max_minutes=1"),
+    ("train", ["+trainr.max_minutes=1"], "write trainer.max_minutes=1"),  # a new parent spelt like one
+    ("train", ["debug=fast", "+optimizer.learning_rat=0.01"], "write optimizer.learning_rate=0.01"),
+    ("predict", ["model=x", "+imagez=few"], "write images=few"),
+    ("train", ["+dataset.style.noise_lines=20"], None),  # a real addition: dataset.style is null by default
+    ("train", ["++trainer.max_minute=1"], None),  # ++: added on purpose
+    ("predict", ["model=x", "+mode=ctc"], None),  # a config group added with +
+])
+def test_a_misspelt_key_added_with_plus_is_named_with_the_key_meant(name, overrides, meant):
+    """Hydra's error for a misspelt key suggests `+key=`, which then adds a key nothing reads."""
+    from bearcat.checks import misspelt_additions
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    problems = misspelt_additions(cfg, overrides, set(cfg.hydra.runtime.choices.keys()))
+    if meant is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and meant in problems[0], problems
+
+
+def test_a_misspelt_added_key_stops_a_run_and_a_sweep_before_they_start(tmp_path):
+    """From the command line (the check is a Hydra callback): nothing trained, no MLflow store,
+    no run or sweep folder."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "mlflow.db"
+    for mode, value in (([], "1"), (["-m"], "1,2")):
+        done = subprocess.run([sys.executable, "-m", "bearcat.train", *mode, f"+trainer.max_minute={value}", "debug=fast",
+                               f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                               f"mlflow.tracking_uri=sqlite:///{store}"], capture_output=True, text=True,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": ""}, timeout=120)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"write trainer.max_minutes={value}, or ++trainer.max_minute={value}" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
