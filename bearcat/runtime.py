@@ -155,11 +155,12 @@ def load_runtime(folder, runtime: str = "onnx", threads: int = 0):
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime}: choose one of {sorted(RUNTIMES)} or auto")
     path = folder / FILES[runtime]
-    if runtime not in available_formats(folder):
+    held = available_formats(folder)
+    if runtime not in held:
         raise FileNotFoundError(
             f"{folder}: the bundle has no {runtime} model ({FILES[runtime]}); it holds "
-            f"{available_formats(folder) or 'no model'}. Export one with `python -m bearcat.export "
-            f"checkpoint={folder} format={runtime}` or choose another runtime")
+            f"{held or 'no model'}. Export one with `python -m bearcat.export "
+            f"checkpoint={folder} format={runtime}`" + (f", or read it with runtime={held[0]}" if held else ""))
     package, remedy = NEEDS.get(runtime, (None, None))
     if package and importlib.util.find_spec(package) is None:
         raise ModuleNotFoundError(f"runtime={runtime} needs the {package} package, which is not installed: {remedy}")
