@@ -149,9 +149,29 @@ def filter_labels(splits: Splits, mode: Mode, skipped: dict[str, int]) -> Splits
     return Splits(kept["train"], kept["val"], kept["test"], splits.charset, splits.skipped)
 
 
+def warn_unseen_classes(splits: Splits, mode: Mode) -> None:
+    """num_classes learns a class only from training images of it: warn when a tenth or more
+    of the val or test labels never appear in training (typically text captchas, every label
+    its own class, given to num_classes). Not for angles, whose neighbours answer for them."""
+    if mode.name != "num_classes" or getattr(mode, "angles", None) is not None:
+        return
+    seen = {label for _, label in splits.train}
+    for split in ("val", "test"):
+        labels = [label for _, label in getattr(splits, split)]
+        unseen = sum(label not in seen for label in labels)
+        if labels and unseen >= 0.1 * len(labels):
+            log.warning("mode=num_classes: %d of %d %s labels never appear among the %d training images' labels "
+                        "(%d classes in all), and a class is learnt only from its training images, so at most "
+                        "%.1f%% of them can be read right. Text to read character by character needs "
+                        "mode=ctc, ctc_tiny or ordinary", unseen, len(labels), split, len(splits.train),
+                        len(mode.vocab), 100.0 * (len(labels) - unseen) / len(labels))
+
+
 def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...] = SPLITS) -> Data:
     skipped = dict(splits.skipped)
     splits = filter_labels(splits, mode, skipped)
+    if "train" in only:
+        warn_unseen_classes(splits, mode)
     pre = preprocess_config(cfg)
     warn_if_animated(getattr(splits, only[0]), pre)
     loaded = {}

@@ -119,6 +119,34 @@ def test_num_classes_learns_the_tiles(make_cfg):
     assert metrics["test_top5_accuracy"] == 1.0  # only four classes
 
 
+def test_num_classes_warns_when_val_or_test_labels_never_appear_in_training(caplog):
+    """Text captchas given to num_classes (each label its own class) train to 0 without a word
+    otherwise; tiles whose classes all appear in training, and angles, are left alone."""
+    import logging
+
+    from bearcat.data.sources import Splits
+    from bearcat.experiment import warn_unseen_classes
+
+    def warnings_for(splits, **options):
+        mode = build_mode("num_classes", Vocabulary(sorted(set(splits.labels()))), 1, **options)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bearcat.experiment"):
+            warn_unseen_classes(splits, mode)
+        return [r.getMessage() for r in caplog.records]
+
+    text = Splits([(f"t{i}.png", f"a{i:03d}") for i in range(20)], [("v.png", "a000"), ("w.png", "zz1")],
+                  [(f"s{i}.png", f"b{i:03d}") for i in range(4)])
+    found = warnings_for(text)
+    assert len(found) == 2
+    assert found[0].startswith("mode=num_classes: 1 of 2 val labels never appear among the 20 training images' "
+                               "labels (25 classes in all)") and "at most 50.0% of them" in found[0]
+    assert "4 of 4 test labels" in found[1] and "at most 0.0%" in found[1] and "mode=ctc" in found[1]
+    tiles_like = Splits([("a.png", "ring"), ("b.png", "star")] * 5, [("c.png", "star")], [("d.png", "ring")])
+    assert warnings_for(tiles_like) == []
+    angles = Splits([("a.png", "0"), ("b.png", "90")], [("c.png", "180")], [("d.png", "270")])
+    assert warnings_for(angles, angle=True) == []
+
+
 def test_num_classes_from_class_folders(make_cfg, tmp_path):
     made = tiles(30, 0, 0, seed=1, cache_dir=str(tmp_path / "gen"), classes=["ring", "cross", "arrow"])
     root = tmp_path / "grid"
