@@ -181,7 +181,14 @@ def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...]
         if loaded[split].errors:
             skipped["unreadable image"] = skipped.get("unreadable image", 0) + len(loaded[split].errors)
         if not len(loaded[split]):
-            raise ValueError(f"the {split} split has no usable images (dataset: {cfg.dataset.get('_target_')})")
+            why = f"none of its {len(samples)} images could be read" if samples else "it was given no images"
+            ratio, root = cfg.dataset.get(f"{split}_ratio"), cfg.dataset.get("root")
+            if not samples and ratio is not None and root is not None:  # a folder: say what sized the split
+                folder, n = Path(str(root)) / split, len(splits.train) + len(splits.val) + len(splits.test)
+                why += (f"; {folder} holds no labelled image" if folder.is_dir() else
+                        f"; dataset.{split}_ratio={ratio} is the share of a flat folder it gets, of {n} "
+                        f"image{'s' if n != 1 else ''} here (or give the folder a {split}/ sub-folder)")
+            raise ValueError(f"the {split} split has no usable images (dataset: {cfg.dataset.get('_target_')}): {why}")
     if skipped:
         log.warning("skipped files: %s", skipped)
     return Data(splits, loaded, skipped)

@@ -33,6 +33,46 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     return old
 
 
+_ABSENT = object()
+
+
+def resume_conflicts(cfg: DictConfig, overrides) -> list[str]:
+    """The command-line settings given beside resume= that the run's saved config.yaml does
+    not hold (a group chosen, a value changed): a resume continues the run as it was started,
+    so they would be ignored without a word. Settings equal to the saved ones are fine."""
+    saved_file = Path(cfg.resume) / "config.yaml"
+    if not saved_file.is_file():  # resumed_config says so
+        return []
+    saved = OmegaConf.load(saved_file)
+
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    conflicts = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        now, then = OmegaConf.select(cfg, key, default=_ABSENT), OmegaConf.select(saved, key, default=_ABSENT)
+        if now is _ABSENT or plain(now) != plain(then):  # absent: a preset of the global package (experiment, debug)
+            conflicts.append(override if then is _ABSENT or OmegaConf.is_config(then) else
+                             f"{override} (the run has {key}={then})")
+    return conflicts
+
+
+def check_resume_overrides(cfg: DictConfig) -> None:
+    """Refuse `resume=RUN other=settings` that would change the run (`resume_conflicts`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not cfg.get("resume") or not HydraConfig.initialized():
+        return
+    conflicts = resume_conflicts(cfg, HydraConfig.get().overrides.task)
+    if conflicts:
+        raise ValueError(f"resume={cfg.resume} continues the run with its own config.yaml, so these settings would "
+                         f"be ignored: {', '.join(conflicts)}. Resume without them; or start a new run, from this "
+                         f"one's weights with init_from={cfg.resume}")
+
+
 @contextmanager
 def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, default_name: str, backbone: str):
     """The run's MLflow run around its training: started, or with `resume=` reopened and the
@@ -412,6 +452,7 @@ def check_sweep_direction(metric: str, directions: dict[str, str]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     check_sweep_direction(cfg.optimized_metric, sweep_directions())
+    check_resume_overrides(cfg)
     metrics = train(cfg)
     if cfg.optimized_metric not in metrics:
         raise KeyError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "

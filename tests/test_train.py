@@ -292,6 +292,49 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
         train(make_cfg(["debug=fast", "dataset=folder"]))
 
 
+def test_settings_given_beside_resume_that_would_be_ignored_are_refused(make_cfg, tmp_path):
+    """resume= continues a run with its saved config.yaml: a changed value, another group or a
+    preset beside it would be ignored without a word, so the command stops naming them; the
+    same values as the run's pass."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(make_cfg(["dataset=folder", f"dataset.root={tmp_path}", "trainer.max_minutes=1.5"]),
+                   run / "config.yaml", resolve=True)
+    done = subprocess.run([sys.executable, "-m", "bearcat.train", f"resume={run}", "mode=ordinary",
+                           "experiment=swust", f"dataset.root={tmp_path}", "trainer.max_minutes=1.5",
+                           f"hydra.run.dir={tmp_path / 'hydra'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert (f"ValueError: resume={run} continues the run with its own config.yaml, so these settings would be "
+            "ignored: mode=ordinary, experiment=swust. Resume without them") in done.stderr, done.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # nothing trained
+    # a value other than the run's is named with the run's own
+    from bearcat.train import resume_conflicts
+
+    cfg = make_cfg([f"resume={run}", "trainer.max_minutes=5", "trainer.seed=42"])
+    assert resume_conflicts(cfg, ["trainer.max_minutes=5", "trainer.seed=42"]) == [
+        "trainer.max_minutes=5 (the run has trainer.max_minutes=1.5)"]
+
+
+def test_an_empty_split_names_what_sized_it(make_cfg, swust_copy, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(swust_copy.iterdir())[:5]:
+        shutil.copy2(path, flat / path.name)
+    with pytest.raises(ValueError, match=r"the val split has no usable images .*: it was given no images; "
+                                         r"dataset.val_ratio=0 is the share of a flat folder it gets, of 5 images here"):
+        train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={flat}", "dataset.val_ratio=0"]))
+    split = tmp_path / "split"
+    for name, files in (("train", sorted(flat.iterdir())[:3]), ("val", []), ("test", sorted(flat.iterdir())[3:])):
+        (split / name).mkdir(parents=True)
+        for path in files:
+            shutil.copy2(path, split / name / path.name)
+    with pytest.raises(ValueError, match=f"the val split has no usable images .*; {split / 'val'} holds no labelled image$"):
+        train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={split}"]))
+
+
 @pytest.mark.parametrize("override,message", [
     ("trainer.batch_size=0", "trainer.batch_size=0: must be at least 1"),
     ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
