@@ -6,6 +6,7 @@ so preprocessing at serving time cannot drift from training.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import time
@@ -157,6 +158,21 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
     return locate_init_bundle(model, workdir, key=key)[0]
 
 
+def not_found(key: str, value, also: str = "") -> str:
+    """`key=value: no such file or folder` (then `also`), with the name meant when the folder
+    above holds one spelt almost alike (else what it holds): a mistyped run folder or model file."""
+    path = Path(str(value))
+    message = f"{key}={value}: no such file or folder{also}"
+    if path.parent.is_dir():
+        names = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
+        near = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+        if near:
+            message += f"; did you mean {path.parent / near[0]}?"
+        elif names:
+            message += f"; {path.parent} holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
+    return message
+
+
 def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> tuple[Path, str | None]:
     """init_from (a bundle folder, a run output folder or an MLflow run id) -> (bundle
     folder, source run id if known). `key` names the setting in error messages."""
@@ -167,7 +183,7 @@ def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> 
                 return folder, read_meta(folder).get("mlflow_run_id")
         raise FileNotFoundError(f"{key}={init_from}: holds no model bundle ({BUNDLE_FILE} or model/{BUNDLE_FILE})")
     if not RUN_ID.match(str(init_from)):
-        raise FileNotFoundError(f"{key}={init_from}: no such folder, and not an MLflow run id")
+        raise FileNotFoundError(not_found(key, init_from, also=", and not an MLflow run id"))
     require_mlflow(key, init_from)
     from bearcat import tracking
 

@@ -68,10 +68,10 @@ def _from_run(run_id: str, key: str, workdir: str) -> tuple[Path, Path | None, s
 
 
 def _from_path(path: Path, key: str, workdir: str) -> tuple[Path, Path | None, str | None]:
-    from bearcat.bundle import locate_init_bundle
+    from bearcat.bundle import locate_init_bundle, not_found
 
     if not path.exists():
-        raise FileNotFoundError(f"{key}={path}: not found")
+        raise FileNotFoundError(not_found(key, path))
     bundle = locate_init_bundle(str(path), workdir, key=key)[0]  # path itself, or path/model of a run folder
     config = bundle.parent / "config.yaml"
     if bundle != path or config.is_file():  # a run folder's own config, or a bundle beside its run's

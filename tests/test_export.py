@@ -173,7 +173,7 @@ def test_export_errors_name_the_setting(make_cfg, tmp_path):
         chosen_formats("pdf")
     assert chosen_formats(make_cfg(["format=[onnx,tflite]"], config_name="export").format) == ["onnx", "tflite"]
     cfg = make_cfg([f"checkpoint={tmp_path / 'missing'}"], config_name="export")
-    with pytest.raises(FileNotFoundError, match="missing: not found"):
+    with pytest.raises(FileNotFoundError, match="missing: no such file or folder"):
         export(cfg)
     cfg = make_cfg(["run_id=0123456789abcdef0123456789abcdef"], config_name="export")
     with pytest.raises(ValueError, match="run_id=0123456789abcdef0123456789abcdef: cannot fetch .* MLflow store sqlite"):
@@ -600,8 +600,18 @@ def test_evaluate_and_export_take_model_as_predict_does(exported, tmp_path, monk
 
     with pytest.raises(ValueError, match=f"run_id={exported['run_id']} and model=.*: name the model once"):
         scores(f"run_id={exported['run_id']}", f"model={exported['dir']}", name="twice")
-    with pytest.raises(FileNotFoundError, match="model=.*missing: not found"):
+    with pytest.raises(FileNotFoundError, match="model=.*missing: no such file or folder"):
         scores(f"model={tmp_path / 'missing'}", name="missing")
+    # a mistyped file or folder name: the one meant, for evaluate as for predict and serve
+    from bearcat.bundle import resolve_model
+
+    typo = exported["dir"] / "model.onnxx"
+    with pytest.raises(FileNotFoundError, match=f"model={typo}: no such file or folder; did you mean "
+                                                f"{exported['dir'] / 'model.onnx'}\\?$"):
+        scores(f"model={typo}", name="typo")
+    with pytest.raises(FileNotFoundError, match=f"model={typo}: no such file or folder, and not an MLflow run id; "
+                                                f"did you mean {exported['dir'] / 'model.onnx'}\\?$"):
+        resolve_model(str(typo), str(tmp_path), key="model")
     with pytest.raises(ValueError, match="pass run_id=.*checkpoint=.*model="):
         scores(name="none")
 
