@@ -6,7 +6,6 @@ so preprocessing at serving time cannot drift from training.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bearcat.atomic import replacing, write_json
+from bearcat.checks import not_found
 from bearcat.data.labels import Vocabulary
 from bearcat.data.preprocess import PreprocessConfig, preprocess
 from bearcat.modes import build_mode
@@ -156,21 +156,6 @@ def resolve_model(model, workdir: str, mlflow_cfg=None, key: str = "model") -> P
         if model.startswith("models:/"):
             return tracking.download_model(model, workdir)
     return locate_init_bundle(model, workdir, key=key)[0]
-
-
-def not_found(key: str, value, also: str = "") -> str:
-    """`key=value: no such file or folder` (then `also`), with the name meant when the folder
-    above holds one spelt almost alike (else what it holds): a mistyped run folder or model file."""
-    path = Path(str(value))
-    message = f"{key}={value}: no such file or folder{also}"
-    if path.parent.is_dir():
-        names = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
-        near = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
-        if near:
-            message += f"; did you mean {path.parent / near[0]}?"
-        elif names:
-            message += f"; {path.parent} holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
-    return message
 
 
 def locate_init_bundle(init_from: str, workdir: str, key: str = "init_from") -> tuple[Path, str | None]:

@@ -1,9 +1,10 @@
 """Checks of settings read from YAML or the command line: types (bool is an int to Python,
-so `epochs=true` or `threshold=true` would otherwise pass as 1), and keys added with `+`
-that are a misspelling of an existing one."""
+so `epochs=true` or `threshold=true` would otherwise pass as 1), keys added with `+` that
+are a misspelling of an existing one, and paths that do not exist."""
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import numpy as np
 from hydra.experimental.callback import Callback
@@ -70,3 +71,19 @@ class AddedKeysCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)
+
+
+def not_found(key: str, value, also: str = "", kind: str = "file or folder") -> str:
+    """`key=value: no such file or folder` (then `also`), with the name meant when the folder
+    above holds one spelt almost alike, else what it holds: a mistyped run folder, model file
+    or data folder."""
+    path = Path(str(value))
+    message = f"{key}={value}: no such {kind}{also}"
+    if path.parent.is_dir():
+        names = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
+        near = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+        if near:
+            message += f"; did you mean {path.parent / near[0]}?"
+        elif names:
+            message += f"; {path.parent} holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
+    return message

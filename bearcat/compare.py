@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from bearcat import CONFIG_DIR
 from bearcat.atomic import write_json
 from bearcat.bundle import is_run_id
+from bearcat.checks import not_found
 from bearcat.metrics import mcnemar_p, paired_difference, wilson_interval
 
 log = logging.getLogger("bearcat.compare")
@@ -55,7 +56,7 @@ def predictions_file(key: str, source: str, scratch: Path) -> Path:
                                     "(evaluate runs have the first; training runs logged before 2026-12-06 have "
                                     f"neither){NO_READINGS}")
         return found
-    raise FileNotFoundError(f"{key}={source}: no such file or folder, and not an MLflow run id")
+    raise FileNotFoundError(not_found(key, source, also=", and not an MLflow run id"))
 
 
 def download_readings(run_id: str, scratch: Path, names: tuple[str, ...] = PREDICTIONS) -> Path | None:

@@ -68,7 +68,8 @@ def _from_run(run_id: str, key: str, workdir: str) -> tuple[Path, Path | None, s
 
 
 def _from_path(path: Path, key: str, workdir: str) -> tuple[Path, Path | None, str | None]:
-    from bearcat.bundle import locate_init_bundle, not_found
+    from bearcat.bundle import locate_init_bundle
+    from bearcat.checks import not_found
 
     if not path.exists():
         raise FileNotFoundError(not_found(key, path))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bearcat.atomic import replacing
+from bearcat.checks import not_found
 from bearcat.data.labels import LabelsFile, file_md5, is_image_file
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class LabelQueue:
     def __init__(self, source, out, predictor=None, batch_size: int = 64, labels_file: str | None = None):
         self.source, self.out = Path(source), Path(out)
         if not self.source.is_dir():
-            raise FileNotFoundError(f"dir={source}: folder not found")
+            raise FileNotFoundError(not_found("dir", source, kind="folder"))
         if self.out.resolve() == self.source.resolve():
             raise ValueError(f"out={out}: must differ from dir= (the source folder is never changed)")
         self.out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from bearcat import CONFIG_DIR
 from bearcat.atomic import replacing
+from bearcat.checks import not_found
 from bearcat.data.labels import is_image_file
 
 log = logging.getLogger("bearcat.predict")
@@ -46,7 +47,7 @@ def image_paths(images: str, recursive: bool = False) -> list[Path]:
         if not found:
             raise FileNotFoundError(f"images={images}: the pattern matches no image file")
         return found
-    raise FileNotFoundError(f"images={images}: no such file or folder")
+    raise FileNotFoundError(not_found("images", images))
 
 
 def plain(value):

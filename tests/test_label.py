@@ -185,7 +185,7 @@ def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="dir is not set"):
         build_label_app(cfg(f"out={tmp_path / 'o'}"), str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="dir=.*folder not found"):
+    with pytest.raises(FileNotFoundError, match="dir=.*nope: no such folder"):
         build_label_app(cfg(f"dir={tmp_path / 'nope'}", f"out={tmp_path / 'o'}"), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="model=.*not an MLflow run id"):
         build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}"),

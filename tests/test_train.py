@@ -288,6 +288,9 @@ def test_missing_and_empty_folder_errors(make_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no labelled images"):
         train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'empty'}"]))
+    with pytest.raises(FileNotFoundError, match=f"dataset.root={tmp_path / 'empt'}: no such folder; "
+                                                f"did you mean {tmp_path / 'empty'}\\?$"):  # a typo: the folder meant
+        train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={tmp_path / 'empt'}"]))
     with pytest.raises(MissingMandatoryValue, match="dataset.root"):
         train(make_cfg(["debug=fast", "dataset=folder"]))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bearcat.atomic import write_json
+from bearcat.checks import not_found
 from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
@@ -194,7 +195,7 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
     labels list, labels come from it, and its rows that name no image are reported."""
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
     images, others = _scan(base)
     files_before = len(images) + len(others) + _count_quarantined(base)
     infos = parallel_map(_inspect, [(str(p), pre.to_dict()) for p in images], desc="checking images",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bearcat.atomic import replacing
+from bearcat.checks import not_found
 from bearcat.data.fonts import find_cjk_font
 from bearcat.data.generated import generate_splits, sample_rng, settings_root
 from bearcat.data.labels import IMAGE_EXTENSIONS
@@ -292,7 +293,7 @@ def _background_images(background: str, background_dir: str | None) -> list[str]
         return []
     folder = Path(background_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset.background_dir={background_dir}: folder not found")
+        raise FileNotFoundError(not_found("dataset.background_dir", background_dir, kind="folder"))
     images = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise ValueError(f"dataset.background_dir={background_dir}: no images in it")

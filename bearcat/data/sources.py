@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
-from bearcat.checks import is_whole_number
+from bearcat.checks import is_whole_number, not_found
 from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset
 from bearcat.data.parallel import parallel_map
 
@@ -416,7 +416,7 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
         raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES")
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
     skipped: dict[str, int] = {}
     listed = labels_list(labels_file, label_column, base, class_folders)
 

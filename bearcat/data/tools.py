@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from bearcat.checks import not_found
 from bearcat.data.labels import LabelsFile, holds_images, is_image_file, label_from_name
 from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, split_samples, synthetic_settings
 
@@ -38,7 +39,7 @@ def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, 
     are kept, so the list still fits the split folder (it matches bare names too)."""
     src = Path(root)
     if not src.is_dir():
-        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
     dst = Path(output) if output else src
     files = sorted(p for p in src.iterdir() if is_image_file(p))
     labels = {p: listed.label(p, src) if listed else label_from_name(p) for p in files}

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from bearcat.atomic import write_json
+from bearcat.checks import not_found
 from bearcat.data.click import ClickObject, ClickRecord, ClickSplits
 from bearcat.data.sources import split_samples
 
@@ -175,7 +176,7 @@ def voc(root: str | None, cache_dir: str | None = None, val_fraction: float = 0.
         raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES_AND_XML")
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset.root={root}: folder not found")
+        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
     skipped: dict[str, int] = {}
     if (base / "train").is_dir():
         parts = {s: _annotated(base / s, skipped) if (base / s).is_dir() else {} for s in ("train", "val", "test")}
