@@ -112,11 +112,17 @@ def failure_kinds(truths: list[str], preds: list[str]) -> dict[str, int]:
     return {kind: counts.get(kind, 0) for kind in FAILURE_KINDS}
 
 
+def scored(truths: list[str], results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(each reading's confidence, whether it is right) as arrays."""
+    conf = np.array([float(r["confidence"]) for r in results], np.float64)
+    right = np.array([r["result"] == t for r, t in zip(results, truths)], bool)
+    return conf, right
+
+
 def confidence_report(truths: list[str], results: list[dict], threshold: float, bins: int = 10) -> dict:
     """Right / wrong counts per confidence bin, and accuracy of the predictions at or above
     `threshold` (what a user who trusts only confident answers gets)."""
-    conf = np.array([r["confidence"] for r in results], np.float64)
-    right = np.array([r["result"] == t for r, t in zip(results, truths)], bool)
+    conf, right = scored(truths, results)
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
     sure = conf >= threshold
@@ -142,8 +148,7 @@ def answer_thresholds(truths: list[str], results: list[dict], thresholds=ANSWER_
     captchas shown per one solved (1 / (answered x accuracy)) and wrong answers sent per
     one solved; and per target accuracy, the lowest threshold whose answers reach it on
     these images, with the share it answers (picked here, so check it on other images)."""
-    conf = np.array([float(r["confidence"]) for r in results], np.float64)
-    right = np.array([r["result"] == t for r, t in zip(results, truths)], bool)
+    conf, right = scored(truths, results)
     rows = []
     for level in thresholds:
         sure = conf >= level
