@@ -159,3 +159,18 @@ def test_cheapest_assignment_is_the_least_total_cost_of_all_matchings():
             best = min(cost[list(r), range(cols)].sum() for r in itertools.permutations(range(rows), cols))
         assert sum(cost[r, c] for r, c in chosen.items()) == pytest.approx(best)
     assert cheapest_assignment(np.zeros((3, 0))) == {}
+
+
+def test_a_detector_on_text_data_is_refused_and_frames_it_ignores_are_named(make_cfg, caplog):
+    """A detector needs boxes; and it reads an animated image's first frame whatever
+    preprocess.frames says (README "Animated captchas"), which the run says before anything."""
+    import logging
+
+    from bearcat.train import train
+
+    with caplog.at_level(logging.WARNING, logger="bearcat.train"):
+        with pytest.raises(ValueError, match="mode=efficientdet needs a detection dataset .*not bearcat.data.sources"):
+            train(make_cfg(["debug=fast", "mode=efficientdet", "optimized_metric=best_val_map",
+                            "preprocess.frames=median"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "preprocess.frames=median: a detector reads the first frame of an animated image whatever this setting says"]

@@ -178,6 +178,9 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
+    if cfg.preprocess.get("frames", "first") != "first":  # README "Animated captchas": not yet for boxes
+        log.warning("preprocess.frames=%s: a detector reads the first frame of an animated image whatever this "
+                    "setting says", cfg.preprocess.frames)
     splits = load_sources(cfg)
     if not hasattr(splits, "categories"):
         raise ValueError("mode=efficientdet needs a detection dataset (dataset=click or dataset=voc; "
