@@ -33,10 +33,14 @@ def build_label_app(cfg: DictConfig, workdir: str):
         raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
     predictor, name = None, None
     if cfg.get("model"):
-        from bearcat.bundle import decoding_settings, resolve_model
+        from bearcat.bundle import decoding_settings, read_meta, resolve_model
         from bearcat.runtime import load_predictor, named_runtime
 
         folder = resolve_model(cfg.model, workdir, cfg.mlflow)
+        if read_meta(folder)["mode"]["name"] == "efficientdet":  # before loading it
+            raise ValueError(f"model={cfg.model} is a detector (mode=efficientdet): the labelling page saves one "
+                             "text answer per image, for text and class models; a detector learns from boxes "
+                             "(Pascal VOC files beside the images: dataset=voc)")
         predictor = load_predictor(folder, named_runtime(cfg.model, cfg.runtime), cfg.threads, decoding_settings(cfg))
         name = str(cfg.model)
     queue = LabelQueue(source, out, predictor, labels_file=cfg.get("labels_file"))

@@ -191,6 +191,12 @@ def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
         build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}"),
                         str(tmp_path))
     assert not store.exists()
+    detector = tmp_path / "detector"  # the bundle's own description says it: refused before its model loads
+    detector.mkdir()
+    (detector / "bundle.json").write_text('{"format": "bearcat-bundle/1", "mode": {"name": "efficientdet"}}')
+    with pytest.raises(ValueError, match=f"model={detector} is a detector .*dataset=voc"):
+        build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={detector}"), str(tmp_path))
+    assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="out=.*must differ from dir"):
         LabelQueue(unlabelled, unlabelled)
     queue = LabelQueue(unlabelled, tmp_path / "o")  # no model: file-name order, nothing pre-filled
