@@ -99,6 +99,17 @@ def training_config(name: str, folder: Path) -> Path | None:
     return beside if beside.is_file() else None
 
 
+def check_distinct(names: list[str], models: list) -> None:
+    """The same model named twice (a run folder and its run id, or its export) would count
+    double in the average: refuse models whose weights are all equal."""
+    weights = [m.get_weights() for m in models]
+    for j in range(1, len(models)):
+        for i in range(j):
+            if all(np.array_equal(a, b) for a, b in zip(weights[i], weights[j])):
+                raise ValueError(f"models: {names[i]} and {names[j]} hold the same weights (the same model named "
+                                 "twice?); a soup averages different fine-tunes, each named once")
+
+
 def soup(cfg: DictConfig) -> dict:
     """Write the averaged bundle to cfg.out; returns {"out", "models", and with check= the
     accuracy of each model and of the soup}."""
@@ -124,6 +135,7 @@ def soup(cfg: DictConfig) -> dict:
                                  "text and class models only")
         models = [load_keras(Path(f) / "model.keras") for f in folders]
         check_alike(names, metas, models)
+        check_distinct(names, models)
         predictors = [Predictor(f, model=m) for f, m in zip(folders, models)]
         mixed = load_keras(Path(folders[0]) / "model.keras")
         mixed.set_weights(average_weights(models))

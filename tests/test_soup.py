@@ -126,4 +126,7 @@ def test_models_that_cannot_be_averaged_are_named(trained_run, tmp_path):
         soup(soup_cfg([base, boxes], tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="models=.*nowhere"):
         soup(soup_cfg([base, tmp_path / "nowhere"], tmp_path / "out"))
+    # one model named twice, as its run folder and as its bundle: it would count double
+    with pytest.raises(ValueError, match=f"models: {trained_run['output_dir']} and {base} hold the same weights"):
+        soup(soup_cfg([trained_run["output_dir"], base], tmp_path / "out"))
     assert not (tmp_path / "out").exists()
