@@ -198,6 +198,10 @@ def test_health_models_docs_and_click(client, exported):
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
     assert client.get("/v1/predict").status_code == 405  # the endpoint answers POST only
+    lost = client.post("/predict", files={"file": ("a.png", b"x")})  # a path of another tool's API
+    assert lost.status_code == 404 and lost.json()["detail"].startswith(
+        "no endpoint at /predict; the server answers POST /v1/predict, /v1/click, /v1/explain; GET / (the upload page)")
+    assert set(spec["paths"]) - {"/", "/v1/predict", "/v1/click", "/v1/explain", "/health", "/v1/models"} == set()
     page = client.get("/")
     assert page.status_code == 200 and 'id="drop"' in page.text
     r = client.post("/v1/click", json={})

@@ -21,6 +21,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bearcat.click import check_prompt, clean_prompt, order_clicks
 
@@ -42,6 +43,9 @@ class Limits:
 class HTTPProblem(Exception):
     def __init__(self, status: int, detail: str):
         self.status, self.detail = status, detail
+
+
+ENDPOINTS = "POST /v1/predict, /v1/click, /v1/explain; GET / (the upload page), /health, /v1/models, /docs"
 
 
 def problem_response(err: HTTPProblem) -> JSONResponse:
@@ -214,6 +218,13 @@ def create_app(predictor, name: str = "bearcat", limits: Limits | None = None, a
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, err: HTTPProblem):
         return problem_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        detail = err.detail
+        if err.status_code == 404 and detail == "Not Found":  # a path no route has (`/predict`): say which exist
+            detail = f"no endpoint at {request.url.path}; the server answers {ENDPOINTS}"
+        return JSONResponse({"detail": detail}, status_code=err.status_code, headers=getattr(err, "headers", None))
 
     def check_key(request: Request) -> None:
         if api_key is None:
