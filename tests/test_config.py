@@ -67,7 +67,7 @@ def test_debug_fast_shrinks_every_preset(make_cfg, preset):
 ])
 def test_a_misspelt_key_added_with_plus_is_named_with_the_key_meant(name, overrides, meant):
     """Hydra's error for a misspelt key suggests `+key=`, which then adds a key nothing reads."""
-    from bearcat.checks import misspelt_additions
+    from bearcat.overrides import misspelt_additions
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
