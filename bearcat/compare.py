@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 from bearcat.atomic import write_json
 from bearcat.bundle import is_run_id
 from bearcat.checks import not_found
@@ -195,4 +195,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "compare")

@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 from bearcat.bundle import is_run_id
 from bearcat.sweeps import download_summary, learning_curve, log_curve, write_curve
 
@@ -109,4 +109,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "curve")

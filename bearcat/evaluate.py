@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 
 log = logging.getLogger("bearcat.evaluate")
 
@@ -230,4 +230,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "evaluate")

@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 from bearcat.atomic import replacing, write_json
 from bearcat.runtime import FILES, FORMATS, QUANTIZED, load_runtime
 
@@ -357,4 +357,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "export")

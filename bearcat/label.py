@@ -12,7 +12,7 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 
 log = logging.getLogger("bearcat.label")
 
@@ -64,4 +64,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "label")

@@ -1,12 +1,20 @@
-"""Command-line overrides Hydra accepts but that would do nothing: a misspelt key added
-with `+`. A Hydra callback (conf/hydra/default.yaml), kept out of bearcat.checks so that
-the modules every worker process imports do not import Hydra."""
+"""Command-line mistakes Hydra lets through or explains badly: a misspelt key added with `+`,
+a misspelt key (Hydra advises adding it with `+`), a required value left unset. Hydra
+callbacks (conf/hydra/default.yaml) and the wrapper every entry point runs under, kept out of
+bearcat.checks so that the modules every worker process imports do not import Hydra."""
 from __future__ import annotations
 
 import difflib
+import os
+import re
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+
+def child(node: DictConfig, key: str):
+    """node[key], or None for a value still `???` (reading it would raise)."""
+    return None if OmegaConf.is_missing(node, key) else node[key]
 
 
 def misspelt_additions(cfg: DictConfig, overrides: list[str], groups=()) -> list[str]:
@@ -26,11 +34,11 @@ def misspelt_additions(cfg: DictConfig, overrides: list[str], groups=()) -> list
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break
-            present = part in node
+            present = part in node.keys()  # `in node` is False for a missing (???) value
             # a part already there is only judged if this override added it: the leaf, or a
             # new parent holding nothing but the path's next part
             added = not present or depth == len(parts) - 1 or (
-                isinstance(node[part], DictConfig) and list(node[part].keys()) == [parts[depth + 1]])
+                isinstance(child(node, part), DictConfig) and list(node[part].keys()) == [parts[depth + 1]])
             if added:
                 near = difflib.get_close_matches(part, [k for k in node.keys() if k != part], n=1, cutoff=0.8)
                 if near:
@@ -42,7 +50,7 @@ def misspelt_additions(cfg: DictConfig, overrides: list[str], groups=()) -> list
                     break
             if not present:
                 break
-            node = node[part]
+            node = child(node, part)
     return problems
 
 
@@ -54,6 +62,150 @@ class AddedKeysCallback(Callback):
         hydra = config.hydra
         problems = misspelt_additions(config, list(hydra.overrides.task), set(hydra.runtime.choices.keys()))
         if problems:  # SystemExit: Hydra turns a callback's exceptions into mere warnings
+            raise SystemExit("; ".join(problems))
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+
+def unknown_keys(config_name: str, argv: list[str]) -> list[str]:
+    """For each plain `key=value` on the command line that the composed config does not have,
+    the key meant (spelt almost alike) or, failing that, the keys beside it. Hydra's own error
+    for such a key advises adding it with `+`, which for a misspelt key is wrong advice."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    from bearcat import CONFIG_DIR
+
+    args = get_args_parser().parse_args(argv)
+    groups, keys = [], []
+    for override in OverridesParser.create().parse_overrides(args.overrides):
+        key = override.key_or_group
+        if override.type != OverrideType.CHANGE or override.package is not None or key.startswith("hydra"):
+            continue
+        if os.path.isdir(os.path.join(CONFIG_DIR, key)):  # a config group: compose with its (first) choice
+            value = (next(iter(override.sweep_string_iterator())) if override.is_sweep_override()
+                     else override.get_value_element_as_str())
+            groups.append(f"{key}={value}")
+        else:
+            keys.append((key, override.input_line.split("=", 1)[1]))
+    if not keys:
+        return []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=args.config_name or config_name, overrides=groups)
+    problems = []
+    for key, value in keys:
+        parts, node = key.split("."), cfg
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node.keys():  # `in node` is False for a missing (???) value
+                path = ".".join(parts[:depth])
+                here = f"{path} holds" if path else "the settings are"
+                near = difflib.get_close_matches(part, list(node.keys()), n=1, cutoff=0.6)
+                if near:
+                    meant = ".".join([*parts[:depth], near[0], *parts[depth + 1:]])
+                    problems.append(f"{key}: no such setting; did you mean {meant}={value}? (Hydra's advice, "
+                                    f"+{key}={value}, would add a key that nothing reads)")
+                else:
+                    problems.append(f"{key}: no such setting; {here} {', '.join(sorted(map(str, node.keys())))}")
+                break
+            node = child(node, part)
+    return problems
+
+
+def run(main, config_name: str):
+    """Run a Hydra entry point; when it stops with Hydra's error exit, add the key meant for
+    each misspelt key on the command line (`unknown_keys`) after Hydra's message."""
+    import sys
+
+    try:
+        return main()
+    except SystemExit as stop:
+        if stop.code == 1:
+            try:
+                problems = unknown_keys(config_name, sys.argv[1:])
+            except Exception:  # the hint is a courtesy: Hydra's own message has been printed
+                problems = []
+            for problem in problems:
+                print(problem, file=sys.stderr, flush=True)
+        raise
+
+
+def unset_keys(node: DictConfig, path: str = "") -> list[str]:
+    """The keys under `node` still `???` (required, with no default)."""
+    unset = []
+    for key in node.keys():
+        if not path and key == "hydra":  # Hydra's own settings are not the command's
+            continue
+        full = f"{path}.{key}" if path else str(key)
+        if OmegaConf.is_missing(node, key):
+            unset.append(full)
+        elif isinstance(node._get_node(key), DictConfig):
+            unset += unset_keys(node[key], full)
+    return unset
+
+
+def key_comment(yaml_file: str, key: str) -> str:
+    """The comment beside `key` (dotted, within the file) in a config file, with the comment
+    lines that continue it; "" when there is none."""
+    if not os.path.isfile(yaml_file):
+        return ""
+    stack, lines = [], open(yaml_file, encoding="utf-8").read().splitlines()
+    for number, line in enumerate(lines):
+        found = re.match(r"^( *)([A-Za-z_][\w]*):(.*)$", line)
+        if not found:
+            continue
+        depth = len(found.group(1))
+        stack = [(d, name) for d, name in stack if d < depth] + [(depth, found.group(2))]
+        if ".".join(name for _, name in stack) != key or "#" not in found.group(3):
+            continue
+        column = line.index("#", len(found.group(1)) + len(found.group(2)) + 1)
+        parts = [line[column + 1:].strip()]
+        for more in lines[number + 1:]:  # a comment wrapped onto the lines below, aligned
+            if len(more) > column and not more[:column].strip() and more[column] == "#":
+                parts.append(more[column + 1:].strip())
+            else:
+                break
+        return " ".join(parts)
+    return ""
+
+
+def required_unset(config: DictConfig, config_dir: str) -> list[str]:
+    """Each required value (`???`) the command leaves unset, with what it takes (the comment in
+    conf/). `prepare` needs only its action's settings (generate.output for action=generate);
+    keys set by a sweep's overrides are left to each job."""
+    name, choices = config.hydra.job.config_name, config.hydra.runtime.choices
+    given = {override.lstrip("+").split("=", 1)[0] for override in config.hydra.overrides.task}
+    unset = [key for key in unset_keys(config) if key not in given]
+    if name == "prepare":  # the action first, then only its own settings
+        unset = ["action"] if "action" in unset else [key for key in unset if key.split(".")[0] == config.action]
+    problems = []
+    for key in unset:
+        group, _, rest = key.partition(".")
+        comment = (key_comment(os.path.join(config_dir, group, f"{choices[group]}.yaml"), rest)
+                   if rest and choices.get(group) else "") or key_comment(os.path.join(config_dir, f"{name}.yaml"), key)
+        problems.append(f"{key} is not set (pass {key}=...)" + (f": {comment}" if comment else ""))
+    return problems
+
+
+class RequiredKeysCallback(Callback):
+    """Stops a command that leaves a required value unset (`required_unset`), before anything
+    runs: without it the command went on to the first line reading the value (after loading
+    TensorFlow) and stopped there with a traceback; hydra.callbacks.required_keys."""
+
+    def _check(self, config: DictConfig) -> None:
+        from bearcat import CONFIG_DIR
+
+        problems = required_unset(config, CONFIG_DIR)
+        if problems:
             raise SystemExit("; ".join(problems))
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 from bearcat.atomic import replacing
 from bearcat.checks import not_found
 from bearcat.data.labels import is_image_file
@@ -162,4 +162,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "predict")

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 
 log = logging.getLogger("bearcat.prepare")
 
@@ -150,4 +150,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "prepare")

@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 
 WORKER_CONFIG = "BEARCAT_SERVE_WORKER_CONFIG"  # the resolved config, handed to `workers` processes
 
@@ -111,4 +111,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "serve")

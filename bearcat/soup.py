@@ -23,7 +23,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 
 log = logging.getLogger("bearcat.soup")
 
@@ -177,4 +177,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    overrides.run(main, "soup")

@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from bearcat import CONFIG_DIR
+from bearcat import CONFIG_DIR, overrides
 from bearcat.checks import is_number, is_whole_number
 from bearcat.metrics import lower_is_better
 
@@ -480,7 +480,7 @@ def exit_now() -> None:
 
 def cli() -> None:
     """`python -m bearcat.train` and the `bearcat-train` command."""
-    main()
+    overrides.run(main, "train")
     exit_now()
 
 

@@ -93,3 +93,68 @@ def test_a_misspelt_added_key_stops_a_run_and_a_sweep_before_they_start(tmp_path
         assert done.returncode == 1, done.stderr[-2000:]
         assert f"write trainer.max_minutes={value}, or ++trainer.max_minute={value}" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,argv,hint", [
+    ("train", ["trainer.max_minute=1"], "did you mean trainer.max_minutes=1?"),
+    ("train", ["trainr.epochs=2"], "did you mean trainer.epochs=2?"),  # a misspelt parent
+    ("train", ["backbon=mobilenetv2"], "did you mean backbone=mobilenetv2?"),  # a misspelt group
+    ("train", ["experiment=swust", "dataset.rot=x"], "did you mean dataset.root=x?"),  # a key of the preset's dataset
+    ("train", ["-m", "trainer.epoch=1,2", "backbone=cnn_small,mobilenetv2"], "did you mean trainer.epochs=1,2?"),
+    ("evaluate", ["run_idd=abc"], "did you mean run_id=abc?"),
+    ("train", ["trainer.zzz=1"], "trainer holds auto_epochs, auto_steps, batch_size"),  # nothing alike: what is there
+    ("predict", ["model=x", "images=y"], None),  # required keys (???) are keys too
+    ("train", ["+trainer.new=1", "++x=1", "~trainer.seed", "hydra.run.dir=x", "dataset=folder"], None),
+])
+def test_a_misspelt_key_is_named_with_the_key_meant(name, argv, hint):
+    """Hydra's own error for a misspelt key advises adding it with `+`; the hint gives the key meant."""
+    from bearcat.overrides import unknown_keys
+
+    problems = unknown_keys(name, argv)
+    if hint is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and hint in problems[0], problems
+
+
+@pytest.mark.parametrize("name,overrides,unset", [
+    ("predict", [], ["model is not set (pass model=...): bundle folder, training run folder, MLflow run id",
+                     "images is not set (pass images=...): an image file, a folder of images"]),
+    ("label", ["dir=x"], ["out is not set (pass out=...): folder the answers go to"]),
+    ("soup", ["out=x"], ["models is not set (pass models=...): two or more: bundle folders, training run folders "
+                         "or MLflow run ids, fine-tuned from the same"]),  # a comment wrapped onto the next line
+    ("train", ["experiment=finetune"], ["dataset.root is not set (pass dataset.root=...): the folder of labelled"]),
+    ("prepare", [], ["action is not set"]),  # the action first
+    ("prepare", ["action=generate"], ["generate.output is not set"]),  # then only its own settings
+    ("prepare", ["action=clean"], []),
+    ("train", [], []),
+    ("evaluate", ["run_id=x"], []),
+])
+def test_a_required_value_left_unset_is_named_with_what_it_takes(name, overrides, unset):
+    from bearcat.overrides import required_unset
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    cfg.hydra.job.config_name = name  # as a command's own run sets it
+    problems = required_unset(cfg, CONF)
+    assert len(problems) == len(unset) and all(p.startswith(u) for p, u in zip(problems, unset)), problems
+
+
+def test_misspelt_and_unset_keys_are_named_from_the_command_line(tmp_path):
+    """Each stops before TensorFlow loads (so no traceback), a sweep before its first job."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'run'}",
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120)
+
+    done = run("bearcat.train", "trainer.max_minute=1")
+    assert done.returncode == 1 and "Key 'max_minute' is not in struct" in done.stderr  # Hydra's message, then
+    assert done.stderr.rstrip().endswith("trainer.max_minute: no such setting; did you mean trainer.max_minutes=1? "
+                                         "(Hydra's advice, +trainer.max_minute=1, would add a key that nothing reads)")
+    for args in (["bearcat.predict", "images=x"], ["bearcat.train", "-m", "dataset=folder", "trainer.epochs=1,2"]):
+        done = run(*args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert ("model is not set (pass model=...)" if "images=x" in args else "dataset.root is not set") in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
