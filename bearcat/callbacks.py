@@ -1,10 +1,11 @@
-"""Training callbacks: validation metrics, atomic checkpoints with resume state, and a
-wall-clock budget."""
+"""Training callbacks: validation metrics, atomic checkpoints with resume state, a
+wall-clock budget, and a stop on Ctrl-C."""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -85,10 +86,11 @@ class Checkpointer(keras.callbacks.Callback):
         """{"best_<monitor>": the best epoch's value} (what sweeps select on); {} before any epoch."""
         return {} if self.state["best"] is None else {f"best_{self.monitor}": self.state["best"]}
 
-    def finish(self) -> None:
+    def finish(self, done: bool = True) -> None:
         """Training has ended (all epochs, early stopping or the time budget): a resume after
-        a kill in the testing that follows goes straight back to testing."""
-        self.state.update(training_done=True, trained_seconds=self._trained_seconds())
+        a kill in the testing that follows goes straight back to testing. Not `done` (stopped by
+        Ctrl-C): a resume trains on from the last epoch."""
+        self.state.update(training_done=done, trained_seconds=self._trained_seconds())
         write_json(self.folder / STATE_FILE, self.state, indent=1)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -210,6 +212,46 @@ class TimeBudget(keras.callbacks.Callback):
         if now + (now - self.epoch_start) > self.start + self.budget:
             log.info("time budget of %.1f min reached after epoch %d; stopping", self.budget / 60, epoch + 1)
             self.model.stop_training = True
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Within `with stopper:` the first Ctrl-C (SIGINT) ends training after the current batch,
+    as the time budget ends it after an epoch: the part-epoch is validated and checkpointed,
+    then the run tests and saves its best epoch as usual. Python's own Ctrl-C handler is put
+    back at once, so a second Ctrl-C aborts (KeyboardInterrupt) as before."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+        self.told = False
+        self.previous = None
+
+    def _press(self, signum, frame) -> None:
+        # only a flag: logging or printing here could re-enter a stream the main thread is writing
+        self.pressed = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if signal.getsignal(signal.SIGINT) == self._press:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _stop(self) -> None:
+        if self.pressed:
+            self.model.stop_training = True
+            if not self.told:
+                self.told = True
+                log.warning("Ctrl-C: training stops after this batch, then the best epoch is tested and saved "
+                            "as usual; press Ctrl-C again to abort")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):  # pressed during validation: no further epoch
+        self._stop()
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):

@@ -10,7 +10,8 @@ import math
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -158,16 +159,38 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
     if checkpointer.state.get("training_done") or initial_epoch >= cfg.trainer.epochs:
         log.info("training had ended (epoch %d): testing the best checkpoint", initial_epoch)
         return
-    from bearcat.callbacks import TimeBudget
+    from bearcat import tracking
+    from bearcat.callbacks import StopOnInterrupt, TimeBudget
     from bearcat.optim.schedules import TimeBudgetCosine
 
     for callback in callbacks:
         if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
             callback.used_before = checkpointer.used_before
-    model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-              steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
-              shuffle=False)  # the data shuffles itself
-    checkpointer.finish()
+    stopper = StopOnInterrupt()
+    with stopper if stops_on_interrupt() else nullcontext():
+        model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, stopper],
+                  steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
+                  shuffle=False)  # the data shuffles itself
+    if stopper.pressed:
+        epoch, best = checkpointer.state.get("epoch", 0), checkpointer.state.get("best_epoch")
+        checkpointer.state["interrupted_at_epoch"] = epoch
+        tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {epoch} of {cfg.trainer.epochs}"})
+        log.warning("stopped by Ctrl-C in epoch %d of %d: testing the best epoch so far (epoch %s); "
+                    "python -m bearcat.train resume=%s trains on from there", epoch, cfg.trainer.epochs, best,
+                    cfg.paths.output_dir)
+    checkpointer.finish(done=not stopper.pressed)
+
+
+def stops_on_interrupt() -> bool:
+    """Ctrl-C stops a single run's training gently (`StopOnInterrupt`). In a sweep it aborts
+    as before: a gentle stop would end one job and go on to the next. Only the main thread
+    may handle signals."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 def progress_display(setting, stream=None) -> int:

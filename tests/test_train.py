@@ -419,25 +419,38 @@ def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
         folder(str(main), extra_train=[str(tmp_path / "nowhere")])
 
 
-def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, tmp_path):
-    out = tmp_path / "run"
+def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0) -> subprocess.Popen:
+    """A 3-epoch training run in a process group of its own, sent `sent` (to the whole group,
+    as a terminal's Ctrl-C is) once its first epoch is committed; then waited for up to `wait`
+    seconds, after which it is killed. Its run folder is tmp_path/run."""
     overrides = ["debug=fast", "dataset.train_size=600", "trainer.batch_size=8", "trainer.epochs=3",
-                 f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
+                 f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
                  f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    state_file = out / "checkpoints" / "state.json"
+    state_file = tmp_path / "run" / "checkpoints" / "state.json"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if state_file.is_file() and json.loads(state_file.read_text()).get("epoch", 0) >= 1:
-                os.killpg(proc.pid, signal.SIGKILL)  # as abrupt as a power cut
+                os.killpg(proc.pid, sent)
                 break
             time.sleep(0.02)
+        if wait:
+            proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:  # killed below
+        pass
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return proc
+
+
+def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, tmp_path):
+    out = tmp_path / "run"
+    signal_after_first_epoch(tmp_path, signal.SIGKILL)  # as abrupt as a power cut
+    state_file = out / "checkpoints" / "state.json"
     state = json.loads(state_file.read_text())
     assert 1 <= state["epoch"] < 3, f"the run was not interrupted mid-training: {state}"
     killed_at = state["epoch"]
@@ -457,6 +470,56 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, 
     final = json.loads(state_file.read_text())
     assert final["epoch"] == 3 and killed_at < 3 and final["training_done"]
     assert final["trained_seconds"] > state["trained_seconds"] > 0  # the time budget counts both attempts
+
+
+def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tmp_store, tmp_path):
+    """The first Ctrl-C ends training after the current batch; the run still tests and saves
+    its best epoch, and its MLflow run finishes, tagged. resume= then trains on."""
+    out = tmp_path / "run"
+    proc = signal_after_first_epoch(tmp_path, signal.SIGINT, wait=240)
+    state_file = out / "checkpoints" / "state.json"
+    assert proc.returncode == 0
+    log_text = (tmp_path / "hydra" / "train.log").read_text()
+    assert "Ctrl-C: training stops after this batch" in log_text and "finished: run folder" in log_text
+    state = json.loads(state_file.read_text())
+    # stopped in epoch 2, or at the end of epoch 1 when Ctrl-C came before its last callback
+    stopped = state["epoch"]
+    assert state["interrupted_at_epoch"] == stopped and stopped in (1, 2) and not state["training_done"]
+    assert (out / "model" / "bundle.json").is_file()  # the best epoch so far, saved as a bundle
+    client = mlflow.MlflowClient(tmp_store)
+    run = client.get_run(state["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert run.data.tags["bearcat.interrupted"] == f"Ctrl-C in epoch {stopped} of 3"
+
+    again = train(make_cfg([f"resume={out}"]))  # trains on to epoch 3, in the same MLflow run
+    final = json.loads(state_file.read_text())
+    assert final["epoch"] == 3 and final["training_done"] and again["mlflow_run_id"] == run.info.run_id
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+
+
+def test_a_second_ctrl_c_aborts_and_the_handler_is_put_back():
+    import threading
+
+    from bearcat.callbacks import StopOnInterrupt
+    from bearcat.train import stops_on_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnInterrupt() as stopper:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs between bytecodes
+        assert stopper.pressed and signal.getsignal(signal.SIGINT) is before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
+    with StopOnInterrupt():  # never pressed: put back on leaving
+        assert signal.getsignal(signal.SIGINT) is not before
+    assert signal.getsignal(signal.SIGINT) is before
+    found = []
+    worker = threading.Thread(target=lambda: found.append(stops_on_interrupt()))
+    worker.start()
+    worker.join()
+    assert stops_on_interrupt() and found == [False]  # only the main thread can handle signals
 
 
 def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, caplog):
