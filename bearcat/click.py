@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: key=value arguments model=, image=, prompt= and optionally runtime= (Hydra-style,
     without Hydra)."""
     argv = sys.argv[1:] if argv is None else argv
+    if {"--help", "-h"} & set(argv):
+        print(__doc__.rstrip())
+        print("\nKeys: model= (bundle folder), image= (captcha file), prompt= (the characters to click, in order); "
+              "runtime= keras | onnx | tflite | tflite_int8 | savedmodel | auto (the default). Prints the clicks as JSON.")
+        return 0
     args = CLI_OPTIONS | dict(a.split("=", 1) for a in argv if "=" in a)
     # a misspelt key (promt=) or a stray word would otherwise be dropped without a word
     unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in (*CLI_KEYS, *CLI_OPTIONS)]

@@ -121,11 +121,45 @@ def unknown_keys(config_name: str, argv: list[str]) -> list[str]:
     return problems
 
 
+def command_help(config_name: str) -> str:
+    """`--help`: the command's own config file, whose comments say what each key takes, then
+    the config groups it composes with their options. (Hydra's own help printed the composed
+    config without a comment, and every group in conf/, used or not.)"""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bearcat import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        choices = compose(config_name=config_name, return_hydra_config=True).hydra.runtime.choices
+    lines = [open(os.path.join(CONFIG_DIR, f"{config_name}.yaml"), encoding="utf-8").read().rstrip(), ""]
+    groups = [g for g in choices if not g.startswith("hydra")] + (["hydra/launcher"] if config_name == "train" else [])
+    if groups:
+        lines.append(f"Config groups (group=option; an option's keys, with comments: {CONFIG_DIR}/<group>/<option>.yaml):")
+        for group in sorted(groups):
+            options = sorted(name[:-5] for name in os.listdir(os.path.join(CONFIG_DIR, group)) if name.endswith(".yaml"))
+            if group == "hydra/launcher":
+                options = ["basic", *options]  # Hydra's own, the default
+            chosen = choices[group]
+            default = ("" if options == [chosen] else " (none by default)" if chosen is None
+                       else f" (default {chosen})")
+            lines.append(f"  {group}: {', '.join(options)}{default}")
+        lines.append("")
+    lines += [f"Every key as composed: python -m bearcat.{config_name} --cfg job [overrides]",
+              "Hydra's own options: --hydra-help. The README explains each command."]
+    return "\n".join(lines)
+
+
 def run(main, config_name: str):
-    """Run a Hydra entry point; when it stops with Hydra's error exit, add the key meant for
-    each misspelt key on the command line (`unknown_keys`) after Hydra's message."""
+    """Run a Hydra entry point: `--help` prints `command_help`; when the command stops with
+    Hydra's error exit, the key meant for each misspelt key on the command line
+    (`unknown_keys`) follows Hydra's message."""
     import sys
 
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(command_help(config_name), flush=True)
+        return None
     try:
         return main()
     except SystemExit as stop:

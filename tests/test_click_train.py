@@ -125,6 +125,7 @@ def test_solver_answers_in_prompt_order(click_run, capsys):
     assert main([f"model={root / 'detector' / 'model'}", f"image={record.path}", f"prompt={record.prompt}",
                  "treshold=0.5"]) == 2
     assert "unknown: treshold=0.5" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "python -m bearcat.click model=BUNDLE" in capsys.readouterr().out
     # a character the recogniser has no class for is refused, named, not clicked at a guess
     assert detector.names == list(detector.recogniser.mode.vocab.chars) and "X" not in detector.names
     assert set(detector.names) <= set(load_sources(cfg).categories) and set(record.prompt) <= set(detector.names)

@@ -158,3 +158,26 @@ def test_misspelt_and_unset_keys_are_named_from_the_command_line(tmp_path):
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert ("model is not set (pass model=...)" if "images=x" in args else "dataset.root is not set") in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_help_shows_the_commands_own_config_with_its_comments_and_groups():
+    """`--help` prints the entry config file (each key's comment says what it takes) and the
+    groups that command composes, not Hydra's comment-less dump of every group in conf/."""
+    import subprocess
+    import sys
+
+    def helped(name):
+        done = subprocess.run([sys.executable, "-m", f"bearcat.{name}", "--help"], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    text = helped("predict")
+    assert text.startswith((Path(CONF) / "predict.yaml").read_text().rstrip())
+    assert "# bundle folder, training run folder, MLflow run id or models:/NAME/VERSION" in text
+    assert "  mlflow: default\n" in text and "backbone:" not in text  # only the groups predict composes
+    text = helped("train")
+    assert "  backbone: cnn_small, convnext_tiny," in text and "resnet_se (default cnn_small)" in text
+    assert "  experiment: alnum_ordinary," in text and "tiles (none by default)" in text
+    assert "  hydra/launcher: basic, parallel, slurm (default basic)" in text
+    assert "python -m bearcat.train --cfg job [overrides]" in text

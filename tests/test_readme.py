@@ -110,7 +110,8 @@ def refused(commands: list[tuple[str, str]]) -> list[str]:
     failures = []
     click_keys = (*CLI_KEYS, *CLI_OPTIONS)
     for args in dict.fromkeys(args for name, args in commands if name == "click"):  # four keys, no Hydra
-        extra = [t for t in shlex.split(re.sub(r"<[^>]*>", "X", args)) if t.split("=", 1)[0] not in click_keys]
+        extra = [t for t in shlex.split(re.sub(r"<[^>]*>", "X", args))
+                 if t.split("=", 1)[0] not in click_keys and t not in ("--help", "-h")]
         if extra:
             failures.append(f"bearcat.click {args}: not one of {', '.join(click_keys)}: {' '.join(extra)}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
