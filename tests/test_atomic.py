@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,35 @@ def test_a_new_checkpointer_clears_what_a_killed_run_left(tmp_path):
     (tmp_path / "epoch-0002").mkdir()
     Checkpointer(tmp_path, "val_accuracy")
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-0002"]
+
+
+def test_a_killed_generation_run_again_reads_what_it_had_drawn(tmp_path):
+    """Killed (or stopped by Ctrl-C) part way, a generation leaves whole files but no marker and
+    no array cache; run again, it reads those files instead of drawing them, and draws only the
+    rest: the same files and the same arrays as a generation never stopped."""
+    from bearcat.data.pipeline import load_split
+    from bearcat.data.preprocess import PreprocessConfig
+    from bearcat.data.sources import synthetic
+
+    pre = PreprocessConfig(height=30, width=80)
+    args = dict(charset="AB12", min_length=2, max_length=3, image_width=80, image_height=30, train_size=12,
+                val_size=2, test_size=2, seed=7, workers=1, preprocess=pre.to_dict())
+    whole = synthetic(**args, cache_dir=str(tmp_path / "whole"))
+    cut = synthetic(**args, cache_dir=str(tmp_path / "cut"))
+    for leftover in [*(tmp_path / "cut").rglob("*.done"), *(tmp_path / "cut" / "arrays").iterdir()]:
+        leftover.unlink()  # as a kill before the end leaves it
+    drawn = [Path(p) for p, _ in cut.train]
+    for path in drawn[6:]:
+        path.unlink()  # not drawn yet when killed
+    drawn[0].write_bytes(drawn[0].read_bytes()[:40])  # damaged later: drawn again
+    stamps = {p: p.stat().st_mtime_ns for p in drawn[1:6]}
+    time.sleep(0.01)
+    again = synthetic(**args, cache_dir=str(tmp_path / "cut"))
+    assert {p: p.stat().st_mtime_ns for p in drawn[1:6]} == stamps  # read, not drawn again
+    assert all(Path(p).read_bytes() == Path(q).read_bytes() for (p, _), (q, _) in zip(again.train, whole.train))
+    arrays = [load_split(s.train, pre, str(tmp_path / name), desc="").images
+              for s, name in ((whole, "whole"), (again, "cut"))]
+    assert np.array_equal(*arrays) and arrays[0].shape[0] == 12
 
 
 def test_drawing_a_split_again_clears_what_a_killed_drawing_left(tmp_path):

@@ -132,19 +132,30 @@ def _captcha_generator(s: dict):
 
 def _draw(job):
     """Draw one captcha and save it: (its path, the image). Deterministic in (seed, split,
-    index) whatever the worker."""
+    index) whatever the worker. A file already there is read instead: a generation killed
+    (or stopped by Ctrl-C) part way, run again, reads what it had drawn, about six times
+    faster than drawing it (scripts/bench_data.py, "cold" rows)."""
     out_dir, split, index, s = job[:4]
     key = f"{s['seed']}/{split}/{index}"
     rng = random.Random(key)
     weights = s.get("train_char_weights") if split == "train" else None  # val/test: the plain task
     label = _random_label(rng, s["charset"], s["min_length"], s["max_length"], weights)
+    name = hashlib.sha1(key.encode()).hexdigest()[:10]
+    path = Path(out_dir) / split / f"{label}_{name}.png"
+    if path.is_file():  # whole: files are written under another name and renamed into place
+        from PIL import Image
+
+        try:
+            with Image.open(path) as drawn:
+                drawn.load()
+                return str(path), drawn.copy()  # the PNG is lossless: the image as drawn
+        except OSError:  # unreadable all the same: drawn again
+            pass
     # captcha >= 0.6 draws from `secrets`, which cannot be seeded: give its module a seeded
     # stand-in so the same settings always give the same images.
     import captcha.image
 
     captcha.image.secrets = _SeededSecrets(random.Random(f"{key}/draw"))
-    name = hashlib.sha1(key.encode()).hexdigest()[:10]
-    path = Path(out_dir) / split / f"{label}_{name}.png"
     image = _captcha_generator(s).generate_image(label)
     # Written under a per-process name, then renamed: parallel sweep jobs on a cold cache draw
     # the same files, and writing in place would truncate a file another job is already reading.
