@@ -752,8 +752,9 @@ def test_a_cold_run_does_not_decode_the_captchas_it_drew(make_cfg, monkeypatch):
 
 def test_redrawing_a_captcha_never_rewrites_a_file_in_place(tmp_path):
     """Two sweep jobs on a cold cache draw the same files: the second must not truncate the
-    file the first is already reading. Each drawing is a new file renamed into place, so an
-    open handle keeps the complete old image and no temporary file is left behind."""
+    file the first is already reading. A file already drawn is read, not drawn again; one
+    drawn again (found damaged) is a new file renamed into place, so an open handle keeps the
+    complete old bytes and no temporary file is left behind."""
     from PIL import Image
 
     from bearcat.data.sources import _generate_one, synthetic_settings
@@ -761,12 +762,16 @@ def test_redrawing_a_captcha_never_rewrites_a_file_in_place(tmp_path):
     settings = synthetic_settings("AB12", 2, 3, 80, 30, seed=7)
     (tmp_path / "train").mkdir()
     path = Path(_generate_one((str(tmp_path), "train", 0, settings)))
-    size = path.stat().st_size
+    size, stamp = path.stat().st_size, path.stat().st_mtime_ns
     with path.open("rb") as reader:  # the first job, reading
         again = Path(_generate_one((str(tmp_path), "train", 0, settings)))  # the second job
-        assert again == path
-        assert os.fstat(reader.fileno()).st_ino != path.stat().st_ino  # not written into the open file
+        assert again == path and path.stat().st_mtime_ns == stamp  # read, not written
         assert len(reader.read()) == size
+    path.write_bytes(path.read_bytes()[:40])  # damaged
+    with path.open("rb") as reader:
+        assert Path(_generate_one((str(tmp_path), "train", 0, settings))) == path  # drawn again
+        assert os.fstat(reader.fileno()).st_ino != path.stat().st_ino  # not written into the open file
+        assert len(reader.read()) == 40
     assert path.stat().st_size == size and Image.open(path).size == (80, 30)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [path.name]
 
