@@ -154,7 +154,7 @@ def command_help(config_name: str) -> str:
 def run(main, config_name: str):
     """Run a Hydra entry point: `--help` prints `command_help`; when the command stops with
     Hydra's error exit, the key meant for each misspelt key on the command line
-    (`unknown_keys`) follows Hydra's message."""
+    (`unknown_keys`) follows Hydra's message; a Ctrl-C ends it with a line, not a traceback."""
     import sys
 
     if {"--help", "-h"} & set(sys.argv[1:]):
@@ -162,6 +162,9 @@ def run(main, config_name: str):
         return None
     try:
         return main()
+    except KeyboardInterrupt:  # a Ctrl-C outside training (which stops gently): no traceback
+        print("stopped by Ctrl-C", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None  # the shells' code for a command ended by Ctrl-C
     except SystemExit as stop:
         if stop.code == 1:
             try:

@@ -167,7 +167,7 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
         if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
             callback.used_before = checkpointer.used_before
     stopper = StopOnInterrupt()
-    with stopper if stops_on_interrupt() else nullcontext():
+    with stopper if stops_on_interrupt(cfg) else nullcontext():
         model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, stopper],
                   steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
                   shuffle=False)  # the data shuffles itself
@@ -178,17 +178,22 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
         log.warning("stopped by Ctrl-C in epoch %d of %d: testing the best epoch so far (epoch %s); "
                     "python -m bearcat.train resume=%s trains on from there", epoch, cfg.trainer.epochs, best,
                     cfg.paths.output_dir)
+    elif "interrupted_at_epoch" in checkpointer.state:  # resumed after a Ctrl-C, now trained to its end
+        tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {checkpointer.state['interrupted_at_epoch']} "
+                                                  f"of {cfg.trainer.epochs}, then resumed to the end"})
     checkpointer.finish(done=not stopper.pressed)
 
 
-def stops_on_interrupt() -> bool:
+def stops_on_interrupt(cfg: DictConfig) -> bool:
     """Ctrl-C stops a single run's training gently (`StopOnInterrupt`). In a sweep it aborts
-    as before: a gentle stop would end one job and go on to the next. Only the main thread
-    may handle signals."""
+    as before: a gentle stop would end one job and go on to the next. So it does on several
+    machines (trainer.strategy=multi_worker): one worker stopping early would leave the others
+    waiting for it (the time budget is refused there for the same reason). Only the main
+    thread may handle signals."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or cfg.trainer.get("strategy") == "multi_worker":
         return False
     return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 

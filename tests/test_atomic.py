@@ -120,6 +120,23 @@ def test_a_killed_generation_run_again_reads_what_it_had_drawn(tmp_path):
     assert np.array_equal(*arrays) and arrays[0].shape[0] == 12
 
 
+def test_ctrl_c_while_generating_says_what_is_kept(tmp_path, monkeypatch, caplog):
+    import bearcat.data.sources as sources
+
+    def interrupted(fn, jobs, **kwargs):  # Ctrl-C after two captchas
+        for job in jobs[:2]:
+            fn(job)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources, "parallel_map", interrupted)
+    settings = sources.synthetic_settings("AB12", 2, 3, 80, 30, seed=7)
+    with caplog.at_level("WARNING", logger="bearcat.data.sources"), pytest.raises(KeyboardInterrupt):
+        sources.generate_split(tmp_path, "train", 5, settings, workers=1)
+    assert len(list((tmp_path / "train").glob("*.png"))) == 2
+    assert (f"Ctrl-C while generating the train split (5 captchas): {tmp_path / 'train'} keeps the 2 drawn so far, "
+            "and a run with the same dataset settings reads them instead of drawing them again") in caplog.text
+
+
 def test_drawing_a_split_again_clears_what_a_killed_drawing_left(tmp_path):
     from bearcat.data.sources import generate_split, synthetic_settings
 

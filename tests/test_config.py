@@ -181,3 +181,14 @@ def test_help_shows_the_commands_own_config_with_its_comments_and_groups():
     assert "  experiment: alnum_ordinary," in text and "tiles (none by default)" in text
     assert "  hydra/launcher: basic, parallel, slurm (default basic)" in text
     assert "python -m bearcat.train --cfg job [overrides]" in text
+
+
+def test_ctrl_c_outside_training_ends_a_command_with_a_line_not_a_traceback(capsys):
+    from bearcat.overrides import run
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run(interrupted, "train")
+    assert stop.value.code == 130 and capsys.readouterr().err == "stopped by Ctrl-C\n"

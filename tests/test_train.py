@@ -419,11 +419,11 @@ def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
         folder(str(main), extra_train=[str(tmp_path / "nowhere")])
 
 
-def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0) -> subprocess.Popen:
-    """A 3-epoch training run in a process group of its own, sent `sent` (to the whole group,
-    as a terminal's Ctrl-C is) once its first epoch is committed; then waited for up to `wait`
-    seconds, after which it is killed. Its run folder is tmp_path/run."""
-    overrides = ["debug=fast", "dataset.train_size=600", "trainer.batch_size=8", "trainer.epochs=3",
+def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0, images: int = 600) -> subprocess.Popen:
+    """A 3-epoch training run on `images` in a process group of its own, sent `sent` (to the
+    whole group, as a terminal's Ctrl-C is) once its first epoch is committed; then waited for
+    up to `wait` seconds, after which it is killed. Its run folder is tmp_path/run."""
+    overrides = ["debug=fast", f"dataset.train_size={images}", "trainer.batch_size=8", "trainer.epochs=3",
                  f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
                  f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
@@ -476,7 +476,7 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     """The first Ctrl-C ends training after the current batch; the run still tests and saves
     its best epoch, and its MLflow run finishes, tagged. resume= then trains on."""
     out = tmp_path / "run"
-    proc = signal_after_first_epoch(tmp_path, signal.SIGINT, wait=240)
+    proc = signal_after_first_epoch(tmp_path, signal.SIGINT, wait=240, images=200)
     state_file = out / "checkpoints" / "state.json"
     assert proc.returncode == 0
     log_text = (tmp_path / "hydra" / "train.log").read_text()
@@ -495,10 +495,14 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     final = json.loads(state_file.read_text())
     assert final["epoch"] == 3 and final["training_done"] and again["mlflow_run_id"] == run.info.run_id
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+    tag = client.get_run(run.info.run_id).data.tags["bearcat.interrupted"]
+    assert tag == f"Ctrl-C in epoch {stopped} of 3, then resumed to the end"
 
 
 def test_a_second_ctrl_c_aborts_and_the_handler_is_put_back():
     import threading
+
+    from omegaconf import OmegaConf
 
     from bearcat.callbacks import StopOnInterrupt
     from bearcat.train import stops_on_interrupt
@@ -515,11 +519,13 @@ def test_a_second_ctrl_c_aborts_and_the_handler_is_put_back():
     with StopOnInterrupt():  # never pressed: put back on leaving
         assert signal.getsignal(signal.SIGINT) is not before
     assert signal.getsignal(signal.SIGINT) is before
-    found = []
-    worker = threading.Thread(target=lambda: found.append(stops_on_interrupt()))
+    found, single = [], OmegaConf.create({"trainer": {"strategy": "default"}})
+    worker = threading.Thread(target=lambda: found.append(stops_on_interrupt(single)))
     worker.start()
     worker.join()
-    assert stops_on_interrupt() and found == [False]  # only the main thread can handle signals
+    assert stops_on_interrupt(single) and found == [False]  # only the main thread can handle signals
+    # nor on several machines: one worker stopping early would leave the others waiting
+    assert not stops_on_interrupt(OmegaConf.create({"trainer": {"strategy": "multi_worker"}}))
 
 
 def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, caplog):

@@ -236,10 +236,18 @@ def synthetic_settings(charset: str, min_length: int, max_length: int, image_wid
 
 
 def _draw_split(root, split: str, size: int, settings: dict, workers: int | None, fn, extra: tuple = ()) -> list:
-    (Path(root) / split).mkdir(parents=True, exist_ok=True)
-    remove_stale(Path(root) / split)  # what a killed drawing left half written
+    folder = Path(root) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder)  # what a killed drawing left half written
     jobs = [(str(root), split, i, settings, *extra) for i in range(size)]
-    return parallel_map(fn, jobs, desc=f"generating {split} captchas", workers=workers)
+    try:
+        return parallel_map(fn, jobs, desc=f"generating {split} captchas", workers=workers)
+    except KeyboardInterrupt:
+        drawn = sum(1 for path in folder.iterdir() if path.suffix == ".png")
+        log.warning("Ctrl-C while generating the %s split (%d captchas): %s keeps the %d drawn so far, and a "
+                    "run with the same dataset settings reads them instead of drawing them again",
+                    split, size, folder, drawn)
+        raise
 
 
 def generate_split(root, split: str, size: int, settings: dict, workers: int | None = None) -> list[str]:
