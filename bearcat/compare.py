@@ -194,5 +194,11 @@ def main(cfg: DictConfig) -> None:
     compare(str(cfg.a), str(cfg.b), out, cfg.mlflow)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.compare` and the `bearcat-compare` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "compare")
+
+
+if __name__ == "__main__":
+    cli()

@@ -108,5 +108,11 @@ def main(cfg: DictConfig) -> None:
                 log_run=bool(cfg.log_to_mlflow))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.curve` and the `bearcat-curve` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "curve")
+
+
+if __name__ == "__main__":
+    cli()

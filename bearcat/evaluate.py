@@ -229,5 +229,11 @@ def main(cfg: DictConfig) -> float:
     return metrics.get("test_accuracy", metrics.get("test_map"))  # detection models report mAP
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.evaluate` and the `bearcat-evaluate` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "evaluate")
+
+
+if __name__ == "__main__":
+    cli()

@@ -356,5 +356,11 @@ def main(cfg: DictConfig) -> None:
     export(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.export` and the `bearcat-export` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "export")
+
+
+if __name__ == "__main__":
+    cli()

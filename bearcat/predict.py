@@ -161,5 +161,11 @@ def main(cfg: DictConfig) -> None:
     predict(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.predict` and the `bearcat-predict` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "predict")
+
+
+if __name__ == "__main__":
+    cli()

@@ -149,5 +149,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.prepare` and the `bearcat-prepare` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "prepare")
+
+
+if __name__ == "__main__":
+    cli()

@@ -110,5 +110,11 @@ def main(cfg: DictConfig) -> None:
         uvicorn.run(app, **options)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.serve` and the `bearcat-serve` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "serve")
+
+
+if __name__ == "__main__":
+    cli()

@@ -176,5 +176,11 @@ def main(cfg: DictConfig) -> None:
     soup(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m bearcat.soup` and the `bearcat-soup` command: `--help`, the key meant for a
+    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
     overrides.run(main, "soup")
+
+
+if __name__ == "__main__":
+    cli()

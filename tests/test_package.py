@@ -48,6 +48,12 @@ def test_a_wheel_holds_the_config_tree_and_trains_outside_the_checkout(tmp_path,
     commands = sorted(p.name for p in (site / "bin").glob("bearcat-*"))
     assert commands == [f"bearcat-{n}" for n in sorted(
         ["train", "evaluate", "export", "predict", "serve", "label", "prepare", "soup", "curve", "compare"])]
+    # each command runs as `python -m bearcat.<name>` does: its --help, the key meant for a misspelt key
+    shown = run([str(site / "bin" / "bearcat-predict"), "--help"], cwd=elsewhere, env=env).stdout
+    assert shown.startswith("# Read captchas offline") and f"{site / 'bearcat' / 'conf'}/<group>/" in shown
+    done = subprocess.run([str(site / "bin" / "bearcat-evaluate"), "run_idd=x"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "run_idd: no such setting; did you mean run_id=x?" in done.stderr
     run([str(site / "bin" / "bearcat-train"), "debug=fast", "dataset.train_size=32", "dataset.val_size=8",
          "dataset.test_size=8", "trainer.epochs=1", "trainer.bn_calibration_images=0", "trainer.max_minutes=null",
          "hydra.run.dir=outputs/run"], cwd=elsewhere, env=env)
