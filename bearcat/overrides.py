@@ -12,6 +12,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 
+interrupted = False  # set when Ctrl-C ended the command (`run`)
+
+
 def child(node: DictConfig, key: str):
     """node[key], or None for a value still `???` (reading it would raise)."""
     return None if OmegaConf.is_missing(node, key) else node[key]
@@ -157,12 +160,14 @@ def run(main, config_name: str):
     (`unknown_keys`) follows Hydra's message; a Ctrl-C ends it with a line, not a traceback."""
     import sys
 
+    global interrupted
     if {"--help", "-h"} & set(sys.argv[1:]):
         print(command_help(config_name), flush=True)
         return None
     try:
         return main()
     except KeyboardInterrupt:  # a Ctrl-C outside training (which stops gently): no traceback
+        interrupted = True  # read at exit by a sweep's parent run (bearcat.sweeps)
         print("stopped by Ctrl-C", file=sys.stderr, flush=True)
         raise SystemExit(130) from None  # the shells' code for a command ended by Ctrl-C
     except SystemExit as stop:

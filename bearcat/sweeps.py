@@ -13,6 +13,7 @@ optimizer, ...). Like tracking.py, this is the only other module that talks to M
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import logging
 import math
@@ -495,6 +496,19 @@ class MlflowSweepCallback(Callback):
         self.parent_id = run.info.run_id
         _client().log_param(self.parent_id, "optimized_metric", config.optimized_metric)
         log.info("sweep %s: MLflow parent run %s", sweep, self.parent_id)
+        atexit.register(self._end_if_running, config, sweep)
+
+    def _end_if_running(self, config: DictConfig, sweep: str) -> None:
+        """At exit: a parent run still RUNNING was ended neither by on_multirun_end nor by a
+        failed job (Ctrl-C raises past Hydra's job handling, as does an error of the sweep's
+        own): KILLED after a Ctrl-C, else FAILED, with the summary of the jobs so far."""
+        from bearcat import overrides
+
+        try:
+            if _client().get_run(self.parent_id).info.status == "RUNNING":
+                self._finish(config, sweep, self.parent_id, "KILLED" if overrides.interrupted else "FAILED")
+        except Exception as err:  # at exit there is no one left to raise to
+            log.warning("sweep %s: could not end its MLflow parent run %s: %s", sweep, self.parent_id, err)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus

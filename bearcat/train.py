@@ -80,7 +80,7 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
     last checkpoint restored into `model`; inside a multirun a child of the sweep's parent
     run, with the sweep's tags. Yields (run, state, initial_epoch); `state` is None for a new
     run, which logs its params and config here. The run ends FINISHED when the block
-    completes, FAILED when it raises."""
+    completes, FAILED when it raises, KILLED on Ctrl-C."""
     from bearcat import tracking
     from bearcat.callbacks import read_state, resume_epoch
     from bearcat.sweeps import child_run_options
@@ -102,6 +102,9 @@ def tracked_run(cfg: DictConfig, experiment_id: str, ckpt_dir: Path, model, defa
             tracking.log_artifact(Path(cfg.paths.output_dir) / "config.yaml")
         yield run, state, initial_epoch
         status = "FINISHED"
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops training gently), or one while testing
+        status = "KILLED"
+        raise
     finally:
         tracking.end_run(status)
 

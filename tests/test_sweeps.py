@@ -202,6 +202,38 @@ def test_a_sweep_ranking_a_metric_the_wrong_way_stops_before_training(tmp_path):
         check_sweep_direction("best_val_loss", {"hydra.sweeper.direction": "maximize"})
 
 
+def test_ctrl_c_ends_a_sweep_with_its_parent_and_job_runs_killed(tmp_path):
+    """In a sweep Ctrl-C aborts (a gentle stop would go on to the next job). It raises past
+    Hydra's job handling, so the parent run was left RUNNING; now both runs end KILLED."""
+    import os
+    import signal
+    import time
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.train_size=400", "trainer.batch_size=8",
+           "trainer.epochs=20", "trainer.seed=1,2", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                env={**_env(), "MLFLOW_TRACKING_URI": uri})
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not any((tmp_path / "sweep").rglob("state.json")):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # job 0 is training
+        try:
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130 and stderr.rstrip().endswith("stopped by Ctrl-C") and "Traceback" not in stderr
+    runs = runs_of(mlflow.MlflowClient(uri))
+    [parent] = [r for r in runs if r.data.tags.get("bearcat.sweep_role") == "parent"]
+    assert parent.info.status == "KILLED" and parent.data.metrics["jobs_finished"] == 0
+    assert [r.info.status for r in runs if r is not parent] == ["KILLED"]  # job 0; job 1 never started
+
+
 def test_a_failed_job_leaves_a_failed_parent_with_the_summary_so_far(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "bearcat.train", "-m", *TINY, "dataset.min_length=4,0",  # 0: a bad setting
