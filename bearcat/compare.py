@@ -194,10 +194,7 @@ def main(cfg: DictConfig) -> None:
     compare(str(cfg.a), str(cfg.b), out, cfg.mlflow)
 
 
-def cli() -> None:
-    """`python -m bearcat.compare` and the `bearcat-compare` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "compare")
+cli = overrides.command(main, "compare")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

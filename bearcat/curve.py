@@ -108,10 +108,7 @@ def main(cfg: DictConfig) -> None:
                 log_run=bool(cfg.log_to_mlflow))
 
 
-def cli() -> None:
-    """`python -m bearcat.curve` and the `bearcat-curve` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "curve")
+cli = overrides.command(main, "curve")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

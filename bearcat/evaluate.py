@@ -229,10 +229,7 @@ def main(cfg: DictConfig) -> float:
     return metrics.get("test_accuracy", metrics.get("test_map"))  # detection models report mAP
 
 
-def cli() -> None:
-    """`python -m bearcat.evaluate` and the `bearcat-evaluate` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "evaluate")
+cli = overrides.command(main, "evaluate")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -356,10 +356,7 @@ def main(cfg: DictConfig) -> None:
     export(cfg)
 
 
-def cli() -> None:
-    """`python -m bearcat.export` and the `bearcat-export` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "export")
+cli = overrides.command(main, "export")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -63,10 +63,7 @@ def main(cfg: DictConfig) -> None:
         uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
 
 
-def cli() -> None:
-    """`python -m bearcat.label` and the `bearcat-label` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "label")
+cli = overrides.command(main, "label")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ bearcat.checks so that the modules every worker process imports do not import Hy
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 
@@ -179,6 +180,12 @@ def run(main, config_name: str):
             for problem in problems:
                 print(problem, file=sys.stderr, flush=True)
         raise
+
+
+def command(main, config_name: str):
+    """The `python -m bearcat.<name>` and `bearcat-<name>` entry point of a Hydra `main`: it
+    runs through `run` (pyproject.toml's [project.scripts] name these `cli`)."""
+    return functools.partial(run, main, config_name)
 
 
 def unset_keys(node: DictConfig, path: str = "") -> list[str]:

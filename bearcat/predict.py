@@ -161,10 +161,7 @@ def main(cfg: DictConfig) -> None:
     predict(cfg)
 
 
-def cli() -> None:
-    """`python -m bearcat.predict` and the `bearcat-predict` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "predict")
+cli = overrides.command(main, "predict")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -149,10 +149,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-def cli() -> None:
-    """`python -m bearcat.prepare` and the `bearcat-prepare` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "prepare")
+cli = overrides.command(main, "prepare")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

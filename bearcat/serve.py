@@ -110,10 +110,7 @@ def main(cfg: DictConfig) -> None:
         uvicorn.run(app, **options)
 
 
-def cli() -> None:
-    """`python -m bearcat.serve` and the `bearcat-serve` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "serve")
+cli = overrides.command(main, "serve")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":

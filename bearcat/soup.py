@@ -176,10 +176,7 @@ def main(cfg: DictConfig) -> None:
     soup(cfg)
 
 
-def cli() -> None:
-    """`python -m bearcat.soup` and the `bearcat-soup` command: `--help`, the key meant for a
-    misspelt key, a line for Ctrl-C (bearcat.overrides.run)."""
-    overrides.run(main, "soup")
+cli = overrides.command(main, "soup")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C
 
 
 if __name__ == "__main__":
