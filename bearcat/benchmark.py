@@ -11,19 +11,15 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from bearcat import CONFIG_DIR
-
 log = logging.getLogger(__name__)
-CONF = Path(CONFIG_DIR)
 EPOCH_CAP = 1000  # the time budget, not the epoch count, ends a benchmark run
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
     """The train config with these overrides, outside a Hydra app (paths.output_dir must be set)."""
-    from hydra import compose, initialize_config_dir
+    from bearcat.overrides import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def random_batch_model(overrides: list[str], count: int | None = None):

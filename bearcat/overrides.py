@@ -75,13 +75,24 @@ class AddedKeysCallback(Callback):
         self._check(config)
 
 
+def compose_config(config_name: str, overrides=(), hydra: bool = False) -> DictConfig:
+    """An entry config of conf/ with these overrides, composed outside a Hydra app run (or
+    after one: Hydra's global state is cleared first); `hydra`: with Hydra's own node."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bearcat import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
 def unknown_keys(config_name: str, argv: list[str]) -> list[str]:
     """For each plain `key=value` on the command line that the composed config does not have,
     the key meant (spelt almost alike) or, failing that, the keys beside it. Hydra's own error
     for such a key advises adding it with `+`, which for a misspelt key is wrong advice."""
-    from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
@@ -101,9 +112,7 @@ def unknown_keys(config_name: str, argv: list[str]) -> list[str]:
             keys.append((key, override.input_line.split("=", 1)[1]))
     if not keys:
         return []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=args.config_name or config_name, overrides=groups)
+    cfg = compose_config(args.config_name or config_name, groups)
     problems = []
     for key, value in keys:
         parts, node = key.split("."), cfg
@@ -129,14 +138,9 @@ def command_help(config_name: str) -> str:
     """`--help`: the command's own config file, whose comments say what each key takes, then
     the config groups it composes with their options. (Hydra's own help printed the composed
     config without a comment, and every group in conf/, used or not.)"""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from bearcat import CONFIG_DIR
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        choices = compose(config_name=config_name, return_hydra_config=True).hydra.runtime.choices
+    choices = compose_config(config_name, hydra=True).hydra.runtime.choices
     lines = [open(os.path.join(CONFIG_DIR, f"{config_name}.yaml"), encoding="utf-8").read().rstrip(), ""]
     groups = [g for g in choices if not g.startswith("hydra")] + (["hydra/launcher"] if config_name == "train" else [])
     if groups:

@@ -132,18 +132,14 @@ def score_reviewed(model: Path, test_dir: Path, reviewed: dict[str, str]) -> dic
 def soup_row(out: Path, size: int, seeds: list[int], test_dir: Path, reviewed: dict[str, str]) -> dict:
     """`python -m bearcat.soup` of the size's fine-tune and its --soup-seeds runs, scored on
     the test split."""
-    from hydra import compose, initialize_config_dir
-
-    from bearcat import CONFIG_DIR
+    from bearcat.overrides import compose_config
     from bearcat.soup import soup
 
     runs = out / "runs"
     models = [runs / f"fine-tune-{size}" / "model", *(runs / f"fine-tune-s{s}-{size}" / "model" for s in seeds)]
     target = runs / f"soup-{size}"
     shutil.rmtree(target, ignore_errors=True)  # this script's own output, remade each time
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="soup", overrides=[f"models=[{','.join(map(str, models))}]", f"out={target}",
-                                                     f"check={test_dir}"])
+    cfg = compose_config("soup", [f"models=[{','.join(map(str, models))}]", f"out={target}", f"check={test_dir}"])
     start = time.monotonic()
     summary = soup(cfg)
     row = {"run": "soup", "images": size, "epochs": None, "test_accuracy": summary["soup_accuracy"],
