@@ -218,10 +218,16 @@ class StopOnInterrupt(keras.callbacks.Callback):
     """Within `with stopper:` the first Ctrl-C (SIGINT) ends training after the current batch,
     as the time budget ends it after an epoch: the part-epoch is validated and checkpointed,
     then the run tests and saves its best epoch as usual. Python's own Ctrl-C handler is put
-    back at once, so a second Ctrl-C aborts (KeyboardInterrupt) as before."""
+    back at once, so a second Ctrl-C aborts (KeyboardInterrupt) as before.
 
-    def __init__(self):
+    With `abort=True` (a sweep) the first Ctrl-C aborts instead, but it too waits for the end
+    of the batch and raises KeyboardInterrupt from here: raised by Python's handler in the
+    middle of TensorFlow's step, it could come out as "SystemError: bad argument to internal
+    function", which Hydra takes for a failed job."""
+
+    def __init__(self, abort: bool = False):
         super().__init__()
+        self.abort = abort
         self.pressed = False
         self.told = False
         self.previous = None
@@ -240,12 +246,15 @@ class StopOnInterrupt(keras.callbacks.Callback):
             signal.signal(signal.SIGINT, self.previous)
 
     def _stop(self) -> None:
-        if self.pressed:
-            self.model.stop_training = True
-            if not self.told:
-                self.told = True
-                log.warning("Ctrl-C: training stops after this batch, then the best epoch is tested and saved "
-                            "as usual; press Ctrl-C again to abort")
+        if not self.pressed:
+            return
+        if self.abort:
+            raise KeyboardInterrupt("Ctrl-C")
+        self.model.stop_training = True
+        if not self.told:
+            self.told = True
+            log.warning("Ctrl-C: training stops after this batch, then the best epoch is tested and saved "
+                        "as usual; press Ctrl-C again to abort")
 
     def on_train_batch_end(self, batch, logs=None):
         self._stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -169,8 +170,9 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
     for callback in callbacks:
         if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
             callback.used_before = checkpointer.used_before
-    stopper = StopOnInterrupt()
-    with stopper if stops_on_interrupt(cfg) else nullcontext():
+    action = on_interrupt(cfg)
+    stopper = StopOnInterrupt(abort=action == "abort")
+    with stopper if action else nullcontext():
         model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, stopper],
                   steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
                   shuffle=False)  # the data shuffles itself
@@ -187,18 +189,24 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
     checkpointer.finish(done=not stopper.pressed)
 
 
-def stops_on_interrupt(cfg: DictConfig) -> bool:
-    """Ctrl-C stops a single run's training gently (`StopOnInterrupt`). In a sweep it aborts
-    as before: a gentle stop would end one job and go on to the next. So it does on several
-    machines (trainer.strategy=multi_worker): one worker stopping early would leave the others
-    waiting for it (the time budget is refused there for the same reason). Only the main
-    thread may handle signals."""
+def on_interrupt(cfg: DictConfig) -> str | None:
+    """What Ctrl-C does to training (`StopOnInterrupt`), at the end of a batch: "stop" a
+    single run gently, or "abort" it. A sweep aborts: a gentle stop would end one job and go
+    on to the next. So do several machines (trainer.strategy=multi_worker): one worker
+    stopping early would leave the others waiting for it (the time budget is refused there
+    for the same reason). None leaves Ctrl-C to Python: off the main thread, which cannot
+    handle signals, and in a command started with Ctrl-C ignored (a shell script's background
+    job, `cmd &`), which goes on ignoring it, as Python itself does."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if threading.current_thread() is not threading.main_thread() or cfg.trainer.get("strategy") == "multi_worker":
-        return False
-    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return None
+    if cfg.trainer.get("strategy") == "multi_worker":
+        return "abort"
+    return "abort" if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else "stop"
 
 
 def progress_display(setting, stream=None) -> int:

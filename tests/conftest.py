@@ -18,6 +18,15 @@ CONF = str(ROOT / "conf")
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
+def ctrl_c_as_from_a_terminal() -> None:
+    """preexec_fn of a child sent SIGINT: Python's own Ctrl-C handling, as under a terminal.
+    A child inherits an ignored SIGINT (pytest started as a shell script's background job)
+    and would go on ignoring it, as Bearcat then does on purpose."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def last_checkpoint(folder: Path):
     """(model weights, optimizer arrays) of a run's last epoch checkpoint."""
     import h5py

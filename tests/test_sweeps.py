@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ctrl_c_as_from_a_terminal
 
 TINY = ["debug=fast", "dataset.train_size=32", "dataset.val_size=8", "dataset.test_size=8",
         "trainer.bn_calibration_images=0", "trainer.max_minutes=null"]
@@ -215,7 +215,7 @@ def test_ctrl_c_ends_a_sweep_with_its_parent_and_job_runs_killed(tmp_path):
            f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                env={**_env(), "MLFLOW_TRACKING_URI": uri})
+                                preexec_fn=ctrl_c_as_from_a_terminal, env={**_env(), "MLFLOW_TRACKING_URI": uri})
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None and not any((tmp_path / "sweep").rglob("state.json")):
             time.sleep(0.05)

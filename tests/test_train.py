@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ from PIL import Image
 
 from bearcat.evaluate import evaluate
 from bearcat.train import train
-from tests.conftest import ROOT, last_checkpoint
+from tests.conftest import ROOT, ctrl_c_as_from_a_terminal, last_checkpoint
 
 TINY = ["debug=fast", "dataset.train_size=96", "trainer.epochs=2"]
 
@@ -427,7 +428,8 @@ def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0, images: int =
                  f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
                  f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=ctrl_c_as_from_a_terminal)
     state_file = tmp_path / "run" / "checkpoints" / "state.json"
     deadline = time.monotonic() + 240
     try:
@@ -499,33 +501,72 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     assert tag == f"Ctrl-C in epoch {stopped} of 3, then resumed to the end"
 
 
+@contextmanager
+def sigint_handled_by(handler):
+    """SIGINT handled by `handler` within, then as before (pytest may have inherited it ignored)."""
+    inherited = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
 def test_a_second_ctrl_c_aborts_and_the_handler_is_put_back():
     import threading
 
     from omegaconf import OmegaConf
 
     from bearcat.callbacks import StopOnInterrupt
-    from bearcat.train import stops_on_interrupt
+    from bearcat.train import on_interrupt
 
-    before = signal.getsignal(signal.SIGINT)
-    with StopOnInterrupt() as stopper:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)  # the handler runs between bytecodes
-        assert stopper.pressed and signal.getsignal(signal.SIGINT) is before
-        with pytest.raises(KeyboardInterrupt):
+    with sigint_handled_by(signal.default_int_handler):  # Python's own, as under a terminal
+        before = signal.getsignal(signal.SIGINT)
+        with StopOnInterrupt() as stopper:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is before
-    with StopOnInterrupt():  # never pressed: put back on leaving
-        assert signal.getsignal(signal.SIGINT) is not before
-    assert signal.getsignal(signal.SIGINT) is before
-    found, single = [], OmegaConf.create({"trainer": {"strategy": "default"}})
-    worker = threading.Thread(target=lambda: found.append(stops_on_interrupt(single)))
-    worker.start()
-    worker.join()
-    assert stops_on_interrupt(single) and found == [False]  # only the main thread can handle signals
-    # nor on several machines: one worker stopping early would leave the others waiting
-    assert not stops_on_interrupt(OmegaConf.create({"trainer": {"strategy": "multi_worker"}}))
+            time.sleep(0.1)  # the handler runs between bytecodes
+            assert stopper.pressed and signal.getsignal(signal.SIGINT) is before
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is before
+        with StopOnInterrupt():  # never pressed: put back on leaving
+            assert signal.getsignal(signal.SIGINT) is not before
+        assert signal.getsignal(signal.SIGINT) is before
+
+        found, single = [], OmegaConf.create({"trainer": {"strategy": "default"}})
+        worker = threading.Thread(target=lambda: found.append(on_interrupt(single)))
+        worker.start()
+        worker.join()
+        assert on_interrupt(single) == "stop" and found == [None]  # only the main thread can handle signals
+        # several machines abort: one worker stopping early would leave the others waiting
+        assert on_interrupt(OmegaConf.create({"trainer": {"strategy": "multi_worker"}})) == "abort"
+    with sigint_handled_by(signal.SIG_IGN):  # started as a script's background job: it stays ignored
+        assert on_interrupt(single) is None
+
+
+def test_in_a_sweep_ctrl_c_aborts_at_the_end_of_the_batch():
+    """KeyboardInterrupt raised by Python's handler inside TensorFlow's step came out once as
+    "SystemError: bad argument to internal function", a failed job to Hydra; raised from the
+    callback at the end of the batch it is a KeyboardInterrupt."""
+    import keras
+
+    from bearcat.callbacks import StopOnInterrupt
+
+    seen = []
+
+    class Press(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(batch)
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with sigint_handled_by(signal.default_int_handler), StopOnInterrupt(abort=True) as stopper:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(np.zeros((64, 2)), np.zeros((64, 1)), batch_size=8, epochs=2, callbacks=[Press(), stopper],
+                      verbose=0)
+    assert seen == [0, 1] and stopper.pressed
 
 
 def test_resuming_a_finished_run_goes_straight_to_testing(make_cfg, tmp_path, caplog):
