@@ -217,33 +217,42 @@ class TimeBudget(keras.callbacks.Callback):
 class StopOnInterrupt(keras.callbacks.Callback):
     """Within `with stopper:` the first Ctrl-C (SIGINT) ends training after the current batch,
     as the time budget ends it after an epoch: the part-epoch is validated and checkpointed,
-    then the run tests and saves its best epoch as usual. Python's own Ctrl-C handler is put
-    back at once, so a second Ctrl-C aborts (KeyboardInterrupt) as before.
+    then the run tests and saves its best epoch as usual. A second Ctrl-C aborts at once
+    (KeyboardInterrupt), as Python's own handler does, which is then put back.
 
     With `abort=True` (a sweep) the first Ctrl-C aborts instead, but it too waits for the end
     of the batch and raises KeyboardInterrupt from here: raised by Python's handler in the
     middle of TensorFlow's step, it could come out as "SystemError: bad argument to internal
-    function", which Hydra takes for a failed job."""
+    function", which Hydra takes for a failed job. For the same reason a SystemError leaving
+    the `with` block after a second Ctrl-C leaves it as the KeyboardInterrupt it was."""
 
     def __init__(self, abort: bool = False):
         super().__init__()
         self.abort = abort
         self.pressed = False
+        self.pressed_again = False
         self.told = False
         self.previous = None
 
     def _press(self, signum, frame) -> None:
         # only a flag: logging or printing here could re-enter a stream the main thread is writing
         self.pressed = True
+        signal.signal(signal.SIGINT, self._press_again)
+
+    def _press_again(self, signum, frame) -> None:
+        self.pressed_again = True
         signal.signal(signal.SIGINT, self.previous)
+        raise KeyboardInterrupt
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._press)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if signal.getsignal(signal.SIGINT) == self._press:
+    def __exit__(self, kind, error, traceback) -> None:
+        if signal.getsignal(signal.SIGINT) in (self._press, self._press_again):
             signal.signal(signal.SIGINT, self.previous)
+        if kind is SystemError and self.pressed_again:
+            raise KeyboardInterrupt("Ctrl-C") from error
 
     def _stop(self) -> None:
         if not self.pressed:
