@@ -16,6 +16,28 @@ from omegaconf import DictConfig, OmegaConf
 interrupted = False  # set when Ctrl-C ended the command (`run`)
 
 
+def command_arg(key: str, value) -> str:
+    """`key=value` as one shell word that Hydra reads back as the string `value`, for the
+    commands Bearcat prints for a user to run next (`resume=`, `model=` of a run folder).
+    Hydra's grammar refuses a path with a comma, brackets, a quote, a `~` or a non-ASCII
+    letter (the é of "données") unquoted, and reads `null` or `1` as another type."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = str(value)
+    try:
+        plain = OverridesParser.create().parse_override(f"{key}={text}").value() == text
+    except Exception:  # the grammar's error for a value it cannot read unquoted
+        plain = False
+    if not plain:
+        # Hydra's quoted string: a quote is escaped with a backslash, and so is each backslash
+        # that would otherwise stand before a quote (the closing one included)
+        text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
+        text = '"' + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + '"'
+    return shlex.quote(f"{key}={text}")
+
+
 def child(node: DictConfig, key: str):
     """node[key], or None for a value still `???` (reading it would raise)."""
     return None if OmegaConf.is_missing(node, key) else node[key]

@@ -166,8 +166,8 @@ def soup(cfg: DictConfig) -> dict:
             config = training_config(names[0], folders[0])
             if config is not None:
                 tracking.log_artifact(config)
-    log.info("soup of %d models written to %s, MLflow run %s (python -m bearcat.predict model=%s images=...)",
-             len(names), out, run.info.run_id, out)
+    log.info("soup of %d models written to %s, MLflow run %s (python -m bearcat.predict %s images=...)",
+             len(names), out, run.info.run_id, overrides.command_arg("model", out))
     return summary | {"mlflow_run_id": run.info.run_id}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import warnings
 from pathlib import Path
 
@@ -51,13 +50,14 @@ def store_overrides(cfg_mlflow) -> list[str]:
     """This run's mlflow.* settings that differ from conf/mlflow/default.yaml, as command-line
     overrides: what a next command (evaluate, export) needs to find the run in its store."""
     from bearcat import CONFIG_DIR
+    from bearcat.overrides import command_arg
 
     default = OmegaConf.load(Path(CONFIG_DIR) / "mlflow" / "default.yaml")
     changed = []
     for key, value in default.items():
         mine = cfg_mlflow.get(key)
         if mine != value:
-            changed.append(shlex.quote(f"mlflow.{key}={'null' if mine is None else mine}"))
+            changed.append(f"mlflow.{key}=null" if mine is None else command_arg(f"mlflow.{key}", mine))
     return changed
 
 

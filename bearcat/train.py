@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -181,8 +182,8 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
         checkpointer.state["interrupted_at_epoch"] = epoch
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {epoch} of {cfg.trainer.epochs}"})
         log.warning("stopped by Ctrl-C in epoch %d of %d: testing the best epoch so far (epoch %s); "
-                    "python -m bearcat.train resume=%s trains on from there", epoch, cfg.trainer.epochs, best,
-                    cfg.paths.output_dir)
+                    "python -m bearcat.train %s trains on from there", epoch, cfg.trainer.epochs, best,
+                    overrides.command_arg("resume", cfg.paths.output_dir))
     elif "interrupted_at_epoch" in checkpointer.state:  # resumed after a Ctrl-C, now trained to its end
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {checkpointer.state['interrupted_at_epoch']} "
                                                   f"of {cfg.trainer.epochs}, then resumed to the end"})
@@ -450,9 +451,9 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     store = "".join(" " + arg for arg in tracking.store_overrides(cfg.mlflow))
     log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s%s | "
              "python -m bearcat.export run_id=%s format=onnx%s, then python -m bearcat.serve "
-             "model=outputs/exports/%s (or at once: python -m bearcat.serve model=%s runtime=keras) | "
-             "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, store, run_id, store, run_id, out_dir,
-             tracking.current_uri())
+             "model=outputs/exports/%s (or at once: python -m bearcat.serve %s runtime=keras) | "
+             "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, store, run_id, store, run_id,
+             overrides.command_arg("model", out_dir), shlex.quote(tracking.current_uri()))
     metrics["mlflow_run_id"] = run_id
     return metrics
 

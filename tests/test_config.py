@@ -192,3 +192,19 @@ def test_ctrl_c_outside_training_ends_a_command_with_a_line_not_a_traceback(caps
     with pytest.raises(SystemExit) as stop:
         run(interrupted, "train")
     assert stop.value.code == 130 and capsys.readouterr().err == "stopped by Ctrl-C\n"
+
+
+@pytest.mark.parametrize("value", ["outputs/runs/2026-12-07_05-01-11-123456", "/tmp/run sp", "/tmp/run données",
+                                   "/tmp/a,b", "/tmp/x=[1]", "/tmp/it's", '/tmp/a"b', "/tmp/a~b", "/tmp/a\\",
+                                   '/tmp/a\\"b', " lead", "null", "1", "sqlite:////tmp/m.db"])
+def test_a_printed_command_argument_reads_back_as_the_path_it_names(make_cfg, value):
+    """The commands a run prints for its user (resume=, model=) must compose as given: Hydra
+    refuses a comma, brackets, quotes, `~` or a non-ASCII letter unquoted, and reads null as None."""
+    import shlex
+
+    from bearcat.overrides import command_arg
+
+    (word,) = shlex.split(command_arg("resume", value))  # one word to the shell
+    assert make_cfg([word]).resume == value  # and the same string to Hydra
+    plain = command_arg("resume", "outputs/runs/x")
+    assert plain == "resume=outputs/runs/x"  # a plain path is printed as it is

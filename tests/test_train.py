@@ -420,17 +420,20 @@ def test_extra_train_folders_join_the_train_split_only(swust_copy, tmp_path):
         folder(str(main), extra_train=[str(tmp_path / "nowhere")])
 
 
-def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0, images: int = 600) -> subprocess.Popen:
+def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0, images: int = 600,
+                             run: str = "run") -> subprocess.Popen:
     """A 3-epoch training run on `images` in a process group of its own, sent `sent` (to the
     whole group, as a terminal's Ctrl-C is) once its first epoch is committed; then waited for
     up to `wait` seconds, after which it is killed. Its run folder is tmp_path/run."""
+    from bearcat.overrides import command_arg
+
     overrides = ["debug=fast", f"dataset.train_size={images}", "trainer.batch_size=8", "trainer.epochs=3",
-                 f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                 *shlex.split(command_arg("paths.output_dir", tmp_path / run)), f"paths.cache_dir={tmp_path / 'cache'}",
                  f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             preexec_fn=ctrl_c_as_from_a_terminal)
-    state_file = tmp_path / "run" / "checkpoints" / "state.json"
+    state_file = tmp_path / run / "checkpoints" / "state.json"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -476,9 +479,10 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, 
 
 def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tmp_store, tmp_path):
     """The first Ctrl-C ends training after the current batch; the run still tests and saves
-    its best epoch, and its MLflow run finishes, tagged. resume= then trains on."""
-    out = tmp_path / "run"
-    proc = signal_after_first_epoch(tmp_path, signal.SIGINT, wait=240, images=200)
+    its best epoch, and its MLflow run finishes, tagged. resume= then trains on, given as the
+    log gives it (the run folder's name needs Hydra's quotes)."""
+    out = tmp_path / "run données, 1"
+    proc = signal_after_first_epoch(tmp_path, signal.SIGINT, wait=240, images=200, run=out.name)
     state_file = out / "checkpoints" / "state.json"
     assert proc.returncode == 0
     log_text = (tmp_path / "hydra" / "train.log").read_text()
@@ -493,7 +497,9 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     assert run.data.tags["bearcat.interrupted"] == f"Ctrl-C in epoch {stopped} of 3"
 
-    again = train(make_cfg([f"resume={out}"]))  # trains on to epoch 3, in the same MLflow run
+    hinted = shlex.split(log_text.split("python -m bearcat.train ")[-1].split(" trains on from there")[0])
+    assert hinted == [f'resume="{out}"']
+    again = train(make_cfg(hinted))  # trains on to epoch 3, in the same MLflow run
     final = json.loads(state_file.read_text())
     assert final["epoch"] == 3 and final["training_done"] and again["mlflow_run_id"] == run.info.run_id
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
