@@ -8,6 +8,7 @@ import difflib
 import functools
 import os
 import re
+import shlex
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -16,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 interrupted = False  # set when Ctrl-C ended the command (`run`)
 
 
+_BARE = re.compile(r"[A-Za-z0-9_./:@+\- %*?|$\\]")  # a character Hydra reads in a bare value
+
+
 def command_arg(key: str, value) -> str:
     """`key=value` as one shell word that Hydra reads back as the string `value`, for the
     commands Bearcat prints for a user to run next (`resume=`, `model=` of a run folder).
     Hydra's grammar refuses a path with a comma, brackets, a quote, a `~` or a non-ASCII
     letter (the é of "données") unquoted, and reads `null` or `1` as another type."""
-    import shlex
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     text = str(value)
@@ -36,6 +38,33 @@ def command_arg(key: str, value) -> str:
         text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
         text = '"' + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + '"'
     return shlex.quote(f"{key}={text}")
+
+
+def unreadable_values(argv: list[str]) -> list[str]:
+    """What to paste instead of each `key=value` Hydra's grammar cannot read as typed, but
+    reads in quotes: `dataset.root=/data/验证码` got only "LexerNoViableAltException" and a
+    caret. A list (`[...]`) or a dict (`{...}`) is left to Hydra's own message."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, problems = OverridesParser.create(), []
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if arg.startswith("-") or not equals or value[:1] in ("[", "{"):
+            continue
+        try:
+            parser.parse_override(arg)
+            continue
+        except Exception:  # Hydra's grammar error: this one is unreadable as typed
+            pass
+        quoted = command_arg(key, value)
+        try:
+            parser.parse_override(shlex.split(quoted)[0])
+        except Exception:  # not a matter of quotes
+            continue
+        odd = next((c for c in value if not _BARE.fullmatch(c)), None)
+        why = f" ({odd!r} may not stand in a bare value)" if odd else ""
+        problems.append(f"{key.lstrip('+~')}: Hydra reads {value} only in quotes{why}; type it as {quoted}")
+    return problems
 
 
 def child(node: DictConfig, key: str):
@@ -200,7 +229,7 @@ def run(main, config_name: str):
     except SystemExit as stop:
         if stop.code == 1:
             try:
-                problems = unknown_keys(config_name, sys.argv[1:])
+                problems = unreadable_values(sys.argv[1:]) or unknown_keys(config_name, sys.argv[1:])
             except Exception:  # the hint is a courtesy: Hydra's own message has been printed
                 problems = []
             for problem in problems:

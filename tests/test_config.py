@@ -208,3 +208,26 @@ def test_a_printed_command_argument_reads_back_as_the_path_it_names(make_cfg, va
     assert make_cfg([word]).resume == value  # and the same string to Hydra
     plain = command_arg("resume", "outputs/runs/x")
     assert plain == "resume=outputs/runs/x"  # a plain path is printed as it is
+
+
+def test_a_value_hydra_reads_only_in_quotes_is_named_with_the_word_to_type(tmp_path):
+    """Hydra's own error for `dataset.root=/data/验证码` is "LexerNoViableAltException" and a caret."""
+    import shlex
+    import subprocess
+    import sys
+
+    from bearcat.overrides import compose_config, unreadable_values
+
+    done = subprocess.run([sys.executable, "-m", "bearcat.predict", "model=/data/验证码", "images=x",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "LexerNoViableAltException" in done.stderr and "Traceback" not in done.stderr
+    hint = done.stderr.rstrip().splitlines()[-1]
+    assert hint == ("model: Hydra reads /data/验证码 only in quotes ('验' may not stand in a bare value); "
+                    "type it as 'model=\"/data/验证码\"'")
+    (word,) = shlex.split(hint.split("type it as ")[1])
+    assert compose_config("predict", [word, "images=x"]).model == "/data/验证码"  # as typed, it reads
+    assert unreadable_values(["-m", "model=/tmp/run sp", "trainer.epochs=1,2", "models=[/data/é]",
+                              "model=\"/tmp/données\""]) == []  # readable, a sweep, a list, quoted already
+    assert unreadable_values(["+dataset.fonts=~/f.ttf"]) == [
+        "dataset.fonts: Hydra reads ~/f.ttf only in quotes ('~' may not stand in a bare value); "
+        "type it as '+dataset.fonts=\"~/f.ttf\"'"]
