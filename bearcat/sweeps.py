@@ -505,10 +505,22 @@ class MlflowSweepCallback(Callback):
         from bearcat import overrides
 
         try:
-            if _client().get_run(self.parent_id).info.status == "RUNNING":
+            parent = _client().get_run(self.parent_id)
+            if parent.info.status == "RUNNING":
+                if overrides.interrupted and "submitit" not in str(config.hydra.launcher.get("_target_", "")):
+                    self._end_killed_jobs(parent.info.experiment_id)
                 self._finish(config, sweep, self.parent_id, "KILLED" if overrides.interrupted else "FAILED")
         except Exception as err:  # at exit there is no one left to raise to
             log.warning("sweep %s: could not end its MLflow parent run %s: %s", sweep, self.parent_id, err)
+
+    def _end_killed_jobs(self, experiment_id: str) -> None:
+        """After a Ctrl-C, end KILLED the job runs still RUNNING: joblib's workers
+        (hydra/launcher=parallel) die with the sweep before their runs can end themselves.
+        Not for a cluster's jobs (submitit), which may still be running."""
+        client = _client()
+        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' "
+                                                       "and attributes.status = 'RUNNING'"):
+            client.set_terminated(run.info.run_id, "KILLED")
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
