@@ -77,6 +77,25 @@ def test_tiny_train_logs_metrics_artifacts_and_evaluates_from_run_id(make_cfg, t
     assert ev_run.data.tags["mlflow.parentRunId"] == run.info.run_id
 
 
+def test_from_python_bearcat_api_composes_a_command_config_with_its_run_folder(tmp_path, tmp_store, monkeypatch):
+    """A notebook has no Hydra app: composed there, paths.output_dir (${hydra:runtime.output_dir})
+    could not be read. bearcat.api.config gives it the command's folder, with its checks."""
+    from bearcat.api import config
+
+    monkeypatch.chdir(tmp_path)  # the run folder and the data cache go under outputs/ here
+    with pytest.raises(ValueError, match=r"dataset.root is not set \(pass dataset.root=...\): the folder"):
+        config("train", ["dataset=folder"])
+    with pytest.raises(ValueError, match="write trainer.max_minutes=1"):
+        config("train", ["+trainer.max_minute=1"])
+    cfg = config("train", [*TINY, "trainer.epochs=1"])
+    out = Path(cfg.paths.output_dir)
+    assert out.parent == tmp_path / "outputs" / "runs" and "hydra" not in cfg
+    metrics = train(cfg)
+    assert (out / "model" / "bundle.json").is_file() and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert evaluate(config("evaluate", [f"checkpoint={out}"]))["test_accuracy"] == metrics["test_accuracy"]
+    assert config("train", ["paths.output_dir=mine"]).paths.output_dir == "mine"  # given: kept
+
+
 def test_progress_display_auto_draws_a_bar_only_on_a_terminal(tmp_path):
     from bearcat.train import progress_display
 
