@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -130,6 +131,43 @@ def warn_if_animated(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> s
                         "median merges them (README \"Animated captchas\")", path, count)
             return path
     return None
+
+
+SIZE_PROBE = 64  # files whose sizes are read (from their headers) to judge the input size
+SQUEEZED = 0.6  # below this share of the input's height, the images' characters come out too small
+
+
+def warn_if_squeezed(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> str | None:
+    """Warn (and return the message) when the images, at their median size, are read at under
+    SQUEEZED of the input's height: much wider than the input, they are scaled down to its
+    width (a 300 x 50 captcha in the default 96 x 36 is read at 96 x 16). Names the width that
+    keeps their shape at this height. Reads SIZE_PROBE headers, spread over the split."""
+    if not samples or is_ref(samples[0][0]):
+        return None
+    from PIL import Image
+
+    from bearcat.data.check import SIZE_STEP
+    from bearcat.data.preprocess import letterbox
+
+    sizes = []
+    for path, _ in samples[::max(1, len(samples) // SIZE_PROBE)][:SIZE_PROBE]:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except Exception:  # unreadable files are reported where they are decoded
+            continue
+    if not sizes:
+        return None
+    width, height = (int(np.median([size[i] for size in sizes])) for i in (0, 1))
+    (_, read_height), _, scale = letterbox(width, height, cfg)
+    if scale >= 1.0 or read_height >= SQUEEZED * cfg.height:
+        return None
+    wide = math.ceil(cfg.height * width / height / SIZE_STEP) * SIZE_STEP
+    message = (f"the images' median size is {width} x {height}: the input, preprocess.width={cfg.width} x "
+               f"preprocess.height={cfg.height}, reads them at {read_height} pixels high; preprocess.width={wide} "
+               f"keeps their shape at this height (python -m bearcat.prepare action=check recommends a size)")
+    log.warning(message)
+    return message
 
 
 def make_dataset(images: np.ndarray, targets, batch_size: int, shuffle: bool = False, seed: int = 0,
