@@ -25,12 +25,14 @@ def required(cfg: DictConfig, key: str) -> str:
 
 
 def build_label_app(cfg: DictConfig, workdir: str):
-    from bearcat.labelling import LabelQueue
+    from bearcat.labelling import LabelQueue, accept_threshold
     from bearcat.server.label_app import create_label_app
 
     source, out = required(cfg, "dir"), required(cfg, "out")
-    if cfg.get("accept_above") is not None and not cfg.get("model"):
-        raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
+    if cfg.get("accept_above") is not None:  # checked before the model loads and reads every image
+        if not cfg.get("model"):
+            raise ValueError("accept_above is set but model is not: the answers saved are the model's readings")
+        accept_threshold(cfg.accept_above)
     predictor, name = None, None
     if cfg.get("model"):
         from bearcat.bundle import decoding_settings, read_meta, resolve_model

@@ -95,6 +95,17 @@ def drop_rows(path: Path, name: str) -> None:
         csv.writer(handle).writerows(rows[:1] + [r for r in rows[1:] if not r or r[0] != name])
 
 
+def accept_threshold(value) -> float:
+    """label's accept_above as a confidence in (0, 1], or a ValueError naming the key."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"accept_above={value}: a confidence between 0 (excluded) and 1")
+    return threshold
+
+
 class LabelQueue:
     def __init__(self, source, out, predictor=None, batch_size: int = 64, labels_file: str | None = None):
         self.source, self.out = Path(source), Path(out)
@@ -222,8 +233,7 @@ class LabelQueue:
         """Save the model's answer, unreviewed, for every image read with a confidence of at
         least `threshold` (pseudo-labels: point `out` at a folder of their own, so they stay
         apart from answers a person checked). The others stay in the queue."""
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"accept_above={threshold}: a confidence between 0 (excluded) and 1")
+        threshold = accept_threshold(threshold)
         chosen = [it for it in self.pending if it.confidence is not None and it.confidence >= threshold]
         saved = []
         for it in chosen:

@@ -191,6 +191,10 @@ def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
         build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}"),
                         str(tmp_path))
     assert not store.exists()
+    for threshold in ("0", "1.5", "abc"):  # refused before the model (here a path that is not there) is read
+        with pytest.raises(ValueError, match=f"accept_above={threshold}: a confidence between 0 .excluded. and 1"):
+            build_label_app(cfg(f"dir={unlabelled}", f"out={tmp_path / 'o'}", f"model={tmp_path / 'nope'}",
+                                f"accept_above={threshold}"), str(tmp_path))
     detector = tmp_path / "detector"  # the bundle's own description says it: refused before its model loads
     detector.mkdir()
     (detector / "bundle.json").write_text('{"format": "bearcat-bundle/1", "mode": {"name": "efficientdet"}}')
