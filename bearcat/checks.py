@@ -18,6 +18,14 @@ def is_number(value) -> bool:
     return is_whole_number(value) or isinstance(value, (float, np.floating))
 
 
+def whole_setting(key: str, value, least: int, most: int | None = None) -> int:
+    """`value` as an int, or a ValueError naming `key=value` and the range it takes."""
+    if not is_whole_number(value) or value < least or (most is not None and value > most):
+        span = f"from {least} to {most}" if most is not None else f"{least} or more"
+        raise ValueError(f"{key}={value}: a whole number, {span}")
+    return int(value)
+
+
 def not_found(key: str, value, also: str = "", kind: str = "file or folder") -> str:
     """`key=value: no such file or folder` (then `also`), with the name meant when the folder
     above holds one spelt almost alike, else what it holds: a mistyped run folder, model file

@@ -95,6 +95,14 @@ def _run_config(bundle: Path, workdir: str) -> tuple[Path | None, str | None]:
         return None, None
 
 
+def check_split(split: str) -> str:
+    from bearcat.data.sources import SPLITS
+
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"split={split}: choose train, val, test or all")
+    return split
+
+
 def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
                       split: str | None = None) -> DictConfig:
     """Dataset from the command line, else from the training run; preprocessing always
@@ -104,9 +112,7 @@ def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
     longer draws those first (7 minutes)."""
     from bearcat.data.sources import SPLITS
 
-    split = split or cfg.split
-    if split not in (*SPLITS, "all"):
-        raise ValueError(f"split={split}: choose train, val, test or all")
+    split = check_split(split or cfg.split)
     with open_dict(cfg):
         if cfg.get("dataset") is None:
             if train_config is None:
@@ -160,6 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
+    check_split(cfg.split)  # before the model loads
     if cfg.get("model"):  # model=<bundle>/model.onnx scores that format, as predict and serve run it
         with open_dict(cfg):
             cfg.runtime = named_runtime(cfg.model, str(cfg.runtime))

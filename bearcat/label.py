@@ -53,6 +53,12 @@ def build_label_app(cfg: DictConfig, workdir: str):
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
+    from bearcat.checks import whole_setting
+
+    try:  # before the model reads every image
+        port = whole_setting("port", cfg.port, 0, 65535)
+    except ValueError as err:  # the user's setting: the line, no traceback
+        raise SystemExit(str(err)) from None
     with tempfile.TemporaryDirectory() as workdir:
         app, queue = build_label_app(cfg, workdir)
         if cfg.get("accept_above") is not None:  # no page: save the confident readings and stop
@@ -61,8 +67,8 @@ def main(cfg: DictConfig) -> None:
                   f"{len(queue.pending)} images left below it", flush=True)
             return
         print(f"Bearcat labelling {len(queue.pending)} images of {cfg.dir} into {cfg.out}: "
-              f"http://{cfg.host}:{cfg.port}/", flush=True)
-        uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
+              f"http://{cfg.host}:{port}/", flush=True)
+        uvicorn.run(app, host=cfg.host, port=port, log_level=cfg.log_level)
 
 
 cli = overrides.command(main, "label")  # `--help`, the key meant for a misspelt key, a line for Ctrl-C

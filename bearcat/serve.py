@@ -82,11 +82,16 @@ def worker_app():
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    workers = int(cfg.workers)
-    if workers < 1:
-        raise SystemExit(f"workers={cfg.workers}: give 1 or more server processes")
-    options = dict(host=cfg.host, port=int(cfg.port), log_level=cfg.log_level, access_log=cfg.access_log,
-                   timeout_keep_alive=int(cfg.keep_alive_seconds))
+    from bearcat.checks import whole_setting
+
+    try:  # before the model loads: `port=abc` stopped after it with "invalid literal for int()"
+        workers = whole_setting("workers", cfg.workers, 1)
+        port = whole_setting("port", cfg.port, 0, 65535)
+        keep_alive = whole_setting("keep_alive_seconds", cfg.keep_alive_seconds, 0)
+    except ValueError as err:  # the user's setting: the line, no traceback
+        raise SystemExit(str(err)) from None
+    options = dict(host=cfg.host, port=port, log_level=cfg.log_level, access_log=cfg.access_log,
+                   timeout_keep_alive=keep_alive)
     with tempfile.TemporaryDirectory() as workdir:
         if workers == 1:
             app = build_app(cfg, workdir)

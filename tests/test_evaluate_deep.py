@@ -147,6 +147,10 @@ def test_evaluating_generated_data_draws_only_the_scored_split(tmp_path):
     assert (everything.dataset.train_size, everything.dataset.val_size) == (5000, 8)
     with pytest.raises(ValueError, match="split=tset: choose train, val, test or all"):
         evaluation_config(cfg_for("tset"), None, meta)
+    from bearcat.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="split=tset: choose"):  # before the model (here none) is read
+        evaluate(cfg_for("tset"))
 
 
 def test_answer_thresholds_say_what_answering_only_confident_readings_costs():
