@@ -84,7 +84,7 @@ def main(cfg: DictConfig) -> None:
 
     from bearcat.checks import whole_setting
 
-    try:  # before the model loads: `port=abc` stopped after it with "invalid literal for int()"
+    try:  # named, before the model loads: `port=abc` got only Python's "invalid literal for int()"
         workers = whole_setting("workers", cfg.workers, 1)
         port = whole_setting("port", cfg.port, 0, 65535)
         keep_alive = whole_setting("keep_alive_seconds", cfg.keep_alive_seconds, 0)
