@@ -22,8 +22,19 @@ def whole_setting(key: str, value, least: int, most: int | None = None) -> int:
     """`value` as an int, or a ValueError naming `key=value` and the range it takes."""
     if not is_whole_number(value) or value < least or (most is not None and value > most):
         span = f"from {least} to {most}" if most is not None else f"{least} or more"
-        raise ValueError(f"{key}={value}: a whole number, {span}")
+        # quoted only when text reads as a number ('128' from YAML), else as the user typed it
+        shown = repr(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else value
+        raise ValueError(f"{key}={shown}: a whole number, {span}")
     return int(value)
+
+
+def whole_settings_or_exit(cfg, **spans) -> list[int]:
+    """A command's whole-number settings, each `key=(least, most)`, checked before anything
+    slow loads; a bad one ends the command with its one line and no traceback."""
+    try:
+        return [whole_setting(key, cfg.get(key), *span) for key, span in spans.items()]
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def not_found(key: str, value, also: str = "", kind: str = "file or folder") -> str:

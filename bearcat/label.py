@@ -53,12 +53,9 @@ def build_label_app(cfg: DictConfig, workdir: str):
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    from bearcat.checks import whole_setting
+    from bearcat.checks import whole_settings_or_exit
 
-    try:  # before the model reads every image
-        port = whole_setting("port", cfg.port, 0, 65535)
-    except ValueError as err:  # the user's setting: the line, no traceback
-        raise SystemExit(str(err)) from None
+    port, = whole_settings_or_exit(cfg, port=(0, 65535))  # before the model reads every image
     with tempfile.TemporaryDirectory() as workdir:
         app, queue = build_label_app(cfg, workdir)
         if cfg.get("accept_above") is not None:  # no page: save the confident readings and stop

@@ -82,14 +82,11 @@ def worker_app():
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    from bearcat.checks import whole_setting
+    from bearcat.checks import whole_settings_or_exit
 
-    try:  # named, before the model loads: `port=abc` got only Python's "invalid literal for int()"
-        workers = whole_setting("workers", cfg.workers, 1)
-        port = whole_setting("port", cfg.port, 0, 65535)
-        keep_alive = whole_setting("keep_alive_seconds", cfg.keep_alive_seconds, 0)
-    except ValueError as err:  # the user's setting: the line, no traceback
-        raise SystemExit(str(err)) from None
+    # named, before the model loads: `port=abc` got only Python's "invalid literal for int()"
+    workers, port, keep_alive = whole_settings_or_exit(cfg, workers=(1, None), port=(0, 65535),
+                                                       keep_alive_seconds=(0, None))
     options = dict(host=cfg.host, port=port, log_level=cfg.log_level, access_log=cfg.access_log,
                    timeout_keep_alive=keep_alive)
     with tempfile.TemporaryDirectory() as workdir:

@@ -81,12 +81,28 @@ def test_gamma_darkens_a_pale_stroke_more_than_the_background():
 def test_bad_whole_number_settings_are_refused_before_any_image():
     """Each would otherwise pass (a bool is an int, so threshold=true binarised at 1) or fail
     only on the first image, where it could pass for a bad image."""
-    bad = {"threshold": [True, "abc", 300, -1, 128.5], "pad_value": [300, "x", False],
-           "height": [0, 48.5, True], "width": [0, "128"], "channels": [True, 2, 1.0], "max_pixels": [0]}
-    for key, values in bad.items():
-        for value in values:
-            with pytest.raises(ValueError, match=f"preprocess.{key}={value!r}:"):
-                PreprocessConfig(**{key: value})
+    said = [("threshold", True, "preprocess.threshold=True: a whole number, from 0 to 255"),
+            ("threshold", "abc", "preprocess.threshold=abc: a whole number, from 0 to 255"),
+            ("threshold", 300, "preprocess.threshold=300: a whole number, from 0 to 255"),
+            ("threshold", -1, "preprocess.threshold=-1: a whole number, from 0 to 255"),
+            ("threshold", 128.5, "preprocess.threshold=128.5: a whole number, from 0 to 255"),
+            ("pad_value", 300, "preprocess.pad_value=300: a whole number, from 0 to 255"),
+            ("pad_value", "x", "preprocess.pad_value=x: a whole number, from 0 to 255"),
+            ("pad_value", False, "preprocess.pad_value=False: a whole number, from 0 to 255"),
+            ("height", 0, "preprocess.height=0: a whole number, 1 or more"),
+            ("height", 48.5, "preprocess.height=48.5: a whole number, 1 or more"),
+            ("height", True, "preprocess.height=True: a whole number, 1 or more"),
+            ("width", 0, "preprocess.width=0: a whole number, 1 or more"),
+            # text that reads as a number (a quoted YAML value) is shown quoted, or it would look fine
+            ("width", "128", "preprocess.width='128': a whole number, 1 or more"),
+            ("max_pixels", 0, "preprocess.max_pixels=0: a whole number, 1 or more"),
+            ("channels", True, "preprocess.channels=True: use 1 (grayscale) or 3 (RGB)"),
+            ("channels", 2, "preprocess.channels=2: use 1 (grayscale) or 3 (RGB)"),
+            ("channels", 1.0, "preprocess.channels=1.0: use 1 (grayscale) or 3 (RGB)")]
+    for key, value, message in said:  # a list: True, 1 and 1.0 are one dict key
+        with pytest.raises(ValueError) as raised:
+            PreprocessConfig(**{key: value})
+        assert str(raised.value) == message
     fine = PreprocessConfig(height=np.int64(8), width=8, threshold=0, pad_value=255, gamma=2)
     assert preprocess(Image.new("L", (8, 8), 10), fine).shape == (8, 8, 1)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
-from bearcat.checks import is_number, is_whole_number
+from bearcat.checks import is_number, is_whole_number, whole_setting
 
 # Refuse decompression bombs: no captcha needs more than this many pixels.
 DEFAULT_MAX_PIXELS = 20_000_000
@@ -55,9 +55,7 @@ class PreprocessConfig:
             value = getattr(self, key)
             if key == "threshold" and value is None:
                 continue
-            if not is_whole_number(value) or value < low or (high is not None and value > high):
-                span = f"{low}-{high}" if high is not None else f"at least {low}"
-                raise ValueError(f"preprocess.{key}={value!r}: a whole number, {span}")
+            whole_setting(f"preprocess.{key}", value, low, high)
         if self.frames not in FRAME_MODES:
             raise ValueError(f"preprocess.frames={self.frames!r}: choose one of {', '.join(FRAME_MODES)}")
         if self.gray not in GRAY_MODES:
