@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bearcat.data.labels import Vocabulary
-from bearcat.data.pipeline import LoadedSplit, load_split, warn_if_animated, warn_if_squeezed
+from bearcat.data.pipeline import LoadedSplit, load_split, read_headers, warn_if_animated, warn_if_squeezed
 from bearcat.data.preprocess import PreprocessConfig
 from bearcat.data.sources import SPLITS, Splits
 from bearcat.metrics import text_metrics, wilson_interval
@@ -173,8 +173,9 @@ def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...]
     if "train" in only:
         warn_unseen_classes(splits, mode)
     pre = preprocess_config(cfg)
-    warn_if_animated(getattr(splits, only[0]), pre)
-    warn_if_squeezed(getattr(splits, only[0]), pre)
+    headers = read_headers(getattr(splits, only[0]))
+    warn_if_animated(headers, pre)
+    warn_if_squeezed(headers, pre)
     loaded = {}
     for split in only:
         samples = getattr(splits, split)

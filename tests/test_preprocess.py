@@ -221,7 +221,7 @@ def test_frame_settings_and_limits_are_named(tmp_path):
 
 def test_images_much_wider_than_the_input_are_named_with_the_width_that_fits(tmp_path, caplog):
     """A 300 x 50 captcha in the default 96 x 36 input is read 16 pixels high, without a word."""
-    from bearcat.data.pipeline import warn_if_squeezed
+    from bearcat.data.pipeline import read_headers, warn_if_squeezed
 
     sizes = [(300, 50)] * 5 + [(100, 35)]  # the median: 300 x 50
     samples = []
@@ -229,12 +229,12 @@ def test_images_much_wider_than_the_input_are_named_with_the_width_that_fits(tmp
         Image.new("L", size, 255).save(tmp_path / f"ab{i}_x.png")
         samples.append((str(tmp_path / f"ab{i}_x.png"), "ab"))
     with caplog.at_level("WARNING", logger="bearcat.data.pipeline"):
-        said = warn_if_squeezed(samples, PreprocessConfig(height=36, width=96))
+        said = warn_if_squeezed(read_headers(samples), PreprocessConfig(height=36, width=96))
     assert said == ("the images' median size is 300 x 50: the input, preprocess.width=96 x preprocess.height=36, "
                     "reads them at 16 pixels high; preprocess.width=224 keeps their shape at this height "
                     "(python -m bearcat.prepare action=check recommends a size)")
     assert [r.getMessage() for r in caplog.records] == [said]
     assert preprocess(samples[0][0], PreprocessConfig(height=36, width=224)).shape == (36, 224, 1)
-    assert warn_if_squeezed(samples, PreprocessConfig(height=36, width=224)) is None  # the width named fits
+    assert warn_if_squeezed(read_headers(samples), PreprocessConfig(height=36, width=224)) is None  # the width named fits
     swust = sorted((SHARED / "swust_cas_20200226").iterdir())[:50]  # 90 x 30 in 96 x 36: as they are
-    assert warn_if_squeezed([(str(p), "") for p in swust], PreprocessConfig(height=36, width=96)) is None
+    assert warn_if_squeezed(read_headers([(str(p), "") for p in swust]), PreprocessConfig(height=36, width=96)) is None

@@ -7,11 +7,11 @@ every epoch then only shuffles, augments (training split only), batches and pref
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,57 +108,58 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
 
 
 ANIMATABLE = (".gif", ".png", ".apng", ".webp")  # formats whose files can hold several frames
-ANIMATION_PROBE = 20  # files opened to look for frames: enough to notice a set of animated captchas
-
-
-def warn_if_animated(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> str | None:
-    """With preprocess.frames=first, warn (and return the file) when one of the first
-    ANIMATION_PROBE files of a format that can animate has several frames: the model would
-    otherwise train on part of each animation without a word."""
-    if cfg.frames != "first" or not samples or is_ref(samples[0][0]):
-        return None
-    from PIL import Image
-
-    probed = (path for path, _ in samples if Path(path).suffix.lower() in ANIMATABLE)
-    for path in itertools.islice(probed, ANIMATION_PROBE):  # not the whole list: the default has 120,000
-        try:
-            with Image.open(path) as img:
-                count = getattr(img, "n_frames", 1)
-        except Exception:  # unreadable files are reported where they are decoded
-            continue
-        if count > 1:
-            log.warning("%s has %d frames, and preprocess.frames=first reads only the first: darkest, lightest or "
-                        "median merges them (README \"Animated captchas\")", path, count)
-            return path
-    return None
-
-
-SIZE_PROBE = 64  # files whose sizes are read (from their headers) to judge the input size
+HEADER_PROBE = 64  # files whose headers are read to judge a split: not all, the default has 120,000
 SQUEEZED = 0.6  # below this share of the input's height, the images' characters come out too small
 
 
-def warn_if_squeezed(samples: list[tuple[str, str]], cfg: PreprocessConfig) -> str | None:
+@dataclass(frozen=True)
+class Header:
+    path: str
+    size: tuple[int, int]  # width, height
+    frames: int
+
+
+def read_headers(samples: list[tuple[str, str]]) -> list[Header]:
+    """Size and frame count of HEADER_PROBE files spread over the split, read once for the
+    warnings below (headers only: no pixels are decoded). Unreadable files are left out:
+    they are reported where they are decoded."""
+    if not samples or is_ref(samples[0][0]):
+        return []
+    from PIL import Image
+
+    headers = []
+    for path, _ in samples[::max(1, len(samples) // HEADER_PROBE)][:HEADER_PROBE]:
+        try:
+            with Image.open(path) as img:
+                frames = getattr(img, "n_frames", 1) if Path(path).suffix.lower() in ANIMATABLE else 1
+                headers.append(Header(path, img.size, frames))
+        except Exception:
+            continue
+    return headers
+
+
+def warn_if_animated(headers: list[Header], cfg: PreprocessConfig) -> str | None:
+    """With preprocess.frames=first, warn (and return the file) when a file probed has several
+    frames: the model would otherwise train on part of each animation without a word."""
+    animated = next((h for h in headers if h.frames > 1), None) if cfg.frames == "first" else None
+    if animated is None:
+        return None
+    log.warning("%s has %d frames, and preprocess.frames=first reads only the first: darkest, lightest or "
+                "median merges them (README \"Animated captchas\")", animated.path, animated.frames)
+    return animated.path
+
+
+def warn_if_squeezed(headers: list[Header], cfg: PreprocessConfig) -> str | None:
     """Warn (and return the message) when the images, at their median size, are read at under
     SQUEEZED of the input's height: much wider than the input, they are scaled down to its
     width (a 300 x 50 captcha in the default 96 x 36 is read at 96 x 16). Names the width that
-    keeps their shape at this height. Reads SIZE_PROBE headers, spread over the split."""
-    if not samples or is_ref(samples[0][0]):
+    keeps their shape at this height."""
+    if not headers:
         return None
-    from PIL import Image
-
     from bearcat.data.check import SIZE_STEP
     from bearcat.data.preprocess import letterbox
 
-    sizes = []
-    for path, _ in samples[::max(1, len(samples) // SIZE_PROBE)][:SIZE_PROBE]:
-        try:
-            with Image.open(path) as img:
-                sizes.append(img.size)
-        except Exception:  # unreadable files are reported where they are decoded
-            continue
-    if not sizes:
-        return None
-    width, height = (int(np.median([size[i] for size in sizes])) for i in (0, 1))
+    width, height = (int(np.median([h.size[i] for h in headers])) for i in (0, 1))
     (_, read_height), _, scale = letterbox(width, height, cfg)
     if scale >= 1.0 or read_height >= SQUEEZED * cfg.height:
         return None
