@@ -20,16 +20,22 @@ interrupted = False  # set when Ctrl-C ended the command (`run`)
 _BARE = re.compile(r"[A-Za-z0-9_./:@+\- %*?|$\\]")  # a character Hydra reads in a bare value
 
 
+@functools.cache
+def hydra_parser():
+    """Hydra's command-line parser, built once: it holds no state between overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
 def command_arg(key: str, value) -> str:
     """`key=value` as one shell word that Hydra reads back as the string `value`, for the
     commands Bearcat prints for a user to run next (`resume=`, `model=` of a run folder).
     Hydra's grammar refuses a path with a comma, brackets, a quote, a `~` or a non-ASCII
     letter (the é of "données") unquoted, and reads `null` or `1` as another type."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     text = str(value)
     try:
-        plain = OverridesParser.create().parse_override(f"{key}={text}").value() == text
+        plain = hydra_parser().parse_override(f"{key}={text}").value() == text
     except Exception:  # the grammar's error for a value it cannot read unquoted
         plain = False
     if not plain:
@@ -44,9 +50,7 @@ def unreadable_values(argv: list[str]) -> list[str]:
     """What to paste instead of each `key=value` Hydra's grammar cannot read as typed, but
     reads in quotes: `dataset.root=/data/验证码` got only "LexerNoViableAltException" and a
     caret. A list (`[...]`) or a dict (`{...}`) is left to Hydra's own message."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser, problems = OverridesParser.create(), []
+    parser, problems = hydra_parser(), []
     for arg in argv:
         key, equals, value = arg.partition("=")
         if arg.startswith("-") or not equals or value[:1] in ("[", "{"):
@@ -144,14 +148,13 @@ def unknown_keys(config_name: str, argv: list[str]) -> list[str]:
     the key meant (spelt almost alike) or, failing that, the keys beside it. Hydra's own error
     for such a key advises adding it with `+`, which for a misspelt key is wrong advice."""
     from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
     from bearcat import CONFIG_DIR
 
     args = get_args_parser().parse_args(argv)
     groups, keys = [], []
-    for override in OverridesParser.create().parse_overrides(args.overrides):
+    for override in hydra_parser().parse_overrides(args.overrides):
         key = override.key_or_group
         if override.type != OverrideType.CHANGE or override.package is not None or key.startswith("hydra"):
             continue
