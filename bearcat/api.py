@@ -34,6 +34,10 @@ def config(command: str, overrides=()) -> DictConfig:
                 + required_unset(cfg, CONFIG_DIR))
     if problems:
         raise ValueError("; ".join(problems))
+    if command == "train" and cfg.get("resume"):  # as the command refuses them: trainer.epochs=5 went unread
+        from bearcat.train import check_resume_overrides
+
+        check_resume_overrides(cfg, list(hydra.overrides.task))
     run_dir = os.path.abspath(str(cfg.hydra.run.dir))  # outputs/runs/${now:...}, resolved now
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]

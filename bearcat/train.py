@@ -63,13 +63,12 @@ def resume_conflicts(cfg: DictConfig, overrides) -> list[str]:
     return conflicts
 
 
-def check_resume_overrides(cfg: DictConfig) -> None:
-    """Refuse `resume=RUN other=settings` that would change the run (`resume_conflicts`)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not cfg.get("resume") or not HydraConfig.initialized():
+def check_resume_overrides(cfg: DictConfig, overrides) -> None:
+    """Refuse `resume=RUN other=settings` that would change the run (`resume_conflicts`);
+    `overrides` as typed (the command line's, or those given to bearcat.api.config)."""
+    if not cfg.get("resume"):
         return
-    conflicts = resume_conflicts(cfg, HydraConfig.get().overrides.task)
+    conflicts = resume_conflicts(cfg, overrides)
     if conflicts:
         raise ValueError(f"resume={cfg.resume} continues the run with its own config.yaml, so these settings would "
                          f"be ignored: {', '.join(conflicts)}. Resume without them; or start a new run, from this "
@@ -492,7 +491,9 @@ def check_sweep_direction(metric: str, directions: dict[str, str]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     check_sweep_direction(cfg.optimized_metric, sweep_directions())
-    check_resume_overrides(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    check_resume_overrides(cfg, HydraConfig.get().overrides.task)
     metrics = train(cfg)
     if cfg.optimized_metric not in metrics:
         raise KeyError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "

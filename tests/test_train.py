@@ -94,6 +94,14 @@ def test_from_python_bearcat_api_composes_a_command_config_with_its_run_folder(t
     assert (out / "model" / "bundle.json").is_file() and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert evaluate(config("evaluate", [f"checkpoint={out}"]))["test_accuracy"] == metrics["test_accuracy"]
     assert config("train", ["paths.output_dir=mine"]).paths.output_dir == "mine"  # given: kept
+    # a resume continues the run as it was started: a setting beside it is refused, as on the
+    # command line (through bearcat.api, trainer.epochs=5 was ignored without a word)
+    with pytest.raises(ValueError, match=r"these settings would be ignored: trainer.epochs=5 \(the run has "
+                                         r"trainer.epochs=1\)"):
+        config("train", [f"resume={out}", "trainer.epochs=5"])
+    resumed = train(config("train", [f"resume={out}"]))  # trained to its end: tested again
+    assert resumed["mlflow_run_id"] == metrics["mlflow_run_id"]
+    assert resumed["test_accuracy"] == metrics["test_accuracy"]
 
 
 def test_progress_display_auto_draws_a_bar_only_on_a_terminal(tmp_path):
