@@ -235,12 +235,15 @@ class LabelQueue:
         apart from answers a person checked). The others stay in the queue."""
         threshold = accept_threshold(threshold)
         chosen = [it for it in self.pending if it.confidence is not None and it.confidence >= threshold]
-        saved = []
+        saved, refused = [], {}
         for it in chosen:
             try:
                 saved.append(self.answer(it.id, it.prediction))
             except ValueError as err:  # an empty reading, or one no file name can hold: leave it queued
-                log.warning("%s: not saved: %s", it.path.name, err)
+                refused.setdefault(str(err), []).append(it.path.name)
+        for why, names in refused.items():  # one line a reason: an untrained model reads every image empty
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            log.warning("not saved, left to label: %s: %s", shown, why)
         return saved
 
     def undo(self) -> dict | None:

@@ -240,6 +240,25 @@ def test_accept_above_saves_only_confident_readings_without_a_page(unlabelled, r
         build_label_app(no_model, str(tmp_path))
 
 
+def test_accept_above_names_readings_it_cannot_save_once_a_reason(unlabelled, tmp_path, caplog):
+    """An untrained model reads every image as nothing, confidently: one warning for them all
+    (it was one line per image), another for an answer no file name can hold; all stay queued."""
+    queue = LabelQueue(unlabelled, tmp_path / "out")
+    readings = ["", "", "", "", "a/b", "ok"]
+    for it, text in zip(queue.pending, readings):
+        it.prediction, it.confidence = text, 0.99
+    caplog.clear()  # the broken image's warning, from reading the folder
+    with caplog.at_level("WARNING", logger="bearcat.labelling"):
+        saved = queue.accept_confident(0.5)
+    names = [it.path.name for it in queue.pending]
+    assert [p.name.split("_")[0] for p in saved] == ["ok"] and len(names) == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not saved, left to label: {names[0]}, {names[1]}, {names[2]} and 1 more: empty answer: type the "
+        "characters of the image",
+        f"not saved, left to label: {names[4]}: answer 'a/b': cannot be part of a file name label (/); "
+        "labels_file=labels.csv saves answers in a list instead"]
+
+
 @pytest.fixture
 def label_server(unlabelled, reading_bundle, tmp_path):
     """`python -m bearcat.label` on a free loopback port: (URL, output folder)."""
