@@ -31,22 +31,26 @@ def _root(cfg: DictConfig) -> str:
     return root
 
 
+GENERATED = ("synthetic", "click", "tiles")  # the dataset= choices action=generate draws
+
+
 def do_generate(cfg: DictConfig) -> dict:
     import inspect
 
-    from bearcat.data.sources import split_sizes, synthetic_settings
-    from bearcat.data.tools import generate
+    from bearcat.data.sources import split_sizes
+    from bearcat.data.tools import generate, generator_settings
 
     d = cfg.dataset
-    if not str(d.get("_target_", "")).endswith(".synthetic"):
-        raise ValueError("action=generate draws captchas with the dataset=synthetic settings; "
-                         f"this config has dataset._target_={d.get('_target_')}")
+    kind = str(d.get("_target_", "")).rsplit(".", 1)[-1]
+    if kind not in GENERATED:
+        raise ValueError(f"action=generate draws dataset={' | '.join(GENERATED)}; this config has "
+                         f"dataset._target_={d.get('_target_')}")
     # Every dataset key the generator takes, as training passes them: the same settings draw
     # the same images here and in training's cache (tested), whatever keys are added later.
     values = OmegaConf.to_container(d, resolve=True)
-    settings = {k: values[k] for k in inspect.signature(synthetic_settings).parameters if k in values}
+    settings = {k: values[k] for k in inspect.signature(generator_settings(kind)).parameters if k in values}
     sizes = split_sizes(d.train_size, d.val_size, d.test_size)
-    return generate(cfg.generate.output, sizes, settings, cfg.workers)
+    return generate(cfg.generate.output, sizes, settings, cfg.workers, kind)
 
 
 def _labels_list(cfg: DictConfig):

@@ -257,3 +257,64 @@ def test_voc_folder_with_split_folders_and_voc_layout(tmp_path):
     assert len(made.train) == 3 and Path(made.train[0].path).parent.name == "JPEGImages"
     with pytest.raises(ValueError, match="dataset.root is not set"):
         voc("???", None)
+
+
+GEN_CLICK = ["dataset=click", "dataset.train_size=12", "dataset.val_size=2", "dataset.test_size=2",
+             "dataset.targets=[2,2]", "dataset.distractors=[0,1]"]
+
+
+def test_prepare_generates_click_and_tile_sets_into_a_folder_as_training_draws_them(make_cfg, tmp_path):
+    """`prepare action=generate` drew only dataset=synthetic ("draws captchas with the
+    dataset=synthetic settings"): click captchas and tiles were reachable only inside the
+    cache. Now each goes into generate.output, byte for byte the files training draws, and
+    a generated click folder trains as a user's own VOC set (dataset=voc)."""
+    from bearcat.experiment import load_sources
+    from bearcat.prepare import prepare
+    from bearcat.train import check_settings, train
+
+    out = tmp_path / "clicks"
+    report = prepare(make_cfg(["action=generate", f"generate.output={out}", *GEN_CLICK], config_name="prepare"))
+    assert report["counts"] == {"train": 12, "val": 2, "test": 2}
+    cached = load_sources(make_cfg(GEN_CLICK))  # the same settings, drawn by training into its cache
+    for split in ("train", "val", "test"):
+        records = getattr(cached, split)
+        for record in records:
+            mine = out / split / Path(record.path).name
+            assert mine.read_bytes() == Path(record.path).read_bytes()
+            assert mine.with_suffix(".xml").read_bytes() == Path(record.path).with_suffix(".xml").read_bytes()
+        assert len(read_coco(out / f"{split}.json")[0]) == len(records)
+        crops = sorted(p.name for p in (out / "crops" / split).iterdir())
+        assert crops == sorted(p.name for p in (Path(cached.crops_root) / split).iterdir())
+        assert len(crops) == sum(len(r.objects) for r in records)
+    assert not list(out.glob("*.done"))  # the cache's markers stay in the cache
+    with pytest.raises(FileExistsError, match="already holds images"):  # never drawn over
+        prepare(make_cfg(["action=generate", f"generate.output={out}", *GEN_CLICK], config_name="prepare"))
+
+    tiles_out = tmp_path / "tiles"
+    tiles = ["dataset=tiles", "dataset.train_size=20", "dataset.val_size=4", "dataset.test_size=4"]
+    prepare(make_cfg(["action=generate", f"generate.output={tiles_out}", *tiles], config_name="prepare"))
+    drawn = load_sources(make_cfg(tiles))
+    for split in ("train", "val", "test"):
+        assert {Path(p).name: Path(p).read_bytes() for p, _ in getattr(drawn, split)} == \
+               {p.name: p.read_bytes() for p in (tiles_out / split).iterdir()}
+    with pytest.raises(ValueError, match=r"action=generate draws dataset=synthetic \| click \| tiles; this config "
+                                         r"has dataset._target_=bearcat.data.sources.folder"):
+        prepare(make_cfg(["action=generate", f"generate.output={tmp_path / 'x'}", "dataset=folder",
+                          f"dataset.root={out}"], config_name="prepare"))
+
+    # the folder as a user's own click set: read back as dataset=voc, the same boxes and
+    # prompts; mode=efficientdet alone kept the text models' input size, now refused with the
+    # size that fits these images, and it is ranked by best_val_map, a metric it returns
+    # (it asked for best_val_accuracy; the end-to-end run is test_click_train's)
+    voc = ["mode=efficientdet", "dataset=voc", f"dataset.root={out}"]
+    own = load_sources(make_cfg(voc))
+    for split in ("train", "val", "test"):
+        assert [(Path(r.path).name, r.prompt, r.objects) for r in getattr(own, split)] == \
+               [(Path(r.path).name, r.prompt, r.objects) for r in getattr(cached, split)]
+    with pytest.raises(ValueError, match=r"\(36x96\) must be multiples of 2\*\*mode.max_level = 32: "
+                                         r"preprocess.height=160 preprocess.width=320 reads these images \(median "
+                                         r"320 x 160\)"):
+        train(make_cfg(voc))
+    fits = make_cfg([*voc, "preprocess.height=64", "preprocess.width=128"])
+    assert fits.optimized_metric == "best_val_map"
+    check_settings(fits)  # raised "optimized_metric=best_val_accuracy: not a metric of this detection run"

@@ -386,8 +386,8 @@ def test_an_empty_split_names_what_sized_it(make_cfg, swust_copy, tmp_path):
     ("trainer.verbose=3", r"trainer.verbose=3: 0 \(silent\), 1 \(a bar\), 2 \(a line per epoch\) or auto"),
     ("trainer.verbose=bar", "trainer.verbose=bar: 0"),
     ("mode=ordinary mode.unroll_min_steps=-1", "mode.unroll_min_steps=-1: a whole number of training steps"),
-    ("mode=efficientdet", r"optimized_metric=best_val_accuracy: not a metric of this detection run; "
-                          r"choose one of \['best_val_map', 'test_map'"),
+    ("mode=efficientdet optimized_metric=best_val_accuracy",
+     r"optimized_metric=best_val_accuracy: not a metric of this detection run; choose one of \['best_val_map', 'test_map'"),
     # click success needs named characters: a single-class detector without a recogniser has none
     ("experiment=click optimized_metric=test_click_success", "optimized_metric=test_click_success: not a metric"),
     # a misspelt or unreported metric: named before training, not after it

@@ -21,7 +21,7 @@ import numpy as np
 from bearcat.atomic import replacing
 from bearcat.checks import not_found
 from bearcat.data.fonts import find_cjk_font
-from bearcat.data.generated import generate_splits, sample_rng, settings_root
+from bearcat.data.generated import draw_split, generate_splits, sample_rng, settings_root
 from bearcat.data.labels import IMAGE_EXTENSIONS
 from bearcat.data.sources import SPLITS, split_sizes
 
@@ -344,23 +344,35 @@ def click_settings(width: int, height: int, charset: str | None, targets, distra
                 crops=bool(crops), crop_size=int(crop_size))
 
 
+def coco_index(root: Path, categories: list[str]):
+    """The `finish` of a drawn split: its COCO index file, root/{split}.json."""
+    from bearcat.data.voc import write_coco
+
+    def index_file(split: str, results: list[dict]) -> None:
+        write_coco([record_from_dict(d) for d in results], categories, root / f"{split}.json")
+    return index_file
+
+
+def draw_click_folder(output: Path, sizes: dict[str, int], s: dict, workers: int | None = None) -> dict[str, int]:
+    """Click captchas with checked settings `s` into output/ as the cache holds them (PNG + VOC
+    XML, {split}.json, crops/), without the cache's markers: `prepare action=generate`."""
+    index_file = coco_index(output, list(s["charset"]))
+    return {split: len(draw_split(output, split, sizes[split], _draw_captcha, s, "click captchas", workers,
+                                  index_file)) for split in SPLITS}
+
+
 def click(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str, width: int = 320,
           height: int = 160, charset: str | None = None, targets=(3, 4), distractors=(0, 2), char_size=(30, 42),
           rotation: float = 30, background: str = "mixed", background_dir: str | None = None,
           font: str | None = None, workers: int | None = None, crops: bool = True, crop_size: int = 48,
           **_ignored) -> ClickSplits:
     """Generated click captchas, cached under `cache_dir/click/<settings hash>/`."""
-    from bearcat.data.voc import write_coco
-
     s = click_settings(width, height, charset, targets, distractors, char_size, rotation, background,
                        background_dir, font, seed, crops, crop_size)
     sizes = split_sizes(train_size, val_size, test_size)
     root = settings_root(cache_dir, "click", s)
     categories = list(s["charset"])
-
-    def index_file(split, results):
-        write_coco([record_from_dict(d) for d in results], categories, root / f"{split}.json")
-
+    index_file = coco_index(root, categories)
     drawn = generate_splits(root, sizes, _draw_captcha, s, "click captchas", workers, finish=index_file)
     out = {split: [record_from_dict(d) for d in drawn[split]] for split in SPLITS}
     for split in SPLITS:  # another split size drawn since into the same folder rewrote {split}.json

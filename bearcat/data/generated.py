@@ -32,22 +32,29 @@ def sample_rng(seed: int, split: str, index: int) -> tuple[random.Random, str]:
     return random.Random(key), hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
+def draw_split(root: Path, split: str, count: int, draw, settings: dict, what: str, workers: int | None = None,
+               finish=None) -> list:
+    """[draw((root, split, index, settings)) for each index] into root/split/, in parallel;
+    then `finish(split, results)` (e.g. to write a per-split index file)."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(str(root), split, i, settings) for i in range(int(count))]
+    results = parallel_map(draw, jobs, desc=f"drawing {split} {what}", workers=workers)
+    if finish:
+        finish(split, results)
+    return results
+
+
 def generate_splits(root: Path, sizes: dict[str, int], draw, settings: dict, what: str,
                     workers: int | None = None, finish=None) -> dict[str, list]:
-    """{split: [draw((root, split, index, settings)) for each index]}, drawn once per split
-    and then read back from its marker. `finish(split, results)` runs before the marker is
-    written (e.g. to write a per-split index file)."""
+    """{split: draw_split(...)}, drawn once per split and then read back from its marker,
+    written after `finish`."""
     out = {}
     for split in SPLITS:
         (root / split).mkdir(exist_ok=True)
-        jobs = [(str(root), split, i, settings) for i in range(int(sizes[split]))]
 
-        def make(split=split, jobs=jobs):
+        def make(split=split):
             remove_stale(root / split)  # what a killed drawing left half written
-            results = parallel_map(draw, jobs, desc=f"drawing {split} {what}", workers=workers)
-            if finish:
-                finish(split, results)
-            return results
+            return draw_split(root, split, sizes[split], draw, settings, what, workers, finish)
 
-        out[split] = cached_paths(root / f"{split}.{len(jobs)}.done", make)
+        out[split] = cached_paths(root / f"{split}.{int(sizes[split])}.done", make)
     return out

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from bearcat.atomic import replacing
-from bearcat.data.generated import generate_splits, sample_rng, settings_root
+from bearcat.data.generated import draw_split, generate_splits, sample_rng, settings_root
 from bearcat.data.labels import label_from_name
 from bearcat.data.sources import SPLITS, Splits, split_sizes
 
@@ -90,10 +90,8 @@ def _draw_tile(job) -> str:
     return str(path)
 
 
-def tiles(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
-          classes: list[str] | None = None, tile_size: int = 64, noise: float = 0.5,
-          workers: int | None = None, **_ignored) -> Splits:
-    """Generated shape tiles, cached under `cache_dir/tiles/<settings hash>/`."""
+def tile_settings(classes: list[str] | None, tile_size: int, noise: float, seed: int) -> dict:
+    """Checked generator settings: every value that changes what is drawn."""
     classes = list(classes or SHAPES)
     unknown = sorted(set(classes) - set(SHAPES))
     if unknown:
@@ -102,7 +100,21 @@ def tiles(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: 
         raise ValueError("dataset.classes: need at least 2 different shapes")
     if tile_size < 16:
         raise ValueError(f"dataset.tile_size={tile_size}: need at least 16 pixels")
-    settings = dict(classes=sorted(set(classes)), tile_size=int(tile_size), noise=float(noise), seed=int(seed))
+    return dict(classes=sorted(set(classes)), tile_size=int(tile_size), noise=float(noise), seed=int(seed))
+
+
+def draw_tiles_folder(output: Path, sizes: dict[str, int], settings: dict, workers: int | None = None) -> dict:
+    """Tiles with checked `settings` into output/{train,val,test}/CLASS_hash.png, without the
+    cache's markers: `prepare action=generate`."""
+    return {split: len(draw_split(output, split, sizes[split], _draw_tile, settings, "tiles", workers))
+            for split in SPLITS}
+
+
+def tiles(train_size: int, val_size: int, test_size: int, seed: int, cache_dir: str,
+          classes: list[str] | None = None, tile_size: int = 64, noise: float = 0.5,
+          workers: int | None = None, **_ignored) -> Splits:
+    """Generated shape tiles, cached under `cache_dir/tiles/<settings hash>/`."""
+    settings = tile_settings(classes, tile_size, noise, seed)
     sizes = split_sizes(train_size, val_size, test_size)
     root = settings_root(cache_dir, "tiles", settings)
     paths = generate_splits(root, sizes, _draw_tile, settings, "tiles", workers)

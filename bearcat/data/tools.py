@@ -14,18 +14,39 @@ from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, split_sampl
 log = logging.getLogger(__name__)
 
 
-def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers: int | None = None) -> dict:
-    """Captchas into output/{train,val,test}/LABEL_hash.png; refuses a folder that already
-    holds images (generation never overwrites)."""
+def generator_settings(kind: str):
+    """The function that checks the settings of a generated data set (`dataset=synthetic`,
+    `click` or `tiles`); its parameters are the dataset keys that change the images."""
+    if kind == "click":
+        from bearcat.data.click import click_settings
+        return click_settings
+    if kind == "tiles":
+        from bearcat.data.tiles import tile_settings
+        return tile_settings
+    return synthetic_settings
+
+
+def generate(output: str | Path, sizes: dict[str, int], settings: dict, workers: int | None = None,
+             kind: str = "synthetic") -> dict:
+    """Generated images into output/{train,val,test}/, as training's cache holds them:
+    captchas as LABEL_hash.png, tiles as CLASS_hash.png, click captchas as PNG + VOC XML
+    with {split}.json and crops/. Refuses a folder that already holds images (generation
+    never overwrites)."""
     out = Path(output)
     for split in SPLITS:
         if holds_images(out / split):
             raise FileExistsError(f"generate.output={out}: {out / split} already holds images; "
                                   "choose an empty or new folder (generate never overwrites)")
-    settings = synthetic_settings(**settings)
-    counts = {}
-    for split in SPLITS:
-        counts[split] = len(generate_split(out, split, int(sizes[split]), settings, workers)) if sizes[split] else 0
+    settings = generator_settings(kind)(**settings)
+    if kind == "click":
+        from bearcat.data.click import draw_click_folder
+        counts = draw_click_folder(out, sizes, settings, workers)
+    elif kind == "tiles":
+        from bearcat.data.tiles import draw_tiles_folder
+        counts = draw_tiles_folder(out, sizes, settings, workers)
+    else:
+        counts = {split: len(generate_split(out, split, int(sizes[split]), settings, workers)) if sizes[split] else 0
+                  for split in SPLITS}
     log.info("generated %s into %s", counts, out)
     return {"output": str(out), "counts": counts, "settings": settings}
 

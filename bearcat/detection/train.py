@@ -27,6 +27,22 @@ def detection_mode(cfg: DictConfig, categories: list[str]):
                          input_height=pre.height, input_width=pre.width, **mode_options(cfg))
 
 
+def check_input_size(cfg: DictConfig, records) -> None:
+    """The canvas must divide by the coarsest level's stride. Said here with the size that
+    fits the user's images: `mode=efficientdet` alone keeps the text models' 36 x 96."""
+    from bearcat.experiment import preprocess_config
+
+    pre, step = preprocess_config(cfg), 2 ** int(cfg.mode.max_level)
+    if not records or (pre.height % step == 0 and pre.width % step == 0):
+        return  # (anchors.AnchorConfig.check still refuses a bad size without records)
+    width, height = (int(np.median([getattr(r, side) for r in records])) for side in ("width", "height"))
+    up = lambda value: math.ceil(value / step) * step  # noqa: E731
+    raise ValueError(f"preprocess.height/width ({pre.height}x{pre.width}) must be multiples of 2**mode.max_level = "
+                     f"{step}: preprocess.height={up(height)} preprocess.width={up(width)} reads these images (median "
+                     f"{width} x {height}) at about their size; experiment=click (with dataset=voc for your own) "
+                     "reads 320 x 160 captchas at 128 x 256 and sets the rest of the click recipe")
+
+
 def build_detector(cfg: DictConfig, mode):
     from bearcat.detection.model import build_efficientdet
     from bearcat.experiment import preprocess_config
@@ -185,6 +201,7 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     if not hasattr(splits, "categories"):
         raise ValueError("mode=efficientdet needs a detection dataset (dataset=click or dataset=voc; "
                          f"experiment=click sets everything), not {cfg.dataset.get('_target_')}")
+    check_input_size(cfg, splits.train)
     mode = detection_mode(cfg, splits.categories)
     recogniser, recogniser_dir = load_recogniser(cfg, workdir)
     if recogniser is None and mode.class_mode == "single":
