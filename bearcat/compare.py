@@ -95,16 +95,17 @@ def compare_readings(a: dict[str, tuple[str, str]], b: dict[str, tuple[str, str]
     or packed with action=pack) and the names are unique on both sides."""
     from bearcat.data.pack import packed_names
 
-    common, matched_by = [f for f in a if f in b], "path"
+    common, matched_by, read = [f for f in a if f in b], "path", {"a": a, "b": b}
     if not common:
         packed = packed_names([*a, *b])  # an image of packed data goes by the name it was packed under
         by_name = [{packed.get(f, Path(f).name): reading for f, reading in side.items()} for side in (a, b)]
         if all(len(named) == len(side) for named, side in zip(by_name, (a, b))):
             a, b = by_name
             common, matched_by = [f for f in a if f in b], "file name"
-    if not common:
-        raise ValueError("a and b share no image file: compare readings of the same data (the same dataset "
-                         "settings and split; evaluate both models on it)")
+    if not common:  # which data each side read: usually two folders, or two splits of one
+        sides = "; ".join(f"{k} read {len(side)} images ({next(iter(side))}, ...)" for k, side in read.items())
+        raise ValueError(f"a and b share no image file ({sides}): compare readings of the same data (the same "
+                         "dataset settings and split; evaluate both models on it)")
     for f in common:
         if a[f][0] != b[f][0]:
             raise ValueError(f"{f}: labelled {a[f][0]!r} in a but {b[f][0]!r} in b (one folded the case? read both "

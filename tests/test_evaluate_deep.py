@@ -457,7 +457,11 @@ def test_two_evaluations_are_compared_image_by_image(trained_run, tmp_path, monk
     assert "Matched by file name" in (tmp_path / "moved" / "compare.md").read_text()
     assert result["matched_by"] == "path"
     elsewhere = variant("elsewhere", 0, lambda copy: [r.update(file="other/x" + Path(r["file"]).name) for r in copy])
-    with pytest.raises(ValueError, match="share no image file"):
+    with pytest.raises(ValueError) as no_common:
         compare(str(readings), str(elsewhere), tmp_path / "x")
+    assert str(no_common.value) == (  # what each side read, so the user sees the two data sets
+        f"a and b share no image file (a read {n} images ({rows[0]['file']}, ...); b read {n} images "
+        f"(other/x{Path(rows[0]['file']).name}, ...)): compare readings of the same data (the same dataset settings "
+        "and split; evaluate both models on it)")
     with pytest.raises(FileNotFoundError, match="b=.*nowhere: no such file or folder"):
         compare(str(readings), str(tmp_path / "nowhere"), tmp_path / "x")
