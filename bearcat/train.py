@@ -444,17 +444,23 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         bundle = write_bundle(out_dir / "model", model, mode, preprocess_config(cfg),
                               {"mlflow_run_id": run.info.run_id})
         tracking.log_artifacts(bundle, "model")
-    run_id = run.info.run_id
-    # the hints must work as given: evaluate and export find the run in this store (its
-    # non-default mlflow.* settings repeated), a run's bundle holds Keras only, serve defaults to ONNX
+    log_finished(cfg, out_dir, run.info.run_id)
+    metrics["mlflow_run_id"] = run.info.run_id
+    return metrics
+
+
+def log_finished(cfg: DictConfig, out_dir: Path, run_id: str, also: str = "") -> None:
+    """A run's last line: where it is and the commands to run next (then `also`, a mode's own).
+    The hints must work as given: evaluate and export find the run in this store (its
+    non-default mlflow.* settings repeated), a run's bundle holds Keras only, serve defaults to ONNX."""
+    from bearcat import tracking
+
     store = "".join(" " + arg for arg in tracking.store_overrides(cfg.mlflow))
     log.info("finished: run folder %s, MLflow run %s. Next: python -m bearcat.evaluate run_id=%s%s | "
              "python -m bearcat.export run_id=%s format=onnx%s, then python -m bearcat.serve "
-             "model=outputs/exports/%s (or at once: python -m bearcat.serve %s runtime=keras) | "
+             "model=outputs/exports/%s (or at once: python -m bearcat.serve %s runtime=keras)%s | "
              "mlflow ui --backend-store-uri %s", out_dir, run_id, run_id, store, run_id, store, run_id,
-             overrides.command_arg("model", out_dir), shlex.quote(tracking.current_uri()))
-    metrics["mlflow_run_id"] = run_id
-    return metrics
+             overrides.command_arg("model", out_dir), also, shlex.quote(tracking.current_uri()))
 
 
 def sweep_directions() -> dict[str, str]:

@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import logging
+import logging.handlers
 import urllib.request
 from pathlib import Path
 
@@ -55,8 +56,18 @@ def click_run(tmp_path_factory):
                 "preprocess.width=32", "debug=fast", *common, f"paths.output_dir={root / 'recogniser'}"])
         recogniser = train(rec_cfg)
         det_cfg.mode.recogniser = str(root / "recogniser" / "model")
-        metrics = train(det_cfg)
-    return {"metrics": metrics, "root": root, "uri": uri, "recogniser": recogniser, "cfg": det_cfg}
+        said = logging.handlers.BufferingHandler(10_000)  # the detector run's log lines
+        logger = logging.getLogger("bearcat.train")
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(said)
+        try:
+            metrics = train(det_cfg)
+        finally:
+            logger.removeHandler(said)
+            logger.setLevel(level)
+    return {"metrics": metrics, "root": root, "uri": uri, "recogniser": recogniser, "cfg": det_cfg,
+            "log": [r.getMessage() for r in said.buffer]}
 
 
 def _run_job(click_run, job, config_name: str, overrides: list[str]):
@@ -92,6 +103,11 @@ def test_detector_run_logs_map_and_writes_a_self_contained_bundle(click_run):
     meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
     assert meta["mode"]["name"] == "efficientdet" and meta["vocabulary"] == ["char"]
     assert (bundle / "recogniser" / "bundle.json").is_file()
+    # the run's last line says where it is and what to run next, as a text run's does (it said nothing)
+    done = [line for line in click_run["log"] if line.startswith("finished:")]
+    assert len(done) == 1 and f"run folder {root / 'detector'}, MLflow run {run.info.run_id}. Next:" in done[0]
+    assert f"python -m bearcat.evaluate run_id={run.info.run_id}" in done[0]
+    assert f"python -m bearcat.click model={bundle} image=captcha.png prompt=" in done[0]
 
 
 def test_solver_answers_in_prompt_order(click_run, capsys):

@@ -184,13 +184,14 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
     import shutil
     import time
 
-    from bearcat import tracking
+    from bearcat import overrides, tracking
     from bearcat.bundle import load_keras, write_bundle
     from bearcat.callbacks import Checkpointer
     from bearcat.detection.model import detection_loss
     from bearcat.experiment import build_optimizer, compile_model, load_sources, preprocess_config
     from bearcat.optim.schedules import build_schedule
-    from bearcat.train import epoch_callbacks, fit_unless_done, plan_epochs, tracked_run, training_stream
+    from bearcat.train import (epoch_callbacks, fit_unless_done, log_finished, plan_epochs, tracked_run,
+                               training_stream)
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -263,5 +264,9 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
         if recogniser_dir is not None:  # self-contained: the recogniser travels with the detector
             shutil.copytree(recogniser_dir, bundle / RECOGNISER_DIR, dirs_exist_ok=True)
         tracking.log_artifacts(bundle, "model")
+    # it ended without a word on where the run is (a text run's last line says)
+    solve = (f" | python -m bearcat.click {overrides.command_arg('model', bundle)} image=captcha.png "
+             "prompt=<the characters to click>") if names_characters(recogniser is not None, mode.class_mode) else ""
+    log_finished(cfg, out_dir, run.info.run_id, solve)
     metrics["mlflow_run_id"] = run.info.run_id
     return metrics
