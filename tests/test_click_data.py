@@ -267,7 +267,7 @@ def test_prepare_generates_click_and_tile_sets_into_a_folder_as_training_draws_t
     """`prepare action=generate` drew only dataset=synthetic ("draws captchas with the
     dataset=synthetic settings"): click captchas and tiles were reachable only inside the
     cache. Now each goes into generate.output, byte for byte the files training draws, and
-    a generated click folder trains as a user's own VOC set (dataset=voc)."""
+    a generated click folder reads back as a user's own VOC set (dataset=voc)."""
     from bearcat.experiment import load_sources
     from bearcat.prepare import prepare
     from bearcat.train import check_settings, train
