@@ -41,17 +41,38 @@ def test_wide_beam_search_finds_the_most_probable_text():
     the most probable one, where greedy decoding (the most probable path) often does not."""
     import itertools
 
-    from bearcat.modes.ctc import beam_search, text_probability
+    from bearcat.modes.ctc import beam_search, beam_search_batch, text_probability
 
     rng = np.random.default_rng(5)
     steps, classes, greedy_misses = 6, 3, 0
     texts = {tuple(collapse(np.array(p))) for p in itertools.product(range(classes), repeat=steps)}
-    for _ in range(40):
-        probs = softmax(rng.normal(size=(steps, classes)))
+    batch = softmax(rng.normal(size=(40, steps, classes)))
+    found = beam_search_batch(batch, len(texts))
+    for probs, searched in zip(batch, found):
         best = max(texts, key=lambda t: text_probability(probs, list(t)))
-        assert beam_search(probs, len(texts)) == list(best)
+        assert searched == beam_search(probs, len(texts)) == list(best)
         greedy_misses += collapse(probs.argmax(-1)) != list(best)
     assert greedy_misses >= 5  # the cases are ones where the search matters
+
+
+def test_a_batch_searched_at_once_reads_as_each_image_alone():
+    """The batched search keeps each image's beams apart: in one call with sharp, flat and
+    one-hot outputs (images whose beams fill at different steps, ties, repeats) each image
+    reads as it does alone, at every width, for the default model's output shape too."""
+    from bearcat.modes.ctc import beam_search, beam_search_batch
+
+    rng = np.random.default_rng(3)
+    for steps, classes in [(9, 4), (48, 37)]:
+        sharpness = rng.uniform(0.2, 12.0, size=(30, 1, 1))
+        batch = softmax(rng.normal(size=(30, steps, classes)) * sharpness)
+        batch[0] = one_hot(rng.integers(0, classes, size=steps), classes=classes)
+        batch[1] = one_hot([1, 1, 0, 1, 2, 2, 0, 0, 3][:steps] + [0] * (steps - 9), classes=classes)
+        for width in (1, 2, 5, 16):
+            found = beam_search_batch(batch, width)
+            assert found == [beam_search(p, width) for p in batch]
+            assert all(0 not in ids for ids in found)
+    assert found[1] == [1, 1, 2, 3]
+    assert beam_search_batch(batch[:0], 4) == []
 
 
 def test_best_path_is_the_most_probable_alignment_of_a_text():
@@ -112,12 +133,12 @@ def test_beam_decoder_searches_only_below_one_half_and_never_reads_less_probably
     greedy = build_mode("ctc", VOCAB, 4, decoder="greedy")
     probs = softmax(rng.normal(size=(300, 9, 4)) * rng.uniform(0.5, 12.0, size=(300, 1, 1)))
     searched = []
-    real_search = ctc.beam_search
-    monkeypatch.setattr(ctc, "beam_search", lambda p, w: searched.append(p) or real_search(p, w))
+    real_search = ctc.beam_search_batch
+    monkeypatch.setattr(ctc, "beam_search_batch", lambda p, w: searched.append(p) or real_search(p, w))
     beam, plain = mode.decode(probs), greedy.decode(probs)
     sure = [g["confidence"] > 0.5 for g in plain]
     assert 30 < sum(sure) < 270  # both kinds of case occur
-    assert len(searched) == 300 - sum(sure)
+    assert len(searched) == 1 and len(searched[0]) == 300 - sum(sure)  # one search for the batch's unsure images
     for p, b, g, s in zip(probs, beam, plain, sure):
         assert b["confidence"] >= g["confidence"]
         assert b["confidence"] == pytest.approx(text_probability(p, VOCAB.encode(b["result"])))

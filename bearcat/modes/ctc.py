@@ -64,49 +64,78 @@ def collapse(ids: np.ndarray) -> list[int]:
 
 
 def beam_search(probs: np.ndarray, width: int) -> list[int]:
-    """CTC prefix beam search over one (time, classes) softmax output (blank = 0).
+    """CTC prefix beam search over one (time, classes) softmax output (blank = 0)."""
+    return beam_search_batch(np.asarray(probs)[None], width)[0]
 
-    Keeps the `width` most probable texts at each step, each scored over every alignment
-    that spells it so far, split into alignments ending in a blank and in its last
-    character. In NumPy, a step's candidates scored as one array, so reading needs no
-    TensorFlow. Wide enough, it finds the most probable text (tests/test_ctc.py)."""
+
+def beam_search_batch(probs: np.ndarray, width: int) -> list[list[int]]:
+    """CTC prefix beam search over a batch of (time, classes) softmax outputs (blank = 0).
+
+    Keeps the `width` most probable texts of each image at each step, each scored over
+    every alignment that spells it so far, split into alignments ending in a blank and in
+    its last character. In NumPy, so reading needs no TensorFlow. A step is the same few
+    array operations for any number of images: searched one image at a time, the Python
+    work of each step cost more than its arithmetic (scripts/bench_beam.py). Wide enough,
+    it finds the most probable text (tests/test_ctc.py)."""
     logp = np.log(np.asarray(probs, np.float64) + EPS)
-    classes = logp.shape[1]
+    images, steps, classes = logp.shape
+    if not images:
+        return []
     width = max(1, int(width))
-    texts = [()]
-    ends_blank, ends_char = np.zeros(1), np.full(1, -np.inf)
-    for step in logp:
-        total = np.logaddexp(ends_blank, ends_char)
-        last = np.array([t[-1] if t else 0 for t in texts])
-        has_last = np.array([bool(t) for t in texts])
-        # the text stays: a blank, or its last character again (CTC merges the repeat)
-        stay_blank = total + step[0]
-        stay_char = np.where(has_last, ends_char + step[last], -np.inf)
-        # one character more; the same character again only after a blank
-        grow = total[:, None] + step[None, :]
-        rows = np.flatnonzero(has_last)
-        grow[rows, last[rows]] = ends_blank[rows] + step[last[rows]]
-        grow[:, 0] = -np.inf
-        # a child that is already a beam adds to that beam's score instead of standing alone
-        index = {t: i for i, t in enumerate(texts)}
-        for j, t in enumerate(texts):
-            parent = index.get(t[:-1]) if t else None
-            if parent is not None:
-                stay_char[j] = np.logaddexp(stay_char[j], grow[parent, t[-1]])
-                grow[parent, t[-1]] = -np.inf
-        scores = np.concatenate([np.logaddexp(stay_blank, stay_char), grow.ravel()])
-        keep = np.argpartition(-scores, width)[:width] if width < len(scores) else np.arange(len(scores))
-        keep = keep[np.isfinite(scores[keep])]
-        kept = []
-        for k in keep.tolist():
-            if k < len(texts):  # a text that stays
-                kept.append((texts[k], stay_blank[k], stay_char[k]))
-            else:  # a text one character longer
-                i, c = divmod(k - len(texts), classes)
-                kept.append((texts[i] + (c,), -np.inf, grow[i, c]))
-        texts = [t for t, _, _ in kept]
-        ends_blank, ends_char = np.array([b for _, b, _ in kept]), np.array([c for _, _, c in kept])
-    return list(texts[int(np.argmax(np.logaddexp(ends_blank, ends_char)))])
+    rows, slots = np.arange(images)[:, None], np.arange(width)
+    # A step's candidates: each beam as it stays, then each beam grown by each class.
+    from_beam = np.concatenate([slots, np.repeat(slots, classes)])
+    added = np.concatenate([np.zeros(width, np.int64), np.tile(np.arange(classes), width)])
+    # A beam slot is one row of `beams`: its text's length, last character (0 if none), a
+    # hash of the text and one of the text without its last character (to find a beam's
+    # parent among the beams quickly; then checked character by character), then the text,
+    # padded with 0 (never a character). A slot whose sums are -inf is free: no text yet,
+    # or none kept there.
+    LENGTH, LAST, KEY, PARENT, TEXT = 0, 1, 2, 3, 4
+    beams = np.zeros((images, width, TEXT + steps), np.int64)
+    ends = np.full((images, width, 2), -np.inf)  # log P of the alignments ending in a blank / its last character
+    ends[:, 0, 0] = 0.0
+    cand = np.empty((images, len(from_beam), 2))
+    grow = cand[:, width:, 1].reshape(images, width, classes)  # a view: cand's grown texts ending in their character
+    cand[:, width:, 0] = -np.inf  # a text just grown ends in its new character
+    for t in range(steps):
+        step = logp[:, t]
+        length, last = beams[..., LENGTH], beams[..., LAST]
+        total = np.logaddexp(ends[..., 0], ends[..., 1])
+        last_p = step[rows, last]
+        # the text stays: a blank, or its last character again (CTC merges the repeat;
+        # an empty text has no alignment ending in a character, so that sum stays -inf)
+        cand[:, :width, 0] = total + step[:, :1]
+        cand[:, :width, 1] = ends[..., 1] + last_p
+        # one character more; the same character again only after a blank. Class 0 (also
+        # the "last character" of an empty text) is the blank: it adds no character.
+        grow[:] = total[..., None] + step[:, None, :]
+        grow[rows, slots, last] = ends[..., 0] + last_p
+        grow[..., 0] = -np.inf
+        # a child that is already a beam adds to that beam's sum instead of standing alone
+        n, child, par = np.nonzero(beams[:, :, None, PARENT] == beams[:, None, :, KEY])
+        if len(n):
+            prefix = beams[n, child, TEXT:]
+            prefix[np.arange(len(n)), length[n, child] - 1] = 0
+            same = ((prefix == beams[n, par, TEXT:]).all(-1) & (length[n, child] > 0)
+                    & np.isfinite(total[n, child]) & np.isfinite(total[n, par]))
+            n, child, par = n[same], child[same], par[same]
+            c = last[n, child]
+            cand[n, child, 1] = np.logaddexp(cand[n, child, 1], grow[n, par, c])
+            grow[n, par, c] = -np.inf
+        scores = np.logaddexp(cand[..., 0], cand[..., 1])
+        keep = np.argpartition(scores, -width, axis=1)[:, -width:]
+        ends = cand[rows, keep]
+        source, char = from_beam[keep], added[keep]
+        beams = beams[rows, source]
+        grown = char > 0
+        beams[rows, slots, TEXT + beams[..., LENGTH]] = char  # a text that stays writes 0 on its padding
+        np.copyto(beams[..., PARENT], beams[..., KEY], where=grown)
+        np.copyto(beams[..., KEY], beams[..., KEY] * 0x9E3779B97F4A7C1 + char, where=grown)
+        np.copyto(beams[..., LAST], char, where=grown)
+        beams[..., LENGTH] += grown
+    best = np.logaddexp(ends[..., 0], ends[..., 1]).argmax(axis=1)
+    return [beams[i, b, TEXT:TEXT + beams[i, b, LENGTH]].tolist() for i, b in enumerate(best)]
 
 
 def best_path(probs: np.ndarray, ids: list[int]) -> np.ndarray | None:
@@ -294,17 +323,17 @@ class CTCMode(Mode):
         return penalised_ctc_loss
 
     def decode(self, probs):
-        out = []
-        for p in np.asarray(probs):
-            ids = collapse(p.argmax(axis=-1))
-            confidence = text_probability(p, ids)
-            # The texts' probabilities sum to 1, so a greedy reading above one half is already
-            # the most probable text: the search runs only on the others, and keeps the more
-            # probable of its answer and the greedy one.
-            if self.options["decoder"] == "beam_search" and confidence <= 0.5:
-                searched = beam_search(p, int(self.options["beam_width"]))
-                searched_confidence = text_probability(p, searched)
-                if searched_confidence > confidence:
-                    ids, confidence = searched, searched_confidence
-            out.append({"result": self.vocab.decode(ids), "confidence": confidence})
-        return self.with_answers(out)
+        probs = np.asarray(probs)
+        readings = [collapse(p.argmax(axis=-1)) for p in probs]
+        confidences = [text_probability(p, ids) for p, ids in zip(probs, readings)]
+        # The texts' probabilities sum to 1, so a greedy reading above one half is already
+        # the most probable text: the search runs only on the others (all of them in one
+        # call), and keeps the more probable of its answer and the greedy one.
+        if self.options["decoder"] == "beam_search":
+            unsure = [i for i, confidence in enumerate(confidences) if confidence <= 0.5]
+            for i, searched in zip(unsure, beam_search_batch(probs[unsure], int(self.options["beam_width"]))):
+                searched_confidence = text_probability(probs[i], searched)
+                if searched_confidence > confidences[i]:
+                    readings[i], confidences[i] = searched, searched_confidence
+        return self.with_answers([{"result": self.vocab.decode(ids), "confidence": confidence}
+                                  for ids, confidence in zip(readings, confidences)])
