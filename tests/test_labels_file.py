@@ -88,6 +88,14 @@ def test_the_folder_source_takes_labels_from_the_list(swust_copy, tmp_path, capl
     assert splits.skipped == {"not in labels file": 3}
     assert "1 rows of" in caplog.text and "gone.jpg" in caplog.text
 
+    # a list may hold a space: outside the charset, the label is skipped and the space shown quoted
+    spaced = tmp_path / "spaced.csv"
+    write_csv(spaced, [[name, "ab c" if i == 0 else label] for i, (name, label) in enumerate(rows)])
+    with caplog.at_level(logging.WARNING):
+        splits = folder(str(data), labels_file=str(spaced), charset="".join(sorted(set("".join(labels.values())))))
+    assert splits.skipped == {"not in labels file": 3, "characters outside charset": 1}
+    assert "label 'ab c' has characters outside dataset.charset: ' '; skipped" in caplog.text
+
     with pytest.raises(ValueError, match="dataset.labels_file and dataset.class_folders=true exclude each other"):
         folder(str(data), labels_file="labels.csv", class_folders=True)
     write_csv(tmp_path / "other.csv", [["elsewhere.jpg", "ab"]])

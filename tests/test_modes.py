@@ -192,6 +192,9 @@ def test_ordinary_pads_with_blank_and_decoding_drops_it(make_cfg):
     assert out["result"] == "AC"
     assert out["confidence"] == pytest.approx(0.94)  # all positions equally sure: std 0
     assert mode.check_label("ABCAB")[0] == "label longer than the model can emit"
+    # a space outside the vocabulary is named visibly, not as a blank
+    assert mode.check_label("A Bx") == ("characters outside the vocabulary", "' x'")
+    assert mode.check_label("ABx") == ("characters outside the vocabulary", "x")
 
 
 def test_ordinary_confidence_rule():

@@ -3,6 +3,7 @@ preview and clean. Real images come from a copy of a shared data set; nothing a 
 owns is ever lost: files in the data + quarantine == files before."""
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def bad_folder(swust: Path, dst: Path) -> dict[str, str]:
     cases = {
         "truncated": "tr3x_truncated.jpg", "zero": "z3r0_empty.png", "text": "t3xt_notanimage.png",
         "alpha": "a1ph_alpha.png", "palette": "pa1e_palette.png", "16bit": "b16b_deep.png",
-        "bomb": "b0mb_huge.png", "no_label": "_nolabel.jpg", "outside": "ab#d_outside.jpg",
+        "bomb": "b0mb_huge.png", "no_label": "_nolabel.jpg", "outside": "a #d_outside.jpg",
         "duplicate": "dupe_copy.jpg", "chinese": "验证码_cn.png", "mixed_case": "aBcD_mixed.jpg",
     }
     (dst / cases["truncated"]).write_bytes(data[:len(data) // 2])
@@ -95,7 +96,7 @@ def test_check_reports_and_quarantines_every_bad_input(make_cfg, swust_copy, tmp
     assert report["unreadable"] == report["quarantined"] == 4
     assert [Path(f).name for f in report["no_label_files"]] == [cases["no_label"]]
     outside = {Path(o["file"]).name: o["characters"] for o in report["outside_charset_files"]}
-    assert outside == {cases["outside"]: "#", cases["chinese"]: "码证验", cases["mixed_case"]: "BD"}
+    assert outside == {cases["outside"]: " #", cases["chinese"]: "码证验", cases["mixed_case"]: "BD"}
     assert report["duplicates"]["extra_copies"] == 1
     assert cases["duplicate"] in {Path(f).name for f in report["duplicates"]["groups"][0]}
     notes = {Path(c["file"]).name: c["note"] for c in report["converted"]}
@@ -112,6 +113,10 @@ def test_check_reports_and_quarantines_every_bad_input(make_cfg, swust_copy, tmp
             assert name in text, name
     table = capsys.readouterr().out
     assert "unreadable       4 (4 moved to quarantine/" in table and "outside charset  3" in table
+    # a space is shown quoted, in the list and in the labels' charset, not as an empty gap
+    assert f"{data / cases['outside']}: characters outside the charset: ' #'\n" in table
+    assert f"{data / cases['chinese']}: characters outside the charset: 码证验\n" in table
+    assert re.search(r"\n  charset \(30\) +' #01", table) and len(report["charset"]) == 30
     assert json.loads((tmp_path / "run" / "check.json").read_text(encoding="utf-8"))["quarantined"] == 4
 
     # a second check moves nothing more and still adds up

@@ -17,7 +17,7 @@ import numpy as np
 
 from bearcat.atomic import write_json
 from bearcat.checks import not_found
-from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset
+from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset, shown_characters
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
 from bearcat.data.sources import QUARANTINE, SPLITS
@@ -168,7 +168,8 @@ def _label_problems(root: Path, infos: list[dict], lowercase: bool, charset: str
         bad = sorted(set(label) - allowed) if charset else []
         if bad:
             outside.append({"file": str(path), "label": label, "characters": "".join(bad)})
-            log.warning("%s: label %r has characters outside dataset.charset: %s", path, label, "".join(bad))
+            log.warning("%s: label %r has characters outside dataset.charset: %s", path, label,
+                        shown_characters("".join(bad)))
     chars = set("".join(labels.values()))
     both_cases = sorted(c for c in chars if c.islower() and c.upper() in chars)
     mixed = [f for f, lab in labels.items() if any(c.islower() for c in lab) and any(c.isupper() for c in lab)]
@@ -276,7 +277,7 @@ def format_report(r: dict, max_listed: int = 10) -> str:
          + f"  (now {r['preprocess']['height']}x{r['preprocess']['width']}; "
            f"{r['larger_than_input']} images larger, scaled down)"),
         ("label lengths", ", ".join(f"{k}: {v}" for k, v in r["label_length"].items()) or "-"),
-        (f"charset ({len(r['charset'])})", r["charset"] or "-"),
+        (f"charset ({len(r['charset'])})", shown_characters(r["charset"]) if r["charset"] else "-"),
         ("image modes", ", ".join(f"{k} {v}" for k, v in sorted(r["modes"].items())) or "-"),
         ("converted", f"{len(r['converted'])} (16-bit, palette or transparent; converted on load)"),
         ("animated", f"{r['animated']}" + (f" (preprocess.frames={r['frames']}" + (
@@ -298,7 +299,8 @@ def format_report(r: dict, max_listed: int = 10) -> str:
     problems = ([f"{i['reason']} (unreadable)" for i in r["unreadable_files"]]
                 + [f"{f}: no label in " + (r["labels_file"] or "the file name") for f in r["no_label_files"]]
                 + [f"{r['labels_file']}: {f}: no such readable image" for f in r["listed_without_image"]]
-                + [f"{o['file']}: characters outside the charset: {o['characters']}" for o in r["outside_charset_files"]]
+                + [f"{o['file']}: characters outside the charset: {shown_characters(o['characters'])}"
+                   for o in r["outside_charset_files"]]
                 + [f"same content: {' = '.join(g)}" for g in dup["groups"]]
                 + [f"{c['file']}: {c['note']}" for c in r["converted"]])
     if problems:

@@ -94,6 +94,12 @@ def normalize_charset(charset: str | None) -> str | None:
     return unicodedata.normalize("NFC", str(charset)) if charset else charset
 
 
+def shown_characters(chars: str) -> str:
+    """Characters for a message: as they are, or quoted (`' '`, `'\\t'`) when one of them is
+    a space or otherwise invisible, which bare would read as nothing."""
+    return chars if chars and all(c.isprintable() and not c.isspace() for c in chars) else repr(chars)
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 

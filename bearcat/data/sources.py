@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
 from bearcat.checks import is_whole_number, not_found
-from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset
+from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset, shown_characters
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
                 bad = set(label) - known
                 if bad:
                     log.warning("%s: label %r has characters outside dataset.charset: %s; skipped",
-                                path, label, "".join(sorted(bad)))
+                                path, label, shown_characters("".join(sorted(bad))))
                     skipped["characters outside charset"] = skipped.get("characters outside charset", 0) + 1
                 else:
                     kept[split].append((path, label))

@@ -6,7 +6,7 @@ import importlib
 import numpy as np
 
 from bearcat.answers import answer_function
-from bearcat.data.labels import Vocabulary
+from bearcat.data.labels import Vocabulary, shown_characters
 
 # mode name -> "module:Class"; a mode never reads files.
 REGISTRY = {
@@ -38,7 +38,7 @@ class Mode:
         """(reason, detail) when this mode cannot learn the label, else None."""
         unknown = self.vocab.unknown(label)
         if unknown:
-            return "characters outside the vocabulary", "".join(sorted(unknown))
+            return "characters outside the vocabulary", shown_characters("".join(sorted(unknown)))
         if not label:
             return "empty label", ""
         if len(label) > self.max_length:
