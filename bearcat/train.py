@@ -370,8 +370,9 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         cfg.mode.dropout = mode.options["dropout"]
     data = load_data(cfg, splits, mode)
     train_split, val_split, test_split = (data.loaded[s] for s in ("train", "val", "test"))
-    log.info("images: train %d, val %d, test %d; vocabulary %d characters; max length %d",
-             len(train_split), len(val_split), len(test_split), len(mode.vocab), mode.max_length)
+    log.info("images: train %d, val %d, test %d; %s", len(train_split), len(val_split), len(test_split),
+             f"vocabulary {len(mode.vocab)} characters; max length {mode.max_length}" if mode.text
+             else f"{len(mode.vocab)} classes")
 
     batch_size = int(cfg.trainer.batch_size)  # global: split over the strategy's replicas
     steps_per_epoch = math.ceil(len(train_split) / batch_size)

@@ -4,6 +4,8 @@ num_classes on generated tiles and on one sub-folder per class."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -44,9 +46,12 @@ def logged_metrics(metrics) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["ctc", "ctc_tiny", "ordinary"])
-def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
+def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode, caplog):
     cfg = make_cfg(["debug=fast", f"mode={mode}", "backbone=cnn_small"])
-    metrics = train(cfg)
+    with caplog.at_level(logging.INFO, logger="bearcat.train"):
+        metrics = train(cfg)
+    sizes = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("images: train"))
+    assert re.fullmatch(r"images: train \d+, val \d+, test \d+; vocabulary \d+ characters; max length \d+", sizes)
     logged = logged_metrics(metrics)
     for key in ("loss", "val_loss", "val_accuracy", "test_accuracy", "test_char_accuracy", "test_cer"):
         assert key in logged, key
@@ -76,9 +81,12 @@ def test_text_mode_trains_one_epoch_and_logs(make_cfg, mode):
     assert set(small) == set(out) and set(small["result"]) <= set(predictor.mode.vocab.chars)
 
 
-def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg):
+def test_num_classes_on_tiles_logs_top1_and_top5(make_cfg, caplog):
     cfg = make_cfg(["debug=fast", "mode=num_classes", "dataset=tiles", "backbone=cnn_small"])
-    metrics = train(cfg)
+    with caplog.at_level(logging.INFO, logger="bearcat.train"):
+        metrics = train(cfg)
+    sizes = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("images: train"))
+    assert sizes.endswith(f"; {len(SHAPES)} classes")  # classes, not "characters" of a "max length"
     logged = logged_metrics(metrics)
     assert run_metric_names(cfg) == sorted(set(metrics) - {"mlflow_run_id"})  # no test_cer to optimize here
     assert {"test_accuracy", "test_top5_accuracy", "val_accuracy"} <= set(logged)
