@@ -188,6 +188,7 @@ def compare(a: str, b: str, out: Path, mlflow_cfg=None) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

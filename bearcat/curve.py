@@ -102,6 +102,7 @@ def join_curves(sweeps: list[str], out: Path, mlflow_cfg=None, log_run: bool = F
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curve")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     # one folder may be given bare (sweeps=DIR): its curve drawn again
     join_curves([cfg.sweeps] if isinstance(cfg.sweeps, str) else list(cfg.sweeps), Path(cfg.out), cfg.mlflow,

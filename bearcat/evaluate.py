@@ -231,6 +231,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> float:
     metrics = evaluate(cfg)
     return metrics.get("test_accuracy", metrics.get("test_map"))  # detection models report mAP

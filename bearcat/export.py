@@ -352,6 +352,7 @@ def export(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -50,6 +50,7 @@ def build_label_app(cfg: DictConfig, workdir: str):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="label")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     import uvicorn
 

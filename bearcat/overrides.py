@@ -240,6 +240,45 @@ def run(main, config_name: str):
         raise
 
 
+# Errors Bearcat raises on purpose about a setting, a file or the data, each with its message.
+MESSAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ModuleNotFoundError)
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def raised_on_purpose(error: BaseException) -> bool:
+    """An error whose last frame is Bearcat's own `raise` of a message type: a check that
+    found a bad setting or input, not a bug (those come from Python or a library)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return (isinstance(error, MESSAGE_ERRORS) and bool(frames)
+            and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR + os.sep))
+
+
+def in_a_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def plain_errors(task):
+    """A command's Hydra task whose purposeful errors (`raised_on_purpose`) end it with their
+    message alone: Hydra would print its "Error executing job" line and a traceback above the
+    one line that says what to change. Anything else keeps its traceback, and so does every
+    error in a sweep (Hydra records the job as failed) or with HYDRA_FULL_ERROR=1."""
+    @functools.wraps(task)
+    def wrapped(cfg):
+        try:
+            return task(cfg)
+        except MESSAGE_ERRORS as error:
+            if not raised_on_purpose(error) or in_a_sweep() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(str(error)) from None
+
+    return wrapped
+
+
 def command(main, config_name: str):
     """The `python -m bearcat.<name>` and `bearcat-<name>` entry point of a Hydra `main`: it
     runs through `run` (pyproject.toml's [project.scripts] name these `cli`)."""

@@ -157,6 +157,7 @@ def predict(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -145,6 +145,7 @@ def prepare(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     try:
         prepare(cfg)

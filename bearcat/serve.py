@@ -79,6 +79,7 @@ def worker_app():
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     import uvicorn
 

@@ -172,6 +172,7 @@ def soup(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="soup")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> None:
     soup(cfg)
 

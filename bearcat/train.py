@@ -496,6 +496,7 @@ def check_sweep_direction(metric: str, directions: dict[str, str]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@overrides.plain_errors
 def main(cfg: DictConfig) -> float | None:
     check_sweep_direction(cfg.optimized_metric, sweep_directions())
     from hydra.core.hydra_config import HydraConfig
@@ -503,8 +504,8 @@ def main(cfg: DictConfig) -> float | None:
     check_resume_overrides(cfg, HydraConfig.get().overrides.task)
     metrics = train(cfg)
     if cfg.optimized_metric not in metrics:
-        raise KeyError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "
-                       f"choose one of {sorted(k for k in metrics if k != 'mlflow_run_id')}")
+        raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this run; "
+                         f"choose one of {sorted(k for k in metrics if k != 'mlflow_run_id')}")
     return metrics[cfg.optimized_metric]
 
 

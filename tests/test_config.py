@@ -160,6 +160,57 @@ def test_misspelt_and_unset_keys_are_named_from_the_command_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypatch):
+    """An error Bearcat raises on purpose (a bad setting, a missing file) ends the command
+    with its message as the last and only line: no "Error executing job", no traceback.
+    A bug (an error Python or a library raised), a sweep's job and HYDRA_FULL_ERROR=1
+    keep the traceback."""
+    import subprocess
+    import sys
+
+    from bearcat import overrides
+    from bearcat.checks import whole_setting
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                              capture_output=True, text=True, timeout=180)
+
+    from PIL import Image
+
+    Image.new("RGB", (96, 36)).save(tmp_path / "a_1.png")
+    for args, said in [(["bearcat.train", "trainer.batch_size=0", f"paths.output_dir={tmp_path / 'out'}"],
+                        "trainer.batch_size=0: must be at least 1"),
+                       (["bearcat.predict", f"model={tmp_path / 'nowhere'}", f"images={tmp_path / 'a_1.png'}"],
+                        f"model={tmp_path / 'nowhere'}: no such file or folder")]:
+        done = run(*args)
+        lines = [line for line in done.stderr.splitlines() if line.startswith(said.split(":")[0])]
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "Error executing job" not in done.stderr and len(lines) == 1 and lines[0].startswith(said)
+
+    def bad_setting(cfg):
+        return whole_setting("port", cfg, 0, 65535)
+
+    def bug(cfg):
+        return [][cfg]
+
+    def not_ours(cfg):
+        raise ValueError("port=abc: raised outside bearcat's code")
+
+    with pytest.raises(SystemExit, match="^port=abc: a whole number, from 0 to 65535$"):
+        overrides.plain_errors(bad_setting)("abc")
+    with pytest.raises(IndexError):
+        overrides.plain_errors(bug)(0)
+    with pytest.raises(ValueError, match="outside bearcat"):
+        overrides.plain_errors(not_ours)(None)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match="port=abc"):
+        overrides.plain_errors(bad_setting)("abc")
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    monkeypatch.setattr(overrides, "in_a_sweep", lambda: True)
+    with pytest.raises(ValueError, match="port=abc"):
+        overrides.plain_errors(bad_setting)("abc")
+
+
 def test_help_shows_the_commands_own_config_with_its_comments_and_groups():
     """`--help` prints the entry config file (each key's comment says what it takes) and the
     groups that command composes, not Hydra's comment-less dump of every group in conf/."""
