@@ -246,13 +246,15 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def raised_on_purpose(error: BaseException) -> bool:
-    """An error whose last frame is Bearcat's own `raise` of a message type: a check that
-    found a bad setting or input, not a bug (those come from Python or a library)."""
+    """An error of a message type raised by a `raise` statement in Bearcat's own code: a
+    check that found a bad setting or input. Not one from Python or a library, nor one a
+    builtin raised on a line of Bearcat's (`int("abc")`): those are bugs, or lack the key."""
     import traceback
 
     frames = traceback.extract_tb(error.__traceback__)
     return (isinstance(error, MESSAGE_ERRORS) and bool(frames)
-            and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR + os.sep))
+            and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR + os.sep)
+            and (frames[-1].line or "").startswith("raise "))
 
 
 def in_a_sweep() -> bool:

@@ -202,6 +202,16 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
         overrides.plain_errors(bug)(0)
     with pytest.raises(ValueError, match="outside bearcat"):
         overrides.plain_errors(not_ours)(None)
+    # in Bearcat's code, only a `raise` statement's error is a message; a builtin's is a bug
+    import linecache
+    import os
+
+    for source, shortened in [("raise ValueError('port=abc: bad')\n", True), ("int('abc')\n", False)]:
+        fake = os.path.join(overrides.PACKAGE_DIR, f"fake_{shortened}.py")
+        linecache.cache[fake] = (len(source), None, [source], fake)
+        code = compile(source, fake, "exec")
+        with pytest.raises(SystemExit if shortened else ValueError):
+            overrides.plain_errors(lambda cfg: exec(code, {}))(None)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ValueError, match="port=abc"):
         overrides.plain_errors(bad_setting)("abc")
