@@ -95,9 +95,10 @@ def beam_search_batch(probs: np.ndarray, width: int) -> list[list[int]]:
     beams = np.zeros((images, width, TEXT + steps), np.int64)
     ends = np.full((images, width, 2), -np.inf)  # log P of the alignments ending in a blank / its last character
     ends[:, 0, 0] = 0.0
-    cand = np.empty((images, len(from_beam), 2))
-    grow = cand[:, width:, 1].reshape(images, width, classes)  # a view: cand's grown texts ending in their character
-    cand[:, width:, 0] = -np.inf  # a text just grown ends in its new character
+    stay = np.empty((images, width, 2))  # a beam's text staying: its sums ending in a blank / its last character
+    # log P of each candidate; a text just grown ends in its new character, so its score is that one sum
+    scores = np.empty((images, len(from_beam)))
+    grow = scores[:, width:].reshape(images, width, classes)  # a view
     for t in range(steps):
         step = logp[:, t]
         length, last = beams[..., LENGTH], beams[..., LAST]
@@ -105,8 +106,8 @@ def beam_search_batch(probs: np.ndarray, width: int) -> list[list[int]]:
         last_p = step[rows, last]
         # the text stays: a blank, or its last character again (CTC merges the repeat;
         # an empty text has no alignment ending in a character, so that sum stays -inf)
-        cand[:, :width, 0] = total + step[:, :1]
-        cand[:, :width, 1] = ends[..., 1] + last_p
+        stay[..., 0] = total + step[:, :1]
+        stay[..., 1] = ends[..., 1] + last_p
         # one character more; the same character again only after a blank. Class 0 (also
         # the "last character" of an empty text) is the blank: it adds no character.
         grow[:] = total[..., None] + step[:, None, :]
@@ -121,14 +122,15 @@ def beam_search_batch(probs: np.ndarray, width: int) -> list[list[int]]:
                     & np.isfinite(total[n, child]) & np.isfinite(total[n, par]))
             n, child, par = n[same], child[same], par[same]
             c = last[n, child]
-            cand[n, child, 1] = np.logaddexp(cand[n, child, 1], grow[n, par, c])
+            stay[n, child, 1] = np.logaddexp(stay[n, child, 1], grow[n, par, c])
             grow[n, par, c] = -np.inf
-        scores = np.logaddexp(cand[..., 0], cand[..., 1])
+        scores[:, :width] = np.logaddexp(stay[..., 0], stay[..., 1])
         keep = np.argpartition(scores, -width, axis=1)[:, -width:]
-        ends = cand[rows, keep]
-        source, char = from_beam[keep], added[keep]
+        source, char, grown = from_beam[keep], added[keep], keep >= width
+        ends = stay[rows, source]
+        np.copyto(ends[..., 0], -np.inf, where=grown)
+        np.copyto(ends[..., 1], scores[rows, keep], where=grown)
         beams = beams[rows, source]
-        grown = char > 0
         beams[rows, slots, TEXT + beams[..., LENGTH]] = char  # a text that stays writes 0 on its padding
         np.copyto(beams[..., PARENT], beams[..., KEY], where=grown)
         np.copyto(beams[..., KEY], beams[..., KEY] * 0x9E3779B97F4A7C1 + char, where=grown)
