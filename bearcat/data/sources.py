@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
 from bearcat.checks import is_whole_number, not_found
-from bearcat.data.labels import LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset, shown_characters
+from bearcat.data.labels import (LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset,
+                                 shown_characters)
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
