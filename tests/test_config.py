@@ -186,6 +186,7 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
         lines = [line for line in done.stderr.splitlines() if line.startswith(said.split(":")[0])]
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "Error executing job" not in done.stderr and len(lines) == 1 and lines[0].startswith(said)
+        assert done.stderr.rstrip().splitlines()[-1] == lines[0]  # and the last line
 
     def bad_setting(cfg):
         return whole_setting("port", cfg, 0, 65535)
