@@ -28,13 +28,10 @@ def whole_setting(key: str, value, least: int, most: int | None = None) -> int:
     return int(value)
 
 
-def whole_settings_or_exit(cfg, **spans) -> list[int]:
+def whole_settings(cfg, **spans) -> list[int]:
     """A command's whole-number settings, each `key=(least, most)`, checked before anything
-    slow loads; a bad one ends the command with its one line and no traceback."""
-    try:
-        return [whole_setting(key, cfg.get(key), *span) for key, span in spans.items()]
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    slow loads (the command's `overrides.plain_errors` ends it with the one line)."""
+    return [whole_setting(key, cfg.get(key), *span) for key, span in spans.items()]
 
 
 def not_found(key: str, value, also: str = "", kind: str = "file or folder") -> str:

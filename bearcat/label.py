@@ -54,9 +54,9 @@ def build_label_app(cfg: DictConfig, workdir: str):
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    from bearcat.checks import whole_settings_or_exit
+    from bearcat.checks import whole_settings
 
-    port, = whole_settings_or_exit(cfg, port=(0, 65535))  # before the model reads every image
+    port, = whole_settings(cfg, port=(0, 65535))  # before the model reads every image
     with tempfile.TemporaryDirectory() as workdir:
         app, queue = build_label_app(cfg, workdir)
         if cfg.get("accept_above") is not None:  # no page: save the confident readings and stop
