@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bearcat.data.labels import Vocabulary
 from bearcat.data.pipeline import LoadedSplit, load_split, read_headers, warn_if_animated, warn_if_squeezed
 from bearcat.data.preprocess import PreprocessConfig
-from bearcat.data.sources import SPLITS, Splits
+from bearcat.data.sources import SPLITS, Splits, skip
 from bearcat.metrics import text_metrics, wilson_interval
 from bearcat.modes import Mode, build_mode
 from bearcat.modes.base import mode_class
@@ -142,8 +142,7 @@ def filter_labels(splits: Splits, mode: Mode, skipped: dict[str, int]) -> Splits
             problem = mode.check_label(label)
             if problem:
                 reason, detail = problem
-                log.warning("%s: label %r skipped: %s (%s)", path, label, reason, detail)
-                skipped[reason] = skipped.get(reason, 0) + 1
+                skip(skipped, reason, log, "%s: label %r skipped: %s (%s)", path, label, reason, detail)
             else:
                 kept[split].append((path, label))
     return Splits(kept["train"], kept["val"], kept["test"], splits.charset, splits.skipped)
@@ -169,6 +168,7 @@ def warn_unseen_classes(splits: Splits, mode: Mode) -> None:
 
 def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...] = SPLITS) -> Data:
     skipped = dict(splits.skipped)
+    given = splits
     splits = filter_labels(splits, mode, skipped)
     if "train" in only:
         warn_unseen_classes(splits, mode)
@@ -183,7 +183,10 @@ def load_data(cfg: DictConfig, splits: Splits, mode: Mode, only: tuple[str, ...]
         if loaded[split].errors:
             skipped["unreadable image"] = skipped.get("unreadable image", 0) + len(loaded[split].errors)
         if not len(loaded[split]):
-            why = f"none of its {len(samples)} images could be read" if samples else "it was given no images"
+            given_n = len(getattr(given, split))
+            why = (f"none of its {len(samples)} images could be read" if samples else
+                   f"all {given_n} of its images were skipped (skipped files: {skipped})" if given_n else
+                   "it was given no images")
             ratio, root = cfg.dataset.get(f"{split}_ratio"), cfg.dataset.get("root")
             if not samples and ratio is not None and root is not None:  # a folder: say what sized the split
                 folder, n = Path(str(root)) / split, len(splits.train) + len(splits.val) + len(splits.test)

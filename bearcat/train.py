@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat import CONFIG_DIR, overrides
-from bearcat.checks import is_number, is_whole_number
+from bearcat.checks import is_number, is_whole_number, not_found
 from bearcat.metrics import lower_is_better
 
 log = logging.getLogger("bearcat.train")
@@ -280,6 +280,9 @@ def check_settings(cfg: DictConfig) -> None:
                                                  and m.small_set_images >= 0):
         raise ValueError(f"mode.small_set_images={m.get('small_set_images')}: a whole number of training images "
                          "(mode.dropout=auto uses mode.small_set_dropout below it)")
+    if m.get("max_length") is not None and not (is_whole_number(m.max_length) and m.max_length >= 1):
+        raise ValueError(f"mode.max_length={m.max_length}: a whole number of characters, at least 1, "
+                         "or null (the longest label)")
     unroll = m.get("rnn_unroll")
     if unroll is not None and not isinstance(unroll, bool) and str(unroll) != "auto":
         raise ValueError(f"mode.rnn_unroll={unroll}: true, false or auto")
@@ -292,8 +295,11 @@ def check_settings(cfg: DictConfig) -> None:
     if "train_size" in cfg.dataset:  # a generated set: its sizes, before anything is drawn
         from bearcat.data.sources import split_sizes
 
-        split_sizes(cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size, least_train=1)
-    if t.get("max_minutes") is not None and float(t.max_minutes) <= 0:
+        split_sizes(cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size, least=1)
+    root = None if OmegaConf.is_missing(cfg.dataset, "root") else cfg.dataset.get("root")
+    if root not in (None, "") and not Path(str(root)).is_dir():  # the commonest typo: told before TensorFlow loads
+        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
+    if t.get("max_minutes") is not None and not (is_number(t.max_minutes) and t.max_minutes > 0):
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
         raise ValueError(f"callbacks.monitor={cfg.callbacks.monitor}: choose one of {', '.join(TEXT_MONITORS)}")
@@ -326,11 +332,15 @@ def run_metric_names(cfg: DictConfig) -> list[str]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test and bundle one run (see the module docstring); returns its metrics."""
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
+    check_settings(cfg)  # before TensorFlow loads: a bad setting is told in 2 s, not 19
     with tempfile.TemporaryDirectory(prefix="bearcat-init-from-") as fetched:  # init_from=RUN_ID fetched once
         return train_in(cfg, fetched)
 
 
 def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
+    """`train` with its settings checked (a resumed run's own config)."""
     import keras
 
     from bearcat import tracking
@@ -346,9 +356,6 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
     from bearcat.optim.schedules import build_schedule
     from bearcat.warmstart import FreezeBackbone, earlier_vocabulary, log_warm_start, warm_start
 
-    if cfg.get("resume"):
-        cfg = resumed_config(cfg)
-    check_settings(cfg)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)

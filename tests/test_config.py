@@ -164,7 +164,7 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
     """An error Bearcat raises on purpose (a bad setting, a missing file) ends the command
     with its message as the last and only line: no "Error executing job", no traceback.
     A bug (an error Python or a library raised), a sweep's job and HYDRA_FULL_ERROR=1
-    keep the traceback."""
+    keep the traceback. train's and predict's settings are checked before TensorFlow loads."""
     import subprocess
     import sys
 
@@ -172,7 +172,8 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
     from bearcat.checks import whole_setting
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        # -X importtime lists every module imported: both settings are checked before TensorFlow loads
+        return subprocess.run([sys.executable, "-X", "importtime", "-m", *args, f"hydra.run.dir={tmp_path / 'run'}"],
                               capture_output=True, text=True, timeout=180)
 
     from PIL import Image
@@ -180,6 +181,8 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
     Image.new("RGB", (96, 36)).save(tmp_path / "a_1.png")
     for args, said in [(["bearcat.train", "trainer.batch_size=0", f"paths.output_dir={tmp_path / 'out'}"],
                         "trainer.batch_size=0: must be at least 1"),
+                       (["bearcat.train", "dataset=folder", f"dataset.root={tmp_path / 'nowhere'}",
+                         f"paths.output_dir={tmp_path / 'out'}"], f"dataset.root={tmp_path / 'nowhere'}: no such folder"),
                        (["bearcat.predict", f"model={tmp_path / 'nowhere'}", f"images={tmp_path / 'a_1.png'}"],
                         f"model={tmp_path / 'nowhere'}: no such file or folder")]:
         done = run(*args)
@@ -187,6 +190,8 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "Error executing job" not in done.stderr and len(lines) == 1 and lines[0].startswith(said)
         assert done.stderr.rstrip().splitlines()[-1] == lines[0]  # and the last line
+        imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+        assert "hydra" in imported and "tensorflow" not in imported and "keras" not in imported
 
     def bad_setting(cfg):
         return whole_setting("port", cfg, 0, 65535)

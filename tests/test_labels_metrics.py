@@ -119,3 +119,26 @@ def test_paired_comparison_statistics_by_hand():
     assert mcnemar_p(9, 23) < 0.05
     _, low, high = paired_difference(0, 0, 100)  # never disagreeing: a narrow interval around 0, not none
     assert low < 0 < high and high < 0.02
+
+
+def test_a_folder_of_misnamed_files_names_ten_and_counts_all(tmp_path, caplog):
+    """25 files without a label and 12 outside the charset: each reason names its first 10
+    files, says once that the rest are only counted, and the source counts every one."""
+    from bearcat.data.sources import NAMED_SKIPS, folder
+
+    for i in range(25):
+        (tmp_path / f"_{i:02d}.png").write_bytes(b"")
+    for i in range(12):
+        (tmp_path / f"z{i:02d}_x.png").write_bytes(b"")
+    (tmp_path / "ab_1.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="bearcat.data.sources"):
+        split = folder(str(tmp_path), charset="ab0123456789", val_ratio=0.0, test_ratio=0.0)
+    assert split.train == [(str(tmp_path / "ab_1.png"), "ab")]
+    assert split.skipped == {"no label in file name": 25, "characters outside charset": 12}
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split(":")[0] for m in said if "file name holds no label" in m] == [
+        str(tmp_path / f"_{i:02d}.png") for i in range(NAMED_SKIPS)]
+    assert len([m for m in said if "has characters outside dataset.charset" in m]) == NAMED_SKIPS
+    assert [m for m in said if m.startswith("more files skipped")] == [
+        'more files skipped (no label in file name) are not named here, only counted in the "skipped files" line',
+        'more files skipped (characters outside charset) are not named here, only counted in the "skipped files" line']

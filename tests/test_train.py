@@ -366,6 +366,22 @@ def test_an_empty_split_names_what_sized_it(make_cfg, swust_copy, tmp_path):
         train(make_cfg(["debug=fast", "dataset=folder", f"dataset.root={split}"]))
 
 
+def test_a_split_whose_labels_are_all_skipped_says_so_and_names_ten_files_per_reason(make_cfg, caplog):
+    """Generated labels of 4-6 characters for a model that emits 2: every one is skipped. The
+    error says so (not "given no images"), and the log names 10 files, not every one."""
+    from bearcat.data.sources import NAMED_SKIPS
+
+    with caplog.at_level("WARNING", logger="bearcat.experiment"):
+        with pytest.raises(ValueError, match=r"the train split has no usable images .*: all 64 of its images were "
+                                             r"skipped \(skipped files: \{'label longer than the model can emit': 96\}\)"):
+            train(make_cfg(["debug=fast", "mode=ctc_tiny", "mode.max_length=2"]))
+    said = [r.getMessage() for r in caplog.records]
+    named = [m for m in said if "skipped: label longer than the model can emit (" in m]
+    assert len(named) == NAMED_SKIPS == 10 and all(m.split(": label")[0].endswith(".png") for m in named)
+    assert said.count('more files skipped (label longer than the model can emit) are not named here, '
+                      'only counted in the "skipped files" line') == 1
+
+
 @pytest.mark.parametrize("override,message", [
     ("trainer.batch_size=0", "trainer.batch_size=0: must be at least 1"),
     ("trainer.bn_calibration_images=-1", "trainer.bn_calibration_images=-1"),
@@ -373,7 +389,11 @@ def test_an_empty_split_names_what_sized_it(make_cfg, swust_copy, tmp_path):
     ("optimizer.learning_rate=abc", r"optimizer.learning_rate=abc: a number above 0"),
     ("optimizer.learning_rate=-0.001", r"optimizer.learning_rate=-0.001: a number above 0"),
     ("dataset.train_size=-5", "dataset.train_size=-5: a whole number of images, at least 1"),
-    ("dataset.test_size=2.5", "dataset.test_size=2.5: a whole number of images, at least 0"),
+    ("dataset.test_size=2.5", "dataset.test_size=2.5: a whole number of images, at least 1"),
+    ("dataset.val_size=0", "dataset.val_size=0: a whole number of images, at least 1"),  # val picks the epoch
+    ("trainer.max_minutes=abc", "trainer.max_minutes=abc: a positive number of minutes, or null"),
+    ("mode.max_length=0", r"mode.max_length=0: a whole number of characters, at least 1, or null"),
+    ("mode=ordinary mode.max_length=2.5", r"mode.max_length=2.5: a whole number of characters"),
     ("dataset=tiles mode=num_classes dataset.val_size=-1", "dataset.val_size=-1: a whole number of images"),
     ("~dataset._target_", r"dataset._target_ is not set: choose a dataset"),
     ("dataset._target_=bearcat.data.sources.nothing", r"dataset._target_=bearcat.data.sources.nothing: cannot be imported"),

@@ -27,16 +27,28 @@ SPLITS = ("train", "val", "test")
 QUARANTINE = "quarantine"
 
 
-def split_sizes(train_size, val_size, test_size, least_train: int = 0) -> dict[str, int]:
-    """{split: images} of a generated set, checked: whole numbers, at least 0 (the train split
-    at least `least_train`: training needs 1). A negative or fractional size would otherwise
-    draw nothing, or fewer images, without a word."""
+def split_sizes(train_size, val_size, test_size, least: int = 0) -> dict[str, int]:
+    """{split: images} of a generated set, checked: whole numbers, at least `least` (training
+    needs 1 in each split: it picks its epoch on val and scores on test). A negative or
+    fractional size would otherwise draw nothing, or fewer images, without a word."""
     sizes = {"train": train_size, "val": val_size, "test": test_size}
     for split, size in sizes.items():
-        least = least_train if split == "train" else 0
         if not (is_whole_number(size) and size >= least):
             raise ValueError(f"dataset.{split}_size={size}: a whole number of images, at least {least}")
     return {split: int(size) for split, size in sizes.items()}
+
+
+NAMED_SKIPS = 10  # files named per reason for skipping; a folder of 20,000 misnamed files would log 20,000 lines
+
+
+def skip(skipped: dict[str, int], reason: str, logger: logging.Logger, message: str, *args) -> None:
+    """Count a skipped file under `reason`, and log `message` (naming the file) for the first
+    NAMED_SKIPS of each reason; the count in the run's "skipped files" line covers the rest."""
+    skipped[reason] = skipped.get(reason, 0) + 1
+    if skipped[reason] <= NAMED_SKIPS:
+        logger.warning(message, *args)
+    elif skipped[reason] == NAMED_SKIPS + 1:
+        logger.warning("more files skipped (%s) are not named here, only counted in the \"skipped files\" line", reason)
 
 
 @dataclass
@@ -315,8 +327,8 @@ def _labelled_files(folder: Path, lowercase: bool, skipped: dict[str, int]) -> l
             continue
         label = label_from_name(path, lowercase)
         if not label:
-            log.warning("%s: file name holds no label (expected LABEL_anything%s); skipped", path, path.suffix)
-            skipped["no label in file name"] = skipped.get("no label in file name", 0) + 1
+            skip(skipped, "no label in file name", log, "%s: file name holds no label (expected LABEL_anything%s); "
+                 "skipped", path, path.suffix)
             continue
         samples.append((str(path), label))
     return samples
@@ -490,9 +502,8 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
             for path, label in samples:
                 bad = set(label) - known
                 if bad:
-                    log.warning("%s: label %r has characters outside dataset.charset: %s; skipped",
-                                path, label, shown_characters("".join(sorted(bad))))
-                    skipped["characters outside charset"] = skipped.get("characters outside charset", 0) + 1
+                    skip(skipped, "characters outside charset", log, "%s: label %r has characters outside "
+                         "dataset.charset: %s; skipped", path, label, shown_characters("".join(sorted(bad))))
                 else:
                     kept[split].append((path, label))
         train, val, test = kept["train"], kept["val"], kept["test"]
