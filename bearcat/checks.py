@@ -28,6 +28,19 @@ def whole_setting(key: str, value, least: int, most: int | None = None) -> int:
     return int(value)
 
 
+def check_folder(key: str, value) -> None:
+    """A folder setting, when set, names a folder that is there (else the name meant)."""
+    if value not in (None, "") and not Path(str(value)).is_dir():
+        raise FileNotFoundError(not_found(key, value, kind="folder"))
+
+
+def fraction_setting(key: str, value, optional: bool = False) -> None:
+    """A confidence or share from 0 to 1 (None too when `optional`), else a ValueError naming `key=value`."""
+    if (value is None and optional) or (is_number(value) and 0 <= value <= 1):
+        return
+    raise ValueError(f"{key}={value}: a number from 0 to 1{', or null' if optional else ''}")
+
+
 def whole_settings(cfg, **spans) -> list[int]:
     """A command's whole-number settings, each `key=(least, most)`, checked before anything
     slow loads (the command's `overrides.plain_errors` ends it with the one line)."""

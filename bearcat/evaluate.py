@@ -103,6 +103,21 @@ def check_split(split: str) -> str:
     return split
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """evaluate's own settings, before the model (and TensorFlow) loads: a wrong one would
+    otherwise fail late, answer_threshold=abc only after the whole evaluation."""
+    from bearcat.checks import check_folder, fraction_setting, is_whole_number, whole_settings
+
+    if not (is_whole_number(cfg.batch_size) and cfg.batch_size >= 1):
+        raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
+    whole_settings(cfg, gallery_size=(0, None), latency_images=(0, None))
+    for key in ("low_confidence", "suspect_confidence", "answer_threshold"):
+        fraction_setting(key, cfg.get(key), optional=key == "answer_threshold")
+    check_split(cfg.split)
+    if cfg.get("dataset") is not None:
+        check_folder("dataset.root", cfg.dataset.get("root"))
+
+
 def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
                       split: str | None = None) -> DictConfig:
     """Dataset from the command line, else from the training run; preprocessing always
@@ -155,6 +170,7 @@ def scored_samples(samples: list, mode, skipped: dict[str, int]) -> tuple[list, 
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    check_settings(cfg)  # before MLflow and TensorFlow load
     from bearcat import tracking
     from bearcat.analysis import deep_evaluation
     from bearcat.bundle import Predictor, decoding_override, decoding_settings, read_meta
@@ -164,16 +180,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bearcat.gallery import prediction_gallery
     from bearcat.runtime import load_predictor, named_runtime
 
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"batch_size={cfg.batch_size}: images per prediction batch, at least 1")
-    check_split(cfg.split)  # before the model loads
     if cfg.get("model"):  # model=<bundle>/model.onnx scores that format, as predict and serve run it
         with open_dict(cfg):
             cfg.runtime = named_runtime(cfg.model, str(cfg.runtime))
     if cfg.gradcam:
-        from bearcat.gradcam import check_settings
+        from bearcat.gradcam import check_settings as check_gradcam
 
-        check_settings(cfg, str(cfg.runtime), "gradcam=true", "test images")  # before the evaluation spends its time
+        check_gradcam(cfg, str(cfg.runtime), "gradcam=true", "test images")  # before the evaluation spends its time
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)

@@ -278,18 +278,34 @@ def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
     return Path(cfg.exports_root) / name
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Before the model loads: a wrong one failed after the conversions (a minute), and a
+    mistyped dataset.root let the parity check fall back to random images."""
+    from bearcat.checks import check_folder, fraction_setting, is_number, is_whole_number, whole_setting
+
+    p = cfg.parity
+    if not (is_whole_number(p.images) and p.images >= 1):
+        raise ValueError(f"parity.images={p.images}: the check needs at least 1 image")
+    for key in ("atol", "quantized_box_pixels"):
+        if not (is_number(p[key]) and p[key] >= 0):
+            raise ValueError(f"parity.{key}={p[key]}: a number, 0 or more")
+    fraction_setting("parity.quantized_agreement", p.quantized_agreement)
+    whole_setting("onnx.opset", cfg.onnx.opset, 1)
+    if not isinstance(cfg.onnx.unroll_rnn, bool):
+        raise ValueError(f"onnx.unroll_rnn={cfg.onnx.unroll_rnn}: true or false")
+    if cfg.get("dataset") is not None:  # parity images asked for: no fallback to random ones
+        check_folder("dataset.root", cfg.dataset.get("root"))
+
+
 def export(cfg: DictConfig) -> dict:
+    formats = chosen_formats(cfg.format)
+    check_settings(cfg)  # before MLflow and TensorFlow load
     from bearcat import tracking
     from bearcat.bundle import BUNDLE_FILE, MODEL_FILE, Predictor, load_keras, read_meta
     from bearcat.detection.predictor import RECOGNISER_DIR
     from bearcat.evaluate import locate_bundle
 
-    formats = chosen_formats(cfg.format)
-    if int(cfg.parity.images) < 1:
-        raise ValueError(f"parity.images={cfg.parity.images}: the check needs at least 1 image")
     agreement = float(cfg.parity.quantized_agreement)
-    if not 0.0 <= agreement <= 1.0:
-        raise ValueError(f"parity.quantized_agreement={cfg.parity.quantized_agreement}: a share between 0 and 1")
     experiment_id = tracking.setup(cfg.mlflow)
     with tempfile.TemporaryDirectory() as workdir:
         bundle, train_config, source_run = locate_bundle(cfg, workdir)

@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> None:
 
     from bearcat.checks import whole_settings
 
-    port, = whole_settings(cfg, port=(0, 65535))  # before the model reads every image
+    port, _ = whole_settings(cfg, port=(0, 65535), threads=(0, None))  # before the model reads every image
     with tempfile.TemporaryDirectory() as workdir:
         app, queue = build_label_app(cfg, workdir)
         if cfg.get("accept_above") is not None:  # no page: save the confident readings and stop

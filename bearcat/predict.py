@@ -110,13 +110,17 @@ def draw_heat_maps(cfg: DictConfig, predictor, rows: list[tuple[Path, dict]], fo
 def predict(cfg: DictConfig) -> dict:
     """Read every image `cfg.images` names; returns a summary (counts, time, out file)."""
     from bearcat.bundle import Predictor, decoding_settings, predict_files, read_meta, resolve_model
+    from bearcat.checks import is_whole_number, whole_settings
     from bearcat.runtime import load_predictor, named_runtime
 
     out = Path(cfg.out) if cfg.get("out") else None
     if out is not None and out.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"out={cfg.out}: name a .csv or .jsonl file")
-    if int(cfg.batch_size) < 1:
+    if not (is_whole_number(cfg.batch_size) and cfg.batch_size >= 1):
         raise ValueError(f"batch_size={cfg.batch_size}: images per model call, at least 1")
+    whole_settings(cfg, threads=(0, None))  # threads=-1 went to the runtime as it was
+    if not isinstance(cfg.recursive, bool):  # any text but "" read as true
+        raise ValueError(f"recursive={cfg.recursive}: true or false")
     heat_dir = Path(cfg.gradcam) if cfg.get("gradcam") else None
     runtime = named_runtime(cfg.model, cfg.runtime)
     if heat_dir is not None:
@@ -124,7 +128,7 @@ def predict(cfg: DictConfig) -> dict:
 
         runtime = "keras" if runtime == "auto" else runtime  # auto: the Keras model, for its gradients
         check_settings(cfg, runtime, f"gradcam={cfg.gradcam}")
-    paths = image_paths(cfg.images, bool(cfg.recursive))
+    paths = image_paths(cfg.images, cfg.recursive)
     with tempfile.TemporaryDirectory() as workdir:
         bundle = resolve_model(cfg.model, workdir, cfg.mlflow)
         if heat_dir is None:

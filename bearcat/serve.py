@@ -86,8 +86,8 @@ def main(cfg: DictConfig) -> None:
     from bearcat.checks import whole_settings
 
     # named, before the model loads: `port=abc` got only Python's "invalid literal for int()"
-    workers, port, keep_alive = whole_settings(cfg, workers=(1, None), port=(0, 65535),
-                                                keep_alive_seconds=(0, None))
+    workers, port, keep_alive, _ = whole_settings(cfg, workers=(1, None), port=(0, 65535),
+                                                   keep_alive_seconds=(0, None), threads=(0, None))
     options = dict(host=cfg.host, port=port, log_level=cfg.log_level, access_log=cfg.access_log,
                    timeout_keep_alive=keep_alive)
     with tempfile.TemporaryDirectory() as workdir:

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat import CONFIG_DIR, overrides
-from bearcat.checks import is_number, is_whole_number, not_found
+from bearcat.checks import check_folder, is_number, is_whole_number
 from bearcat.metrics import lower_is_better
 
 log = logging.getLogger("bearcat.train")
@@ -296,9 +296,7 @@ def check_settings(cfg: DictConfig) -> None:
         from bearcat.data.sources import split_sizes
 
         split_sizes(cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size, least=1)
-    root = None if OmegaConf.is_missing(cfg.dataset, "root") else cfg.dataset.get("root")
-    if root not in (None, "") and not Path(str(root)).is_dir():  # the commonest typo: told before TensorFlow loads
-        raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
+    check_folder("dataset.root", cfg.dataset.get("root"))  # the commonest typo: told before TensorFlow loads
     if t.get("max_minutes") is not None and not (is_number(t.max_minutes) and t.max_minutes > 0):
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:

@@ -286,6 +286,30 @@ def test_bad_heat_map_settings_are_refused_by_name(trained_run, tmp_path, monkey
     assert not (tmp_path / "eval" / "analysis").exists()  # refused before any work
 
 
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=abc", "batch_size=abc: images per prediction batch, at least 1"),
+    ("latency_images=-1", "latency_images=-1: a whole number, 0 or more"),
+    ("gallery_size=many", "gallery_size=many: a whole number, 0 or more"),
+    ("low_confidence=70", "low_confidence=70: a number from 0 to 1$"),
+    ("suspect_confidence=-0.5", "suspect_confidence=-0.5: a number from 0 to 1$"),
+    # was a float() traceback after the whole evaluation
+    ("answer_threshold=abc", "answer_threshold=abc: a number from 0 to 1, or null"),
+    ("split=wrong", "split=wrong: choose train, val, test or all"),
+    ("dataset=folder dataset.root=NOWHERE", "dataset.root=.*nowhere: no such folder"),
+])
+def test_bad_evaluation_settings_are_refused_before_the_model_is_looked_for(tmp_path, override, message):
+    """The model named is not there: each setting is named first, so nothing was loaded."""
+    given = [f"model={tmp_path / 'no_model'}", f"paths.output_dir={tmp_path / 'eval'}"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        bad = compose(config_name="evaluate",
+                      overrides=[*given, *override.replace("NOWHERE", str(tmp_path / "nowhere")).split()])
+        good = compose(config_name="evaluate", overrides=given)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        evaluate(bad)
+    with pytest.raises(FileNotFoundError, match="model=.*no_model: no such file or folder"):  # the defaults pass
+        evaluate(good)
+
+
 def test_character_positions_follow_the_decoder():
     from bearcat.gradcam import character_positions
 

@@ -159,8 +159,13 @@ def test_export_into_a_used_folder_replaces_only_after_parity(exported, tmp_path
     assert load_runtime(deploy, "auto").name == "keras"
 
     before = {p.relative_to(deploy): p.read_bytes() for p in deploy.rglob("*") if p.is_file()}
+    import bearcat.export
+
+    real_check = bearcat.export.parity_check
+    # the real check with a negative tolerance, which no difference passes (the setting refuses one)
+    monkeypatch.setattr(bearcat.export, "parity_check", lambda *args: real_check(*args[:5], -1.0, *args[6:]))
     with pytest.raises(ParityError):
-        export_to("format=onnx", "parity.atol=-1")  # no difference passes a negative tolerance
+        export_to("format=onnx")
     assert {p.relative_to(deploy): p.read_bytes() for p in deploy.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deploy")]  # no staging folder left behind
     assert (deploy / "notes.txt").read_text() == "mine"
@@ -178,6 +183,22 @@ def test_export_errors_name_the_setting(make_cfg, tmp_path):
     cfg = make_cfg(["run_id=0123456789abcdef0123456789abcdef"], config_name="export")
     with pytest.raises(ValueError, match="run_id=0123456789abcdef0123456789abcdef: cannot fetch .* MLflow store sqlite"):
         export(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("parity.images=-1", "parity.images=-1: the check needs at least 1 image"),
+    ("parity.atol=abc", "parity.atol=abc: a number, 0 or more"),  # was float()'s traceback after the conversions
+    ("parity.quantized_box_pixels=-2", "parity.quantized_box_pixels=-2: a number, 0 or more"),
+    ("parity.quantized_agreement=5", "parity.quantized_agreement=5: a number from 0 to 1"),
+    ("onnx.opset=abc", "onnx.opset=abc: a whole number, 1 or more"),  # the same, from the ONNX exporter
+    ("onnx.unroll_rnn=sometimes", "onnx.unroll_rnn=sometimes: true or false"),
+    # parity images asked of a folder that is not there: was a fallback to random images
+    ("dataset=folder dataset.root=NOWHERE", "dataset.root=.*nowhere: no such folder"),
+])
+def test_bad_export_settings_are_refused_before_the_model_is_looked_for(make_cfg, tmp_path, override, message):
+    given = [f"checkpoint={tmp_path / 'no_model'}", *override.replace("NOWHERE", str(tmp_path / "nowhere")).split()]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        export(make_cfg(given, config_name="export"))
 
 
 @pytest.mark.slow
@@ -311,8 +332,12 @@ def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixe
         predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", f"out={tmp_path / 'r.txt'}"]))
     with pytest.raises(FileNotFoundError, match="model="):
         predict(predict_cfg([f"model={tmp_path}", f"images={folder}"]))
-    with pytest.raises(ValueError, match="batch_size=0"):
-        predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", "batch_size=0"]))
+    for setting, said in [("batch_size=0", "batch_size=0: images per model call"),
+                          ("batch_size=abc", "batch_size=abc: images per model call"),  # was int()'s traceback
+                          ("threads=-1", "threads=-1: a whole number, 0 or more"),  # was given to the runtime
+                          ("recursive=maybe", "recursive=maybe: true or false")]:  # was read as true
+        with pytest.raises(ValueError, match=f"^{said}"):
+            predict(predict_cfg([f"model={exported['dir']}", f"images={folder}", setting]))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "empty.png").write_bytes(b"")

@@ -274,13 +274,18 @@ def test_serve_workers_fail_once_with_the_reason(exported, tmp_path):
     assert out.returncode != 0 and out.stderr.rstrip().endswith("workers=0: a whole number, 1 or more")
     # before the model is read (here there is none): `port=abc` ended with "invalid literal for int()"
     for setting, said in [("port=abc", "port=abc: a whole number, from 0 to 65535"),
-                          ("keep_alive_seconds=-1", "keep_alive_seconds=-1: a whole number, 0 or more")]:
+                          ("keep_alive_seconds=-1", "keep_alive_seconds=-1: a whole number, 0 or more"),
+                          ("threads=-1", "threads=-1: a whole number, 0 or more")]:
         out = serve(f"model={tmp_path / 'nowhere'}", setting)
         assert out.returncode == 1 and out.stderr.rstrip().endswith(said) and "Traceback" not in out.stderr
     out = subprocess.run([sys.executable, "-m", "bearcat.label", f"dir={tmp_path}", f"out={tmp_path / 'o'}",
                           f"model={tmp_path / 'nowhere'}", "port=80000", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 1 and out.stderr.rstrip().endswith("port=80000: a whole number, from 0 to 65535")
+    out = subprocess.run([sys.executable, "-m", "bearcat.label", f"dir={tmp_path}", f"out={tmp_path / 'o'}",
+                          f"model={tmp_path / 'nowhere'}", "threads=x", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and out.stderr.rstrip().endswith("threads=x: a whole number, 0 or more")
     bundle = tmp_path / "no_tflite"
     shutil.copytree(exported["dir"], bundle)
     (bundle / "model.tflite").unlink()  # a copy: the fixture's bundle keeps its file
