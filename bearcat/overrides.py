@@ -113,13 +113,16 @@ def misspelt_additions(cfg: DictConfig, overrides: list[str], groups=()) -> list
     return problems
 
 
-class AddedKeysCallback(Callback):
-    """Stops a command (or a whole sweep, before its first job) whose `+` overrides add a
-    misspelt key (`misspelt_additions`); hydra.callbacks.added_keys in conf/hydra/default.yaml."""
+class StopBeforeRun(Callback):
+    """A check of the composed command line that stops a command, or a whole sweep before its
+    first job, with what is wrong (`problems`); registered under hydra.callbacks in
+    conf/hydra/default.yaml."""
+
+    def problems(self, config: DictConfig) -> list[str]:
+        raise NotImplementedError
 
     def _check(self, config: DictConfig) -> None:
-        hydra = config.hydra
-        problems = misspelt_additions(config, list(hydra.overrides.task), set(hydra.runtime.choices.keys()))
+        problems = self.problems(config)
         if problems:  # SystemExit: Hydra turns a callback's exceptions into mere warnings
             raise SystemExit("; ".join(problems))
 
@@ -128,6 +131,61 @@ class AddedKeysCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)
+
+
+class AddedKeysCallback(StopBeforeRun):
+    """`+` overrides that add a misspelt key (`misspelt_additions`)."""
+
+    def problems(self, config: DictConfig) -> list[str]:
+        hydra = config.hydra
+        return misspelt_additions(config, list(hydra.overrides.task), set(hydra.runtime.choices.keys()))
+
+
+def key_default(yaml_file: str, key: str):
+    """The value of `key` (dotted, within the file) as a config file writes it; None when the
+    file or the key is not there."""
+    if not os.path.isfile(yaml_file):
+        return None
+    return OmegaConf.select(OmegaConf.load(yaml_file), key, default=None, throw_on_resolution_failure=False)
+
+
+def key_files(config_dir: str, name: str, choices, key: str) -> list[tuple[str, str]]:
+    """(config file, key within it) where `key` of the `name` command is written: its group's
+    chosen file (`dataset.root` in dataset/folder.yaml), else the command's own file."""
+    group, _, rest = key.partition(".")
+    chosen = [(os.path.join(config_dir, group, f"{choices[group]}.yaml"), rest)] if rest and choices.get(group) else []
+    return [*chosen, (os.path.join(config_dir, f"{name}.yaml"), key)]
+
+
+def non_flag_values(config: DictConfig, config_dir: str) -> list[str]:
+    """Each `key=value` on the command line that gives a yes/no setting (true or false in conf/)
+    anything but true or false: Python reads any text but "" as yes, so `split.move=maybe`
+    moved the user's images and `clean.dry_run=1` would have deleted. A sweep's values too."""
+    from hydra.core.override_parser.types import OverrideType
+
+    name, choices = config.hydra.job.config_name, config.hydra.runtime.choices
+    problems = []
+    for override in hydra_parser().parse_overrides(list(config.hydra.overrides.task)):
+        key = override.key_or_group
+        if override.type != OverrideType.CHANGE or override.package is not None or key.startswith("hydra") \
+                or key in choices:
+            continue
+        places = key_files(config_dir, name, choices, key)
+        if not any(isinstance(key_default(file, inner), bool) for file, inner in places):
+            continue
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        if any(not isinstance(value, bool) for value in values):
+            problems.append(f"{override.input_line}: true or false")
+    return problems
+
+
+class FlagValuesCallback(StopBeforeRun):
+    """A yes/no setting given another value (`non_flag_values`)."""
+
+    def problems(self, config: DictConfig) -> list[str]:
+        from bearcat import CONFIG_DIR
+
+        return non_flag_values(config, CONFIG_DIR)
 
 
 def compose_config(config_name: str, overrides=(), hydra: bool = False) -> DictConfig:
@@ -337,27 +395,18 @@ def required_unset(config: DictConfig, config_dir: str) -> list[str]:
         unset = ["action"] if "action" in unset else [key for key in unset if key.split(".")[0] == config.action]
     problems = []
     for key in unset:
-        group, _, rest = key.partition(".")
-        comment = (key_comment(os.path.join(config_dir, group, f"{choices[group]}.yaml"), rest)
-                   if rest and choices.get(group) else "") or key_comment(os.path.join(config_dir, f"{name}.yaml"), key)
+        comments = (key_comment(file, inner) for file, inner in key_files(config_dir, name, choices, key))
+        comment = next(filter(None, comments), "")
         problems.append(f"{key} is not set (pass {key}=...)" + (f": {comment}" if comment else ""))
     return problems
 
 
-class RequiredKeysCallback(Callback):
-    """Stops a command that leaves a required value unset (`required_unset`), before anything
-    runs: without it the command went on to the first line reading the value (after loading
-    TensorFlow) and stopped there with a traceback; hydra.callbacks.required_keys."""
+class RequiredKeysCallback(StopBeforeRun):
+    """A required value left unset (`required_unset`): without this check the command went on
+    to the first line reading the value (after loading TensorFlow) and stopped there with a
+    traceback."""
 
-    def _check(self, config: DictConfig) -> None:
+    def problems(self, config: DictConfig) -> list[str]:
         from bearcat import CONFIG_DIR
 
-        problems = required_unset(config, CONFIG_DIR)
-        if problems:
-            raise SystemExit("; ".join(problems))
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
+        return required_unset(config, CONFIG_DIR)

@@ -122,6 +122,29 @@ def do_clean(cfg: DictConfig) -> dict:
                  dry_run=cfg.clean.dry_run)
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """The action's own settings, before any file is read or written. A yes/no must be true or
+    false: `split.move=maybe` was read as yes and moved the user's images."""
+    from bearcat.checks import whole_setting
+    from bearcat.data.pack import ENCODINGS
+    from bearcat.data.sources import SPLITS
+
+    if cfg.get("workers") is not None:
+        whole_setting("workers", cfg.workers, 0)
+    flags = {"split": ["move"], "check": ["quarantine"], "clean": ["dry_run"]}.get(cfg.action, [])
+    for key in flags:
+        if not isinstance(cfg[cfg.action][key], bool):
+            raise ValueError(f"{cfg.action}.{key}={cfg[cfg.action][key]}: true or false")
+    wholes = {"check": {"listed": 0}, "pack": {"shard_size": 1},
+              "preview": {"count": 1, "columns": 1, "scale": 1}}.get(cfg.action, {})
+    for key, least in wholes.items():
+        whole_setting(f"{cfg.action}.{key}", cfg[cfg.action][key], least)
+    if cfg.action == "pack" and cfg.pack.encoding not in ENCODINGS:
+        raise ValueError(f"pack.encoding={cfg.pack.encoding}: expected one of {', '.join(ENCODINGS)}")
+    if cfg.action == "preview" and cfg.preview.split not in SPLITS:
+        raise ValueError(f"preview.split={cfg.preview.split}: choose {', '.join(SPLITS)}")
+
+
 ACTIONS = {"generate": do_generate, "split": do_split, "check": do_check, "pack": do_pack,
            "preview": do_preview, "clean": do_clean}
 
@@ -131,6 +154,7 @@ def prepare(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "action") or cfg.action not in ACTIONS:
         given = "???" if OmegaConf.is_missing(cfg, "action") else cfg.action
         raise ValueError(f"action={given}: expected one of {' | '.join(ACTIONS)}")
+    check_settings(cfg)
     result = ACTIONS[cfg.action](cfg)
     out = Path(cfg.check.report) if cfg.action == "check" and cfg.check.report else \
         Path(cfg.paths.output_dir) / f"{cfg.action}.json"

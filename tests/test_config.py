@@ -140,6 +140,40 @@ def test_a_required_value_left_unset_is_named_with_what_it_takes(name, overrides
     assert len(problems) == len(unset) and all(p.startswith(u) for p, u in zip(problems, unset)), problems
 
 
+def test_a_yes_no_setting_takes_only_true_or_false(tmp_path):
+    """Python reads any text but "" as yes: `split.move=maybe` moved the user's images. Every
+    setting that conf/ writes as true or false is checked, a sweep's values too, before
+    anything runs; true/false/True pass, and so does any value of another setting."""
+    import subprocess
+    import sys
+
+    from bearcat import CONFIG_DIR
+    from bearcat.overrides import compose_config, non_flag_values
+
+    def problems(name, overrides):
+        return non_flag_values(compose_config(name, overrides, hydra=True), CONFIG_DIR)
+
+    assert problems("train", ["dataset=folder", "dataset.lowercase=no", "trainer.jit_compile=1",
+                              "init_from_vocabulary=yes", "trainer.epochs=3"]) == [
+        "dataset.lowercase=no: true or false", "trainer.jit_compile=1: true or false",
+        "init_from_vocabulary=yes: true or false"]
+    assert problems("train", ["dataset.lowercase=True", "trainer.jit_compile=false", "mode.rnn_unroll=auto",
+                              "+trainer.extra=maybe"]) == []
+    assert problems("prepare", ["split.move=maybe", "check.quarantine=true"]) == ["split.move=maybe: true or false"]
+    # from the command line: one line, nothing moved; a sweep stops before its first job
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ab12_1.png").write_bytes(b"x")
+    for args, said in [(["bearcat.prepare", "action=split", "dataset=folder", f"dataset.root={data}", "split.move=maybe"],
+                        "split.move=maybe: true or false"),
+                       (["bearcat.train", "-m", "trainer.jit_compile=true,maybe"],
+                        "trainer.jit_compile=true,maybe: true or false")]:
+        done = subprocess.run([sys.executable, "-m", *args, f"hydra.run.dir={tmp_path / 'run'}",
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and done.stderr.rstrip().splitlines()[-1] == said, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and [p.name for p in data.iterdir()] == ["ab12_1.png"]
+
+
 def test_misspelt_and_unset_keys_are_named_from_the_command_line(tmp_path):
     """Each stops before TensorFlow loads (so no traceback), a sweep before its first job."""
     import subprocess

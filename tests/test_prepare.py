@@ -362,6 +362,30 @@ def test_check_moves_nothing_for_a_bad_setting_or_report_and_never_replaces(make
     assert not (data / "z3r0_empty.png").exists() and report["files_before"] == report["files_after"] == 8
 
 
+@pytest.mark.parametrize("action, setting, message", [
+    ("split", "split.move=maybe", "split.move=maybe: true or false"),  # was read as yes: the images were moved
+    ("check", "check.quarantine=maybe", "check.quarantine=maybe: true or false"),
+    ("check", "check.listed=-5", "check.listed=-5: a whole number, 0 or more"),
+    ("check", "workers=-1", "workers=-1: a whole number, 0 or more"),
+    ("clean", "clean.dry_run=1", "clean.dry_run=1: true or false"),
+    ("pack", "pack.shard_size=0", "pack.shard_size=0: a whole number, 1 or more"),
+    ("pack", "pack.encoding=zip", "pack.encoding=zip: expected one of file, raw"),
+    ("preview", "preview.count=-1", "preview.count=-1: a whole number, 1 or more"),
+    ("preview", "preview.scale=abc", "preview.scale=abc: a whole number, 1 or more"),  # was int()'s traceback
+    ("preview", "preview.split=wrong", "preview.split=wrong: choose train, val, test"),  # was getattr's traceback
+])
+def test_a_bad_action_setting_is_named_and_changes_no_file(make_cfg, swust_copy, tmp_path, action, setting, message):
+    data = tmp_path / "data"
+    copy_images(swust_copy, data, 6)
+    (data / "z3r0_empty.png").write_bytes(b"")  # one for check to quarantine
+    before = all_files(data)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        prepare(make_cfg([f"action={action}", "dataset=folder", f"dataset.root={data}", setting,
+                          f"split.output={tmp_path / 'split'}", f"pack.output={tmp_path / 'packed'}"],
+                         config_name="prepare"))
+    assert all_files(data) == before and not (tmp_path / "split").exists() and not (tmp_path / "packed").exists()
+
+
 def test_check_split_folder_finds_leaks_between_splits(make_cfg, swust_copy, tmp_path):
     data = tmp_path / "data"
     train_files = copy_images(swust_copy, data / "train", 8)
