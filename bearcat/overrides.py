@@ -160,7 +160,8 @@ def key_files(config_dir: str, name: str, choices, key: str) -> list[tuple[str, 
 def non_flag_values(config: DictConfig, config_dir: str) -> list[str]:
     """Each `key=value` on the command line that gives a yes/no setting (true or false in conf/)
     anything but true or false: Python reads any text but "" as yes, so `split.move=maybe`
-    moved the user's images and `clean.dry_run=1` would have deleted. A sweep's values too."""
+    moved the user's images, and `check.quarantine=no` would have moved unreadable ones. A
+    sweep's values too."""
     from hydra.core.override_parser.types import OverrideType
 
     name, choices = config.hydra.job.config_name, config.hydra.runtime.choices

@@ -140,5 +140,5 @@ def test_a_folder_of_misnamed_files_names_ten_and_counts_all(tmp_path, caplog):
         str(tmp_path / f"_{i:02d}.png") for i in range(NAMED_SKIPS)]
     assert len([m for m in said if "has characters outside dataset.charset" in m]) == NAMED_SKIPS
     assert [m for m in said if m.startswith("more files skipped")] == [
-        'more files skipped (no label in file name) are not named here, only counted in the "skipped files" line',
-        'more files skipped (characters outside charset) are not named here, only counted in the "skipped files" line']
+        "more files skipped (no label in file name): counted, not named here",
+        "more files skipped (characters outside charset): counted, not named here"]

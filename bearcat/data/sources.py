@@ -43,12 +43,13 @@ NAMED_SKIPS = 10  # files named per reason for skipping; a folder of 20,000 misn
 
 def skip(skipped: dict[str, int], reason: str, logger: logging.Logger, message: str, *args) -> None:
     """Count a skipped file under `reason`, and log `message` (naming the file) for the first
-    NAMED_SKIPS of each reason; the count in the run's "skipped files" line covers the rest."""
+    NAMED_SKIPS of each reason; the rest are only counted (a run's "skipped files" line and
+    skipped_* metrics, prepare check's table)."""
     skipped[reason] = skipped.get(reason, 0) + 1
     if skipped[reason] <= NAMED_SKIPS:
         logger.warning(message, *args)
     elif skipped[reason] == NAMED_SKIPS + 1:
-        logger.warning("more files skipped (%s) are not named here, only counted in the \"skipped files\" line", reason)
+        logger.warning("more files skipped (%s): counted, not named here", reason)
 
 
 @dataclass
