@@ -36,11 +36,12 @@ def old_search(rev: str):
     """beam_search(probs, width) from bearcat/modes/ctc.py at git revision `rev`."""
     source = subprocess.run(["git", "show", f"{rev}:bearcat/modes/ctc.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "ctc_old.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ctc_old", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:  # the loaded module no longer needs its file
+        path = Path(tmp) / "ctc_old.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("ctc_old", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.beam_search
 
 
