@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat import CONFIG_DIR, overrides
-from bearcat.checks import check_folder, is_number, is_whole_number
+from bearcat.checks import check_folder, fraction_setting, is_number, is_whole_number, whole_setting
 from bearcat.metrics import lower_is_better
 
 log = logging.getLogger("bearcat.train")
@@ -299,6 +299,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_folder("dataset.root", cfg.dataset.get("root"))  # the commonest typo: told before TensorFlow loads
     if t.get("max_minutes") is not None and not (is_number(t.max_minutes) and t.max_minutes > 0):
         raise ValueError(f"trainer.max_minutes={t.max_minutes}: a positive number of minutes, or null")
+    check_parts(cfg)
     if cfg.mode.name != "efficientdet" and cfg.callbacks.monitor not in TEXT_MONITORS:
         raise ValueError(f"callbacks.monitor={cfg.callbacks.monitor}: choose one of {', '.join(TEXT_MONITORS)}")
     # a misspelt or unreported metric would otherwise end the run (or a sweep's first job) after its training
@@ -309,6 +310,33 @@ def check_settings(cfg: DictConfig) -> None:
                 "mode.recogniser or mode.class_mode=per_char)") if detection else ""
         raise ValueError(f"optimized_metric={cfg.optimized_metric}: not a metric of this "
                          f"{'detection ' if detection else ''}run; choose one of {names}{hint}")
+
+
+def check_parts(cfg: DictConfig) -> None:
+    """The optimizer's and scheduler's numbers, the seed, preprocessing, precision and
+    strategy: each was checked only after TensorFlow loaded (15-17 s), and a text number
+    reached Keras as "Cast string to float is not supported" or float()'s traceback."""
+    from bearcat.distribute import STRATEGIES
+    from bearcat.experiment import PRECISIONS, preprocess_config
+
+    for key, value in cfg.optimizer.items():
+        if key != "_target_" and value is not None and not isinstance(value, bool) \
+                and not (is_number(value) and value >= 0):
+            raise ValueError(f"optimizer.{key}={value}: a number, 0 or more")
+    s = cfg.scheduler
+    for key in ("warmup_epochs", "t_mul", "m_mul", "factor", "patience", "min_lr"):
+        if key in s and not (is_number(s[key]) and s[key] >= 0):
+            raise ValueError(f"scheduler.{key}={s[key]}: a number, 0 or more")
+    if "alpha" in s:
+        fraction_setting("scheduler.alpha", s.alpha)
+    if s.get("cycle_epochs") is not None and not (is_number(s.cycle_epochs) and s.cycle_epochs > 0):
+        raise ValueError(f"scheduler.cycle_epochs={s.cycle_epochs}: a number of epochs above 0, or null")
+    whole_setting("trainer.seed", cfg.trainer.seed, 0)
+    if str(cfg.trainer.get("precision") or "float32") not in PRECISIONS:
+        raise ValueError(f"trainer.precision={cfg.trainer.precision}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.trainer.get("strategy", "default") not in STRATEGIES:
+        raise ValueError(f"trainer.strategy={cfg.trainer.strategy}: use one of {', '.join(STRATEGIES)}")
+    preprocess_config(cfg)  # its own checks (sizes, channels, gray, ...)
 
 
 def run_metric_names(cfg: DictConfig) -> list[str]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bearcat.evaluate import evaluate
 from bearcat.train import train
-from tests.conftest import ROOT, ctrl_c_as_from_a_terminal, last_checkpoint
+from tests.conftest import CONF, ROOT, ctrl_c_as_from_a_terminal, last_checkpoint
 
 TINY = ["debug=fast", "dataset.train_size=96", "trainer.epochs=2"]
 
@@ -392,6 +392,17 @@ def test_a_split_whose_labels_are_all_skipped_says_so_and_names_ten_files_per_re
     ("dataset.val_size=0", "dataset.val_size=0: a whole number of images, at least 1"),  # val picks the epoch
     ("trainer.max_minutes=abc", "trainer.max_minutes=abc: a positive number of minutes, or null"),
     ("mode.max_length=0", r"mode.max_length=0: a whole number of characters, at least 1, or null"),
+    # each of these was checked only after TensorFlow loaded, some with a traceback
+    ("optimizer.weight_decay=abc", "optimizer.weight_decay=abc: a number, 0 or more"),
+    ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1: a number, 0 or more"),
+    ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1: a number, 0 or more"),  # was accepted
+    ("scheduler.alpha=abc", "scheduler.alpha=abc: a number from 0 to 1"),
+    ("scheduler=cosine_restarts scheduler.cycle_epochs=0", "scheduler.cycle_epochs=0: a number of epochs above 0"),
+    ("scheduler=plateau scheduler.factor=x", "scheduler.factor=x: a number, 0 or more"),
+    ("trainer.seed=abc", "trainer.seed=abc: a whole number, 0 or more"),
+    ("trainer.precision=fp16", "trainer.precision=fp16: choose one of auto, float32, mixed_bfloat16"),
+    ("trainer.strategy=foo", "trainer.strategy=foo: use one of default, mirrored, multi_worker"),
+    ("preprocess.gray=foo", "preprocess.gray='foo': choose one of luma, min"),
     ("mode=ordinary mode.max_length=2.5", r"mode.max_length=2.5: a whole number of characters"),
     ("dataset=tiles mode=num_classes dataset.val_size=-1", "dataset.val_size=-1: a whole number of images"),
     ("~dataset._target_", r"dataset._target_ is not set: choose a dataset"),
@@ -420,6 +431,19 @@ def test_bad_training_settings_are_named_before_any_work(make_cfg, tmp_path, ove
     with pytest.raises(ValueError, match=message):
         train(make_cfg(["debug=fast", *override.split()]))
     assert not (tmp_path / "cache").exists()  # stopped before generating or decoding anything
+
+
+def test_every_preset_optimizer_and_scheduler_passes_the_early_checks():
+    """check_parts refuses text and negative numbers: none of conf/'s own choices is refused."""
+    from bearcat.overrides import compose_config
+    from bearcat.train import check_parts
+
+    presets = [[f"experiment={f.stem}"] for f in sorted((Path(CONF) / "experiment").glob("*.yaml"))]
+    groups = [[f"{group}={f.stem}"] for group in ("optimizer", "scheduler")
+              for f in sorted((Path(CONF) / group).glob("*.yaml"))]
+    assert len(presets) >= 9 and len(groups) >= 9
+    for overrides in presets + groups:
+        check_parts(compose_config("train", overrides))
 
 
 def checkpoint_epochs(folder, monitor: str, values: list[float]) -> dict:
