@@ -206,7 +206,7 @@ def test_a_bad_setting_ends_a_command_with_its_message_alone(tmp_path, monkeypat
     from bearcat.checks import whole_setting
 
     def run(*args):
-        # -X importtime lists every module imported: both settings are checked before TensorFlow loads
+        # -X importtime lists every module imported: each setting is checked before TensorFlow loads
         return subprocess.run([sys.executable, "-X", "importtime", "-m", *args, f"hydra.run.dir={tmp_path / 'run'}"],
                               capture_output=True, text=True, timeout=180)
 
