@@ -34,6 +34,18 @@ def check_folder(key: str, value) -> None:
         raise FileNotFoundError(not_found(key, value, kind="folder"))
 
 
+def number_setting(key: str, value) -> None:
+    """A number, 0 or more, else a ValueError naming `key=value` (text reached Keras or float())."""
+    if not (is_number(value) and value >= 0):
+        raise ValueError(f"{key}={value}: a number, 0 or more")
+
+
+def flag_setting(key: str, value) -> None:
+    """True or false: Python reads any text but "" as true (`split.move=maybe` moved images)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value}: true or false")
+
+
 def fraction_setting(key: str, value, optional: bool = False) -> None:
     """A confidence or share from 0 to 1 (None too when `optional`), else a ValueError naming `key=value`."""
     if (value is None and optional) or (is_number(value) and 0 <= value <= 1):

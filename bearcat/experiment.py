@@ -211,12 +211,18 @@ def cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-def resolve_precision(name: str | None) -> str:
-    """trainer.precision, with `auto` made concrete: mixed_bfloat16 on a machine without a
-    GPU whose CPU computes in bfloat16 natively (elsewhere it is emulated and slower), else float32."""
+def precision_name(name: str | None) -> str:
+    """trainer.precision checked (null = float32), before anything loads."""
     name = name or "float32"
     if name not in PRECISIONS:
         raise ValueError(f"trainer.precision={name}: choose one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def resolve_precision(name: str | None) -> str:
+    """trainer.precision, with `auto` made concrete: mixed_bfloat16 on a machine without a
+    GPU whose CPU computes in bfloat16 natively (elsewhere it is emulated and slower), else float32."""
+    name = precision_name(name)
     if name != "auto":
         return name
     import tensorflow as tf

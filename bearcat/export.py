@@ -281,18 +281,17 @@ def export_dir(cfg: DictConfig, run_id: str | None, bundle: Path) -> Path:
 def check_settings(cfg: DictConfig) -> None:
     """Before the model loads: a wrong one failed after the conversions (a minute), and a
     mistyped dataset.root let the parity check fall back to random images."""
-    from bearcat.checks import check_folder, fraction_setting, is_number, is_whole_number, whole_setting
+    from bearcat.checks import (check_folder, flag_setting, fraction_setting, is_whole_number, number_setting,
+                                whole_setting)
 
     p = cfg.parity
     if not (is_whole_number(p.images) and p.images >= 1):
         raise ValueError(f"parity.images={p.images}: the check needs at least 1 image")
     for key in ("atol", "quantized_box_pixels"):
-        if not (is_number(p[key]) and p[key] >= 0):
-            raise ValueError(f"parity.{key}={p[key]}: a number, 0 or more")
+        number_setting(f"parity.{key}", p[key])
     fraction_setting("parity.quantized_agreement", p.quantized_agreement)
     whole_setting("onnx.opset", cfg.onnx.opset, 1)
-    if not isinstance(cfg.onnx.unroll_rnn, bool):
-        raise ValueError(f"onnx.unroll_rnn={cfg.onnx.unroll_rnn}: true or false")
+    flag_setting("onnx.unroll_rnn", cfg.onnx.unroll_rnn)
     if cfg.get("dataset") is not None:  # parity images asked for: no fallback to random ones
         check_folder("dataset.root", cfg.dataset.get("root"))
 

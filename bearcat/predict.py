@@ -110,7 +110,7 @@ def draw_heat_maps(cfg: DictConfig, predictor, rows: list[tuple[Path, dict]], fo
 def predict(cfg: DictConfig) -> dict:
     """Read every image `cfg.images` names; returns a summary (counts, time, out file)."""
     from bearcat.bundle import Predictor, decoding_settings, predict_files, read_meta, resolve_model
-    from bearcat.checks import is_whole_number, whole_settings
+    from bearcat.checks import flag_setting, is_whole_number, whole_settings
     from bearcat.runtime import load_predictor, named_runtime
 
     out = Path(cfg.out) if cfg.get("out") else None
@@ -119,8 +119,7 @@ def predict(cfg: DictConfig) -> dict:
     if not (is_whole_number(cfg.batch_size) and cfg.batch_size >= 1):
         raise ValueError(f"batch_size={cfg.batch_size}: images per model call, at least 1")
     whole_settings(cfg, threads=(0, None))  # threads=-1 went to the runtime as it was
-    if not isinstance(cfg.recursive, bool):  # any text but "" read as true
-        raise ValueError(f"recursive={cfg.recursive}: true or false")
+    flag_setting("recursive", cfg.recursive)
     heat_dir = Path(cfg.gradcam) if cfg.get("gradcam") else None
     runtime = named_runtime(cfg.model, cfg.runtime)
     if heat_dir is not None:

@@ -125,7 +125,7 @@ def do_clean(cfg: DictConfig) -> dict:
 def check_settings(cfg: DictConfig) -> None:
     """The action's own settings, before any file is read or written. A yes/no must be true or
     false: `split.move=maybe` was read as yes and moved the user's images."""
-    from bearcat.checks import whole_setting
+    from bearcat.checks import flag_setting, whole_setting
     from bearcat.data.pack import ENCODINGS
     from bearcat.data.sources import SPLITS
 
@@ -133,8 +133,7 @@ def check_settings(cfg: DictConfig) -> None:
         whole_setting("workers", cfg.workers, 0)
     flags = {"split": ["move"], "check": ["quarantine"], "clean": ["dry_run"]}.get(cfg.action, [])
     for key in flags:
-        if not isinstance(cfg[cfg.action][key], bool):
-            raise ValueError(f"{cfg.action}.{key}={cfg[cfg.action][key]}: true or false")
+        flag_setting(f"{cfg.action}.{key}", cfg[cfg.action][key])
     wholes = {"check": {"listed": 0}, "pack": {"shard_size": 1},
               "preview": {"count": 1, "columns": 1, "scale": 1}}.get(cfg.action, {})
     for key, least in wholes.items():

@@ -20,7 +20,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bearcat import CONFIG_DIR, overrides
-from bearcat.checks import check_folder, fraction_setting, is_number, is_whole_number, whole_setting
+from bearcat.checks import (check_folder, fraction_setting, is_number, is_whole_number, number_setting,
+                            whole_setting)
 from bearcat.metrics import lower_is_better
 
 log = logging.getLogger("bearcat.train")
@@ -317,24 +318,22 @@ def check_parts(cfg: DictConfig) -> None:
     strategy: each was checked only after TensorFlow loaded (15-17 s), and a text number
     reached Keras as "Cast string to float is not supported" or float()'s traceback."""
     from bearcat.distribute import STRATEGIES
-    from bearcat.experiment import PRECISIONS, preprocess_config
+    from bearcat.experiment import precision_name, preprocess_config
 
     for key, value in cfg.optimizer.items():
-        if key != "_target_" and value is not None and not isinstance(value, bool) \
-                and not (is_number(value) and value >= 0):
-            raise ValueError(f"optimizer.{key}={value}: a number, 0 or more")
+        if key != "_target_" and value is not None and not isinstance(value, bool):
+            number_setting(f"optimizer.{key}", value)
     s = cfg.scheduler
     for key in ("warmup_epochs", "t_mul", "m_mul", "factor", "patience", "min_lr"):
-        if key in s and not (is_number(s[key]) and s[key] >= 0):
-            raise ValueError(f"scheduler.{key}={s[key]}: a number, 0 or more")
+        if key in s:
+            number_setting(f"scheduler.{key}", s[key])
     if "alpha" in s:
         fraction_setting("scheduler.alpha", s.alpha)
     if s.get("cycle_epochs") is not None and not (is_number(s.cycle_epochs) and s.cycle_epochs > 0):
         raise ValueError(f"scheduler.cycle_epochs={s.cycle_epochs}: a number of epochs above 0, or null")
     whole_setting("trainer.seed", cfg.trainer.seed, 0)
-    if str(cfg.trainer.get("precision") or "float32") not in PRECISIONS:
-        raise ValueError(f"trainer.precision={cfg.trainer.precision}: choose one of {', '.join(PRECISIONS)}")
-    if cfg.trainer.get("strategy", "default") not in STRATEGIES:
+    precision_name(cfg.trainer.get("precision"))
+    if cfg.trainer.get("strategy", "default") not in STRATEGIES:  # build_strategy's check, unquoted
         raise ValueError(f"trainer.strategy={cfg.trainer.strategy}: use one of {', '.join(STRATEGIES)}")
     preprocess_config(cfg)  # its own checks (sizes, channels, gray, ...)
 
