@@ -2,6 +2,7 @@
 so tests never touch outputs/ or each other."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,14 +48,23 @@ def last_checkpoint(folder: Path):
 def light_python(tmp_path_factory) -> Path:
     """A virtual environment with Bearcat installed as the README's "Deploy without
     TensorFlow" says: the package without its dependencies, then requirements-light.txt.
-    Built once per worker process (test_serve and test_click_train use it)."""
-    venv = tmp_path_factory.mktemp("light") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    for args in (["--no-deps", str(ROOT)], ["-r", str(ROOT / "requirements-light.txt")]):
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return python
+    Built once per test session (test_serve, test_rotate and test_click_train use it): the
+    xdist workers share it, the first to need it builds it while the others wait."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's folder sits in the session's own
+        shared = shared.parent
+    venv = shared / "light_venv"
+    with open(shared / "light_venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (venv / "built").is_file():
+            shutil.rmtree(venv, ignore_errors=True)  # half built by a worker whose build failed
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            for args in (["--no-deps", str(ROOT)], ["-r", str(ROOT / "requirements-light.txt")]):
+                done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args],
+                                      capture_output=True, text=True)
+                assert done.returncode == 0, done.stderr[-3000:]
+            (venv / "built").touch()
+    return venv / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
