@@ -21,7 +21,6 @@ import re
 import statistics
 import tempfile
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -70,19 +69,13 @@ def operators(blob: bytes) -> Counter:
     return Counter(re.findall(r"Op#\d+ (\w+)", text.getvalue()))
 
 
-def outputs(blob: bytes, images) -> list:
-    from bearcat.runtime import tflite_interpreter
+def outputs(blob: bytes, folder: str, images):
+    """The flat buffer's outputs, read as Bearcat reads a bundle's TFLite file."""
+    from bearcat.runtime import TFLiteRuntime
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = tflite_interpreter()(model_content=blob)
-    interpreter.allocate_tensors()
-    got = []
-    for image in images:
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
-        interpreter.invoke()
-        got.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
-    return got
+    path = Path(folder) / "read.tflite"
+    path.write_bytes(blob)
+    return TFLiteRuntime(path).predict_on_batch(images)
 
 
 def main() -> None:
@@ -111,8 +104,8 @@ def main() -> None:
                 times[way].append(time.perf_counter() - start)
                 blobs[way] = blob
                 print(f"round {run + 1} {way}: {times[way][-1]:.1f} s, {len(blob):,} bytes", flush=True)
-    first, second = (outputs(blobs[way], images) for way in times)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(first, second))
+        first, second = (outputs(blobs[way], folder, images) for way in times)
+    diff = float(np.abs(first - second).max())
     medians = {way: statistics.median(t) for way, t in times.items()}
     print(f"model {args.model} ({model.count_params():,} weights), int8={args.int8}, {args.rounds} rounds")
     for way, median in medians.items():
