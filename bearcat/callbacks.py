@@ -53,6 +53,12 @@ def better_direction(monitor: str) -> str:
     return "min" if lower_is_better(monitor) else "max"
 
 
+# What a part-epoch leaves as it was: early stopping's and the plateau's counts (the epoch
+# counts once, when a resume has trained it whole) and the last whole epoch's MLflow record.
+UNCHANGED_BY_PART = ("early_stopping_best", "early_stopping_wait", "plateau_best", "plateau_wait",
+                     "plateau_cooldown", "epoch_log")
+
+
 class Checkpointer(keras.callbacks.Callback):
     """`best.keras` (the best monitored value) and the last epoch's weights + optimizer
     state for resuming. Every write goes to a temporary name first and is renamed into
@@ -60,8 +66,15 @@ class Checkpointer(keras.callbacks.Callback):
     set, runs after each epoch is committed (MLflow logging: bearcat.train.epoch_callbacks)."""
 
     def __init__(self, folder, monitor: str = "val_accuracy", run_id: str | None = None,
-                 state: dict | None = None):
+                 state: dict | None = None, steps_per_epoch: int | None = None):
         super().__init__()
+        # An epoch that Ctrl-C ends short of steps_per_epoch (`stopper.pressed`; the fit's
+        # StopOnInterrupt) is committed as a part-epoch, which a resume finishes (state.json's
+        # "part_steps"; bearcat.train.fit_unless_done). One the time budget ends is a last epoch.
+        self.steps_per_epoch = steps_per_epoch
+        self.stopper = None
+        self.offset = self.epoch_steps = 0
+        self.before: dict = {}
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         for path in remove_stale(self.folder):  # a killed run's half-written checkpoint
@@ -71,14 +84,15 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.setdefault("best", None)
         self.state["mlflow_run_id"] = run_id
         self.used_before = float(self.state.get("trained_seconds", 0.0))  # training time of earlier attempts
-        self.started = time.monotonic()
+        self.started, self.began = 0.0, False
         self.on_commit = None
 
-    def _trained_seconds(self) -> float:
-        return self.used_before + time.monotonic() - self.started
+    def trained_seconds(self) -> float:
+        return self.used_before + (time.monotonic() - self.started if self.began else 0.0)
 
     def on_train_begin(self, logs=None):
-        self.started = time.monotonic()
+        if not self.began:  # a resume that finishes a part-epoch fits twice: its time counts once
+            self.began, self.started = True, time.monotonic()
         if not (self.folder / STATE_FILE).is_file():  # a kill before the first epoch resumes this MLflow run
             write_json(self.folder / STATE_FILE, self.state, indent=1)
 
@@ -90,8 +104,16 @@ class Checkpointer(keras.callbacks.Callback):
         """Training has ended (all epochs, early stopping or the time budget): a resume after
         a kill in the testing that follows goes straight back to testing. Not `done` (stopped by
         Ctrl-C): a resume trains on from the last epoch."""
-        self.state.update(training_done=done, trained_seconds=self._trained_seconds())
+        self.state.update(training_done=done, trained_seconds=self.trained_seconds())
         write_json(self.folder / STATE_FILE, self.state, indent=1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # a resume's first epoch may begin part-way
+        self.offset = self.epoch_steps = int(self.state.get("part_steps") or 0)
+        self.before = {k: self.state[k] for k in UNCHANGED_BY_PART if k in self.state}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.epoch_steps = self.offset + batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -104,18 +126,27 @@ class Checkpointer(keras.callbacks.Callback):
             self.state["best_epoch"] = epoch + 1  # counted from 1, like "epoch" and the epoch-NNNN folders
             with replacing(self.folder / "best.keras", keep_suffix=True) as tmp:
                 self.model.save(tmp)
-        name = f"epoch-{epoch + 1:04d}"
+        cut = self.stopper is not None and self.stopper.pressed and self.steps_per_epoch
+        part = self.epoch_steps if cut and self.epoch_steps < self.steps_per_epoch else 0
+        # a part-epoch has a folder of its own: the whole epoch, once trained, must not
+        # replace the folder state.json names (a kill in between would leave none)
+        name = f"epoch-{epoch + 1:04d}" + ("-part" if part else "")
         with replacing(self.folder / name) as tmp_dir:
             tmp_dir.mkdir()
             self.model.save_weights(tmp_dir / "model.weights.h5")
             opt = self.model.optimizer
             np.savez(tmp_dir / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in opt.variables])
         previous = self.state.get("last")
-        self.state.update(epoch=epoch + 1, last=name, trained_seconds=self._trained_seconds())
+        self.state.update(epoch=epoch + (0 if part else 1), last=name, trained_seconds=self.trained_seconds())
+        self.state.pop("part_steps", None)
+        if part:  # "epoch" counts whole epochs; a resume trains the rest of this one
+            for key in UNCHANGED_BY_PART:
+                self.state.pop(key, None)
+            self.state.update(part_steps=part, **self.before)
         write_json(self.folder / STATE_FILE, self.state, indent=1)
         if previous and previous != name:
             shutil.rmtree(self.folder / previous, ignore_errors=True)
-        if self.on_commit is not None:
+        if self.on_commit is not None and not part:  # MLflow's history holds each epoch once, whole
             self.on_commit(self.state)
 
 
@@ -188,7 +219,8 @@ def resume_epoch(model, folder, state: dict | None, run_id: str) -> int:
     if not state or not state.get("last"):  # new, or killed before its first epoch ended
         return 0
     restore_last(model, folder, state)
-    log.info("resumed %s at epoch %d (MLflow run %s)", folder, int(state["epoch"]), run_id)
+    part = f", {state['part_steps']} steps into epoch {int(state['epoch']) + 1}" if state.get("part_steps") else ""
+    log.info("resumed %s after epoch %d%s (MLflow run %s)", folder, int(state["epoch"]), part, run_id)
     return int(state["epoch"])
 
 
@@ -216,8 +248,9 @@ class TimeBudget(keras.callbacks.Callback):
 
 class StopOnInterrupt(keras.callbacks.Callback):
     """Within `with stopper:` the first Ctrl-C (SIGINT) ends training after the current batch,
-    as the time budget ends it after an epoch: the part-epoch is validated and checkpointed,
-    then the run tests and saves its best epoch as usual. A second Ctrl-C aborts at once
+    as the time budget ends it after an epoch: the part-epoch is validated and checkpointed
+    (as a part-epoch, which a resume finishes: `Checkpointer`), then the run tests and saves
+    its best epoch as usual. A second Ctrl-C aborts at once
     (KeyboardInterrupt), as Python's own handler does, which is then put back.
 
     With `abort=True` (a sweep) the first Ctrl-C aborts instead, but it too waits for the end

@@ -146,40 +146,46 @@ def epoch_callbacks(cfg: DictConfig, train_images, val_metrics, schedule_callbac
     return callbacks
 
 
-def training_stream(cfg: DictConfig, images, targets, initial_epoch: int, steps_per_epoch: int, augment=None):
-    """The endless, shuffled training stream of every mode, seeded by trainer.seed; a resumed
-    run's picks up where the killed run stopped (past the images of the epochs done)."""
+def training_stream(cfg: DictConfig, images, targets, augment=None):
+    """The endless, shuffled training stream of every mode, seeded by trainer.seed, as a
+    function of the step to begin at: a resumed run's picks up where the stopped run was
+    (past the images of the steps done)."""
     from bearcat.data.pipeline import make_dataset
 
     batch_size = int(cfg.trainer.batch_size)
-    return make_dataset(images, targets, batch_size, shuffle=True, seed=cfg.trainer.seed, augment=augment,
-                        repeat=True, start=initial_epoch * steps_per_epoch * batch_size)
+    return lambda step: make_dataset(images, targets, batch_size, shuffle=True, seed=cfg.trainer.seed,
+                                     augment=augment, repeat=True, start=step * batch_size)
 
 
-def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpointer, initial_epoch: int,
+def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointer, initial_epoch: int,
                     steps_per_epoch: int) -> None:
     """`fit` from `initial_epoch`, unless this run's training has already ended (a resume
     after a kill during testing goes straight back to testing). A resumed run's time budget
-    counts the training time its earlier attempts used."""
+    counts the training time its earlier attempts used. `stream(step)`: the training data
+    from that step on (`training_stream`). A run stopped part-way through an epoch (Ctrl-C)
+    resumes with the rest of that epoch, a `fit` of its own, so it trains on the batches an
+    uninterrupted run would have, no fewer."""
     if checkpointer.state.get("training_done") or initial_epoch >= cfg.trainer.epochs:
         log.info("training had ended (epoch %d): testing the best checkpoint", initial_epoch)
         return
     from bearcat import tracking
-    from bearcat.callbacks import StopOnInterrupt, TimeBudget
-    from bearcat.optim.schedules import TimeBudgetCosine
+    from bearcat.callbacks import StopOnInterrupt
 
-    for callback in callbacks:
-        if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
-            callback.used_before = checkpointer.used_before
     action = on_interrupt(cfg)
-    stopper = StopOnInterrupt(abort=action == "abort")
+    checkpointer.stopper = stopper = StopOnInterrupt(abort=action == "abort")
+    part = int(checkpointer.state.get("part_steps") or 0)
     with stopper if action else nullcontext():
-        model.fit(train_ds, epochs=cfg.trainer.epochs, initial_epoch=initial_epoch, callbacks=[*callbacks, stopper],
-                  steps_per_epoch=steps_per_epoch, verbose=progress_display(cfg.trainer.verbose),
-                  shuffle=False)  # the data shuffles itself
+        if part:  # the rest of the part-epoch, then the whole ones
+            fit_epochs(model, stream(initial_epoch * steps_per_epoch + part), cfg, [*callbacks, stopper], checkpointer,
+                       initial_epoch, initial_epoch + 1, steps_per_epoch - part)
+            initial_epoch += 1
+        if not (part and model.stop_training) and initial_epoch < cfg.trainer.epochs:
+            fit_epochs(model, stream(initial_epoch * steps_per_epoch), cfg, [*callbacks, stopper], checkpointer,
+                       initial_epoch, cfg.trainer.epochs, steps_per_epoch)
     if stopper.pressed:
-        epoch, best = checkpointer.state.get("epoch", 0), checkpointer.state.get("best_epoch")
-        checkpointer.state["interrupted_at_epoch"] = epoch
+        state = checkpointer.state
+        epoch, best = state.get("epoch", 0) + (1 if state.get("part_steps") else 0), state.get("best_epoch")
+        state["interrupted_at_epoch"] = epoch
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {epoch} of {cfg.trainer.epochs}"})
         log.warning("stopped by Ctrl-C in epoch %d of %d: testing the best epoch so far (epoch %s); "
                     "python -m bearcat.train %s trains on from there", epoch, cfg.trainer.epochs, best,
@@ -188,6 +194,19 @@ def fit_unless_done(model, train_ds, cfg: DictConfig, callbacks: list, checkpoin
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {checkpointer.state['interrupted_at_epoch']} "
                                                   f"of {cfg.trainer.epochs}, then resumed to the end"})
     checkpointer.finish(done=not stopper.pressed)
+
+
+def fit_epochs(model, data, cfg: DictConfig, callbacks: list, checkpointer, initial_epoch: int, epochs: int,
+               steps: int) -> None:
+    """One `fit`, its time budget counting the training time used before it."""
+    from bearcat.callbacks import TimeBudget
+    from bearcat.optim.schedules import TimeBudgetCosine
+
+    for callback in callbacks:
+        if isinstance(callback, (TimeBudget, TimeBudgetCosine)):
+            callback.used_before = checkpointer.trained_seconds()
+    model.fit(data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, steps_per_epoch=steps,
+              verbose=progress_display(cfg.trainer.verbose), shuffle=False)  # the data shuffles itself
 
 
 def on_interrupt(cfg: DictConfig) -> str | None:
@@ -431,8 +450,8 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
 
     with tracked_run(cfg, experiment_id, ckpt_dir, model, f"{cfg.mode.name}-{cfg.backbone.name}",
                      cfg.backbone.name) as (run, state, initial_epoch):
-        if initial_epoch == 0 and cfg.get("init_from"):  # an earlier run's weights, where they fit (bearcat/warmstart.py)
-            # (also when a resume finds no epoch done yet)
+        if not (state or {}).get("last") and cfg.get("init_from"):  # an earlier run's weights, where they fit
+            # (bearcat/warmstart.py), unless a resume restored a checkpoint (a part-epoch's too)
             settings = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["preprocess", "mode"]), resolve=True)
             log_warm_start(warm_start(model, mode.vocab.chars, cfg.init_from, fetched, settings), out_dir)
         if not state:
@@ -449,12 +468,11 @@ def train_in(cfg: DictConfig, fetched: str) -> dict[str, float]:
         freeze.start(initial_epoch)  # after a resume restored the optimizer state
         model.summary(print_fn=log.info)
 
-        checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state)
+        checkpointer = Checkpointer(ckpt_dir, cfg.callbacks.monitor, run.info.run_id, state, steps_per_epoch)
         callbacks = [freeze, *epoch_callbacks(cfg, train_split.images, val_metrics, schedule_callbacks, checkpointer,
                                               cfg.callbacks.monitor)]
-        train_ds = training_stream(cfg, train_split.images, mode.encode(train_split.labels), initial_epoch,
-                                   steps_per_epoch, augment)
-        fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
+        stream = training_stream(cfg, train_split.images, mode.encode(train_split.labels), augment)
+        fit_unless_done(model, stream, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         if cfg.trainer.get("tensorboard"):
             tracking.log_artifacts(out_dir / "tensorboard", "tensorboard")
 

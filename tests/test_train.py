@@ -558,8 +558,9 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     log_text = (tmp_path / "hydra" / "train.log").read_text()
     assert "Ctrl-C: training stops after this batch" in log_text and "finished: run folder" in log_text
     state = json.loads(state_file.read_text())
-    # stopped in epoch 2, or at the end of epoch 1 when Ctrl-C came before its last callback
-    stopped = state["epoch"]
+    # stopped part-way through epoch 2 (1 whole epoch and part_steps), or at the end of epoch 1
+    # or 2 when Ctrl-C came as the epoch's last step ended or during its validation
+    stopped = state["epoch"] + (1 if state.get("part_steps") else 0)
     assert state["interrupted_at_epoch"] == stopped and stopped in (1, 2) and not state["training_done"]
     assert (out / "model" / "bundle.json").is_file()  # the best epoch so far, saved as a bundle
     client = mlflow.MlflowClient(tmp_store)
@@ -572,6 +573,7 @@ def test_ctrl_c_stops_training_then_the_run_tests_saves_and_resumes(make_cfg, tm
     again = train(make_cfg(hinted))  # trains on to epoch 3, in the same MLflow run
     final = json.loads(state_file.read_text())
     assert final["epoch"] == 3 and final["training_done"] and again["mlflow_run_id"] == run.info.run_id
+    # each epoch logged once: a part-epoch is logged when the resume has trained it whole
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
     tag = client.get_run(run.info.run_id).data.tags["bearcat.interrupted"]
     assert tag == f"Ctrl-C in epoch {stopped} of 3, then resumed to the end"
@@ -714,15 +716,23 @@ def test_an_epoch_killed_around_its_mlflow_log_is_logged_once(make_cfg, tmp_path
         assert second.value == pytest.approx(state["epoch_log"]["metrics"][key])  # the checkpointed epoch's
 
 
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
-    """Same seed, no time budget: a run killed after its first epoch and resumed trains its
-    second epoch on the batches and augmentation draws the uninterrupted run had there, and
-    ends with the same weights and optimizer state, bit for bit. (Before, a resumed run began
-    the data stream again: the first epoch's order and draws once more.)"""
+def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
+    """Same seed, no time budget, 2 epochs of 6 steps. A run killed after its first epoch and
+    resumed trains its second epoch on the batches and augmentation draws the uninterrupted
+    run had there, and ends with the same weights and optimizer state, bit for bit. (Before,
+    a resumed run began the data stream again: the first epoch's order and draws once more.)
+    So does a run stopped by Ctrl-C 3 steps into its second epoch: the part-epoch is
+    validated and checkpointed but not counted or logged as an epoch, and the resume trains
+    its other 3 steps, then logs epoch 2 once. (Before, the resume skipped them.)"""
+    import keras
+
     from bearcat import tracking
+    from bearcat import train as train_module
 
     settings = [*TINY, "augmentation=light", "trainer.max_minutes=null"]
     train(make_cfg(settings, output="whole"))
+    whole = last_checkpoint(tmp_path / "whole")
+    assert len(whole[0]) > 10 and len(whole[1]) > 10
     send = tracking.log_epoch_record
 
     def dying(state, **kwargs):
@@ -735,16 +745,42 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(make_cfg, t
         train(make_cfg(settings, output="killed"))
     monkeypatch.setattr(tracking, "log_epoch_record", send)
     train(make_cfg([f"resume={tmp_path / 'killed'}"], output="killed"))
-    whole, resumed = (last_checkpoint(tmp_path / run) for run in ("whole", "killed"))
-    assert len(whole[0]) > 10 and len(whole[1]) > 10
-    for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):
-        np.testing.assert_array_equal(a, b)
+
+    callbacks = train_module.epoch_callbacks
+
+    def with_ctrl_c(*args, **kwargs):  # Ctrl-C as the 3rd step of epoch 2 ends, as from a terminal
+        press = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: (
+            os.kill(os.getpid(), signal.SIGINT) if int(press.model.optimizer.iterations) == 9 else None))
+        return [*callbacks(*args, **kwargs), press]
+
+    monkeypatch.setattr(train_module, "epoch_callbacks", with_ctrl_c)
+    with sigint_handled_by(signal.default_int_handler):
+        stopped = train(make_cfg(settings, output="stopped"))
+    state = json.loads((tmp_path / "stopped" / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["part_steps"] == 3 and state["last"] == "epoch-0002-part"
+    assert state["interrupted_at_epoch"] == 2 and not state["training_done"] and state["epoch_log"]["step"] == 0
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(stopped["mlflow_run_id"], "loss")] == [0]
+    assert client.get_run(stopped["mlflow_run_id"]).data.tags["bearcat.interrupted"] == "Ctrl-C in epoch 2 of 2"
+    monkeypatch.setattr(train_module, "epoch_callbacks", callbacks)
+    train(make_cfg([f"resume={tmp_path / 'stopped'}"], output="stopped"))
+    state = json.loads((tmp_path / "stopped" / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and "part_steps" not in state and state["last"] == "epoch-0002"
+    assert not (tmp_path / "stopped" / "checkpoints" / "epoch-0002-part").exists()
+    assert sorted(m.step for m in client.get_metric_history(stopped["mlflow_run_id"], "loss")) == [0, 1]
+
+    for run in ("killed", "stopped"):
+        resumed = last_checkpoint(tmp_path / run)
+        for a, b in zip(whole[0] + whole[1], resumed[0] + resumed[1], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=run)
 
 
 def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     """Patience 3: uninterrupted, training stops after epoch 4 (the best was epoch 1; a tie
     is no improvement); stopped after epoch 3 and resumed from its state.json, it also
-    stops after epoch 4, not 3 epochs later. Epochs before the model reads anything do not count."""
+    stops after epoch 4, not 3 epochs later. Epochs before the model reads anything do not count,
+    nor does a part-epoch ended by Ctrl-C (a resume trains it whole); a last, short epoch ended
+    by the time budget does."""
     import keras
 
     from bearcat.callbacks import Checkpointer, EarlyStopping, read_state, restore_last
@@ -753,18 +789,23 @@ def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
 
-    def fit(folder, epochs, state=None, scores=scores):
+    def fit(folder, epochs, state=None, scores=scores, stop_at_step=None, ctrl_c=True):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile(optimizer="adam", loss="mse")
         if state:
             restore_last(model, folder, state)
-        ckpt = Checkpointer(folder, "val_accuracy", state=state)
+        ckpt = Checkpointer(folder, "val_accuracy", state=state, steps_per_epoch=4)
+        ckpt.stopper = stop = keras.callbacks.LambdaCallback(  # stands in for Ctrl-C's StopOnInterrupt
+            on_train_batch_end=lambda batch, logs: (setattr(stop, "pressed", ctrl_c),
+                                                    setattr(model, "stop_training", True))
+            if int(model.optimizer.iterations) == stop_at_step else None)
+        stop.pressed = False
         ended = []
         score = keras.callbacks.LambdaCallback(  # stands in for ValidationMetrics
             on_epoch_end=lambda epoch, logs: (logs.update(val_accuracy=scores[epoch]), ended.append(epoch + 1)))
-        model.fit(x, y, epochs=epochs, initial_epoch=int((state or {}).get("epoch", 0)), verbose=0,
-                  callbacks=[score, EarlyStopping("val_accuracy", 3, 0.0, ckpt.state), ckpt])
+        model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=int((state or {}).get("epoch", 0)), verbose=0,
+                  callbacks=[score, EarlyStopping("val_accuracy", 3, 0.0, ckpt.state), ckpt, stop])
         return ended
 
     assert fit(tmp_path / "whole", 8) == [1, 2, 3, 4]
@@ -773,6 +814,15 @@ def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     assert state["epoch"] == 3 and state["early_stopping_best"] == 0.5 and state["early_stopping_wait"] == 2
     assert fit(tmp_path / "killed", 8, state) == [4]
     assert read_state(tmp_path / "killed")["early_stopping_wait"] == 3
+    # stopped 2 steps into epoch 4 (of 4 steps): that part-epoch's score is not counted
+    assert fit(tmp_path / "part", 8, stop_at_step=14) == [1, 2, 3, 4]
+    state = read_state(tmp_path / "part")
+    assert state["epoch"] == 3 and state["part_steps"] == 2 and state["last"] == "epoch-0004-part"
+    assert state["early_stopping_best"] == 0.5 and state["early_stopping_wait"] == 2
+    # ended there by the time budget, not Ctrl-C: a last, short epoch, counted as whole ones are
+    assert fit(tmp_path / "budget", 8, stop_at_step=14, ctrl_c=False) == [1, 2, 3, 4]
+    state = read_state(tmp_path / "budget")
+    assert state["epoch"] == 4 and "part_steps" not in state and state["early_stopping_wait"] == 3
     # epochs in which the model reads nothing (accuracy 0, as CTC at its start) are not
     # counted: the count starts at epoch 5, the best; afterwards a 0 counts like any other
     assert fit(tmp_path / "slow", 12, scores=[0, 0, 0, 0, 0.2, 0.1, 0, 0.2, 0.1, 0.1]) == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -235,10 +235,10 @@ def train_in(cfg: DictConfig, workdir: str) -> dict:
         if not state:
             tracking.log_metrics({f"data_{s}_images": len(d[2]) for s, d in data.items()}
                                  | {f"skipped_{k.replace(' ', '_')}": v for k, v in splits.skipped.items()})
-        checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state)
+        checkpointer = Checkpointer(ckpt_dir, cfg.mode.monitor, run.info.run_id, state, steps_per_epoch)
         callbacks = epoch_callbacks(cfg, train_images, val_metrics, schedule_callbacks, checkpointer, cfg.mode.monitor)
-        train_ds = training_stream(cfg, train_images, train_targets, initial_epoch, steps_per_epoch)
-        fit_unless_done(model, train_ds, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
+        stream = training_stream(cfg, train_images, train_targets)
+        fit_unless_done(model, stream, cfg, callbacks, checkpointer, initial_epoch, steps_per_epoch)
         best = ckpt_dir / "best.keras"
         if best.is_file():  # test the epoch that did best on val
             detector.model = model = load_keras(best)
