@@ -379,7 +379,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     check_settings(cfg)  # before TensorFlow loads (10-15 s here): a bad setting is told at once
-    with tempfile.TemporaryDirectory(prefix="bearcat-init-from-") as fetched:  # init_from=RUN_ID fetched once
+    # init_from=RUN_ID is fetched once, into a folder of its own; a run without init_from makes
+    # none (a run killed with -9 cannot remove it: an empty one was left in /tmp each time)
+    folder = tempfile.TemporaryDirectory(prefix="bearcat-init-from-") if cfg.get("init_from") else nullcontext("")
+    with folder as fetched:
         return train_in(cfg, fetched)
 
 

@@ -500,9 +500,10 @@ def signal_after_first_epoch(tmp_path, sent: int, wait: float = 0, images: int =
     overrides = ["debug=fast", f"dataset.train_size={images}", "trainer.batch_size=8", "trainer.epochs=3",
                  *shlex.split(command_arg("paths.output_dir", tmp_path / run)), f"paths.cache_dir={tmp_path / 'cache'}",
                  f"mlflow.artifact_root={tmp_path / 'artifacts'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # its temporary files, which a kill leaves
     proc = subprocess.Popen([sys.executable, "-m", "bearcat.train", *overrides], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=ctrl_c_as_from_a_terminal)
+                            preexec_fn=ctrl_c_as_from_a_terminal, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     state_file = tmp_path / run / "checkpoints" / "state.json"
     deadline = time.monotonic() + 240
     try:
@@ -529,6 +530,7 @@ def test_resume_after_kill_continues_epochs_and_mlflow_run(make_cfg, tmp_store, 
     state = json.loads(state_file.read_text())
     assert 1 <= state["epoch"] < 3, f"the run was not interrupted mid-training: {state}"
     killed_at = state["epoch"]
+    assert not list((tmp_path / "tmp").glob("bearcat-*"))  # no temporary folder without init_from to leave behind
 
     # resumed by the entry point, which ends its process itself (bearcat.train.exit_now)
     done = subprocess.run([sys.executable, "-m", "bearcat.train", f"resume={out}",

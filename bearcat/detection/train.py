@@ -174,9 +174,12 @@ def detection_gallery(records: list, results: list[dict], path: Path, count: int
 
 def train_detection(cfg: DictConfig) -> dict:
     import tempfile
+    from contextlib import nullcontext
 
     # where a recogniser named by MLflow run id is downloaded; removed however training ends
-    with tempfile.TemporaryDirectory(prefix="bearcat-det-") as workdir:
+    # (but for a kill -9: so none is made for a run without a recogniser)
+    recogniser = cfg.mode.get("recogniser")
+    with tempfile.TemporaryDirectory(prefix="bearcat-det-") if recogniser else nullcontext("") as workdir:
         return train_in(cfg, workdir)
 
 
