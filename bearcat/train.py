@@ -187,8 +187,9 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
         epoch, best = state.get("epoch", 0) + (1 if state.get("part_steps") else 0), state.get("best_epoch")
         state["interrupted_at_epoch"] = epoch
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {epoch} of {cfg.trainer.epochs}"})
-        log.warning("stopped by Ctrl-C in epoch %d of %d: testing the best epoch so far (epoch %s); "
-                    "python -m bearcat.train %s trains on from there", epoch, cfg.trainer.epochs, best,
+        steps = f" (after {state['part_steps']} of its {steps_per_epoch} steps)" if state.get("part_steps") else ""
+        log.warning("stopped by Ctrl-C in epoch %d of %d%s: testing the best epoch so far (epoch %s); "
+                    "python -m bearcat.train %s trains on from there", epoch, cfg.trainer.epochs, steps, best,
                     overrides.command_arg("resume", cfg.paths.output_dir))
     elif "interrupted_at_epoch" in checkpointer.state:  # resumed after a Ctrl-C, now trained to its end
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {checkpointer.state['interrupted_at_epoch']} "

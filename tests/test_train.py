@@ -718,7 +718,7 @@ def test_an_epoch_killed_around_its_mlflow_log_is_logged_once(make_cfg, tmp_path
         assert second.value == pytest.approx(state["epoch_log"]["metrics"][key])  # the checkpointed epoch's
 
 
-def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch):
+def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch, caplog):
     """Same seed, no time budget, 2 epochs of 6 steps. A run killed after its first epoch and
     resumed trains its second epoch on the batches and augmentation draws the uninterrupted
     run had there, and ends with the same weights and optimizer state, bit for bit. (Before,
@@ -761,6 +761,7 @@ def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp
     state = json.loads((tmp_path / "stopped" / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1 and state["part_steps"] == 3 and state["last"] == "epoch-0002-part"
     assert state["interrupted_at_epoch"] == 2 and not state["training_done"] and state["epoch_log"]["step"] == 0
+    assert "stopped by Ctrl-C in epoch 2 of 2 (after 3 of its 6 steps)" in caplog.text
     client = mlflow.MlflowClient()
     assert [m.step for m in client.get_metric_history(stopped["mlflow_run_id"], "loss")] == [0]
     assert client.get_run(stopped["mlflow_run_id"]).data.tags["bearcat.interrupted"] == "Ctrl-C in epoch 2 of 2"
