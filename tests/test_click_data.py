@@ -233,12 +233,15 @@ def test_tolerance_of_one_pixel_is_clipped(tmp_path):
 def test_voc_folder_skips_bad_files_and_leaves_the_folder_untouched(tmp_path):
     write_folder(tmp_path / "flat")
     before = snapshot(tmp_path / "flat")
-    made = voc(str(tmp_path / "flat"), str(tmp_path / "cache"), val_fraction=0.2, test_fraction=0.2, seed=1)
+    made = voc(str(tmp_path / "flat"), str(tmp_path / "cache"), val_ratio=0.2, test_ratio=0.2, split_seed=1)
     assert snapshot(tmp_path / "flat") == before
     assert made.skipped == {"bad annotation": len(BAD)} and made.categories == ["山"]
     assert [len(s) for _, s in made.items()] == [3, 1, 1]
     assert sorted(Path(r.path).name for _, rs in made.items() for r in rs) == [f"g{k}.png" for k in range(5)]
-    assert voc(str(tmp_path / "flat"), None, 0.2, 0.2, seed=1) == made  # same seed, same split
+    assert voc(str(tmp_path / "flat"), None, 0.2, 0.2, split_seed=1) == made  # same seed, same split
+    # the names of before 2026-12-07, as an earlier run's config.yaml (resume=) gives them
+    assert voc(str(tmp_path / "flat"), None, val_fraction=0.2, test_fraction=0.2, seed=1) == made
+    assert voc(str(tmp_path / "flat"), None, val_fraction=0.4, test_fraction=0.2, seed=1) != made
 
 
 def test_voc_folder_with_split_folders_and_voc_layout(tmp_path):
@@ -253,7 +256,7 @@ def test_voc_folder_with_split_folders_and_voc_layout(tmp_path):
     for k in range(3):
         Image.new("RGB", (64, 48)).save(devkit / "JPEGImages" / f"{k}.jpg")
         (devkit / "Annotations" / f"{k}.xml").write_text(GOOD.format(image=f"{k}.jpg", xmin=1, xmax=9), "utf-8")
-    made = voc(str(devkit), None, val_fraction=0, test_fraction=0)
+    made = voc(str(devkit), None, val_ratio=0, test_ratio=0)
     assert len(made.train) == 3 and Path(made.train[0].path).parent.name == "JPEGImages"
     with pytest.raises(ValueError, match="dataset.root is not set"):
         voc("???", None)

@@ -24,7 +24,7 @@ def test_each_captcha_boxes_its_shaded_gap_and_keeps_its_piece(tmp_path):
 
     data = tmp_path / "slider"
     draw(data, 8)
-    splits = voc(str(data), val_fraction=0.25, test_fraction=0.25)
+    splits = voc(str(data), val_ratio=0.25, test_ratio=0.25)
     records = splits.train + splits.val + splits.test
     assert len(records) == 8 and splits.categories == ["gap"]
     for record in records:

@@ -168,10 +168,14 @@ def _annotated(folder: Path, skipped: dict[str, int]) -> dict[str, ClickRecord]:
     return found
 
 
-def voc(root: str | None, cache_dir: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-        seed: int = 0, **_ignored) -> ClickSplits:
+def voc(root: str | None, cache_dir: str | None = None, val_ratio: float = 0.1, test_ratio: float = 0.1,
+        split_seed: int = 0, **_ignored) -> ClickSplits:
     """A user's folder of images + VOC XML: `train/ val/ test/` used as they are, else a
-    seeded split. Categories: the sorted set of object names."""
+    seeded split, named as dataset=folder names it. Categories: the sorted set of object names."""
+    # the names these settings had before 2026-12-07, which an earlier run's config.yaml holds (resume=)
+    val_ratio = _ignored.get("val_fraction", val_ratio)
+    test_ratio = _ignored.get("test_fraction", test_ratio)
+    split_seed = _ignored.get("seed", split_seed)
     if root in (None, "", "???"):
         raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES_AND_XML")
     base = Path(root)
@@ -181,7 +185,7 @@ def voc(root: str | None, cache_dir: str | None = None, val_fraction: float = 0.
     if (base / "train").is_dir():
         parts = {s: _annotated(base / s, skipped) if (base / s).is_dir() else {} for s in ("train", "val", "test")}
         if not parts["val"]:
-            keep, val, _ = split_samples(list(parts["train"]), val_fraction, 0.0, seed)
+            keep, val, _ = split_samples(list(parts["train"]), val_ratio, 0.0, split_seed)
             parts["val"] = {k: parts["train"][k] for k in val}
             parts["train"] = {k: parts["train"][k] for k in keep}
         if not parts["test"]:
@@ -189,7 +193,7 @@ def voc(root: str | None, cache_dir: str | None = None, val_fraction: float = 0.
             parts["test"] = parts["val"]
     else:
         every = _annotated(base, skipped)
-        names = split_samples(list(every), val_fraction, test_fraction, seed)
+        names = split_samples(list(every), val_ratio, test_ratio, split_seed)
         parts = {s: {k: every[k] for k in keys} for s, keys in zip(("train", "val", "test"), names)}
     if not parts["train"]:
         raise ValueError(f"dataset.root={root}: no usable image + VOC XML pairs found")
