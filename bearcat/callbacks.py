@@ -219,9 +219,10 @@ def resume_epoch(model, folder, state: dict | None, run_id: str) -> int:
     if not state or not state.get("last"):  # new, or killed before its first epoch ended
         return 0
     restore_last(model, folder, state)
-    part = f", {state['part_steps']} steps into epoch {int(state['epoch']) + 1}" if state.get("part_steps") else ""
-    log.info("resumed %s after epoch %d%s (MLflow run %s)", folder, int(state["epoch"]), part, run_id)
-    return int(state["epoch"])
+    epoch, steps = int(state["epoch"]), int(state.get("part_steps") or 0)
+    where = f"{steps} step{'s' if steps > 1 else ''} into epoch {epoch + 1}" if steps else f"after epoch {epoch}"
+    log.info("resumed %s %s (MLflow run %s)", folder, where, run_id)
+    return epoch
 
 
 class TimeBudget(keras.callbacks.Callback):
