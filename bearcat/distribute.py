@@ -38,13 +38,20 @@ def split_cpu(n: int | None) -> None:
                            "so its devices can no longer be split; start a new process") from err
 
 
+def strategy_name(trainer) -> str:
+    """trainer.strategy, checked (no TensorFlow needed: bearcat.train checks it before TensorFlow
+    loads); unset or null is "default"."""
+    name = trainer.get("strategy") or "default"
+    if name not in STRATEGIES:
+        raise ValueError(f"trainer.strategy={name}: use one of {', '.join(STRATEGIES)}")
+    return name
+
+
 def build_strategy(trainer):
     """The tf.distribute strategy named by trainer.strategy (trainer.devices for mirrored)."""
     import tensorflow as tf
 
-    name = trainer.get("strategy") or "default"
-    if name not in STRATEGIES:
-        raise ValueError(f"trainer.strategy={name!r}: use one of {', '.join(STRATEGIES)}")
+    name = strategy_name(trainer)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker":

@@ -337,7 +337,7 @@ def check_parts(cfg: DictConfig) -> None:
     """The optimizer's and scheduler's numbers, the seed, preprocessing, precision and
     strategy: each was checked only after TensorFlow loaded (15-17 s), and a text number
     reached Keras as "Cast string to float is not supported" or float()'s traceback."""
-    from bearcat.distribute import STRATEGIES
+    from bearcat.distribute import strategy_name
     from bearcat.experiment import precision_name, preprocess_config
 
     for key, value in cfg.optimizer.items():
@@ -353,8 +353,7 @@ def check_parts(cfg: DictConfig) -> None:
         raise ValueError(f"scheduler.cycle_epochs={s.cycle_epochs}: a number of epochs above 0, or null")
     whole_setting("trainer.seed", cfg.trainer.seed, 0)
     precision_name(cfg.trainer.get("precision"))
-    if cfg.trainer.get("strategy", "default") not in STRATEGIES:  # build_strategy's check, unquoted
-        raise ValueError(f"trainer.strategy={cfg.trainer.strategy}: use one of {', '.join(STRATEGIES)}")
+    strategy_name(cfg.trainer)
     preprocess_config(cfg)  # its own checks (sizes, channels, gray, ...)
 
 

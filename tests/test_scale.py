@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from bearcat.distribute import build_strategy, is_chief
+from bearcat.distribute import build_strategy, is_chief, strategy_name
 from bearcat.experiment import build_vocab_and_mode, load_data, load_sources
 from bearcat.train import train
 from tests.conftest import ROOT
@@ -117,7 +117,10 @@ def test_only_the_chief_logs():
 
 
 def test_bad_strategy_settings_name_the_key(monkeypatch):
-    with pytest.raises(ValueError, match="trainer.strategy='horovod'"):
+    # unset or null is the default, in the early check (bearcat.train, before TensorFlow) as here
+    assert [strategy_name(OmegaConf.create(t)) for t in ({}, {"strategy": None}, {"strategy": "mirrored"})] == \
+        ["default", "default", "mirrored"]
+    with pytest.raises(ValueError, match="trainer.strategy=horovod: use one of default, mirrored, multi_worker"):
         build_strategy(OmegaConf.create({"strategy": "horovod"}))
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="trainer.strategy=multi_worker needs the TF_CONFIG"):
