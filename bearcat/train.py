@@ -165,15 +165,23 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
     from that step on (`training_stream`). A run stopped part-way through an epoch (Ctrl-C)
     resumes with the rest of that epoch, a `fit` of its own, so it trains on the batches an
     uninterrupted run would have, no fewer."""
+    part = int(checkpointer.state.get("part_steps") or 0)
+    if part >= steps_per_epoch:  # fewer training images than when stopped: a fit of the rest would never end
+        log.warning("the part-epoch stopped after %d steps, but an epoch now has %d (the training split has "
+                    "shrunk): epoch %d counts as done", part, steps_per_epoch, initial_epoch + 1)
+        checkpointer.state.pop("part_steps")
+        checkpointer.state["epoch"] = initial_epoch = initial_epoch + 1
+        part = 0
     if checkpointer.state.get("training_done") or initial_epoch >= cfg.trainer.epochs:
         log.info("training had ended (epoch %d): testing the best checkpoint", initial_epoch)
+        if not checkpointer.state.get("training_done"):  # killed before it said so, or the part-epoch above
+            checkpointer.finish()
         return
     from bearcat import tracking
     from bearcat.callbacks import StopOnInterrupt
 
     action = on_interrupt(cfg)
     checkpointer.stopper = stopper = StopOnInterrupt(abort=action == "abort")
-    part = int(checkpointer.state.get("part_steps") or 0)
     with stopper if action else nullcontext():
         if part:  # the rest of the part-epoch, then the whole ones
             fit_epochs(model, stream(initial_epoch * steps_per_epoch + part), cfg, [*callbacks, stopper], checkpointer,

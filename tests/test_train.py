@@ -778,6 +778,30 @@ def test_resumed_runs_end_with_the_weights_of_an_uninterrupted_one(make_cfg, tmp
             np.testing.assert_array_equal(a, b, err_msg=run)
 
 
+def test_a_part_epoch_longer_than_an_epoch_now_counts_as_done(tmp_path, caplog):
+    """Stopped 5 steps into epoch 1, resumed with fewer training images (4 steps an epoch):
+    the rest of that epoch would be a fit of -1 steps, which Keras runs for ever. Epoch 1
+    counts as done, with a warning, and the resume trains epoch 2 alone."""
+    import keras
+    import tensorflow as tf
+    from omegaconf import OmegaConf
+
+    from bearcat.callbacks import Checkpointer, read_state
+    from bearcat.train import fit_unless_done
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 2), "float32"), np.zeros((8, 1), "float32")))
+    ckpt = Checkpointer(tmp_path, state={"epoch": 0, "part_steps": 5, "last": "epoch-0001-part"}, steps_per_epoch=4)
+    cfg = OmegaConf.create({"trainer": {"epochs": 2, "verbose": 0, "strategy": "default"}, "paths": {"output_dir": "x"}})
+    with sigint_handled_by(signal.SIG_IGN):  # Ctrl-C left alone: no StopOnInterrupt needed here
+        fit_unless_done(model, lambda step: data.batch(2).repeat(), cfg, [ckpt], ckpt, 0, 4)
+    assert int(model.optimizer.iterations) == 4
+    state = read_state(tmp_path)
+    assert state["epoch"] == 2 and "part_steps" not in state and state["last"] == "epoch-0002" and state["training_done"]
+    assert "the part-epoch stopped after 5 steps, but an epoch now has 4" in caplog.text
+
+
 def test_early_stopping_keeps_counting_across_a_resume(tmp_path):
     """Patience 3: uninterrupted, training stops after epoch 4 (the best was epoch 1; a tie
     is no improvement); stopped after epoch 3 and resumed from its state.json, it also
