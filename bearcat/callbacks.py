@@ -84,15 +84,15 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.setdefault("best", None)
         self.state["mlflow_run_id"] = run_id
         self.used_before = float(self.state.get("trained_seconds", 0.0))  # training time of earlier attempts
-        self.started, self.began = 0.0, False
+        self.started: float | None = None  # when this process's training began (set once)
         self.on_commit = None
 
     def trained_seconds(self) -> float:
-        return self.used_before + (time.monotonic() - self.started if self.began else 0.0)
+        return self.used_before + (0.0 if self.started is None else time.monotonic() - self.started)
 
     def on_train_begin(self, logs=None):
-        if not self.began:  # a resume that finishes a part-epoch fits twice: its time counts once
-            self.began, self.started = True, time.monotonic()
+        if self.started is None:  # a resume that finishes a part-epoch fits twice: its time counts once
+            self.started = time.monotonic()
         if not (self.folder / STATE_FILE).is_file():  # a kill before the first epoch resumes this MLflow run
             write_json(self.folder / STATE_FILE, self.state, indent=1)
 

@@ -182,13 +182,14 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
 
     action = on_interrupt(cfg)
     checkpointer.stopper = stopper = StopOnInterrupt(abort=action == "abort")
+    callbacks = [*callbacks, stopper]
     with stopper if action else nullcontext():
         if part:  # the rest of the part-epoch, then the whole ones
-            fit_epochs(model, stream(initial_epoch * steps_per_epoch + part), cfg, [*callbacks, stopper], checkpointer,
+            fit_epochs(model, stream(initial_epoch * steps_per_epoch + part), cfg, callbacks, checkpointer,
                        initial_epoch, initial_epoch + 1, steps_per_epoch - part)
             initial_epoch += 1
         if not (part and model.stop_training) and initial_epoch < cfg.trainer.epochs:
-            fit_epochs(model, stream(initial_epoch * steps_per_epoch), cfg, [*callbacks, stopper], checkpointer,
+            fit_epochs(model, stream(initial_epoch * steps_per_epoch), cfg, callbacks, checkpointer,
                        initial_epoch, cfg.trainer.epochs, steps_per_epoch)
     if stopper.pressed:
         state = checkpointer.state
