@@ -142,3 +142,29 @@ def test_a_folder_of_misnamed_files_names_ten_and_counts_all(tmp_path, caplog):
     assert [m for m in said if m.startswith("more files skipped")] == [
         "more files skipped (no label in file name): counted, not named here",
         "more files skipped (characters outside charset): counted, not named here"]
+
+
+def test_unreadable_images_are_named_ten_and_counted_all(tmp_path, caplog):
+    """12 files that are not images among 2 that are: decoding names the first 10, says once
+    that the rest are only counted, and keeps every error (the run's skipped count)."""
+    from PIL import Image
+
+    from bearcat.data.pipeline import load_split
+    from bearcat.data.preprocess import PreprocessConfig
+    from bearcat.data.sources import NAMED_SKIPS
+
+    samples = []
+    for i in range(12):
+        (tmp_path / f"ab{i:02d}_x.png").write_text("not an image")
+        samples.append((str(tmp_path / f"ab{i:02d}_x.png"), "ab"))
+    for i in range(2):
+        Image.new("L", (40, 20), 255).save(tmp_path / f"ba_{i}.png")
+        samples.append((str(tmp_path / f"ba_{i}.png"), "ba"))
+    with caplog.at_level("WARNING", logger="bearcat.data.pipeline"):
+        loaded = load_split(samples, PreprocessConfig(height=16, width=32), None, workers=1)
+    assert loaded.images.shape == (2, 16, 32, 1) and loaded.labels == ["ba", "ba"] and len(loaded.errors) == 12
+    said = [r.getMessage() for r in caplog.records]
+    named = [m for m in said if m.startswith("skipped unreadable image:")]
+    assert len(named) == NAMED_SKIPS and all(f"ab{i:02d}_x.png" in m for i, m in enumerate(named))
+    assert said[-1] == "more files skipped (unreadable image): counted, not named here"
+    assert len(said) == NAMED_SKIPS + 1

@@ -137,9 +137,9 @@ def quarantine(root: Path, bad: list[dict]) -> list[dict]:
         target = _move_to_new_name(src, folder, src.relative_to(root))
         moved.append({"file": str(src), "moved_to": str(target), "reason": item["error"],
                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        log.warning("quarantined %s -> %s: %s", src, target, item["error"])
     if moved:
         write_json(report, old + moved, indent=1)
+        log.warning("moved %d unreadable files to %s (each, and why, in %s)", len(moved), folder, report)
     return moved
 
 
@@ -159,17 +159,11 @@ def _label_problems(root: Path, infos: list[dict], lowercase: bool, charset: str
             label = label.lower()
         if not label:
             no_label.append(str(path))
-            if listed:
-                log.warning("%s: no label in %s", path, listed.path)
-            else:
-                log.warning("%s: file name holds no label (expected LABEL_anything%s)", path, path.suffix)
             continue
         labels[str(path)] = label
         bad = sorted(set(label) - allowed) if charset else []
         if bad:
             outside.append({"file": str(path), "label": label, "characters": "".join(bad)})
-            log.warning("%s: label %r has characters outside dataset.charset: %s", path, label,
-                        shown_characters("".join(bad)))
     chars = set("".join(labels.values()))
     both_cases = sorted(c for c in chars if c.islower() and c.upper() in chars)
     mixed = [f for f, lab in labels.items() if any(c.islower() for c in lab) and any(c.isupper() for c in lab)]
@@ -183,8 +177,6 @@ def _duplicates(infos: list[dict], labels: dict, root: Path) -> dict:
     dup = [sorted(g) for g in groups.values() if len(g) > 1]
     conflicting = [g for g in dup if len({labels.get(p) for p in g}) > 1]
     across = [g for g in dup if len({_split_of(Path(p).relative_to(root)) for p in g}) > 1]
-    for g in dup:
-        log.warning("same content in %d files: %s", len(g), ", ".join(g))
     return {"groups": dup, "extra_copies": sum(len(g) - 1 for g in dup),
             "conflicting_labels": conflicting, "across_splits": across}
 
@@ -203,8 +195,7 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
                          workers=workers)
     bad = [i for i in infos if "error" in i]
     good = [i for i in infos if "error" not in i]
-    for item in bad:
-        log.warning("unreadable: %s", item["error"])
+    # problem files are named in the report (its table lists the first check.listed), not logged one by one
     moved = quarantine(base, bad) if move_bad else []
     labels, (no_label, outside, both_cases, mixed) = _label_problems(base, good, lowercase, charset, class_folders,
                                                                     listed)
@@ -297,7 +288,8 @@ def format_report(r: dict, max_listed: int = 10) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"check of {r['root']}"] + [f"  {k:<{width}}  {v}" for k, v in rows]
     problems = ([f"{i['reason']} (unreadable)" for i in r["unreadable_files"]]
-                + [f"{f}: no label in " + (r["labels_file"] or "the file name") for f in r["no_label_files"]]
+                + [f"{f}: no label in " + (r["labels_file"] or "the file name (expected LABEL_anything.ext)")
+                   for f in r["no_label_files"]]
                 + [f"{r['labels_file']}: {f}: no such readable image" for f in r["listed_without_image"]]
                 + [f"{o['file']}: characters outside the charset: {shown_characters(o['characters'])}"
                    for o in r["outside_charset_files"]]

@@ -20,6 +20,7 @@ from bearcat.atomic import replacing
 from bearcat.data.pack import decode_refs, is_ref, source_file
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, preprocess
+from bearcat.data.sources import skip
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,10 @@ def load_split(samples: list[tuple[str, str]], cfg: PreprocessConfig, cache_dir:
         results = decode_refs(samples, cfg, workers, desc)
     else:
         results = parallel_map(_decode_one, [(p, cfg.to_dict()) for p, _ in samples], desc=desc, workers=workers)
-    images, errors, kept = [], [], []
+    images, errors, kept, counted = [], [], [], {}
     for i, (arr, err) in enumerate(results):
         if err:
-            log.warning("skipped unreadable image: %s", err)
+            skip(counted, "unreadable image", log, "skipped unreadable image: %s", err)
             errors.append(err)
             continue
         images.append(arr)
