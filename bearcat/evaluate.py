@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bearcat import CONFIG_DIR, overrides
+from bearcat.saved_config import load_saved_config
 
 log = logging.getLogger("bearcat.evaluate")
 
@@ -132,13 +133,13 @@ def evaluation_config(cfg: DictConfig, train_config: Path | None, meta: dict,
         if cfg.get("dataset") is None:
             if train_config is None:
                 raise ValueError("no dataset: pass dataset=... (the training config is not available)")
-            cfg.dataset = OmegaConf.load(train_config).dataset
+            cfg.dataset = load_saved_config(train_config).dataset
         cfg.preprocess = meta["preprocess"]
         if cfg.dataset.get("train_limit") is not None:  # a run of a learning curve
             if split in ("val", "test"):
                 cfg.dataset.train_limit = None  # its training images are neither scored nor drawn
             elif cfg.get("trainer") is None:  # scoring the images it trained on: picked by its seed
-                trained = OmegaConf.load(train_config) if train_config is not None else None
+                trained = load_saved_config(train_config) if train_config is not None else None
                 cfg.trainer = {"seed": int(trained.trainer.seed) if trained is not None and "trainer" in trained else 0}
         if split != "all" and cfg.dataset.get(f"{split}_size"):
             for other in SPLITS:

@@ -23,6 +23,7 @@ from bearcat import CONFIG_DIR, overrides
 from bearcat.checks import (check_folder, fraction_setting, is_number, is_whole_number, number_setting,
                             whole_setting)
 from bearcat.metrics import lower_is_better
+from bearcat.saved_config import load_saved_config
 
 log = logging.getLogger("bearcat.train")
 
@@ -32,7 +33,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     saved = Path(cfg.resume) / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"resume={cfg.resume}: no config.yaml there; pass the run's output folder")
-    old = OmegaConf.load(saved)
+    old = load_saved_config(saved)
     old.resume = cfg.resume
     return old
 
@@ -47,7 +48,7 @@ def resume_conflicts(cfg: DictConfig, overrides) -> list[str]:
     saved_file = Path(cfg.resume) / "config.yaml"
     if not saved_file.is_file():  # resumed_config says so
         return []
-    saved = OmegaConf.load(saved_file)
+    saved = load_saved_config(saved_file)
 
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

@@ -239,9 +239,26 @@ def test_voc_folder_skips_bad_files_and_leaves_the_folder_untouched(tmp_path):
     assert [len(s) for _, s in made.items()] == [3, 1, 1]
     assert sorted(Path(r.path).name for _, rs in made.items() for r in rs) == [f"g{k}.png" for k in range(5)]
     assert voc(str(tmp_path / "flat"), None, 0.2, 0.2, split_seed=1) == made  # same seed, same split
-    # the names of before 2026-12-07, as an earlier run's config.yaml (resume=) gives them
-    assert voc(str(tmp_path / "flat"), None, val_fraction=0.2, test_fraction=0.2, seed=1) == made
-    assert voc(str(tmp_path / "flat"), None, val_fraction=0.4, test_fraction=0.2, seed=1) != made
+    # an earlier run's config.yaml with the names of before 2026-12-07 is read under the new
+    # ones (resume=, evaluation, export): the same split; the old names reach nothing else
+    from omegaconf import OmegaConf
+
+    from bearcat.saved_config import load_saved_config
+
+    for fraction, same in ((0.2, True), (0.4, False)):
+        OmegaConf.save({"dataset": {"_target_": "bearcat.data.voc.voc", "root": str(tmp_path / "flat"),
+                                    "val_fraction": fraction, "test_fraction": 0.2, "seed": 1},
+                        "trainer": {"seed": 7}}, tmp_path / "config.yaml")
+        saved = load_saved_config(tmp_path / "config.yaml")
+        assert sorted(saved.dataset) == ["_target_", "root", "split_seed", "test_ratio", "val_ratio"]
+        assert saved.trainer.seed == 7
+        settings = {k: v for k, v in saved.dataset.items() if k != "_target_"}
+        assert (voc(cache_dir=None, **settings) == made) is same
+    assert voc(str(tmp_path / "flat"), None, val_fraction=0.4, seed=5) == voc(str(tmp_path / "flat"), None)
+    # another source's `seed` (the generator's) is its own
+    OmegaConf.save({"dataset": {"_target_": "bearcat.data.sources.synthetic", "seed": 3}}, tmp_path / "config.yaml")
+    assert load_saved_config(tmp_path / "config.yaml").dataset == {"_target_": "bearcat.data.sources.synthetic",
+                                                                  "seed": 3}
 
 
 def test_voc_folder_with_split_folders_and_voc_layout(tmp_path):

@@ -172,10 +172,6 @@ def voc(root: str | None, cache_dir: str | None = None, val_ratio: float = 0.1, 
         split_seed: int = 0, **_ignored) -> ClickSplits:
     """A user's folder of images + VOC XML: `train/ val/ test/` used as they are, else a
     seeded split, named as dataset=folder names it. Categories: the sorted set of object names."""
-    # the names these settings had before 2026-12-07, which an earlier run's config.yaml holds (resume=)
-    val_ratio = _ignored.get("val_fraction", val_ratio)
-    test_ratio = _ignored.get("test_fraction", test_ratio)
-    split_seed = _ignored.get("seed", split_seed)
     if root in (None, "", "???"):
         raise ValueError("dataset.root is not set: pass dataset.root=PATH/TO/IMAGES_AND_XML")
     base = Path(root)
