@@ -73,6 +73,21 @@ def unrolled_copy(model):
         return model
 
 
+def inference_graph(model):
+    """`model` called with training=False, as a model of its own, for the exporters that trace
+    a plain `model(x)` (SavedModel, ONNX). Keras' Resizing (inside the keras.applications
+    backbones) defaults `training` to True, and a call that does not say passes that on to
+    every layer after it: BatchNormalization then normalised each batch by the batch's own
+    statistics, and Dropout dropped (an ONNX export read an image alone otherwise than in a
+    batch, and failed the parity check)."""
+    import keras
+
+    inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    wrapped = keras.Model(inputs, model(inputs, training=False), name=model.name)
+    wrapped.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters need a called model
+    return wrapped
+
+
 def tflite_bytes(model, quantized: bool = False) -> bytes:
     """The model as a TFLite flat buffer, converted from a traced function (its weights
     frozen as constants) rather than through Keras' `export(format="litert")`, which writes
@@ -95,10 +110,10 @@ def write_format(model, folder: Path, fmt: str, cfg: DictConfig) -> Path:
     target = folder / FILES[fmt]
     with replacing(target, keep_suffix=True) as tmp:  # the exporters go by the suffix
         if fmt == "savedmodel":
-            model.export(str(tmp), format="tf_saved_model", verbose=False)
+            inference_graph(model).export(str(tmp), format="tf_saved_model", verbose=False)
         elif fmt == "onnx":
             source = unrolled_copy(model) if cfg.onnx.unroll_rnn else model
-            source.export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
+            inference_graph(source).export(str(tmp), format="onnx", opset_version=cfg.onnx.opset, verbose=False)
         elif fmt in ("tflite", "tflite_int8"):
             tmp.write_bytes(tflite_bytes(model, quantized=fmt == "tflite_int8"))
         else:

@@ -138,3 +138,35 @@ def test_space_to_depth_keeps_every_pixel_and_survives_saving(make_cfg, tmp_path
     assert done.returncode == 0 and done.stdout.strip().endswith("2"), done.stderr[-2000:]
     with pytest.raises(ValueError, match="backbone.space_to_depth=2 needs preprocess.height .* got 63x160"):
         features_of(cfg, keras.Input((63, 160, 1)))
+
+
+def test_exports_run_in_inference_mode_behind_a_resizing_layer(make_cfg, tmp_path):
+    """Keras' Resizing, which sits in front of every keras.applications backbone, defaults
+    `training` to True and passes it on to the layers after it when the model is called
+    without `training`, as the SavedModel and ONNX exporters call it. The exports must still
+    normalise with BatchNormalization's moving statistics and leave Dropout off: an image reads
+    as Keras reads it, and the same alone as in a batch (before, an ONNX export of a
+    mobilenetv2 run failed the parity check). A small stand-in for such a backbone: exporting
+    mobilenetv3small itself took 46 s."""
+    from bearcat.export import write_format
+    from bearcat.runtime import load_runtime
+
+    inputs = keras.Input((36, 96, 1), name="image")
+    x = keras.layers.Resizing(48, 128, name="resize")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=4)(keras.layers.Rescaling(1 / 255)(x))
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.5)(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+    batchnorm = model.layers[4]
+    batchnorm.moving_mean.assign(np.full(8, 0.5, np.float32))  # far from any batch's own statistics
+    batchnorm.moving_variance.assign(np.full(8, 4.0, np.float32))
+    x = np.random.default_rng(0).integers(0, 256, (4, 36, 96, 1)).astype("float32")
+    plain = np.asarray(model(x))  # Keras' own plain call: training mode (it moves the moving statistics)
+    want = np.asarray(model.predict_on_batch(x))
+    assert np.abs(plain - want).max() > 0.01
+    for fmt in ("onnx", "savedmodel"):
+        write_format(model, tmp_path, fmt, make_cfg([], config_name="export"))
+        runtime = load_runtime(tmp_path, fmt)
+        batch, alone = np.asarray(runtime.predict_on_batch(x)), np.asarray(runtime.predict_on_batch(x[:1]))
+        assert np.abs(batch - want).max() < 1e-5, fmt
+        assert np.abs(alone[0] - batch[0]).max() < 1e-5, fmt
