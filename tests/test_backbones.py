@@ -65,8 +65,18 @@ def test_application_resizes_inside_the_model(make_cfg, size):
     cfg = make_cfg(["backbone=mobilenetv3small"])
     inputs = keras.Input((*size, 1))
     model = keras.Model(inputs, features_of(cfg, inputs))
-    out = model.predict_on_batch(np.random.default_rng(0).integers(0, 256, (2, *size, 1)).astype("float32"))
+    x = np.random.default_rng(0).integers(0, 256, (2, *size, 1)).astype("float32")
+    out = model.predict_on_batch(x)
     assert out.shape == (2, 3, 16, 48) and np.isfinite(out).all()
+    # a plain call (a user's model(x)) is inference too: the resizing no longer passes on
+    # its default training=True, which put BatchNormalization on the batch's statistics
+    assert np.abs(np.asarray(model(x)) - out).max() < 1e-5
+    if size == (32, 96):  # and training still trains: fit's training=True reaches BatchNormalization
+        batchnorm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+        before = np.array(batchnorm.moving_mean)
+        model.compile(optimizer="sgd", loss="mse")
+        model.train_on_batch(x, np.zeros_like(out))
+        assert np.abs(np.array(batchnorm.moving_mean) - before).max() > 0
 
 
 def test_local_weights_file_is_loaded(make_cfg, tmp_path):

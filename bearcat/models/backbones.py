@@ -98,7 +98,11 @@ def keras_application(inputs, application: str, feature_layer: str | None = None
     if rgb and x.shape[-1] == 1:
         x = _gray_to_rgb(x)
     if input_size:
-        x = layers.Resizing(int(input_size[0]), int(input_size[1]), interpolation="bilinear", name="resize")(x)
+        # training=False said, not left to Resizing's default (True), which a call of the model
+        # that does not say (model(x), an exporter's trace) passes on to the layers after it:
+        # BatchNormalization would then normalise by the batch. fit says training=True itself.
+        x = layers.Resizing(int(input_size[0]), int(input_size[1]), interpolation="bilinear", name="resize")(
+            x, training=False)
     height, width = x.shape[1], x.shape[2]
     if min(height, width) < min_size:
         raise ValueError(f"backbone={application} needs at least {min_size}x{min_size} pixels but gets "
