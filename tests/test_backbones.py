@@ -167,7 +167,7 @@ def test_exports_run_in_inference_mode_behind_a_resizing_layer(make_cfg, tmp_pat
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.Dropout(0.5)(keras.layers.Flatten()(x))
     model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
-    batchnorm = model.layers[4]
+    batchnorm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     batchnorm.moving_mean.assign(np.full(8, 0.5, np.float32))  # far from any batch's own statistics
     batchnorm.moving_variance.assign(np.full(8, 4.0, np.float32))
     x = np.random.default_rng(0).integers(0, 256, (4, 36, 96, 1)).astype("float32")
