@@ -59,6 +59,12 @@ UNCHANGED_BY_PART = ("early_stopping_best", "early_stopping_wait", "plateau_best
                      "plateau_cooldown", "epoch_log")
 
 
+def part_steps(state: dict) -> int:
+    """The steps a Ctrl-C'd epoch had trained when it was committed (state.json's "part_steps",
+    beside "epoch", the whole epochs); 0 when the last commit was a whole epoch."""
+    return int(state.get("part_steps") or 0)
+
+
 class Checkpointer(keras.callbacks.Callback):
     """`best.keras` (the best monitored value) and the last epoch's weights + optimizer
     state for resuming. Every write goes to a temporary name first and is renamed into
@@ -109,7 +115,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         # a resume's first epoch may begin part-way
-        self.offset = self.epoch_steps = int(self.state.get("part_steps") or 0)
+        self.offset = self.epoch_steps = part_steps(self.state)
         self.before = {k: self.state[k] for k in UNCHANGED_BY_PART if k in self.state}
 
     def on_train_batch_end(self, batch, logs=None):
@@ -219,7 +225,7 @@ def resume_epoch(model, folder, state: dict | None, run_id: str) -> int:
     if not state or not state.get("last"):  # new, or killed before its first epoch ended
         return 0
     restore_last(model, folder, state)
-    epoch, steps = int(state["epoch"]), int(state.get("part_steps") or 0)
+    epoch, steps = int(state["epoch"]), part_steps(state)
     where = f"{steps} step{'s' if steps > 1 else ''} into epoch {epoch + 1}" if steps else f"after epoch {epoch}"
     log.info("resumed %s %s (MLflow run %s)", folder, where, run_id)
     return epoch

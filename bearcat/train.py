@@ -166,7 +166,9 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
     from that step on (`training_stream`). A run stopped part-way through an epoch (Ctrl-C)
     resumes with the rest of that epoch, a `fit` of its own, so it trains on the batches an
     uninterrupted run would have, no fewer."""
-    part = int(checkpointer.state.get("part_steps") or 0)
+    from bearcat.callbacks import StopOnInterrupt, part_steps
+
+    part = part_steps(checkpointer.state)
     if part >= steps_per_epoch:  # fewer training images than when stopped: a fit of the rest would never end
         log.warning("the part-epoch stopped after %d steps, but an epoch now has %d (the training split has "
                     "shrunk): epoch %d counts as done", part, steps_per_epoch, initial_epoch + 1)
@@ -179,7 +181,6 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
             checkpointer.finish()
         return
     from bearcat import tracking
-    from bearcat.callbacks import StopOnInterrupt
 
     action = on_interrupt(cfg)
     checkpointer.stopper = stopper = StopOnInterrupt(abort=action == "abort")
@@ -194,10 +195,11 @@ def fit_unless_done(model, stream, cfg: DictConfig, callbacks: list, checkpointe
                        initial_epoch, cfg.trainer.epochs, steps_per_epoch)
     if stopper.pressed:
         state = checkpointer.state
-        epoch, best = state.get("epoch", 0) + (1 if state.get("part_steps") else 0), state.get("best_epoch")
+        cut = part_steps(state)  # the steps of the epoch this Ctrl-C cut short (0: it ended whole)
+        epoch, best = state.get("epoch", 0) + (1 if cut else 0), state.get("best_epoch")
         state["interrupted_at_epoch"] = epoch
         tracking.set_tags({"bearcat.interrupted": f"Ctrl-C in epoch {epoch} of {cfg.trainer.epochs}"})
-        steps = f" (after {state['part_steps']} of its {steps_per_epoch} steps)" if state.get("part_steps") else ""
+        steps = f" (after {cut} of its {steps_per_epoch} steps)" if cut else ""
         log.warning("stopped by Ctrl-C in epoch %d of %d%s: testing the best epoch so far (epoch %s); "
                     "python -m bearcat.train %s trains on from there", epoch, cfg.trainer.epochs, steps, best,
                     overrides.command_arg("resume", cfg.paths.output_dir))
