@@ -249,7 +249,7 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
         if now + (now - self.epoch_start) > self.start + self.budget:
-            log.info("time budget of %.1f min reached after epoch %d; stopping", self.budget / 60, epoch + 1)
+            log.info("time budget of %.3g min reached after epoch %d; stopping", self.budget / 60, epoch + 1)
             self.model.stop_training = True
 
 

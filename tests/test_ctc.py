@@ -363,7 +363,9 @@ def test_time_budget_cosine_anneals_by_time_or_steps():
     assert sched.learning_rate(20, 60.0) == pytest.approx(0.0)   # budget spent: fully annealed
 
 
-def test_time_budget_cosine_ends_fit_when_the_budget_is_spent():
+@pytest.mark.parametrize("epoch_steps", [None, 250])
+def test_time_budget_cosine_ends_fit_when_the_budget_is_spent(caplog, epoch_steps):
+    import logging
     import time
 
     import keras
@@ -373,10 +375,17 @@ def test_time_budget_cosine_ends_fit_when_the_budget_is_spent():
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
-    budget = TimeBudgetCosine(base_lr=0.1, warmup_steps=2, total_steps=200, budget_minutes=1.0 / 60, alpha=0.01)
+    # epoch_steps=250: this fit is the last 200 steps of a resumed part-epoch of 250
+    budget = TimeBudgetCosine(base_lr=0.1, warmup_steps=2, total_steps=200, budget_minutes=1.0 / 60, alpha=0.01,
+                              steps_per_epoch=epoch_steps)
     slow = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.1))
     x = np.zeros((200, 4), "float32")
-    model.fit(x, x[:, :1], batch_size=1, epochs=1, callbacks=[budget, slow], verbose=0)
+    with caplog.at_level(logging.INFO, logger="bearcat"):
+        model.fit(x, x[:, :1], batch_size=1, epochs=1, callbacks=[budget, slow], verbose=0)
     steps = int(model.optimizer.iterations.numpy())
     assert 2 < steps < 40  # 200 planned at >= 0.1 s each; the 1 s budget ends it
     assert float(model.optimizer.learning_rate.numpy()) < 0.02  # annealed to about alpha by the end
+    # said once, with the steps really trained (Keras' own progress line would show 200/200)
+    said = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
+    done, of = (steps, 200) if epoch_steps is None else (steps + 50, 250)
+    assert said == [f"time budget of 0.0167 min reached after step {done} of epoch 1's {of}; stopping"]

@@ -3,12 +3,14 @@ then cosine decay with optional restarts), `cosine_restarts` (the same with rest
 and `constant`."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import keras
 import numpy as np
 
+log = logging.getLogger(__name__)
 
 @keras.saving.register_keras_serializable(package="bearcat")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -83,15 +85,20 @@ class TimeBudgetCosine(StepSchedule):
     Ends training when progress reaches 1."""
 
     def __init__(self, base_lr: float, warmup_steps: int, total_steps: int, budget_minutes: float,
-                 alpha: float = 0.0):
+                 alpha: float = 0.0, steps_per_epoch: int | None = None):
         self.total_steps = max(1, int(total_steps))
+        self.steps_per_epoch = steps_per_epoch  # for the log line; None: the fit's own steps
         super().__init__(WarmupCosine(base_lr, warmup_steps, self.total_steps - int(warmup_steps), alpha))
         self.budget_s = float(budget_minutes) * 60.0
         self.start = 0.0
         self.used_before = 0.0  # a resumed run's training time so far (set by bearcat.train)
+        self.epoch = 0
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic() - self.used_before
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def learning_rate(self, step: int, elapsed_s: float | None = None) -> float:
         """The cosine at the step that the time used would have reached, when that is further
@@ -103,7 +110,14 @@ class TimeBudgetCosine(StepSchedule):
         return self.schedule.value(max(step, elapsed_s / self.budget_s * self.total_steps))
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start >= self.budget_s:  # (the planned steps end `fit` by themselves)
+        if time.monotonic() - self.start >= self.budget_s and not self.model.stop_training:
+            # (the planned steps end `fit` by themselves.) Said here because Keras' progress
+            # line for the epoch then shows all its steps, however few were trained.
+            steps = int(self.params.get("steps") or 0)
+            epoch_steps = self.steps_per_epoch or steps
+            done = batch + 1 + epoch_steps - steps  # a resumed part-epoch's fit has only the rest of its steps
+            log.info("time budget of %.3g min reached after step %d of epoch %d's %d; stopping",
+                     self.budget_s / 60, done, self.epoch + 1, epoch_steps)
             self.model.stop_training = True
 
 
@@ -144,7 +158,8 @@ def build_schedule(cfg, base_lr: float, steps_per_epoch: int, epochs: int, max_m
         cycle = cfg.get("cycle_epochs") or max(epochs - cfg.warmup_epochs, 1)
         decay = int(round(cycle * steps_per_epoch))
         if max_minutes and not cfg.restarts:
-            return float(base_lr), [TimeBudgetCosine(base_lr, warmup, steps_per_epoch * epochs, max_minutes, cfg.alpha)]
+            return float(base_lr), [TimeBudgetCosine(base_lr, warmup, steps_per_epoch * epochs, max_minutes, cfg.alpha,
+                                                        steps_per_epoch)]
         schedule = WarmupCosine(base_lr, warmup, decay, cfg.alpha, cfg.restarts, cfg.t_mul, cfg.m_mul)
         return schedule.value(0), [StepSchedule(schedule)]
     raise ValueError(f"scheduler.name={name}: choose constant, plateau, cosine or cosine_restarts")
