@@ -240,6 +240,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for path, folder in deep_artifacts:
             tracking.log_artifact(path, folder)
     print(json.dumps(metrics, indent=1))
+    # the reports (failures, confusions, thresholds...) are the point: say where they are
+    log.info("evaluation written to %s (metrics.json, analysis/, predictions/), MLflow run %s%s", out_dir,
+             run.info.run_id, f" nested under {source_run}" if source_run else "")
     metrics["mlflow_run_id"] = run.info.run_id
     return metrics
 

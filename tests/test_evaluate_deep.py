@@ -3,6 +3,7 @@ latency, failures gallery and Grad-CAM, logged to MLflow."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -185,7 +186,7 @@ def test_answer_thresholds_say_what_answering_only_confident_readings_costs():
     assert "- right 95% of the time: answer at confidence 0.9600 or more, 40.0% of the images" in text
 
 
-def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypatch):
+def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=[
@@ -193,7 +194,10 @@ def test_evaluate_logs_deep_metrics_and_gradcam(trained_run, tmp_path, monkeypat
             "suspect_confidence=0",  # a barely trained model: list every failure
             "answer_threshold=0.42",  # a confidence of one's own, added to the answer thresholds
             f"paths.output_dir={tmp_path / 'eval'}", f"paths.cache_dir={trained_run['root'] / 'cache'}"])
-    metrics = evaluate(cfg)
+    with caplog.at_level(logging.INFO, logger="bearcat"):
+        metrics = evaluate(cfg)
+    assert (f"evaluation written to {tmp_path / 'eval'} (metrics.json, analysis/, predictions/), MLflow run "
+            f"{metrics['mlflow_run_id']} nested under {trained_run['run_id']}") in caplog.messages
     for key in ("test_accuracy", "test_char_accuracy", "test_cer", "test_accuracy_confident", "test_confident_fraction",
                 "test_latency_ms_p50", "test_latency_ms_p95", "test_failures"):
         assert key in metrics, key
