@@ -41,6 +41,11 @@ def image_paths(images: str, recursive: bool = False) -> list[Path]:
         if not found:
             raise FileNotFoundError(f"images={images}: no image files in this folder"
                                     + ("" if recursive else " (recursive=true looks in sub-folders)"))
+        if not recursive:  # e.g. a dataset's train/ val/ test/ beside loose images: say what is left out
+            below = sum(1 for sub in path.iterdir() if sub.is_dir() for p in sub.rglob("*") if is_image_file(p))
+            if below:
+                log.warning("images=%s: %d image files in its sub-folders are not read (recursive=true reads them)",
+                            images, below)
         return found
     if glob.has_magic(str(images)):
         found = sorted(Path(p) for p in glob.glob(str(images), recursive=recursive) if is_image_file(Path(p)))

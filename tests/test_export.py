@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -300,6 +301,20 @@ def test_predict_writes_numpy_values_as_json_numbers(tmp_path):
     write_readings(tmp_path / "r.jsonl", [(Path("a.png"), reading)])
     assert json.loads((tmp_path / "r.jsonl").read_text()) == {
         "file": "a.png", "result": "cat", "confidence": 0.5, "top5_probs": [0.5, 0.25], "boxes": [{"box": [1, 2, 3, 4]}]}
+
+
+def test_a_folder_read_without_its_sub_folders_says_how_many_images_they_hold(tmp_path, caplog):
+    from bearcat.predict import image_paths
+
+    (tmp_path / "test" / "deeper").mkdir(parents=True)
+    for name in ("top_1.png", "test/a_2.png", "test/deeper/b_3.jpg", "test/notes.txt"):
+        (tmp_path / name).write_bytes(b"")  # only listed, not decoded
+    with caplog.at_level(logging.WARNING, logger="bearcat"):
+        assert image_paths(str(tmp_path)) == [tmp_path / "top_1.png"]
+    assert caplog.messages == [f"images={tmp_path}: 2 image files in its sub-folders are not read "
+                               "(recursive=true reads them)"]
+    caplog.clear()
+    assert len(image_paths(str(tmp_path), recursive=True)) == 3 and not caplog.messages
 
 
 def test_predict_takes_a_run_id_and_a_glob_and_names_bad_settings(exported, mixed_folder, tmp_path, monkeypatch):
