@@ -144,6 +144,45 @@ def test_a_folder_of_misnamed_files_names_ten_and_counts_all(tmp_path, caplog):
         "more files skipped (characters outside charset): counted, not named here"]
 
 
+def test_images_in_folders_a_folder_dataset_does_not_read_are_counted_and_named(tmp_path, caplog):
+    """Flat, split into train/ val/ test/, and one folder per class: images anywhere else under
+    dataset.root (quarantine/ aside) are left out with a warning and a skipped count, not silently."""
+    from bearcat.data.sources import folder
+
+    def files(root, names):
+        for name in names:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(name.encode())  # only listed (and hashed), not decoded
+        return str(root)
+
+    flat = files(tmp_path / "flat", ["ab_1.png", "cd_2.jpg", "sub/ef_3.png", "sub/deeper/gh_4.GIF", "sub/notes.txt",
+                                     "quarantine/ij_5.png"])
+    split = tmp_path / "split"
+    files(split, ["train/ab_1.png", "train/cd_2.png", "val/ef_3.png", "test/gh_4.png", "ij_5.png", "train/x/kl_6.png"])
+    classes = files(tmp_path / "classes", ["cat/1.png", "dog/2.png", "cat/old/3.png"])
+    for root, kwargs, read, skipped, said in [
+        (flat, {}, 2, 2, "sub/ 1, sub/deeper/ 1 (a folder dataset reads images directly in it)"),
+        (str(split), {}, 4, 2, "dataset.root itself 1, train/x/ 1 (a folder dataset reads images in train/ val/ test/)"),
+        (classes, {"class_folders": True}, 2, 1, "cat/old/ 1 (a folder dataset reads one folder per class, directly in it)"),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bearcat.data.sources"):
+            got = folder(root, val_ratio=0.0, test_ratio=0.0, **kwargs)
+        assert len(set(got.train + got.val + got.test)) == read
+        assert got.skipped == {"in a folder not read": skipped}
+        assert caplog.messages[-1] == (f"dataset.root={root}: {skipped} images are in folders it does not read, "
+                                       f"left out: {said}")
+    assert folder(str(split / "train"), val_ratio=0.0, test_ratio=0.0).skipped == {"in a folder not read": 1}
+    inside = folder(str(split / "train"), val_ratio=0.0, test_ratio=0.0, extra_train=[str(split / "train" / "x")])
+    assert inside.skipped == {} and len(inside.train) == 3  # an extra_train folder inside dataset.root is read
+    assert inside.train[-1] == (str(split / "train" / "x" / "kl_6.png"), "kl")
+    (split / "train" / "x" / "kl_6.png").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bearcat.data.sources"):
+        assert folder(str(split / "train"), val_ratio=0.0, test_ratio=0.0).skipped == {}
+    assert not [m for m in caplog.messages if "does not read" in m]
+
+
 def test_unreadable_images_are_named_ten_and_counted_all(tmp_path, caplog):
     """12 files that are not images among 2 that are: decoding names the first 10, says once
     that the rest are only counted, and keeps every error (the run's skipped count)."""

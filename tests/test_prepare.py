@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from bearcat.compare import compare
+from bearcat.data.check import format_report
 from bearcat.data.pack import packed, packed_names
 from bearcat.data.pipeline import load_split
 from bearcat.data.preprocess import PreprocessConfig
@@ -396,11 +397,17 @@ def test_check_split_folder_finds_leaks_between_splits(make_cfg, swust_copy, tmp
     test_files = copy_images(swust_copy, data / "test", 2, start=10)
     shutil.copy2(train_files[0], data / "test" / train_files[0].name)  # the same captcha in train and test
     (data / "val" / "tr4c_cut.jpg").write_bytes(test_files[0].read_bytes()[:300])
+    # images training leaves out: one beside train/, one in a folder inside it
+    copy_images(swust_copy, data, 1, start=12)
+    copy_images(swust_copy, data / "train" / "more", 1, start=13)
     report = prepare(make_cfg(["action=check", "dataset=folder", f"dataset.root={data}"], config_name="prepare"))
-    assert report["splits"] == {"train": 8, "val": 2, "test": 3}
+    assert report["splits"] == {"train": 8, "val": 2, "test": 3, "(not read)": 2}
+    assert report["not_read"] == {".": 1, "train/more": 1}
+    assert ("  not read         2 images in folders training does not read: dataset.root itself 1, train/more/ 1"
+            in format_report(report).splitlines())
     assert len(report["duplicates"]["across_splits"]) == 1 and report["duplicates"]["conflicting_labels"] == []
     assert (data / "quarantine" / "val" / "tr4c_cut.jpg").is_file()  # keeps its place in the layout
-    assert report["files_before"] == report["files_after"] == 14
+    assert report["files_before"] == report["files_after"] == 16
 
 
 def test_generate_draws_the_images_training_draws(make_cfg, tmp_path):

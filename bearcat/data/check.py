@@ -20,7 +20,7 @@ from bearcat.checks import not_found
 from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset, shown_characters
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
-from bearcat.data.sources import QUARANTINE, SPLITS
+from bearcat.data.sources import QUARANTINE, SPLITS, read_folders, shown_folders, unread_images
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
     moved = quarantine(base, bad) if move_bad else []
     labels, (no_label, outside, both_cases, mixed) = _label_problems(base, good, lowercase, charset, class_folders,
                                                                     listed)
+    read = read_folders(base, class_folders)  # images elsewhere are checked, but training leaves them out
     widths, heights = [i["width"] for i in good], [i["height"] for i in good]
     lengths = Counter(len(v) for v in labels.values())
     converted = [{"file": i["path"], "note": n} for i in good for n in i["notes"]]
@@ -213,7 +214,9 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
         "quarantined": len(moved),
         "quarantine": moved,
         "other_files": [str(p) for p in others],
-        "splits": dict(Counter(_split_of(Path(i["path"]).relative_to(base)) for i in good)),
+        "splits": dict(Counter(_split_of(Path(i["path"]).relative_to(base)) if Path(i["path"]).parent in read
+                               else "(not read)" for i in good)),
+        "not_read": unread_images(base, class_folders),
         "width": _stats(widths),
         "height": _stats(heights),
         "modes": dict(Counter(i["mode"] for i in good)),
@@ -262,6 +265,8 @@ def format_report(r: dict, max_listed: int = 10) -> str:
         ("unreadable", f"{r['unreadable']}" + (f" ({r['quarantined']} moved to {QUARANTINE}/, see {QUARANTINE}/report.json)"
                                                 if r["quarantined"] else "")),
         ("splits", ", ".join(f"{k} {v}" for k, v in sorted(r["splits"].items())) or "-"),
+        *([("not read", f"{sum(r['not_read'].values())} images in folders training does not read: "
+                        f"{shown_folders(r['not_read'])}")] if r["not_read"] else []),
         ("width (px)", stats(r["width"])),
         ("height (px)", stats(r["height"])),
         ("recommended", (f"preprocess.height={rec['height']} preprocess.width={rec['width']}" if rec else "-")

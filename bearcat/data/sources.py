@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
 from bearcat.checks import is_whole_number, not_found
-from bearcat.data.labels import (LabelsFile, file_md5, is_image_file, label_from_name, normalize_charset,
-                                 shown_characters)
+from bearcat.data.labels import (IMAGE_EXTENSIONS, LabelsFile, file_md5, is_image_file, label_from_name,
+                                 normalize_charset, shown_characters)
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -428,6 +429,37 @@ def labels_list(labels_file: str | None, column: str, root: Path, class_folders:
     return LabelsFile(path, column=column or "label")
 
 
+def read_folders(base: Path, class_folders: bool = False) -> set[Path]:
+    """The folders whose images a folder dataset reads: dataset.root itself, or its train/
+    val/ test/ when it has train/; with class folders, the class folders inside those."""
+    tops = [base / s for s in SPLITS if (base / s).is_dir()] if (base / "train").is_dir() else [base]
+    if not class_folders:
+        return set(tops)
+    return {sub for top in tops for sub in top.iterdir() if sub.is_dir() and sub.name != QUARANTINE}
+
+
+def unread_images(base: Path, class_folders: bool = False) -> dict[str, int]:
+    """{folder relative to dataset.root ("." for itself): image files in it} for the folders
+    under dataset.root that a folder dataset does not read (quarantine/ aside), so that
+    images in them are said to be left out instead of silently missing."""
+    read, counts = read_folders(base, class_folders), {}
+    for folder, subs, files in os.walk(base):  # names only: no stat per image
+        here = Path(folder)
+        if here == base:
+            subs[:] = [s for s in subs if s != QUARANTINE]
+        if here not in read:
+            n = sum(1 for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            if n:
+                counts[here.relative_to(base).as_posix()] = n
+    return dict(sorted(counts.items()))
+
+
+def shown_folders(counts: dict[str, int], most: int = 5) -> str:
+    """The first few of `unread_images`, as in "sub/ 584, old/ 12, ... (3 more folders)"."""
+    named = [f"{'dataset.root itself' if k == '.' else k + '/'} {v}" for k, v in list(counts.items())[:most]]
+    return ", ".join(named) + (f", ... ({len(counts) - most} more folders)" if len(counts) > most else "")
+
+
 def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int):
     """Deterministic shuffle-and-cut; the same files and seed always give the same split."""
     order = sorted(samples)
@@ -476,6 +508,16 @@ def folder(root: str | None, lowercase: bool = False, split_seed: int = 0, val_r
             test = val
     else:
         train, val, test = split_samples(collect(base), val_ratio, test_ratio, split_seed)
+    extra = [Path(e).resolve() for e in extra_train or ()]
+    extra = [e.parent if e.suffix.lower() == ".csv" else e for e in extra]  # a labels list reads its folder
+    unread = {k: n for k, n in unread_images(base, class_folders).items()  # an extra_train folder inside is read
+              if not any((base / k).resolve().is_relative_to(e) for e in extra)}
+    if unread:
+        skipped["in a folder not read"] = sum(unread.values())
+        reads = "one folder per class, " if class_folders else "images "
+        reads += "in train/ val/ test/" if (base / "train").is_dir() else "directly in it"
+        log.warning("dataset.root=%s: %d images are in folders it does not read, left out: %s (a folder dataset "
+                    "reads %s)", root, sum(unread.values()), shown_folders(unread), reads)
     if listed and listed.unused():
         missing = listed.unused()
         log.warning("%d rows of %s name no image in %s (e.g. %s)", len(missing), listed.path, base,
