@@ -158,7 +158,7 @@ def test_check_counts_animated_captchas_and_quarantines_a_merge_it_cannot_read(m
     assert "animated         6 (preprocess.frames=darkest: every frame merged)" in capsys.readouterr().out
 
 
-def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
+def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path, caplog):
     gen = tmp_path / "gen"
     opts = ["action=generate", f"generate.output={gen}", "dataset.train_size=20", "dataset.val_size=3",
             "dataset.test_size=3", "dataset.image_width=100", "dataset.image_height=40", "dataset.charset=AB12"]
@@ -178,12 +178,21 @@ def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
     flat.mkdir()
     for p in (gen / "train").iterdir():
         shutil.copy2(p, flat / p.name)
-    (flat / "_unlabelled.png").write_bytes((gen / "val").iterdir().__next__().read_bytes())
+    for i in range(12):
+        (flat / f"_unlabelled{i:02d}.png").write_bytes((gen / "val").iterdir().__next__().read_bytes())
+    (flat / "older").mkdir()
+    shutil.copy2(next((gen / "test").iterdir()), flat / "older")  # in a sub-folder: not split, said so
     before = all_files(flat)
     split_opts = ["action=split", "dataset=folder", f"dataset.root={flat}", "dataset.val_ratio=0.2",
                   "dataset.test_ratio=0.2", f"split.output={tmp_path / 'split'}"]
-    out = prepare(make_cfg(split_opts, config_name="prepare"))
-    assert out["copied"] == {"train": 12, "val": 4, "test": 4} and out["without_label"] == 1
+    with caplog.at_level("WARNING", logger="bearcat"):
+        out = prepare(make_cfg(split_opts, config_name="prepare"))
+    assert out["copied"] == {"train": 12, "val": 4, "test": 4} and out["without_label"] == 12
+    assert len(out["without_label_files"]) == 12
+    said = caplog.messages  # the first ten of each kind named, then one line
+    assert len([m for m in said if m.endswith("file name holds no label; left where it is")]) == 10
+    assert said.count("more files skipped (file name holds no label): counted, not named here") == 1
+    assert f"{flat}: 1 images in its sub-folders are not split (left where they are): older/ 1" in said
     assert all_files(flat) == before  # a copy: the flat folder is untouched
     # the same split training makes of the flat folder with that seed and ratios
     ref = folder(str(flat), val_ratio=0.2, test_ratio=0.2)
@@ -193,13 +202,17 @@ def test_generate_then_split_copies_never_overwrites(make_cfg, tmp_path):
     # again: nothing overwritten, every clash counted
     target = next((tmp_path / "split" / "train").iterdir())
     target.write_bytes(b"user edited this")
-    again = prepare(make_cfg(split_opts, config_name="prepare"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bearcat"):
+        again = prepare(make_cfg(split_opts, config_name="prepare"))
     assert again["copied"] == {"train": 0, "val": 0, "test": 0} and again["already_there"] == 20
+    assert len(again["already_there_files"]) == 20
+    assert len([m for m in caplog.messages if "already exists, not overwritten" in m]) == 10
     assert target.read_bytes() == b"user edited this"
 
     moved = prepare(make_cfg(split_opts[:-1] + ["split.move=true"], config_name="prepare"))
     assert sum(moved["moved"].values()) == 20
-    assert sorted(p.name for p in flat.iterdir() if p.is_file()) == ["_unlabelled.png"]
+    assert sorted(p.name for p in flat.iterdir() if p.is_file()) == [f"_unlabelled{i:02d}.png" for i in range(12)]
     assert len(all_files(flat)) == len(before)  # moved inside dataset.root, none lost
 
 

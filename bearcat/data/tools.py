@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bearcat.checks import not_found
 from bearcat.data.labels import LabelsFile, holds_images, is_image_file, label_from_name
-from bearcat.data.sources import (QUARANTINE, SPLITS, generate_split, shown_folders, split_samples, synthetic_settings,
-                                  unread_images)
+from bearcat.data.sources import (QUARANTINE, SPLITS, generate_split, shown_folders, skip, split_samples,
+                                  synthetic_settings, unread_images)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, 
     samples = [(str(p), labels[p]) for p in files if labels[p]]
     unlabelled = [str(p) for p in files if not labels[p]]
     where = f"no label in {listed.path}" if listed else "file name holds no label"
-    for path in unlabelled:
-        log.warning("%s: %s; left where it is", path, where)
+    named: dict[str, int] = {}
+    for path in unlabelled:  # the first ten named; split.json lists them all
+        skip(named, where, log, "%s: %s; left where it is", path, where)
     if not samples:
         expected = f"images listed in {listed.path}" if listed else "labelled images (LABEL_anything.png)"
         raise ValueError(f"dataset.root={root}: no {expected} directly in it to split")
@@ -85,7 +86,8 @@ def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, 
         for path, _ in chosen:
             target = dst / split / Path(path).name
             if target.exists():
-                log.warning("%s: already exists, not overwritten (source %s left in place)", target, path)
+                skip(named, "already there", log, "%s: already exists, not overwritten (source %s left in place)",
+                     target, path)
                 exists.append(str(target))
                 continue
             (shutil.move if move else shutil.copy2)(path, target)
