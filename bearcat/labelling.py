@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bearcat.atomic import replacing
 from bearcat.checks import not_found
-from bearcat.data.labels import LabelsFile, file_md5, is_image_file
+from bearcat.data.labels import LabelsFile, file_md5, images_outside, is_image_file, shown_folders
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class LabelQueue:
             if digest not in seen:
                 seen.add(digest)
                 items.append(Item(digest, path))
+        below = images_outside(self.source, {self.source})
+        if below:
+            log.warning("dir=%s: %d images in its sub-folders are not offered (only the images directly in it): %s",
+                        source, sum(below.values()), shown_folders(below))
         self.done_before = len(done)
         if predictor is not None and items:
             items = self._read(items, predictor, batch_size)

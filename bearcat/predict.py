@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from bearcat import CONFIG_DIR, overrides
 from bearcat.atomic import replacing
 from bearcat.checks import not_found
-from bearcat.data.labels import is_image_file
+from bearcat.data.labels import images_outside, is_image_file, shown_folders
 
 log = logging.getLogger("bearcat.predict")
 
@@ -42,10 +42,10 @@ def image_paths(images: str, recursive: bool = False) -> list[Path]:
             raise FileNotFoundError(f"images={images}: no image files in this folder"
                                     + ("" if recursive else " (recursive=true looks in sub-folders)"))
         if not recursive:  # e.g. a dataset's train/ val/ test/ beside loose images: say what is left out
-            below = sum(1 for sub in path.iterdir() if sub.is_dir() for p in sub.rglob("*") if is_image_file(p))
+            below = images_outside(path, {path})
             if below:
-                log.warning("images=%s: %d image files in its sub-folders are not read (recursive=true reads them)",
-                            images, below)
+                log.warning("images=%s: %d image files in its sub-folders are not read (recursive=true reads them): "
+                            "%s", images, sum(below.values()), shown_folders(below))
         return found
     if glob.has_magic(str(images)):
         found = sorted(Path(p) for p in glob.glob(str(images), recursive=recursive) if is_image_file(Path(p)))

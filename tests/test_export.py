@@ -312,7 +312,7 @@ def test_a_folder_read_without_its_sub_folders_says_how_many_images_they_hold(tm
     with caplog.at_level(logging.WARNING, logger="bearcat"):
         assert image_paths(str(tmp_path)) == [tmp_path / "top_1.png"]
     assert caplog.messages == [f"images={tmp_path}: 2 image files in its sub-folders are not read "
-                               "(recursive=true reads them)"]
+                               "(recursive=true reads them): test/ 1, test/deeper/ 1"]
     caplog.clear()
     assert len(image_paths(str(tmp_path), recursive=True)) == 3 and not caplog.messages
 

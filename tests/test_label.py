@@ -173,7 +173,7 @@ def test_answers_in_a_labels_list_may_hold_any_character(unlabelled, reading_bun
     assert snapshot(unlabelled) == before
 
 
-def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
+def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch, caplog):
     from bearcat.label import build_label_app
 
     store = tmp_path / "never.db"  # a mistyped model path must not open (or create) a tracking store
@@ -203,7 +203,12 @@ def test_label_errors_name_the_key(unlabelled, tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="out=.*must differ from dir"):
         LabelQueue(unlabelled, unlabelled)
-    queue = LabelQueue(unlabelled, tmp_path / "o")  # no model: file-name order, nothing pre-filled
+    (unlabelled / "day2").mkdir()  # only the images directly in dir= are offered; the rest are counted
+    shutil.copy2(unlabelled / "captcha0.png", unlabelled / "day2" / "more.png")
+    with caplog.at_level("WARNING", logger="bearcat"):
+        queue = LabelQueue(unlabelled, tmp_path / "o")  # no model: file-name order, nothing pre-filled
+    assert (f"dir={unlabelled}: 1 images in its sub-folders are not offered (only the images directly in it): "
+            "day2/ 1") in caplog.messages
     assert [it.path.name for it in queue.pending] == [f"captcha{i}.png" for i in range(IMAGES)]
     assert queue.unreadable == ["broken.png"]
     assert all(it.prediction == "" and it.confidence is None for it in queue.pending)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import unicodedata
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from bearcat.atomic import write_json
 
+QUARANTINE = "quarantine"  # where prepare check moves unreadable files, under dataset.root
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -102,6 +104,27 @@ def shown_characters(chars: str) -> str:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def images_outside(base: Path, read: set[Path]) -> dict[str, int]:
+    """{folder relative to base ("." for base itself): image files in it} for the folders
+    under base that are not in `read` (quarantine/ aside)."""
+    counts = {}
+    for folder, subs, files in os.walk(base):  # names only: no stat per image
+        here = Path(folder)
+        if here == base:
+            subs[:] = [s for s in subs if s != QUARANTINE]
+        if here not in read:
+            n = sum(1 for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            if n:
+                counts[here.relative_to(base).as_posix()] = n
+    return dict(sorted(counts.items()))
+
+
+def shown_folders(counts: dict[str, int], most: int = 5) -> str:
+    """The first few of `images_outside`, as in "sub/ 584, old/ 12, ... (3 more folders)"."""
+    named = [f"{'dataset.root itself' if k == '.' else k + '/'} {v}" for k, v in list(counts.items())[:most]]
+    return ", ".join(named) + (f", ... ({len(counts) - most} more folders)" if len(counts) > most else "")
 
 
 def holds_images(folder: Path) -> bool:

@@ -11,21 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bearcat.atomic import remove_stale, replacing, write_json
 from bearcat.checks import is_whole_number, not_found
-from bearcat.data.labels import (IMAGE_EXTENSIONS, LabelsFile, file_md5, is_image_file, label_from_name,
-                                 normalize_charset, shown_characters)
+from bearcat.data.labels import (QUARANTINE, LabelsFile, file_md5, images_outside, is_image_file,
+                                 label_from_name, normalize_charset, shown_characters, shown_folders)
 from bearcat.data.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-QUARANTINE = "quarantine"
 
 
 def split_sizes(train_size, val_size, test_size, least: int = 0) -> dict[str, int]:
@@ -439,25 +437,9 @@ def read_folders(base: Path, class_folders: bool = False) -> set[Path]:
 
 
 def unread_images(base: Path, class_folders: bool = False) -> dict[str, int]:
-    """{folder relative to dataset.root ("." for itself): image files in it} for the folders
-    under dataset.root that a folder dataset does not read (quarantine/ aside), so that
-    images in them are said to be left out instead of silently missing."""
-    read, counts = read_folders(base, class_folders), {}
-    for folder, subs, files in os.walk(base):  # names only: no stat per image
-        here = Path(folder)
-        if here == base:
-            subs[:] = [s for s in subs if s != QUARANTINE]
-        if here not in read:
-            n = sum(1 for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-            if n:
-                counts[here.relative_to(base).as_posix()] = n
-    return dict(sorted(counts.items()))
-
-
-def shown_folders(counts: dict[str, int], most: int = 5) -> str:
-    """The first few of `unread_images`, as in "sub/ 584, old/ 12, ... (3 more folders)"."""
-    named = [f"{'dataset.root itself' if k == '.' else k + '/'} {v}" for k, v in list(counts.items())[:most]]
-    return ", ".join(named) + (f", ... ({len(counts) - most} more folders)" if len(counts) > most else "")
+    """`images_outside` the folders a folder dataset reads, so that images under
+    dataset.root that it leaves out are said to be, instead of silently missing."""
+    return images_outside(base, read_folders(base, class_folders))
 
 
 def split_samples(samples: list, val_ratio: float, test_ratio: float, seed: int):
