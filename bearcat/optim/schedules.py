@@ -12,6 +12,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+
 @keras.saving.register_keras_serializable(package="bearcat")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to `base_lr` over `warmup_steps`, then cosine decay to
