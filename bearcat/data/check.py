@@ -17,10 +17,11 @@ import numpy as np
 
 from bearcat.atomic import write_json
 from bearcat.checks import not_found
-from bearcat.data.labels import LabelsFile, is_image_file, label_from_name, normalize_charset, shown_characters
+from bearcat.data.labels import (LabelsFile, images_outside, is_image_file, label_from_name, normalize_charset,
+                                 shown_characters, shown_folders)
 from bearcat.data.parallel import parallel_map
 from bearcat.data.preprocess import ImageError, PreprocessConfig, load_image, preprocess
-from bearcat.data.sources import QUARANTINE, SPLITS, read_folders, shown_folders, unread_images
+from bearcat.data.sources import QUARANTINE, SPLITS, read_folders
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def check_folder(root: str | Path, pre: PreprocessConfig, charset: str | None = 
         "other_files": [str(p) for p in others],
         "splits": dict(Counter(_split_of(Path(i["path"]).relative_to(base)) if Path(i["path"]).parent in read
                                else "(not read)" for i in good)),
-        "not_read": unread_images(base, class_folders),
+        "not_read": images_outside(base, read),
         "width": _stats(widths),
         "height": _stats(heights),
         "modes": dict(Counter(i["mode"] for i in good)),

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 from bearcat.checks import not_found
-from bearcat.data.labels import LabelsFile, holds_images, is_image_file, label_from_name
-from bearcat.data.sources import (QUARANTINE, SPLITS, generate_split, shown_folders, skip, split_samples,
-                                  synthetic_settings, unread_images)
+from bearcat.data.labels import LabelsFile, holds_images, images_outside, is_image_file, label_from_name, shown_folders
+from bearcat.data.sources import QUARANTINE, SPLITS, generate_split, skip, split_samples, synthetic_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def split_folder(root: str | Path, output: str | Path | None, val_ratio: float, 
         raise FileNotFoundError(not_found("dataset.root", root, kind="folder"))
     dst = Path(output) if output else src
     files = sorted(p for p in src.iterdir() if is_image_file(p))
-    below = {k: v for k, v in unread_images(src).items() if k != "." and k.split("/")[0] not in SPLITS}
+    below = {k: v for k, v in images_outside(src, {src}).items() if k.split("/")[0] not in SPLITS}
     if below:
         log.warning("%s: %d images in its sub-folders are not split (left where they are): %s", src,
                     sum(below.values()), shown_folders(below))
